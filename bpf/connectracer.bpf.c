@@ -1,0 +1,578 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * connectracer kernel side: cgroup sock_addr hooks see every connect() and
+ * unconnected sendmsg() of the cgroup subtree they are attached to; the TCP
+ * state tracepoint follows those sockets (joined by socket cookie) to
+ * established / failed / closed; sched tracepoints keep userspace's process
+ * cache complete for processes that exit before anyone could read /proc.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "connectracer.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define CT_TCP_ESTABLISHED 1
+#define CT_TCP_SYN_SENT 2
+#define CT_TCP_CLOSE 7
+
+/* Start-up knobs, set by connectracerd before load. */
+const volatile bool trace_all = false;
+/* True when attached below the cgroup root: process events are filtered too. */
+const volatile bool filter_scope = false;
+/* Wake the reader only once this much is pending (0: wake on every event). */
+const volatile __u64 wakeup_bytes = 16384;
+const volatile bool enforce = false;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CT_STAT__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ct_lpm_v4_key);
+	__type(value, struct ct_watch_val);
+} watch_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ct_lpm_v6_key);
+	__type(value, struct ct_watch_val);
+} watch_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ct_lpm_v4_key);
+	__type(value, struct ct_policy_val);
+} policy_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ct_lpm_v6_key);
+	__type(value, struct ct_policy_val);
+} policy_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct ct_sock);
+} socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_dgram_key);
+	__type(value, __u8);
+} dgrams SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} scope_cgroup SEC(".maps");
+
+/* Forces the shared records into BTF so the skeleton generates their Rust types. */
+struct ct_conn_event _ct_conn_event = {};
+struct ct_proc_event _ct_proc_event = {};
+enum ct_event_kind _ct_event_kind = 0;
+enum ct_stat _ct_stat = 0;
+enum ct_verdict _ct_verdict = 0;
+enum ct_proto _ct_proto = 0;
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void *reserve(__u64 size)
+{
+	void *e = bpf_ringbuf_reserve(&events, size, 0);
+
+	if (!e)
+		count(CT_STAT_RB_DROPS);
+	return e;
+}
+
+/*
+ * A wakeup per event costs a cross-CPU IPI that dominates the traced
+ * process's connect() cost; waking only past a fill threshold (the reader
+ * also drains on a timer) keeps tracing near free.
+ */
+static __always_inline void submit(void *e)
+{
+	__u64 flags = 0;
+
+	if (wakeup_bytes) {
+		__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+
+		flags = avail >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	}
+	bpf_ringbuf_submit(e, flags);
+	count(CT_STAT_EVENTS);
+}
+
+static __always_inline bool in_scope(void)
+{
+	if (!filter_scope)
+		return true;
+	return bpf_current_task_under_cgroup(&scope_cgroup, 0) == 1;
+}
+
+static __always_inline __u32 match_ports(const struct ct_watch_val *v, __u16 port)
+{
+	for (int i = 0; i < CT_MAX_PORT_RULES; i++) {
+		if (i >= v->nrules)
+			break;
+		if (port >= v->rules[i].lo && port <= v->rules[i].hi)
+			return v->rules[i].host_id;
+	}
+	return 0;
+}
+
+struct dest {
+	__u16 family;
+	__u16 port;
+	__u8 addr[16];
+};
+
+static __always_inline __u32 watch_lookup(const struct dest *d)
+{
+	const struct ct_watch_val *v;
+
+	if (d->family == AF_INET) {
+		struct ct_lpm_v4_key k = { .prefixlen = 32 };
+
+		__builtin_memcpy(k.addr, d->addr, 4);
+		v = bpf_map_lookup_elem(&watch_v4, &k);
+	} else {
+		struct ct_lpm_v6_key k = { .prefixlen = 128 };
+
+		__builtin_memcpy(k.addr, d->addr, 16);
+		v = bpf_map_lookup_elem(&watch_v6, &k);
+	}
+	return v ? match_ports(v, d->port) : 0;
+}
+
+static __always_inline const struct ct_policy_val *policy_lookup(const struct dest *d)
+{
+	if (d->family == AF_INET) {
+		struct ct_lpm_v4_key k = { .prefixlen = 32 };
+
+		__builtin_memcpy(k.addr, d->addr, 4);
+		return bpf_map_lookup_elem(&policy_v4, &k);
+	}
+	struct ct_lpm_v6_key k = { .prefixlen = 128 };
+
+	__builtin_memcpy(k.addr, d->addr, 16);
+	return bpf_map_lookup_elem(&policy_v6, &k);
+}
+
+/* ::ffff:a.b.c.d is an IPv4 destination reached through an AF_INET6 socket. */
+static __always_inline bool is_v4_mapped(const __u32 w[4])
+{
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline void dest_from_v6(struct dest *d, const __u32 w[4])
+{
+	if (is_v4_mapped(w)) {
+		d->family = AF_INET;
+		__builtin_memcpy(d->addr, &w[3], 4);
+	} else {
+		d->family = AF_INET6;
+		__builtin_memcpy(d->addr, w, 16);
+	}
+}
+
+static __always_inline void fill_current(struct ct_conn_event *e, void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->uid = (__u32)uid_gid;
+	e->gid = uid_gid >> 32;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->netns_cookie = bpf_get_netns_cookie(ctx);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+/*
+ * Shared by connect4/6 and sendmsg4/6. Returns what the hook must return:
+ * 1 lets the call proceed, 0 makes it fail with EPERM.
+ */
+static __always_inline int on_egress(struct bpf_sock_addr *ctx, const struct dest *d, __u32 kind)
+{
+	__u8 protocol = ctx->protocol;
+	__u64 cookie, now;
+	const struct ct_policy_val *pol;
+	__u8 verdict = CT_VERDICT_ALLOW;
+	__u32 rule = 0, host_id;
+	struct ct_conn_event *e;
+
+	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) {
+		count(CT_STAT_OTHER_PROTO);
+		return 1;
+	}
+	cookie = bpf_get_socket_cookie(ctx);
+	if (kind == CT_EV_SENDMSG) {
+		struct ct_dgram_key dk = { .cookie = cookie, .dport = d->port, .family = d->family };
+		__u8 one = 1;
+
+		__builtin_memcpy(dk.daddr, d->addr, 16);
+		if (bpf_map_lookup_elem(&dgrams, &dk)) {
+			count(CT_STAT_SENDMSG_DUP);
+			return 1;
+		}
+		bpf_map_update_elem(&dgrams, &dk, &one, BPF_ANY);
+		count(CT_STAT_SENDMSG_NEW);
+	} else {
+		count(CT_STAT_CONNECTS);
+	}
+
+	pol = policy_lookup(d);
+	if (pol) {
+		rule = pol->rule_id;
+		verdict = pol->action;
+		if (verdict == CT_VERDICT_DENY && !enforce)
+			verdict = CT_VERDICT_AUDIT;
+	}
+	host_id = watch_lookup(d);
+	if (!host_id && !trace_all && verdict == CT_VERDICT_ALLOW) {
+		count(CT_STAT_UNWATCHED);
+		return 1;
+	}
+
+	now = bpf_ktime_get_ns();
+	if (verdict != CT_VERDICT_DENY) {
+		struct ct_sock s = { .start_ns = now, .host_id = host_id, .protocol = protocol };
+
+		/* Sendmsg keeps the first destination's start time for the socket. */
+		bpf_map_update_elem(&socks, &cookie, &s,
+				    kind == CT_EV_SENDMSG ? BPF_NOEXIST : BPF_ANY);
+	}
+
+	e = reserve(sizeof(*e));
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		e->kind = kind;
+		e->family = d->family;
+		e->protocol = protocol;
+		e->verdict = verdict;
+		e->ts_ns = now;
+		e->cookie = cookie;
+		__builtin_memcpy(e->daddr, d->addr, 16);
+		e->dport = d->port;
+		e->host_id = host_id;
+		e->policy_rule = rule;
+		fill_current(e, ctx);
+		submit(e);
+	}
+	return verdict == CT_VERDICT_DENY ? 0 : 1;
+}
+
+SEC("cgroup/connect4")
+int ct_connect4(struct bpf_sock_addr *ctx)
+{
+	struct dest d = { .family = AF_INET };
+	__u32 ip = ctx->user_ip4;
+
+	__builtin_memcpy(d.addr, &ip, 4);
+	d.port = bpf_ntohs(ctx->user_port);
+	return on_egress(ctx, &d, CT_EV_CONNECT);
+}
+
+/* sock_addr context fields must be read one 32-bit word at a time. */
+static __always_inline void read_user_ip6(struct bpf_sock_addr *ctx, __u32 w[4])
+{
+	w[0] = ctx->user_ip6[0];
+	w[1] = ctx->user_ip6[1];
+	w[2] = ctx->user_ip6[2];
+	w[3] = ctx->user_ip6[3];
+}
+
+SEC("cgroup/connect6")
+int ct_connect6(struct bpf_sock_addr *ctx)
+{
+	struct dest d = {};
+	__u32 w[4];
+
+	read_user_ip6(ctx, w);
+	dest_from_v6(&d, w);
+	d.port = bpf_ntohs(ctx->user_port);
+	return on_egress(ctx, &d, CT_EV_CONNECT);
+}
+
+SEC("cgroup/sendmsg4")
+int ct_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct dest d = { .family = AF_INET };
+	__u32 ip = ctx->user_ip4;
+
+	__builtin_memcpy(d.addr, &ip, 4);
+	d.port = bpf_ntohs(ctx->user_port);
+	return on_egress(ctx, &d, CT_EV_SENDMSG);
+}
+
+SEC("cgroup/sendmsg6")
+int ct_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct dest d = {};
+	__u32 w[4];
+
+	read_user_ip6(ctx, w);
+	dest_from_v6(&d, w);
+	d.port = bpf_ntohs(ctx->user_port);
+	return on_egress(ctx, &d, CT_EV_SENDMSG);
+}
+
+static __always_inline void fill_from_sock(struct ct_conn_event *e, const struct sock *sk)
+{
+	const struct inet_sock *inet = (const struct inet_sock *)sk;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family == AF_INET6) {
+		__u32 dw[4], sw[4];
+		struct dest d = {};
+
+		BPF_CORE_READ_INTO(&dw, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32);
+		BPF_CORE_READ_INTO(&sw, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32);
+		dest_from_v6(&d, dw);
+		e->family = d.family;
+		__builtin_memcpy(e->daddr, d.addr, 16);
+		dest_from_v6(&d, sw);
+		__builtin_memcpy(e->saddr, d.addr, 16);
+	} else {
+		__u32 da = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__u32 sa = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+
+		e->family = AF_INET;
+		__builtin_memcpy(e->daddr, &da, 4);
+		__builtin_memcpy(e->saddr, &sa, 4);
+	}
+	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	/* skc_num is already 0 once the socket is unhashed at close; inet_sport is not. */
+	e->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
+}
+
+/*
+ * Runs for every TCP state change on the host, often in softirq context
+ * where the current task is unrelated to the socket: only sockets found in
+ * `socks` are followed, and nothing is taken from the current task.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(ct_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	struct ct_conn_event *e;
+	struct ct_sock *s;
+	__u64 cookie, now;
+	__u32 kind;
+
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	if (newstate == CT_TCP_ESTABLISHED && oldstate == CT_TCP_SYN_SENT)
+		kind = CT_EV_ESTABLISHED;
+	else if (newstate == CT_TCP_CLOSE && oldstate == CT_TCP_SYN_SENT)
+		kind = CT_EV_FAILED;
+	else if (newstate == CT_TCP_CLOSE)
+		kind = CT_EV_CLOSED;
+	else
+		return 0;
+
+	cookie = bpf_get_socket_cookie((void *)sk);
+	s = bpf_map_lookup_elem(&socks, &cookie);
+	if (!s)
+		return 0;
+	count(CT_STAT_STATE_CHANGES);
+	now = bpf_ktime_get_ns();
+
+	e = reserve(sizeof(*e));
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		e->kind = kind;
+		e->protocol = IPPROTO_TCP;
+		e->ts_ns = now;
+		e->cookie = cookie;
+		e->host_id = s->host_id;
+		e->old_state = oldstate;
+		e->new_state = newstate;
+		fill_from_sock(e, sk);
+		if (kind != CT_EV_ESTABLISHED)
+			e->duration_ns = now - s->start_ns;
+		if (kind == CT_EV_FAILED)
+			e->error = sk->sk_err;
+		if (kind == CT_EV_CLOSED) {
+			struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+
+			if (tp) {
+				__u64 flags = sk->__sk_common.skc_flags;
+				__u64 fin = (flags >> bpf_core_enum_value(enum sock_flags, SOCK_DONE)) & 1;
+				__u64 rcvd = tp->bytes_received;
+
+				/* bytes_sent counts retransmissions; bytes_received counts a received FIN. */
+				e->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
+				e->bytes_received = rcvd >= fin ? rcvd - fin : 0;
+			}
+		}
+		submit(e);
+	}
+	if (kind != CT_EV_ESTABLISHED)
+		bpf_map_delete_elem(&socks, &cookie);
+	return 0;
+}
+
+/*
+ * UDP has no state machine to follow: its close is the socket's release.
+ * A TCP socket released while still in CLOSE never got past connect()
+ * (the connect failed synchronously) and would otherwise never be reported.
+ */
+SEC("cgroup/sock_release")
+int ct_sock_release(struct bpf_sock *ctx)
+{
+	struct ct_conn_event *e;
+	struct ct_sock *s;
+	__u64 cookie, now;
+	__u32 kind;
+
+	if (ctx->protocol == IPPROTO_UDP)
+		kind = CT_EV_CLOSED;
+	else if (ctx->protocol == IPPROTO_TCP && ctx->state == CT_TCP_CLOSE)
+		kind = CT_EV_FAILED;
+	else
+		return 1;
+
+	cookie = bpf_get_socket_cookie(ctx);
+	s = bpf_map_lookup_elem(&socks, &cookie);
+	if (!s)
+		return 1;
+	now = bpf_ktime_get_ns();
+	e = reserve(sizeof(*e));
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		e->kind = kind;
+		e->protocol = ctx->protocol;
+		e->family = ctx->family;
+		e->ts_ns = now;
+		e->cookie = cookie;
+		e->host_id = s->host_id;
+		e->duration_ns = now - s->start_ns;
+		fill_current(e, ctx);
+		submit(e);
+	}
+	bpf_map_delete_elem(&socks, &cookie);
+	return 1;
+}
+
+static __always_inline struct ct_proc_event *proc_event(__u32 kind, struct task_struct *p)
+{
+	struct ct_proc_event *e;
+	__u64 uid_gid;
+
+	e = reserve(sizeof(*e));
+	if (!e)
+		return NULL;
+	uid_gid = bpf_get_current_uid_gid();
+	e->kind = kind;
+	e->pid = BPF_CORE_READ(p, tgid);
+	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
+	e->uid = (__u32)uid_gid;
+	e->gid = uid_gid >> 32;
+	e->args_len = 0;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->start_ns = BPF_CORE_READ(p, start_time);
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->exit_code = 0;
+	e->filename_len = 0;
+	e->filename[0] = 0;
+	e->args[0] = 0;
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), p->comm);
+	count(CT_STAT_PROC_EVENTS);
+	return e;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(ct_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct ct_proc_event *e;
+	unsigned long start, end;
+	__u64 len;
+	long n;
+
+	if (!in_scope())
+		return 0;
+	e = proc_event(CT_EV_EXEC, p);
+	if (!e)
+		return 0;
+	n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
+	e->filename_len = n > 0 ? n - 1 : 0;
+
+	start = BPF_CORE_READ(p, mm, arg_start);
+	end = BPF_CORE_READ(p, mm, arg_end);
+	len = end > start ? end - start : 0;
+	if (len > CT_ARGS_LEN)
+		len = CT_ARGS_LEN;
+	barrier_var(len);
+	if (len > 0 && len <= CT_ARGS_LEN && bpf_probe_read_user(e->args, len, (void *)start) == 0)
+		e->args_len = len;
+	submit(e);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(ct_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct ct_proc_event *e;
+
+	/* Threads share their process's entry; only new processes matter. */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid) || !in_scope())
+		return 0;
+	e = proc_event(CT_EV_FORK, child);
+	if (!e)
+		return 0;
+	e->ppid = BPF_CORE_READ(parent, tgid);
+	submit(e);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(ct_exit, struct task_struct *p)
+{
+	struct ct_proc_event *e;
+
+	/* signal->live reaches 0 when the last thread of the process exits. */
+	if (BPF_CORE_READ(p, signal, live.counter) != 0 || !in_scope())
+		return 0;
+	e = proc_event(CT_EV_EXIT, p);
+	if (!e)
+		return 0;
+	e->exit_code = BPF_CORE_READ(p, exit_code);
+	submit(e);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The one definition of everything the kernel side and connectracerd share:
+ * event records, map keys and values, counters. Rust sees these through the
+ * skeleton's generated `types::` module; nothing here is mirrored by hand.
+ */
+#ifndef __CONNECTRACER_H
+#define __CONNECTRACER_H
+
+#define CT_COMM_LEN 16
+#define CT_PATH_LEN 256
+#define CT_ARGS_LEN 256
+/* Port rules one LPM entry can carry, own and inherited from shorter prefixes. */
+#define CT_MAX_PORT_RULES 16
+
+enum ct_event_kind {
+	CT_EV_CONNECT = 1,	/* connect4/6: TCP, or UDP connect() */
+	CT_EV_SENDMSG = 2,	/* first datagram from one socket to one destination */
+	CT_EV_ESTABLISHED = 3,	/* TCP SYN_SENT -> ESTABLISHED */
+	CT_EV_FAILED = 4,	/* TCP SYN_SENT -> CLOSE, or released before connecting */
+	CT_EV_CLOSED = 5,	/* TCP -> CLOSE after established, or UDP socket released */
+	CT_EV_EXEC = 6,
+	CT_EV_FORK = 7,
+	CT_EV_EXIT = 8,
+};
+
+enum ct_verdict {
+	CT_VERDICT_ALLOW = 0,
+	CT_VERDICT_AUDIT = 1,	/* would be denied; audit mode lets it through */
+	CT_VERDICT_DENY = 2,
+};
+
+/* Indexes of the per-CPU `stats` array. */
+enum ct_stat {
+	CT_STAT_CONNECTS = 0,	/* connect4/6 calls for TCP and UDP */
+	CT_STAT_SENDMSG_NEW,	/* sendmsg to a (socket, destination) not seen before */
+	CT_STAT_SENDMSG_DUP,	/* sendmsg suppressed by the dedup map */
+	CT_STAT_UNWATCHED,	/* connections counted but not traced (trace = "watched") */
+	CT_STAT_EVENTS,		/* records submitted to the ring buffer */
+	CT_STAT_RB_DROPS,	/* bpf_ringbuf_reserve failures: events lost */
+	CT_STAT_STATE_CHANGES,	/* TCP state changes of traced sockets */
+	CT_STAT_PROC_EVENTS,	/* exec/fork/exit records submitted */
+	CT_STAT_OTHER_PROTO,	/* connect4/6 on neither TCP nor UDP (ping sockets, ...) */
+	CT_STAT__MAX,
+};
+
+enum ct_proto {
+	CT_PROTO_TCP = 6,
+	CT_PROTO_UDP = 17,
+};
+
+struct ct_conn_event {
+	__u32 kind;		/* enum ct_event_kind */
+	__u32 pid;		/* tgid; 0 on state events (they may run in softirq) */
+	__u32 tid;
+	__u32 uid;
+	__u32 gid;
+	__u16 family;		/* AF_INET or AF_INET6; v4-mapped v6 is folded to AF_INET */
+	__u8 protocol;		/* enum ct_proto */
+	__u8 verdict;		/* enum ct_verdict */
+	__u64 ts_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 cookie;		/* socket cookie: the join key across hooks */
+	__u64 cgroup_id;	/* cgroup v2 inode of the caller; 0 on state events */
+	__u64 netns_cookie;
+	__u8 daddr[16];		/* network order; IPv4 in the first 4 bytes */
+	__u8 saddr[16];
+	__u16 dport;		/* host order */
+	__u16 sport;
+	__u32 host_id;		/* watch-list entry the destination matched, 0 if none */
+	__u32 policy_rule;	/* policy entry that gave the verdict, 0 if none */
+	__s32 error;		/* sk_err on CT_EV_FAILED (ECONNREFUSED, ETIMEDOUT, ...) */
+	__u64 duration_ns;	/* CT_EV_FAILED / CT_EV_CLOSED: since connect */
+	__u64 bytes_sent;	/* TCP payload bytes, retransmissions excluded */
+	__u64 bytes_received;	/* TCP payload bytes, the FIN excluded */
+	__u8 old_state;
+	__u8 new_state;
+	__u8 pad[6];
+	char comm[CT_COMM_LEN];
+};
+
+struct ct_proc_event {
+	__u32 kind;		/* CT_EV_EXEC, CT_EV_FORK or CT_EV_EXIT */
+	__u32 pid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 args_len;		/* bytes of NUL-separated argv in args */
+	__u64 ts_ns;
+	__u64 start_ns;		/* task start time, ns since boot */
+	__u64 cgroup_id;
+	__s32 exit_code;
+	__u32 filename_len;
+	char comm[CT_COMM_LEN];
+	char filename[CT_PATH_LEN];	/* path handed to execve */
+	char args[CT_ARGS_LEN];
+};
+
+/* LPM trie keys: prefixlen in host order, then the address in network order. */
+struct ct_lpm_v4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct ct_lpm_v6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* lo = 0, hi = 65535 matches every port. */
+struct ct_port_rule {
+	__u16 lo;
+	__u16 hi;
+	__u32 host_id;
+};
+
+/*
+ * The LPM trie returns only the longest matching prefix, so userspace copies
+ * the rules of every shorter covering prefix into each entry, most specific
+ * first: the first rule whose port range matches decides.
+ */
+struct ct_watch_val {
+	__u32 nrules;
+	__u32 pad;
+	struct ct_port_rule rules[CT_MAX_PORT_RULES];
+};
+
+struct ct_policy_val {
+	__u32 rule_id;
+	__u8 action;		/* enum ct_verdict */
+	__u8 pad[3];
+};
+
+/* Sockets being followed, by cookie: filled at connect/sendmsg time. */
+struct ct_sock {
+	__u64 start_ns;
+	__u32 host_id;
+	__u8 protocol;
+	__u8 pad[3];
+};
+
+struct ct_dgram_key {
+	__u64 cookie;
+	__u8 daddr[16];
+	__u16 dport;
+	__u16 family;
+	__u32 pad;
+};
+
+#endif /* __CONNECTRACER_H */

@@ -1,0 +1,286 @@
+//! Process cache fed by the kernel's exec/fork/exit records, so a process
+//! that connects and exits within a millisecond is still attributed. /proc
+//! is read only for processes the records never described: those that
+//! predate the daemon.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::bpf::event::ProcRecord;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    /// ns since boot (CLOCK_MONOTONIC, like the kernel's task start_time).
+    pub start_ns: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    proc: Arc<Process>,
+    exited_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct ProcessCache {
+    entries: HashMap<u32, Entry>,
+    proc_root: PathBuf,
+    max_entries: usize,
+    retention: Duration,
+    /// Clock ticks per second of /proc/PID/stat's start time.
+    ticks_per_sec: u64,
+}
+
+impl ProcessCache {
+    pub fn new(proc_root: &Path, max_entries: usize, retention: Duration) -> Self {
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100);
+        Self {
+            entries: HashMap::new(),
+            proc_root: proc_root.to_path_buf(),
+            max_entries,
+            retention,
+            ticks_per_sec: u64::try_from(ticks).unwrap_or(100).max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Loads every process already running; later ones arrive as records.
+    pub fn scan(&mut self) {
+        let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
+            return;
+        };
+        let pids: Vec<u32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        for pid in pids {
+            if let Some(p) = self.read_proc(pid) {
+                self.insert(p);
+            }
+        }
+    }
+
+    pub fn apply(&mut self, rec: &ProcRecord, now: Instant) {
+        match rec {
+            ProcRecord::Exec {
+                pid,
+                ppid,
+                uid,
+                start_ns,
+                comm,
+                filename,
+                argv,
+            } => {
+                // bprm->filename is what was passed to execve(): relative
+                // paths are resolved while the process is (probably) alive.
+                let exe = if filename.starts_with('/') {
+                    Some(filename.clone())
+                } else {
+                    self.read_exe(*pid).or_else(|| Some(filename.clone()).filter(|f| !f.is_empty()))
+                };
+                self.insert(Process {
+                    pid: *pid,
+                    ppid: *ppid,
+                    uid: *uid,
+                    comm: comm.clone(),
+                    exe,
+                    argv: argv.clone(),
+                    start_ns: *start_ns,
+                });
+            }
+            ProcRecord::Fork {
+                pid,
+                ppid,
+                uid,
+                start_ns,
+                comm,
+            } => {
+                let parent = self.get(*ppid);
+                self.insert(Process {
+                    pid: *pid,
+                    ppid: *ppid,
+                    uid: *uid,
+                    comm: comm.clone(),
+                    exe: parent.as_ref().and_then(|p| p.exe.clone()),
+                    argv: parent.map(|p| p.argv.clone()).unwrap_or_default(),
+                    start_ns: *start_ns,
+                });
+            }
+            ProcRecord::Exit { pid, .. } => {
+                if let Some(e) = self.entries.get_mut(pid) {
+                    e.exited_at = Some(now);
+                }
+            }
+        }
+    }
+
+    /// The process, from the cache or, failing that, from /proc.
+    pub fn get(&mut self, pid: u32) -> Option<Arc<Process>> {
+        if let Some(e) = self.entries.get(&pid) {
+            return Some(e.proc.clone());
+        }
+        let p = self.read_proc(pid)?;
+        Some(self.insert(p))
+    }
+
+    /// Forgets processes that exited more than the retention ago, then, if
+    /// still over the limit, the oldest exited and finally arbitrary live
+    /// ones (which /proc can give back).
+    pub fn prune(&mut self, now: Instant) {
+        let retention = self.retention;
+        self.entries
+            .retain(|_, e| e.exited_at.is_none_or(|t| now.duration_since(t) < retention));
+        if self.entries.len() <= self.max_entries {
+            return;
+        }
+        let mut exited: Vec<(Instant, u32)> = self.entries.iter().filter_map(|(pid, e)| Some((e.exited_at?, *pid))).collect();
+        exited.sort_unstable();
+        let excess = self.entries.len() - self.max_entries;
+        for (_, pid) in exited.into_iter().take(excess) {
+            self.entries.remove(&pid);
+        }
+        let excess = self.entries.len().saturating_sub(self.max_entries);
+        let victims: Vec<u32> = self.entries.keys().take(excess).copied().collect();
+        for pid in victims {
+            self.entries.remove(&pid);
+        }
+    }
+
+    fn insert(&mut self, p: Process) -> Arc<Process> {
+        let p = Arc::new(p);
+        self.entries.insert(
+            p.pid,
+            Entry {
+                proc: p.clone(),
+                exited_at: None,
+            },
+        );
+        p
+    }
+
+    fn read_exe(&self, pid: u32) -> Option<String> {
+        let exe = std::fs::read_link(self.proc_root.join(pid.to_string()).join("exe")).ok()?;
+        Some(exe.to_string_lossy().into_owned())
+    }
+
+    fn read_proc(&self, pid: u32) -> Option<Process> {
+        let dir = self.proc_root.join(pid.to_string());
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        // comm is in parentheses and may itself contain ") ": split at the last one.
+        let (head, rest) = stat.rsplit_once(") ")?;
+        let comm = head.split_once(" (")?.1.to_string();
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let start_ticks: u64 = fields.get(19)?.parse().ok()?;
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+        let argv = std::fs::read(dir.join("cmdline"))
+            .map(|b| {
+                b.split(|c| *c == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Process {
+            pid,
+            ppid,
+            uid,
+            comm,
+            exe: self.read_exe(pid),
+            argv,
+            start_ns: start_ticks.saturating_mul(1_000_000_000) / self.ticks_per_sec,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(pid: u32, exe: &str) -> ProcRecord {
+        ProcRecord::Exec {
+            pid,
+            ppid: 1,
+            uid: 1000,
+            start_ns: 5,
+            comm: "x".into(),
+            filename: exe.into(),
+            argv: vec![exe.into(), "-v".into()],
+        }
+    }
+
+    #[test]
+    fn exec_then_fork_inherits_exe_and_argv() {
+        let mut c = ProcessCache::new(Path::new("/nonexistent"), 100, Duration::from_secs(1));
+        let now = Instant::now();
+        c.apply(&exec(10, "/usr/bin/curl"), now);
+        c.apply(
+            &ProcRecord::Fork {
+                pid: 11,
+                ppid: 10,
+                uid: 1000,
+                start_ns: 6,
+                comm: "curl".into(),
+            },
+            now,
+        );
+        let child = c.get(11).unwrap();
+        assert_eq!(child.exe.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(child.argv, ["/usr/bin/curl", "-v"]);
+        assert_eq!(child.ppid, 10);
+    }
+
+    #[test]
+    fn exited_processes_stay_for_the_retention_only() {
+        let mut c = ProcessCache::new(Path::new("/nonexistent"), 100, Duration::from_secs(1));
+        let t0 = Instant::now();
+        c.apply(&exec(10, "/bin/true"), t0);
+        c.apply(&ProcRecord::Exit { pid: 10, exit_code: 0 }, t0);
+        c.prune(t0 + Duration::from_millis(500));
+        assert!(c.get(10).is_some());
+        c.prune(t0 + Duration::from_secs(2));
+        assert!(c.get(10).is_none());
+    }
+
+    #[test]
+    fn bounded_by_max_entries() {
+        let mut c = ProcessCache::new(Path::new("/nonexistent"), 10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for pid in 1..=50 {
+            c.apply(&exec(pid, "/bin/true"), t0);
+            if pid % 2 == 0 {
+                c.apply(&ProcRecord::Exit { pid, exit_code: 0 }, t0);
+            }
+        }
+        c.prune(t0);
+        assert_eq!(c.len(), 10);
+    }
+
+    #[test]
+    fn reads_own_process_from_proc() {
+        let mut c = ProcessCache::new(Path::new("/proc"), 10, Duration::from_secs(60));
+        let me = std::process::id();
+        let p = c.get(me).unwrap();
+        assert_eq!(p.pid, me);
+        assert_eq!(p.ppid, nix::unistd::getppid().as_raw() as u32);
+        assert_eq!(p.exe.as_deref(), std::env::current_exe().ok().as_deref().and_then(|e| e.to_str()));
+        assert!(p.start_ns > 0);
+    }
+}

@@ -1,0 +1,65 @@
+//! Stage one: the file as written. Every key is optional and spanned so that
+//! validation can point at the line that holds a bad value.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub trace: Option<Spanned<String>>,
+    pub cgroup: Option<Spanned<String>>,
+    #[serde(default)]
+    pub host: Vec<RawHost>,
+    pub bpf: Option<RawBpf>,
+    pub table: Option<RawTable>,
+    pub log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    pub name: Spanned<String>,
+    pub ports: Option<Vec<Spanned<RawPort>>>,
+    pub label: Option<Spanned<String>>,
+}
+
+/// `443` or `"8000-8100"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPort {
+    Number(i64),
+    Text(String),
+}
+
+/// `4194304` or `"4MiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBpf {
+    pub ring_buffer_size: Option<Spanned<RawSize>>,
+    pub wakeup_threshold: Option<Spanned<RawSize>>,
+    pub max_sockets: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    pub max_open: Option<Spanned<i64>>,
+    pub max_closed: Option<Spanned<i64>>,
+    pub closed_retention: Option<Spanned<String>>,
+    pub process_retention: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<Spanned<String>>,
+    pub events: Option<Spanned<bool>>,
+}

@@ -1,0 +1,129 @@
+//! One line per connection event on stdout: `key=value` text for people,
+//! or one JSON object per line for machines. Daemon diagnostics go to stderr
+//! through `tracing`, so the two never interleave within a line.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::SystemTime;
+
+use crate::config::{LogFormat, WatchedHost};
+use crate::table::Connection;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Connect,
+    Send,
+    Established,
+    Failed,
+    Closed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Connect => "connect",
+            EventKind::Send => "send",
+            EventKind::Established => "established",
+            EventKind::Failed => "failed",
+            EventKind::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct EventLog {
+    format: LogFormat,
+    enabled: bool,
+    hosts: HashMap<u32, (String, Option<String>)>,
+}
+
+impl EventLog {
+    pub fn new(format: LogFormat, enabled: bool, hosts: &[WatchedHost]) -> Self {
+        Self {
+            format,
+            enabled,
+            hosts: hosts.iter().map(|h| (h.id, (h.name.clone(), h.label.clone()))).collect(),
+        }
+    }
+
+    pub fn log(&self, kind: EventKind, c: &Connection) {
+        if !self.enabled {
+            return;
+        }
+        let line = match self.format {
+            LogFormat::Json => self.json(kind, c),
+            LogFormat::Text => self.text(kind, c),
+        };
+        let mut out = std::io::stdout().lock();
+        // A closed stdout must not take the daemon down.
+        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+    }
+
+    fn host(&self, c: &Connection) -> Option<&(String, Option<String>)> {
+        c.host_id.and_then(|id| self.hosts.get(&id))
+    }
+
+    fn json(&self, kind: EventKind, c: &Connection) -> String {
+        let mut v = serde_json::to_value(c).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("timestamp".into(), humantime::format_rfc3339_micros(SystemTime::now()).to_string().into());
+            obj.insert("event".into(), kind.as_str().into());
+            if let Some((name, label)) = self.host(c) {
+                obj.insert("host".into(), name.clone().into());
+                obj.insert("label".into(), label.clone().into());
+            }
+        }
+        let mut s = v.to_string();
+        s.push('\n');
+        s
+    }
+
+    fn text(&self, kind: EventKind, c: &Connection) -> String {
+        use std::fmt::Write as _;
+        let p = &c.process;
+        let mut s = format!(
+            "{} {} {} ",
+            humantime::format_rfc3339_millis(SystemTime::now()),
+            kind.as_str(),
+            c.protocol.as_str()
+        );
+        if let Some(src) = c.src {
+            let _ = write!(s, "{src} -> ");
+        }
+        let _ = write!(
+            s,
+            "{} pid={} comm={:?} uid={}",
+            c.dst, p.pid, p.comm, p.uid
+        );
+        if let Some(u) = &p.user {
+            let _ = write!(s, "({u})");
+        }
+        let opt = |s: &mut String, k: &str, v: Option<&str>| {
+            if let Some(v) = v {
+                let _ = write!(s, " {k}={v:?}");
+            }
+        };
+        opt(&mut s, "exe", p.exe.as_deref());
+        opt(&mut s, "unit", p.unit.as_deref());
+        opt(&mut s, "user_unit", p.user_unit.as_deref());
+        opt(&mut s, "container", p.container_id.as_deref().map(|id| &id[..id.len().min(12)]));
+        opt(&mut s, "runtime", p.container_runtime);
+        opt(&mut s, "cgroup", p.cgroup.as_deref());
+        if let Some((name, label)) = self.host(c) {
+            opt(&mut s, "host", Some(name));
+            opt(&mut s, "label", label.as_deref());
+        }
+        if c.verdict != connectracer_proto::Verdict::Allow {
+            opt(&mut s, "verdict", Some(c.verdict.as_str()));
+        }
+        opt(&mut s, "reason", c.fail_reason.map(|r| r.as_str()));
+        if let Some(d) = c.duration_ns {
+            let _ = write!(s, " duration={:?}", std::time::Duration::from_nanos(d));
+        }
+        if let (Some(tx), Some(rx)) = (c.bytes_sent, c.bytes_received) {
+            let _ = write!(s, " sent={tx} received={rx}");
+        }
+        s.push('\n');
+        s
+    }
+}

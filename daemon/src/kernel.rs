@@ -1,0 +1,167 @@
+//! The one thread that owns the kernel state: it loads and attaches the BPF
+//! programs, drains the ring buffer and applies map updates. Everything else
+//! talks to it through `KernelHandle`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use libbpf_rs::RingBufferBuilder;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bpf::event::Record;
+use crate::bpf::stats::KernelStats;
+use crate::bpf::tracer::{Tracer, TracerError, TracerOptions};
+use crate::watchlist::LpmEntry;
+
+/// The kernel only wakes the reader past a fill threshold; this bounds how
+/// long a trickle of events waits in the ring.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+#[derive(Debug)]
+enum Command {
+    Stats(oneshot::Sender<Result<KernelStats, String>>),
+    Shutdown(oneshot::Sender<Result<KernelStats, String>>),
+}
+
+#[derive(Debug)]
+pub struct KernelHandle {
+    commands: std_mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+    decode_errors: Arc<AtomicU64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Tracer(#[from] TracerError),
+    #[error("building the ring buffer reader")]
+    RingBuffer(#[source] libbpf_rs::Error),
+    #[error("the kernel thread exited before reporting")]
+    ThreadGone,
+}
+
+impl KernelHandle {
+    /// Loads and attaches everything on a new thread and returns once that
+    /// succeeded or failed.
+    pub fn spawn(opts: TracerOptions, watch: Vec<LpmEntry>, records: mpsc::Sender<Record>) -> Result<Self, KernelError> {
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
+        let (cmd_tx, cmd_rx) = std_mpsc::channel();
+        let decode_errors = Arc::new(AtomicU64::new(0));
+        let errors = decode_errors.clone();
+        let thread = std::thread::Builder::new()
+            .name("kernel".into())
+            .spawn(move || run(&opts, &watch, records, &cmd_rx, &ready_tx, &errors))
+            .map_err(|_| KernelError::ThreadGone)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self {
+                commands: cmd_tx,
+                thread: Some(thread),
+                decode_errors,
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(KernelError::ThreadGone),
+        }
+    }
+
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors.load(Ordering::Relaxed)
+    }
+
+    pub async fn stats(&self) -> Result<KernelStats, String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Stats(tx)).map_err(|_| "kernel thread is gone".to_string())?;
+        rx.await.map_err(|_| "kernel thread is gone".to_string())?
+    }
+
+    /// Asks the thread to drain the ring one last time and detach. The
+    /// caller must keep receiving records until the channel closes, or the
+    /// final drain blocks; the returned receiver yields the final counters.
+    pub fn shutdown(&mut self) -> oneshot::Receiver<Result<KernelStats, String>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Shutdown(tx));
+        rx
+    }
+
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    opts: &TracerOptions,
+    watch: &[LpmEntry],
+    records: mpsc::Sender<Record>,
+    commands: &std_mpsc::Receiver<Command>,
+    ready: &std_mpsc::SyncSender<Result<(), KernelError>>,
+    decode_errors: &AtomicU64,
+) {
+    let mut tracer = match Tracer::load(opts) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    };
+    if let Err(e) = tracer.set_watchlist(watch) {
+        let _ = ready.send(Err(e.into()));
+        return;
+    }
+    let mut builder = RingBufferBuilder::new();
+    let cb = move |data: &[u8]| -> i32 {
+        match Record::decode(data) {
+            Ok(rec) => {
+                if records.blocking_send(rec).is_err() {
+                    // The pipeline is gone: stop consuming.
+                    return -1;
+                }
+            }
+            Err(e) => {
+                if decode_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!("undecodable ring buffer record: {e}");
+                }
+            }
+        }
+        0
+    };
+    if let Err(e) = builder.add(tracer.events_map(), cb) {
+        let _ = ready.send(Err(KernelError::RingBuffer(e)));
+        return;
+    }
+    let ring = match builder.build() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(KernelError::RingBuffer(e)));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+
+    let stats = |t: &Tracer| KernelStats::read(t.stats_map()).map_err(|e| e.to_string());
+    loop {
+        // poll() returns early when the kernel forced a wakeup; consume()
+        // then drains what the NO_WAKEUP submissions left behind.
+        let _ = ring.poll(DRAIN_INTERVAL);
+        let _ = ring.consume();
+        loop {
+            match commands.try_recv() {
+                Ok(Command::Stats(reply)) => {
+                    let _ = reply.send(stats(&tracer));
+                }
+                Ok(Command::Shutdown(reply)) => {
+                    let _ = ring.consume();
+                    let _ = reply.send(stats(&tracer));
+                    return;
+                }
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+}

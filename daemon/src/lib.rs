@@ -1,0 +1,14 @@
+//! connectracerd: the egress connection tracer daemon, as a library so the
+//! binary stays thin and integration tests can reach its parts.
+
+pub mod attribution;
+pub mod bpf;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod event_log;
+pub mod kernel;
+pub mod pipeline;
+pub mod sys;
+pub mod table;
+pub mod watchlist;

@@ -1,0 +1,51 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use connectracerd::cli::Args;
+use connectracerd::config::LogFormat;
+use connectracerd::daemon;
+
+/// sysexits.h EX_CONFIG: the configuration is invalid.
+const EX_CONFIG: u8 = 78;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONNECTRACER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match daemon::configure(&args) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("connectracerd: {errors}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if args.check_config {
+        let path = daemon::config_source(&args);
+        println!("{}: configuration is valid ({} watched hosts)", path.display(), config.hosts.len());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("connectracerd: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("connectracerd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Kernel records in, attributed connections out: the process cache and the
+//! connection table are updated here, and every connection event is logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use connectracer_proto::{ConnState, FailReason};
+use serde::Serialize;
+
+use crate::attribution::Attributor;
+use crate::bpf::event::{ConnKind, ConnRecord, Record};
+use crate::event_log::{EventKind, EventLog};
+use crate::table::{ConnTable, Connection, Ending, TableStats};
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct PipelineStats {
+    pub records: u64,
+    pub connections: u64,
+    /// State changes for sockets the table no longer (or never) held.
+    pub orphan_state_events: u64,
+}
+
+#[derive(Debug)]
+pub struct Pipeline {
+    attributor: Attributor,
+    table: ConnTable,
+    log: EventLog,
+    /// CLOCK_MONOTONIC to wall clock, for the kernel's timestamps.
+    boot_wall: SystemTime,
+    stats: PipelineStats,
+}
+
+/// Wall-clock time at which CLOCK_MONOTONIC was zero.
+fn monotonic_epoch() -> SystemTime {
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+        .unwrap_or_default();
+    SystemTime::now().checked_sub(mono).unwrap_or(UNIX_EPOCH)
+}
+
+impl Pipeline {
+    pub fn new(attributor: Attributor, table: ConnTable, log: EventLog) -> Self {
+        Self {
+            attributor,
+            table,
+            log,
+            boot_wall: monotonic_epoch(),
+            stats: PipelineStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> (PipelineStats, TableStats, usize) {
+        (self.stats, self.table.stats(), self.attributor.processes.len())
+    }
+
+    pub fn table(&self) -> &ConnTable {
+        &self.table
+    }
+
+    pub fn handle(&mut self, rec: Record) {
+        let now = Instant::now();
+        self.stats.records += 1;
+        match rec {
+            Record::Proc(p) => self.attributor.on_process(&p, now),
+            Record::Conn(c) => match c.kind {
+                ConnKind::Connect | ConnKind::Sendmsg => self.on_new(&c),
+                ConnKind::Established => self.on_established(&c),
+                ConnKind::Failed | ConnKind::Closed => self.on_end(&c, now),
+            },
+        }
+    }
+
+    pub fn housekeeping(&mut self, now: Instant) {
+        self.attributor.prune(now);
+        self.table.expire(now);
+    }
+
+    fn on_new(&mut self, c: &ConnRecord) {
+        let process = Arc::new(self.attributor.attribute(c));
+        let conn = Connection {
+            id: 0,
+            cookie: c.cookie,
+            protocol: c.protocol,
+            state: ConnState::Connecting,
+            fail_reason: None,
+            verdict: c.verdict,
+            dst: c.dst,
+            src: None,
+            host_id: c.host_id.map(|h| h.get()),
+            started: self.boot_wall + Duration::from_nanos(c.ts_ns),
+            duration_ns: None,
+            bytes_sent: None,
+            bytes_received: None,
+            process,
+        };
+        self.stats.connections += 1;
+        let kind = if c.kind == ConnKind::Sendmsg { EventKind::Send } else { EventKind::Connect };
+        let conn = self.table.insert(conn);
+        self.log.log(kind, conn);
+    }
+
+    fn on_established(&mut self, c: &ConnRecord) {
+        match self.table.established(c.cookie, c.src) {
+            Some(conn) => self.log.log(EventKind::Established, conn),
+            None => self.stats.orphan_state_events += 1,
+        }
+    }
+
+    fn on_end(&mut self, c: &ConnRecord, now: Instant) {
+        let failed = c.kind == ConnKind::Failed;
+        let ending = Ending {
+            state: if failed { ConnState::Failed } else { ConnState::Closed },
+            fail_reason: failed.then(|| FailReason::from_errno(c.error)),
+            duration_ns: c.duration_ns,
+            src: Some(c.src).filter(|s: &SocketAddr| s.port() != 0),
+            // Only TCP reports byte counts; UDP's would need per-packet hooks.
+            bytes: (c.protocol == connectracer_proto::Protocol::Tcp && !failed).then_some((c.bytes_sent, c.bytes_received)),
+        };
+        let ids = self.table.end(c.cookie, ending, now);
+        if ids.is_empty() {
+            self.stats.orphan_state_events += 1;
+        }
+        let kind = if failed { EventKind::Failed } else { EventKind::Closed };
+        for id in ids {
+            if let Some(conn) = self.table.get(id) {
+                self.log.log(kind, conn);
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The host around the daemon: mounts it needs and the privileges it runs with.
+
+pub mod mounts;
+pub mod preflight;

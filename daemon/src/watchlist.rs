@@ -1,0 +1,157 @@
+//! Lays the watched destinations out the way the kernel's LPM tries need
+//! them. An LPM lookup returns only the longest matching prefix, so each
+//! prefix's entry also carries the port rules of every shorter prefix that
+//! covers it, most specific first: `10.0.0.0/8` on 443 and `10.1.0.0/16` on
+//! 80 must both match inside 10.1/16.
+
+use std::collections::HashMap;
+
+use ipnet::IpNet;
+
+use crate::config::WatchedHost;
+
+/// Port rules one kernel entry holds (`CT_MAX_PORT_RULES` in connectracer.h).
+pub const MAX_RULES: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRule {
+    pub lo: u16,
+    pub hi: u16,
+    pub host_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LpmEntry {
+    pub net: IpNet,
+    pub rules: Vec<PortRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{net} needs {needed} port rules counting those of the wider prefixes that cover it; the kernel holds at most {MAX_RULES}: merge port ranges or watch fewer overlapping prefixes")]
+pub struct TooManyRules {
+    /// Index into the host list of the first host on that prefix.
+    pub host_index: usize,
+    pub net: IpNet,
+    pub needed: usize,
+}
+
+impl TooManyRules {
+    pub fn host_index(&self) -> usize {
+        self.host_index
+    }
+}
+
+fn own_rules(h: &WatchedHost) -> Vec<PortRule> {
+    if h.ports.is_any() {
+        return vec![PortRule {
+            lo: 0,
+            hi: u16::MAX,
+            host_id: h.id,
+        }];
+    }
+    h.ports
+        .0
+        .iter()
+        .map(|r| PortRule {
+            lo: *r.start(),
+            hi: *r.end(),
+            host_id: h.id,
+        })
+        .collect()
+}
+
+/// One entry per distinct prefix, in first-seen order.
+pub fn build(hosts: &[WatchedHost]) -> Result<Vec<LpmEntry>, TooManyRules> {
+    let mut order: Vec<(IpNet, usize)> = Vec::new();
+    let mut own: HashMap<IpNet, Vec<PortRule>> = HashMap::new();
+    for (i, h) in hosts.iter().enumerate() {
+        own.entry(h.net)
+            .or_insert_with(|| {
+                order.push((h.net, i));
+                Vec::new()
+            })
+            .extend(own_rules(h));
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for (net, host_index) in order {
+        let mut rules = own[&net].clone();
+        // Walk the covering prefixes from the next shorter one up to /0: at
+        // most 128 hash lookups, whatever the number of hosts.
+        for len in (0..net.prefix_len()).rev() {
+            let Ok(wider) = IpNet::new(net.addr(), len) else {
+                continue;
+            };
+            if let Some(r) = own.get(&wider.trunc()) {
+                rules.extend_from_slice(r);
+            }
+        }
+        if rules.len() > MAX_RULES {
+            return Err(TooManyRules {
+                host_index,
+                net,
+                needed: rules.len(),
+            });
+        }
+        out.push(LpmEntry { net, rules });
+    }
+    Ok(out)
+}
+
+/// The reference lookup the kernel's must agree with: longest prefix, then
+/// the first rule whose ports match.
+pub fn lookup(entries: &[LpmEntry], addr: std::net::IpAddr, port: u16) -> Option<u32> {
+    entries
+        .iter()
+        .filter(|e| e.net.contains(&addr))
+        .max_by_key(|e| e.net.prefix_len())
+        .and_then(|e| e.rules.iter().find(|r| (r.lo..=r.hi).contains(&port)))
+        .map(|r| r.host_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PortSet;
+
+    fn host(id: u32, net: &str, ports: &[(u16, u16)]) -> WatchedHost {
+        WatchedHost {
+            id,
+            name: net.into(),
+            net: net.parse().unwrap(),
+            ports: PortSet(ports.iter().map(|(a, b)| *a..=*b).collect()),
+            label: None,
+        }
+    }
+
+    #[test]
+    fn inherits_rules_of_covering_prefixes() {
+        let hosts = [host(1, "10.0.0.0/8", &[(443, 443)]), host(2, "10.1.0.0/16", &[(80, 80)])];
+        let e = build(&hosts).unwrap();
+        let ip = "10.1.2.3".parse().unwrap();
+        assert_eq!(lookup(&e, ip, 80), Some(2));
+        assert_eq!(lookup(&e, ip, 443), Some(1));
+        assert_eq!(lookup(&e, ip, 22), None);
+        assert_eq!(lookup(&e, "10.2.0.1".parse().unwrap(), 443), Some(1));
+        assert_eq!(lookup(&e, "10.2.0.1".parse().unwrap(), 80), None);
+        let inner = e.iter().find(|x| x.net.prefix_len() == 16).unwrap();
+        assert_eq!(inner.rules.iter().map(|r| r.host_id).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn zero_prefix_covers_everything_of_its_family() {
+        let hosts = [host(1, "0.0.0.0/0", &[]), host(2, "::/0", &[(53, 53)])];
+        let e = build(&hosts).unwrap();
+        assert_eq!(lookup(&e, "192.0.2.1".parse().unwrap(), 1), Some(1));
+        assert_eq!(lookup(&e, "2001:db8::1".parse().unwrap(), 53), Some(2));
+        assert_eq!(lookup(&e, "2001:db8::1".parse().unwrap(), 54), None);
+    }
+
+    #[test]
+    fn rejects_more_rules_than_the_kernel_holds() {
+        let ports: Vec<(u16, u16)> = (1..=10).map(|p| (p, p)).collect();
+        let hosts = [host(1, "10.0.0.0/8", &ports), host(2, "10.1.0.0/16", &ports)];
+        let err = build(&hosts).unwrap_err();
+        assert_eq!(err.host_index, 1);
+        assert_eq!(err.needed, 20);
+    }
+}

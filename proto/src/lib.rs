@@ -1,0 +1,130 @@
+//! Types that cross the boundary between connectracerd and its clients
+//! (tracectl, log consumers): defined once, serialized the same everywhere.
+
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of a traced connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Where a connection is in its life, as the kernel last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnState {
+    /// connect() (or the first sendto()) was seen; TCP has not completed the handshake yet.
+    Connecting,
+    Established,
+    /// The TCP handshake failed (refused, timed out) or connect() failed synchronously.
+    Failed,
+    Closed,
+}
+
+impl ConnState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Established => "established",
+            ConnState::Failed => "failed",
+            ConnState::Closed => "closed",
+        }
+    }
+
+    pub fn is_open(self) -> bool {
+        matches!(self, ConnState::Connecting | ConnState::Established)
+    }
+}
+
+/// What the egress policy decided for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    /// Denied by policy in audit mode: let through and reported.
+    WouldDeny,
+    Deny,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::WouldDeny => "would_deny",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+/// How a failed connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    Refused,
+    TimedOut,
+    Unreachable,
+    /// Closed by the application before the handshake completed.
+    Aborted,
+    Other,
+}
+
+impl FailReason {
+    /// From the socket error the kernel recorded (`sk_err`).
+    pub fn from_errno(errno: i32) -> Self {
+        match errno {
+            111 => FailReason::Refused,
+            110 => FailReason::TimedOut,
+            101 | 113 => FailReason::Unreachable,
+            0 => FailReason::Aborted,
+            _ => FailReason::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::Refused => "refused",
+            FailReason::TimedOut => "timed_out",
+            FailReason::Unreachable => "unreachable",
+            FailReason::Aborted => "aborted",
+            FailReason::Other => "other",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_names_match_as_str() {
+        for v in [Verdict::Allow, Verdict::WouldDeny, Verdict::Deny] {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+        }
+        for s in [ConnState::Connecting, ConnState::Established, ConnState::Failed, ConnState::Closed] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for r in [FailReason::Refused, FailReason::TimedOut, FailReason::Aborted] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(serde_json::to_value(Protocol::Udp).unwrap(), "udp");
+    }
+
+    #[test]
+    fn errno_mapping() {
+        assert_eq!(FailReason::from_errno(111), FailReason::Refused);
+        assert_eq!(FailReason::from_errno(110), FailReason::TimedOut);
+        assert_eq!(FailReason::from_errno(0), FailReason::Aborted);
+        assert!(!ConnState::Failed.is_open());
+    }
+}
