@@ -493,6 +493,8 @@ static __always_inline struct ct_proc_event *proc_event(__u32 kind, struct task_
 	struct ct_proc_event *e;
 	__u64 uid_gid;
 
+	/* Counted as attempts, so that events + drops adds up exactly. */
+	count(CT_STAT_PROC_EVENTS);
 	e = reserve(sizeof(*e));
 	if (!e)
 		return NULL;
@@ -511,7 +513,6 @@ static __always_inline struct ct_proc_event *proc_event(__u32 kind, struct task_
 	e->filename[0] = 0;
 	e->args[0] = 0;
 	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), p->comm);
-	count(CT_STAT_PROC_EVENTS);
 	return e;
 }
 

@@ -39,7 +39,7 @@ enum ct_stat {
 	CT_STAT_EVENTS,		/* records submitted to the ring buffer */
 	CT_STAT_RB_DROPS,	/* bpf_ringbuf_reserve failures: events lost */
 	CT_STAT_STATE_CHANGES,	/* TCP state changes of traced sockets */
-	CT_STAT_PROC_EVENTS,	/* exec/fork/exit records submitted */
+	CT_STAT_PROC_EVENTS,	/* exec/fork/exit records attempted (submitted or dropped) */
 	CT_STAT_OTHER_PROTO,	/* connect4/6 on neither TCP nor UDP (ping sockets, ...) */
 	CT_STAT__MAX,
 };

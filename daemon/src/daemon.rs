@@ -95,6 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             kernel_events = k.events,
             dropped = k.drops,
             dropped_per_cpu = ?k.drops_per_cpu,
+            proc_events = k.proc_events,
             records = pipe.records,
             connections = pipe.connections,
             orphan_state_events = pipe.orphan_state_events,

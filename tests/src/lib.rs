@@ -1,0 +1,292 @@
+//! Harness for the integration tests: a test-owned cgroup, the real
+//! connectracerd attached to it, clients spawned inside it, and the daemon's
+//! JSON event lines collected for assertions.
+//!
+//! Nothing here attaches to the root cgroup: every daemon gets `--cgroup`
+//! pointing at a fresh directory that only the test's clients join, and the
+//! directory is removed when the test ends, whether it passed or not.
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// Where cargo put the workspace binaries: next to the test executable's
+/// `deps/` directory.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first", p.display());
+    p
+}
+
+fn cgroup2_mount() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let point = pre.split(' ').nth(4)?;
+            (post.split(' ').next()? == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// A cgroup v2 directory owned by one test.
+#[derive(Debug)]
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// The path as the daemon reports it, relative to the cgroup2 mount.
+    pub rel: String,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let leaf = format!("connectracer-test-{}-{n}-{name}", std::process::id());
+        let path = cgroup2_mount().join(&leaf);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self {
+            path,
+            rel: format!("/{leaf}"),
+        }
+    }
+
+    /// A command whose process joins this cgroup before it execs.
+    pub fn command(&self, program: &Path) -> Command {
+        self.command_as(program, None)
+    }
+
+    /// Same, switching to `uid` (and the same gid) after joining the cgroup:
+    /// `Command::uid` would drop root before the cgroup write.
+    pub fn command_as(&self, program: &Path, uid: Option<u32>) -> Command {
+        let mut cmd = Command::new(program);
+        let procs = CString::new(self.path.join("cgroup.procs").into_os_string().into_encoded_bytes()).expect("path");
+        // SAFETY: only async-signal-safe calls (open, write, close) on data
+        // prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if !ok {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(id) = uid {
+                    if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(id) != 0 || libc::setuid(id) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Kill stragglers, then remove; rmdir fails while members remain.
+        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove {}", self.path.display());
+    }
+}
+
+/// Runs ct-probe in the cgroup, waits for it, returns its JSON output.
+pub fn probe(cg: &TestCgroup, args: &[&str]) -> anyhow::Result<Value> {
+    probe_as(cg, args, None)
+}
+
+pub fn probe_as(cg: &TestCgroup, args: &[&str], uid: Option<u32>) -> anyhow::Result<Value> {
+    let mut cmd = cg.command_as(&bin_path("ct-probe"), uid);
+    cmd.args(args);
+    let out = cmd.output().context("running ct-probe")?;
+    if !out.status.success() {
+        bail!("ct-probe {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).context("ct-probe output")
+}
+
+/// A running connectracerd attached to a test cgroup.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+    stderr: mpsc::Receiver<Value>,
+    pub seen: Vec<Value>,
+    _config: tempfile_lite::TempFile,
+}
+
+pub mod tempfile_lite {
+    //! A config file that disappears with the test.
+    use std::path::{Path, PathBuf};
+
+    #[derive(Debug)]
+    pub struct TempFile(PathBuf);
+
+    impl TempFile {
+        pub fn new(name: &str, contents: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("connectracer-test-{}-{name}.toml", std::process::id()));
+            std::fs::write(&p, contents).expect("writing temp config");
+            Self(p)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn json_lines(r: impl Read + Send + 'static, tx: mpsc::Sender<Value>, echo: bool) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("[daemon] {line}");
+            }
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+impl Daemon {
+    /// Starts the daemon on `cg` with `config` (TOML) and waits until it
+    /// says it is tracing.
+    pub fn start(cg: &TestCgroup, config: &str) -> anyhow::Result<Self> {
+        let cfg = tempfile_lite::TempFile::new(&cg.rel[1..], config);
+        let mut child = Command::new(bin_path("connectracerd"))
+            .args(["--foreground", "--log-format", "json", "--cgroup"])
+            .arg(&cg.path)
+            .arg("--config")
+            .arg(cfg.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning connectracerd")?;
+        let (etx, events) = mpsc::channel();
+        let (stx, stderr) = mpsc::channel();
+        json_lines(child.stdout.take().expect("stdout"), etx, false);
+        json_lines(child.stderr.take().expect("stderr"), stx, true);
+        let mut d = Self {
+            child,
+            events,
+            stderr,
+            seen: Vec::new(),
+            _config: cfg,
+        };
+        d.wait_log("tracing outbound connections", Duration::from_secs(20))?;
+        Ok(d)
+    }
+
+    fn wait_log(&mut self, message: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(v) if v["message"] == message => return Ok(v),
+                Ok(_) => {}
+                Err(_) => {
+                    let status = self.child.try_wait()?;
+                    bail!("no `{message}` from the daemon within {timeout:?} (exit status: {status:?})");
+                }
+            }
+        }
+    }
+
+    /// Collects events until `done` holds over all seen so far.
+    pub fn wait_for(&mut self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> anyhow::Result<&[Value]> {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => self.seen.push(v),
+                Err(_) => bail!("timed out after {timeout:?}; events so far:\n{}", pretty(&self.seen)),
+            }
+        }
+        Ok(&self.seen)
+    }
+
+    /// Events of `kind` from `pid` (or any pid).
+    pub fn events<'a>(&'a self, kind: &'a str, pid: Option<u64>) -> impl Iterator<Item = &'a Value> + 'a {
+        self.seen
+            .iter()
+            .filter(move |e| e["event"] == kind && pid.is_none_or(|p| e["process"]["pid"] == p))
+    }
+
+    /// SIGTERM, wait, and return the daemon's final counters.
+    pub fn stop(mut self) -> anyhow::Result<Value> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM)?;
+        let counters = self.wait_log("final counters", Duration::from_secs(20))?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("daemon exited with {status}");
+        }
+        Ok(counters)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn pretty(v: &[Value]) -> String {
+    v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+/// A loopback TCP server: reads until the client's bytes are in, answers
+/// with `reply` bytes, closes. Returns its address.
+pub fn tcp_server(bind: &str, expect: usize, reply: usize) -> SocketAddr {
+    let l = TcpListener::bind(bind).expect("bind");
+    let a = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0; expect];
+                if s.read_exact(&mut buf).is_ok() {
+                    let _ = s.write_all(&vec![b'y'; reply]);
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+            });
+        }
+    });
+    a
+}
+
+/// A loopback port with nothing listening (refused connects).
+pub fn closed_port(bind: &str) -> SocketAddr {
+    let l = TcpListener::bind(bind).expect("bind");
+    l.local_addr().expect("addr")
+}

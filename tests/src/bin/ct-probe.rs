@@ -1,1 +1,90 @@
-fn main(){}
+//! Test client run inside the test cgroup: makes exactly the connections the
+//! integration tests expect to see traced, and prints what it did as JSON.
+//!
+//! ct-probe tcp ADDR SEND RECV          connect, send SEND bytes, read RECV bytes, close
+//! ct-probe connect ADDR...             connect to each (refused is fine), close
+//! ct-probe udp COUNT ADDR...           COUNT unconnected sendto()s to each ADDR, one socket
+//! ct-probe flood ADDR N                N connect+close to ADDR as fast as possible
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+fn addr(s: &str) -> anyhow::Result<SocketAddr> {
+    s.parse().with_context(|| format!("`{s}` is not ADDR:PORT"))
+}
+
+fn tcp(dst: SocketAddr, send: usize, recv: usize) -> anyhow::Result<serde_json::Value> {
+    let mut s = TcpStream::connect(dst).with_context(|| format!("connecting to {dst}"))?;
+    let local = s.local_addr()?;
+    s.write_all(&vec![b'x'; send])?;
+    let mut buf = vec![0; recv];
+    s.read_exact(&mut buf).context("reading the server's bytes")?;
+    // Wait for the server's FIN so both directions are complete at close.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)?;
+    if !rest.is_empty() {
+        bail!("server sent {} bytes more than expected", rest.len());
+    }
+    drop(s);
+    Ok(serde_json::json!({ "pid": std::process::id(), "local": local.to_string() }))
+}
+
+fn connect_all(dsts: &[SocketAddr]) -> serde_json::Value {
+    let results: Vec<_> = dsts
+        .iter()
+        .map(|d| {
+            let r = TcpStream::connect(d);
+            serde_json::json!({ "dst": d.to_string(), "ok": r.is_ok() })
+        })
+        .collect();
+    serde_json::json!({ "pid": std::process::id(), "results": results })
+}
+
+fn udp(count: usize, dsts: &[SocketAddr]) -> anyhow::Result<serde_json::Value> {
+    let bind: SocketAddr = if dsts.iter().all(SocketAddr::is_ipv4) { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let s = UdpSocket::bind(bind)?;
+    for _ in 0..count {
+        for d in dsts {
+            s.send_to(b"ping", d).with_context(|| format!("sendto {d}"))?;
+        }
+    }
+    Ok(serde_json::json!({ "pid": std::process::id(), "local": s.local_addr()?.to_string() }))
+}
+
+fn flood(dst: SocketAddr, n: usize) -> serde_json::Value {
+    let mut ok = 0;
+    for _ in 0..n {
+        if TcpStream::connect(dst).is_ok() {
+            ok += 1;
+        }
+    }
+    serde_json::json!({ "pid": std::process::id(), "attempts": n, "ok": ok })
+}
+
+fn run(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let addrs = |v: &[String]| v.iter().map(|s| addr(s)).collect::<anyhow::Result<Vec<_>>>();
+    match args {
+        [cmd, dst, send, recv, ..] if cmd == "tcp" => tcp(addr(dst)?, send.parse()?, recv.parse()?),
+        [cmd, rest @ ..] if cmd == "connect" => Ok(connect_all(&addrs(rest)?)),
+        [cmd, count, rest @ ..] if cmd == "udp" => udp(count.parse()?, &addrs(rest)?),
+        [cmd, dst, n] if cmd == "flood" => Ok(flood(addr(dst)?, n.parse()?)),
+        _ => bail!("usage: ct-probe tcp|connect|udp|flood ... (see the source)"),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ct-probe: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
