@@ -40,8 +40,8 @@ fn main() {
         "{clang} is version {major}; connectracer's BPF code needs clang >= {MIN_CLANG} \
          (clang 14 miscompiles it): install clang-19 or set CLANG"
     );
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"))
-        .join("connectracer.skel.rs");
+    let out =
+        PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo")).join("connectracer.skel.rs");
     SkeletonBuilder::new()
         .source(SRC)
         .clang(&clang)

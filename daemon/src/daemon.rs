@@ -33,7 +33,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mount = mounts::cgroup2_mount()?;
     let cgroup_dir = resolve_cgroup_dir(&mount, config.cgroup.as_deref());
     if !cgroup_dir.join("cgroup.procs").exists() {
-        bail!("{} is not a cgroup v2 directory (cgroup2 is mounted at {})", cgroup_dir.display(), mount.display());
+        bail!(
+            "{} is not a cgroup v2 directory (cgroup2 is mounted at {})",
+            cgroup_dir.display(),
+            mount.display()
+        );
     }
     let entries = watchlist::build(&config.hosts).context("building the watch list")?;
     let opts = TracerOptions {
@@ -134,5 +138,7 @@ pub fn configure(args: &crate::cli::Args) -> Result<Config, crate::config::Confi
 
 /// Where --check-config says the configuration came from.
 pub fn config_source(args: &crate::cli::Args) -> &Path {
-    args.config.as_deref().unwrap_or(Path::new(crate::config::DEFAULT_CONFIG_PATH))
+    args.config
+        .as_deref()
+        .unwrap_or(Path::new(crate::config::DEFAULT_CONFIG_PATH))
 }

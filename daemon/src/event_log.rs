@@ -42,7 +42,10 @@ impl EventLog {
         Self {
             format,
             enabled,
-            hosts: hosts.iter().map(|h| (h.id, (h.name.clone(), h.label.clone()))).collect(),
+            hosts: hosts
+                .iter()
+                .map(|h| (h.id, (h.name.clone(), h.label.clone())))
+                .collect(),
         }
     }
 
@@ -66,7 +69,12 @@ impl EventLog {
     fn json(&self, kind: EventKind, c: &Connection) -> String {
         let mut v = serde_json::to_value(c).unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
-            obj.insert("timestamp".into(), humantime::format_rfc3339_micros(SystemTime::now()).to_string().into());
+            obj.insert(
+                "timestamp".into(),
+                humantime::format_rfc3339_micros(SystemTime::now())
+                    .to_string()
+                    .into(),
+            );
             obj.insert("event".into(), kind.as_str().into());
             if let Some((name, label)) = self.host(c) {
                 obj.insert("host".into(), name.clone().into());
@@ -90,11 +98,7 @@ impl EventLog {
         if let Some(src) = c.src {
             let _ = write!(s, "{src} -> ");
         }
-        let _ = write!(
-            s,
-            "{} pid={} comm={:?} uid={}",
-            c.dst, p.pid, p.comm, p.uid
-        );
+        let _ = write!(s, "{} pid={} comm={:?} uid={}", c.dst, p.pid, p.comm, p.uid);
         if let Some(u) = &p.user {
             let _ = write!(s, "({u})");
         }
@@ -106,7 +110,11 @@ impl EventLog {
         opt(&mut s, "exe", p.exe.as_deref());
         opt(&mut s, "unit", p.unit.as_deref());
         opt(&mut s, "user_unit", p.user_unit.as_deref());
-        opt(&mut s, "container", p.container_id.as_deref().map(|id| &id[..id.len().min(12)]));
+        opt(
+            &mut s,
+            "container",
+            p.container_id.as_deref().map(|id| &id[..id.len().min(12)]),
+        );
         opt(&mut s, "runtime", p.container_runtime);
         opt(&mut s, "cgroup", p.cgroup.as_deref());
         if let Some((name, label)) = self.host(c) {

@@ -45,7 +45,11 @@ pub enum KernelError {
 impl KernelHandle {
     /// Loads and attaches everything on a new thread and returns once that
     /// succeeded or failed.
-    pub fn spawn(opts: TracerOptions, watch: Vec<LpmEntry>, records: mpsc::Sender<Record>) -> Result<Self, KernelError> {
+    pub fn spawn(
+        opts: TracerOptions,
+        watch: Vec<LpmEntry>,
+        records: mpsc::Sender<Record>,
+    ) -> Result<Self, KernelError> {
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
         let (cmd_tx, cmd_rx) = std_mpsc::channel();
         let decode_errors = Arc::new(AtomicU64::new(0));
@@ -74,7 +78,9 @@ impl KernelHandle {
 
     pub async fn stats(&self) -> Result<KernelStats, String> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Stats(tx)).map_err(|_| "kernel thread is gone".to_string())?;
+        self.commands
+            .send(Command::Stats(tx))
+            .map_err(|_| "kernel thread is gone".to_string())?;
         rx.await.map_err(|_| "kernel thread is gone".to_string())?
     }
 

@@ -11,7 +11,9 @@ const EX_CONFIG: u8 = 78;
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONNECTRACER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -29,11 +31,19 @@ fn main() -> ExitCode {
     };
     if args.check_config {
         let path = daemon::config_source(&args);
-        println!("{}: configuration is valid ({} watched hosts)", path.display(), config.hosts.len());
+        println!(
+            "{}: configuration is valid ({} watched hosts)",
+            path.display(),
+            config.hosts.len()
+        );
         return ExitCode::SUCCESS;
     }
     init_logging(config.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("connectracerd: starting the async runtime: {e}");

@@ -95,7 +95,11 @@ impl Pipeline {
             process,
         };
         self.stats.connections += 1;
-        let kind = if c.kind == ConnKind::Sendmsg { EventKind::Send } else { EventKind::Connect };
+        let kind = if c.kind == ConnKind::Sendmsg {
+            EventKind::Send
+        } else {
+            EventKind::Connect
+        };
         let conn = self.table.insert(conn);
         self.log.log(kind, conn);
     }
@@ -110,18 +114,27 @@ impl Pipeline {
     fn on_end(&mut self, c: &ConnRecord, now: Instant) {
         let failed = c.kind == ConnKind::Failed;
         let ending = Ending {
-            state: if failed { ConnState::Failed } else { ConnState::Closed },
+            state: if failed {
+                ConnState::Failed
+            } else {
+                ConnState::Closed
+            },
             fail_reason: failed.then(|| FailReason::from_errno(c.error)),
             duration_ns: c.duration_ns,
             src: Some(c.src).filter(|s: &SocketAddr| s.port() != 0),
             // Only TCP reports byte counts; UDP's would need per-packet hooks.
-            bytes: (c.protocol == connectracer_proto::Protocol::Tcp && !failed).then_some((c.bytes_sent, c.bytes_received)),
+            bytes: (c.protocol == connectracer_proto::Protocol::Tcp && !failed)
+                .then_some((c.bytes_sent, c.bytes_received)),
         };
         let ids = self.table.end(c.cookie, ending, now);
         if ids.is_empty() {
             self.stats.orphan_state_events += 1;
         }
-        let kind = if failed { EventKind::Failed } else { EventKind::Closed };
+        let kind = if failed {
+            EventKind::Failed
+        } else {
+            EventKind::Closed
+        };
         for id in ids {
             if let Some(conn) = self.table.get(id) {
                 self.log.log(kind, conn);

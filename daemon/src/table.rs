@@ -176,7 +176,9 @@ impl ConnTable {
             if !self.open.remove(&id) {
                 continue;
             }
-            let Some(c) = self.conns.get_mut(&id) else { continue };
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
             c.state = ending.state;
             c.fail_reason = ending.fail_reason;
             c.duration_ns = Some(ending.duration_ns);
@@ -318,12 +320,18 @@ mod tests {
         t.established(1, "10.0.0.9:40000".parse().unwrap()).unwrap();
         assert_eq!(t.by_local_port(40000).count(), 1);
         assert_eq!(t.by_pid(100).count(), 1);
-        assert_eq!(t.by_destination("10.0.0.1".parse().unwrap(), Some(443)).count(), 1);
+        assert_eq!(
+            t.by_destination("10.0.0.1".parse().unwrap(), Some(443)).count(),
+            1
+        );
         assert_eq!(t.by_destination("10.0.0.1".parse().unwrap(), Some(80)).count(), 0);
         let ended = t.end(1, closed(5), now);
         assert_eq!(ended.len(), 1);
         let c = t.get(ended[0]).unwrap();
-        assert_eq!((c.state, c.bytes_sent, c.duration_ns), (ConnState::Closed, Some(10), Some(5)));
+        assert_eq!(
+            (c.state, c.bytes_sent, c.duration_ns),
+            (ConnState::Closed, Some(10), Some(5))
+        );
         assert_eq!(t.stats().open, 0);
         assert_eq!(t.stats().closed, 1);
         t.expire(now + Duration::from_secs(61));

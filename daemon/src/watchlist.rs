@@ -125,7 +125,10 @@ mod tests {
 
     #[test]
     fn inherits_rules_of_covering_prefixes() {
-        let hosts = [host(1, "10.0.0.0/8", &[(443, 443)]), host(2, "10.1.0.0/16", &[(80, 80)])];
+        let hosts = [
+            host(1, "10.0.0.0/8", &[(443, 443)]),
+            host(2, "10.1.0.0/16", &[(80, 80)]),
+        ];
         let e = build(&hosts).unwrap();
         let ip = "10.1.2.3".parse().unwrap();
         assert_eq!(lookup(&e, ip, 80), Some(2));
@@ -134,7 +137,10 @@ mod tests {
         assert_eq!(lookup(&e, "10.2.0.1".parse().unwrap(), 443), Some(1));
         assert_eq!(lookup(&e, "10.2.0.1".parse().unwrap(), 80), None);
         let inner = e.iter().find(|x| x.net.prefix_len() == 16).unwrap();
-        assert_eq!(inner.rules.iter().map(|r| r.host_id).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(
+            inner.rules.iter().map(|r| r.host_id).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
     }
 
     #[test]

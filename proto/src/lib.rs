@@ -111,7 +111,12 @@ mod tests {
         for v in [Verdict::Allow, Verdict::WouldDeny, Verdict::Deny] {
             assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
         }
-        for s in [ConnState::Connecting, ConnState::Established, ConnState::Failed, ConnState::Closed] {
+        for s in [
+            ConnState::Connecting,
+            ConnState::Established,
+            ConnState::Failed,
+            ConnState::Closed,
+        ] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
         for r in [FailReason::Refused, FailReason::TimedOut, FailReason::Aborted] {

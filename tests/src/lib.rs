@@ -25,7 +25,11 @@ pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        p.display()
+    );
     p
 }
 
@@ -70,7 +74,13 @@ impl TestCgroup {
     /// `Command::uid` would drop root before the cgroup write.
     pub fn command_as(&self, program: &Path, uid: Option<u32>) -> Command {
         let mut cmd = Command::new(program);
-        let procs = CString::new(self.path.join("cgroup.procs").into_os_string().into_encoded_bytes()).expect("path");
+        let procs = CString::new(
+            self.path
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("path");
         // SAFETY: only async-signal-safe calls (open, write, close) on data
         // prepared before fork.
         unsafe {
@@ -85,7 +95,10 @@ impl TestCgroup {
                     return Err(std::io::Error::last_os_error());
                 }
                 if let Some(id) = uid {
-                    if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(id) != 0 || libc::setuid(id) != 0 {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(id) != 0
+                        || libc::setuid(id) != 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -120,7 +133,10 @@ pub fn probe_as(cg: &TestCgroup, args: &[&str], uid: Option<u32>) -> anyhow::Res
     cmd.args(args);
     let out = cmd.output().context("running ct-probe")?;
     if !out.status.success() {
-        bail!("ct-probe {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ct-probe {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     serde_json::from_slice(&out.stdout).context("ct-probe output")
 }
@@ -144,7 +160,8 @@ pub mod tempfile_lite {
 
     impl TempFile {
         pub fn new(name: &str, contents: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("connectracer-test-{}-{name}.toml", std::process::id()));
+            let p =
+                std::env::temp_dir().join(format!("connectracer-test-{}-{name}.toml", std::process::id()));
             std::fs::write(&p, contents).expect("writing temp config");
             Self(p)
         }
@@ -221,13 +238,20 @@ impl Daemon {
     }
 
     /// Collects events until `done` holds over all seen so far.
-    pub fn wait_for(&mut self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> anyhow::Result<&[Value]> {
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> anyhow::Result<&[Value]> {
         let deadline = Instant::now() + timeout;
         while !done(&self.seen) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
                 Ok(v) => self.seen.push(v),
-                Err(_) => bail!("timed out after {timeout:?}; events so far:\n{}", pretty(&self.seen)),
+                Err(_) => bail!(
+                    "timed out after {timeout:?}; events so far:\n{}",
+                    pretty(&self.seen)
+                ),
             }
         }
         Ok(&self.seen)
@@ -242,7 +266,10 @@ impl Daemon {
 
     /// SIGTERM, wait, and return the daemon's final counters.
     pub fn stop(mut self) -> anyhow::Result<Value> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )?;
         let counters = self.wait_log("final counters", Duration::from_secs(20))?;
         let status = self.child.wait()?;
         if !status.success() {

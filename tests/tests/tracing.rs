@@ -19,7 +19,8 @@ fn pid_of(v: &Value) -> u64 {
 /// attribution and exact byte counts.
 fn assert_tcp_life(d: &mut Daemon, cg: &TestCgroup, pid: u64, dst: &str, uid: u64, user: &str) {
     d.wait_for(WAIT, |seen| {
-        seen.iter().any(|e| e["event"] == "closed" && e["process"]["pid"] == pid)
+        seen.iter()
+            .any(|e| e["event"] == "closed" && e["process"]["pid"] == pid)
     })
     .unwrap();
     let connect: Vec<&Value> = d.events("connect", Some(pid)).collect();
@@ -83,8 +84,11 @@ fn refused_connect_is_reported_failed() {
     let out = probe(&cg, &["connect", &dst.to_string()]).unwrap();
     assert_eq!(out["results"][0]["ok"], false);
     let pid = pid_of(&out);
-    d.wait_for(WAIT, |s| s.iter().any(|e| e["event"] == "failed" && e["process"]["pid"] == pid))
-        .unwrap();
+    d.wait_for(WAIT, |s| {
+        s.iter()
+            .any(|e| e["event"] == "failed" && e["process"]["pid"] == pid)
+    })
+    .unwrap();
     let failed = d.events("failed", Some(pid)).next().unwrap();
     assert_eq!(failed["fail_reason"], "refused");
     assert_eq!(failed["state"], "failed");
@@ -96,21 +100,37 @@ fn refused_connect_is_reported_failed() {
 fn udp_sendto_three_destinations_yields_three_events() {
     let cg = TestCgroup::new("udp");
     let mut d = Daemon::start(&cg, TRACE_ALL).unwrap();
-    let sinks: Vec<std::net::UdpSocket> = (0..3).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
-    let dsts: Vec<String> = sinks.iter().map(|s| s.local_addr().unwrap().to_string()).collect();
+    let sinks: Vec<std::net::UdpSocket> = (0..3)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let dsts: Vec<String> = sinks
+        .iter()
+        .map(|s| s.local_addr().unwrap().to_string())
+        .collect();
     let mut args = vec!["udp", "100"];
     args.extend(dsts.iter().map(String::as_str));
     let out = probe(&cg, &args).unwrap();
     let pid = pid_of(&out);
     // The socket's release closes all three: once those arrive, every
     // earlier event of that process has been read.
-    d.wait_for(WAIT, |s| s.iter().filter(|e| e["event"] == "closed" && e["process"]["pid"] == pid).count() == 3)
-        .unwrap();
+    d.wait_for(WAIT, |s| {
+        s.iter()
+            .filter(|e| e["event"] == "closed" && e["process"]["pid"] == pid)
+            .count()
+            == 3
+    })
+    .unwrap();
     let sends: Vec<&Value> = d.events("send", Some(pid)).collect();
-    assert_eq!(sends.len(), 3, "one event per (socket, destination), not per datagram");
+    assert_eq!(
+        sends.len(),
+        3,
+        "one event per (socket, destination), not per datagram"
+    );
     let got: BTreeSet<&str> = sends.iter().map(|e| e["dst"].as_str().unwrap()).collect();
     assert_eq!(got, dsts.iter().map(String::as_str).collect());
-    assert!(sends.iter().all(|e| e["protocol"] == "udp" && e["cookie"] == sends[0]["cookie"]));
+    assert!(sends
+        .iter()
+        .all(|e| e["protocol"] == "udp" && e["cookie"] == sends[0]["cookie"]));
     let counters = d.stop().unwrap();
     assert_eq!(counters["sendmsg_new"], 3);
     assert_eq!(counters["sendmsg_dup"], 297);
@@ -129,7 +149,10 @@ fn two_hundred_short_lived_processes_are_all_attributed() {
         pids.insert(pid_of(&out));
     }
     d.wait_for(WAIT, |s| {
-        s.iter().filter(|e| e["event"] == "connect" && e["dst"] == dst).count() >= 200
+        s.iter()
+            .filter(|e| e["event"] == "connect" && e["dst"] == dst)
+            .count()
+            >= 200
     })
     .unwrap();
     let exe = bin_path("ct-probe");
@@ -195,11 +218,16 @@ label = "f"
         (format!("[::1]:{pf}"), Some(("f", format!("[::1]:{pf}")))),
         (format!("[::1]:{px}"), None),
         // v4-mapped is IPv4: matched by the /8, never by the v6 prefixes.
-        (format!("[::ffff:127.0.0.1]:{pb}"), Some(("b", v4("127.0.0.1", pb)))),
+        (
+            format!("[::ffff:127.0.0.1]:{pb}"),
+            Some(("b", v4("127.0.0.1", pb))),
+        ),
         (format!("[::ffff:127.0.0.1]:{pe}"), None),
         (format!("[::ffff:127.0.0.1]:{pf}"), None),
     ];
-    let args: Vec<&str> = std::iter::once("connect").chain(tries.iter().map(|(a, _)| a.as_str())).collect();
+    let args: Vec<&str> = std::iter::once("connect")
+        .chain(tries.iter().map(|(a, _)| a.as_str()))
+        .collect();
     let out = probe(&cg, &args).unwrap();
     let pid = pid_of(&out);
     let expected: Vec<(String, String)> = tries
@@ -208,11 +236,21 @@ label = "f"
         .collect();
     // Every watched try is refused: its failed event is the last thing
     // each produces, so once all are in, nothing else is on its way.
-    d.wait_for(WAIT, |s| s.iter().filter(|e| e["event"] == "failed" && e["process"]["pid"] == pid).count() >= expected.len())
-        .unwrap();
+    d.wait_for(WAIT, |s| {
+        s.iter()
+            .filter(|e| e["event"] == "failed" && e["process"]["pid"] == pid)
+            .count()
+            >= expected.len()
+    })
+    .unwrap();
     let got: Vec<(String, String)> = d
         .events("connect", Some(pid))
-        .map(|e| (e["label"].as_str().unwrap_or("-").to_string(), e["dst"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["label"].as_str().unwrap_or("-").to_string(),
+                e["dst"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(got, expected);
     let counters = d.stop().unwrap();
@@ -223,7 +261,8 @@ label = "f"
 #[test]
 fn tiny_ring_buffer_counts_drops_and_never_blocks_the_client() {
     let cg = TestCgroup::new("drops");
-    let config = "trace = \"all\"\n[bpf]\nring_buffer_size = \"4KiB\"\nwakeup_threshold = 0\n[log]\nevents = false\n";
+    let config =
+        "trace = \"all\"\n[bpf]\nring_buffer_size = \"4KiB\"\nwakeup_threshold = 0\n[log]\nevents = false\n";
     let d = Daemon::start(&cg, config).unwrap();
     let dst = closed_port("127.0.0.1:0").to_string();
     let n = 20_000u64;
@@ -232,7 +271,10 @@ fn tiny_ring_buffer_counts_drops_and_never_blocks_the_client() {
     let c = d.stop().unwrap();
     assert_eq!(c["connects"], n);
     let dropped = c["dropped"].as_u64().unwrap();
-    assert!(dropped > 0, "a 4 KiB ring flooded with {n} connects must drop: {c}");
+    assert!(
+        dropped > 0,
+        "a 4 KiB ring flooded with {n} connects must drop: {c}"
+    );
     let per_cpu: u64 = serde_json::from_str::<Vec<u64>>(c["dropped_per_cpu"].as_str().unwrap())
         .unwrap()
         .iter()
@@ -242,5 +284,8 @@ fn tiny_ring_buffer_counts_drops_and_never_blocks_the_client() {
     // a connect and a failed record per attempt, plus process records.
     let reserved = 2 * n + c["proc_events"].as_u64().unwrap_or(0);
     assert_eq!(c["kernel_events"].as_u64().unwrap() + dropped, reserved, "{c}");
-    assert_eq!(c["records"], c["kernel_events"], "the reader lost nothing the kernel submitted");
+    assert_eq!(
+        c["records"], c["kernel_events"],
+        "the reader lost nothing the kernel submitted"
+    );
 }

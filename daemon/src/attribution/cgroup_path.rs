@@ -129,20 +129,13 @@ fn split_proc_line(line: &str) -> Option<(&str, &str, &str)> {
         return None;
     }
     // The kernel appends this to v2 paths of cgroups removed while still in use.
-    Some((
-        id,
-        controllers,
-        path.strip_suffix(" (deleted)").unwrap_or(path),
-    ))
+    Some((id, controllers, path.strip_suffix(" (deleted)").unwrap_or(path)))
 }
 
 /// Skips leading slices (remembering the innermost in `slice`) and returns the
 /// next component if it is a unit. A non-unit there means the cgroup was not
 /// created by systemd (e.g. `/docker/<id>`), so nothing below it is a unit.
-fn first_unit<'a>(
-    comps: &mut impl Iterator<Item = &'a str>,
-    slice: &mut Option<&'a str>,
-) -> Option<&'a str> {
+fn first_unit<'a>(comps: &mut impl Iterator<Item = &'a str>, slice: &mut Option<&'a str>) -> Option<&'a str> {
     for comp in comps {
         if has_stem(comp, ".slice") {
             *slice = Some(comp);
@@ -154,8 +147,7 @@ fn first_unit<'a>(
 }
 
 fn has_stem(comp: &str, suffix: &str) -> bool {
-    comp.strip_suffix(suffix)
-        .is_some_and(|stem| !stem.is_empty())
+    comp.strip_suffix(suffix).is_some_and(|stem| !stem.is_empty())
 }
 
 fn is_user_manager(unit: &str) -> bool {
@@ -175,11 +167,7 @@ fn find_container(comps: &[&str]) -> Option<Container> {
     for &comp in comps {
         if let Some((runtime, id)) = container_of(prev, comp, pod.is_some()) {
             let pod_uid = pod.take();
-            found = Some(Container {
-                runtime,
-                id,
-                pod_uid,
-            });
+            found = Some(Container { runtime, id, pod_uid });
         } else {
             in_kubepods |= comp.contains("kubepods");
             pod = pod_uid_of(comp, in_kubepods);
@@ -199,11 +187,7 @@ const PREFIXED: [(&str, ContainerRuntime); 5] = [
     ("nerdctl-", ContainerRuntime::Nerdctl),
 ];
 
-fn container_of(
-    prev: Option<&str>,
-    comp: &str,
-    after_pod: bool,
-) -> Option<(ContainerRuntime, String)> {
+fn container_of(prev: Option<&str>, comp: &str, after_pod: bool) -> Option<(ContainerRuntime, String)> {
     // LXC 4+ uses `lxc.payload.<name>` (its monitor is `lxc.monitor.<name>`);
     // older LXC on cgroup v1 uses `/lxc/<name>`.
     if let Some(name) = comp.strip_prefix("lxc.payload.") {
@@ -237,11 +221,9 @@ fn container_of(
 /// names, and `pod<uid>` below a `kubepods` cgroup under cgroupfs.
 fn pod_uid_of(comp: &str, in_kubepods: bool) -> Option<String> {
     let uid = match comp.strip_suffix(".slice") {
-        Some(stem) if stem.contains("kubepods") => stem
-            .rsplit_once('-')?
-            .1
-            .strip_prefix("pod")?
-            .replace('_', "-"),
+        Some(stem) if stem.contains("kubepods") => {
+            stem.rsplit_once('-')?.1.strip_prefix("pod")?.replace('_', "-")
+        }
         Some(_) => return None,
         None if in_kubepods => comp.strip_prefix("pod")?.to_owned(),
         None => return None,

@@ -42,7 +42,10 @@ pub struct ProcessCache {
 
 impl ProcessCache {
     pub fn new(proc_root: &Path, max_entries: usize, retention: Duration) -> Self {
-        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100);
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100);
         Self {
             entries: HashMap::new(),
             proc_root: proc_root.to_path_buf(),
@@ -65,7 +68,10 @@ impl ProcessCache {
         let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
             return;
         };
-        let pids: Vec<u32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        let pids: Vec<u32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
         for pid in pids {
             if let Some(p) = self.read_proc(pid) {
                 self.insert(p);
@@ -89,7 +95,8 @@ impl ProcessCache {
                 let exe = if filename.starts_with('/') {
                     Some(filename.clone())
                 } else {
-                    self.read_exe(*pid).or_else(|| Some(filename.clone()).filter(|f| !f.is_empty()))
+                    self.read_exe(*pid)
+                        .or_else(|| Some(filename.clone()).filter(|f| !f.is_empty()))
                 };
                 self.insert(Process {
                     pid: *pid,
@@ -146,7 +153,11 @@ impl ProcessCache {
         if self.entries.len() <= self.max_entries {
             return;
         }
-        let mut exited: Vec<(Instant, u32)> = self.entries.iter().filter_map(|(pid, e)| Some((e.exited_at?, *pid))).collect();
+        let mut exited: Vec<(Instant, u32)> = self
+            .entries
+            .iter()
+            .filter_map(|(pid, e)| Some((e.exited_at?, *pid)))
+            .collect();
         exited.sort_unstable();
         let excess = self.entries.len() - self.max_entries;
         for (_, pid) in exited.into_iter().take(excess) {
@@ -252,7 +263,13 @@ mod tests {
         let mut c = ProcessCache::new(Path::new("/nonexistent"), 100, Duration::from_secs(1));
         let t0 = Instant::now();
         c.apply(&exec(10, "/bin/true"), t0);
-        c.apply(&ProcRecord::Exit { pid: 10, exit_code: 0 }, t0);
+        c.apply(
+            &ProcRecord::Exit {
+                pid: 10,
+                exit_code: 0,
+            },
+            t0,
+        );
         c.prune(t0 + Duration::from_millis(500));
         assert!(c.get(10).is_some());
         c.prune(t0 + Duration::from_secs(2));
@@ -280,7 +297,10 @@ mod tests {
         let p = c.get(me).unwrap();
         assert_eq!(p.pid, me);
         assert_eq!(p.ppid, nix::unistd::getppid().as_raw() as u32);
-        assert_eq!(p.exe.as_deref(), std::env::current_exe().ok().as_deref().and_then(|e| e.to_str()));
+        assert_eq!(
+            p.exe.as_deref(),
+            std::env::current_exe().ok().as_deref().and_then(|e| e.to_str())
+        );
         assert!(p.start_ns > 0);
     }
 }

@@ -153,7 +153,11 @@ fn decode_conn(kind: ct_event_kind, e: &ct_conn_event) -> ConnRecord {
         tid: e.tid,
         uid: e.uid,
         gid: e.gid,
-        protocol: if e.protocol == libc::IPPROTO_UDP as u8 { Protocol::Udp } else { Protocol::Tcp },
+        protocol: if e.protocol == libc::IPPROTO_UDP as u8 {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        },
         verdict,
         ts_ns: e.ts_ns,
         cookie: e.cookie,

@@ -21,10 +21,15 @@ pub struct KernelStats {
 }
 
 fn per_cpu(map: &dyn MapCore, idx: ct_stat) -> libbpf_rs::Result<Vec<u64>> {
-    let vals = map.lookup_percpu(&idx.0.to_ne_bytes(), MapFlags::ANY)?.unwrap_or_default();
+    let vals = map
+        .lookup_percpu(&idx.0.to_ne_bytes(), MapFlags::ANY)?
+        .unwrap_or_default();
     Ok(vals
         .iter()
-        .map(|v| v.get(..8).map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))))
+        .map(|v| {
+            v.get(..8)
+                .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+        })
         .collect())
 }
 

@@ -70,7 +70,9 @@ pub struct Tracer {
 
 impl std::fmt::Debug for Tracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracer").field("watched", &self.watched.len()).finish_non_exhaustive()
+        f.debug_struct("Tracer")
+            .field("watched", &self.watched.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +85,9 @@ impl Tracer {
         // The skeleton borrows its object storage for as long as it lives; the
         // tracer lives as long as the daemon, so the storage is leaked once.
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = ConnectracerSkelBuilder::default().open(storage).map_err(TracerError::Open)?;
+        let mut open = ConnectracerSkelBuilder::default()
+            .open(storage)
+            .map_err(TracerError::Open)?;
 
         let rodata = open.maps.rodata_data.as_deref_mut().ok_or(TracerError::Map {
             map: "rodata",
@@ -94,15 +98,27 @@ impl Tracer {
         rodata.wakeup_bytes = opts.wakeup_threshold;
 
         let map_err = |map| move |source| TracerError::Map { map, source };
-        open.maps.events.set_max_entries(opts.ring_buffer_size).map_err(map_err("events"))?;
-        open.maps.socks.set_max_entries(opts.max_sockets).map_err(map_err("socks"))?;
-        open.maps.dgrams.set_max_entries(opts.max_sockets).map_err(map_err("dgrams"))?;
+        open.maps
+            .events
+            .set_max_entries(opts.ring_buffer_size)
+            .map_err(map_err("events"))?;
+        open.maps
+            .socks
+            .set_max_entries(opts.max_sockets)
+            .map_err(map_err("socks"))?;
+        open.maps
+            .dgrams
+            .set_max_entries(opts.max_sockets)
+            .map_err(map_err("dgrams"))?;
 
         let skel = open.load().map_err(TracerError::Load)?;
         if !opts.cgroup_is_root {
             let key = 0u32.to_ne_bytes();
             let fd = (cgroup.as_raw_fd() as u32).to_ne_bytes();
-            skel.maps.scope_cgroup.update(&key, &fd, MapFlags::ANY).map_err(map_err("scope_cgroup"))?;
+            skel.maps
+                .scope_cgroup
+                .update(&key, &fd, MapFlags::ANY)
+                .map_err(map_err("scope_cgroup"))?;
         }
 
         let mut links = Vec::new();
@@ -117,7 +133,10 @@ impl Tracer {
             ("cgroup/sendmsg6", &progs.ct_sendmsg6),
             ("cgroup/sock_release", &progs.ct_sock_release),
         ] {
-            links.push(prog.attach_cgroup(fd).map_err(|source| TracerError::Attach { prog: name, source })?);
+            links.push(
+                prog.attach_cgroup(fd)
+                    .map_err(|source| TracerError::Attach { prog: name, source })?,
+            );
         }
         for (name, prog) in [
             ("tp_btf/inet_sock_set_state", &progs.ct_state),
@@ -125,7 +144,10 @@ impl Tracer {
             ("tp_btf/sched_process_fork", &progs.ct_fork),
             ("tp_btf/sched_process_exit", &progs.ct_exit),
         ] {
-            links.push(prog.attach().map_err(|source| TracerError::Attach { prog: name, source })?);
+            links.push(
+                prog.attach()
+                    .map_err(|source| TracerError::Attach { prog: name, source })?,
+            );
         }
         Ok(Self {
             skel,
@@ -220,7 +242,10 @@ mod tests {
             resolve_cgroup_dir(m, Some(Path::new("/sys/fs/cgroup/unified/test"))),
             Path::new("/sys/fs/cgroup/unified/test")
         );
-        assert_eq!(resolve_cgroup_dir(m, Some(Path::new("/system.slice"))), Path::new("/sys/fs/cgroup/unified/system.slice"));
+        assert_eq!(
+            resolve_cgroup_dir(m, Some(Path::new("/system.slice"))),
+            Path::new("/sys/fs/cgroup/unified/system.slice")
+        );
     }
 
     #[test]

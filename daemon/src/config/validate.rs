@@ -57,7 +57,7 @@ pub fn parse_config(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
-            ctx.error(e.span(), "", e.message().to_string());
+            ctx.error(e.span(), "", e.message().trim().replace('\n', "; "));
             return Err(ConfigErrors(ctx.errors));
         }
     };
@@ -75,7 +75,11 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         match t.get_ref().as_str() {
             "watched" => c.trace = TraceMode::Watched,
             "all" => c.trace = TraceMode::All,
-            other => ctx.spanned(t, "trace", format!("unknown trace mode `{other}`; expected \"watched\" or \"all\"")),
+            other => ctx.spanned(
+                t,
+                "trace",
+                format!("unknown trace mode `{other}`; expected \"watched\" or \"all\""),
+            ),
         }
     }
     if let Some(cg) = &raw.cgroup {
@@ -89,8 +93,12 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
     if let Some(b) = &raw.bpf {
         if let Some(v) = &b.ring_buffer_size {
             if let Some(n) = size(ctx, v, "bpf.ring_buffer_size") {
-                if !n.is_power_of_two() || n < PAGE_SIZE || n > 1 << 30 {
-                    ctx.spanned(v, "bpf.ring_buffer_size", format!("{n} bytes: must be a power of two between 4KiB and 1GiB"));
+                if !n.is_power_of_two() || !(PAGE_SIZE..=1 << 30).contains(&n) {
+                    ctx.spanned(
+                        v,
+                        "bpf.ring_buffer_size",
+                        format!("{n} bytes: must be a power of two between 4KiB and 1GiB"),
+                    );
                 } else {
                     c.bpf.ring_buffer_size = n as u32;
                 }
@@ -102,25 +110,41 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
             }
         }
         if let Some(v) = &b.max_sockets {
-            c.bpf.max_sockets = int_in(ctx, v, "bpf.max_sockets", 1, 1 << 24).unwrap_or(c.bpf.max_sockets as u64) as u32;
+            c.bpf.max_sockets =
+                int_in(ctx, v, "bpf.max_sockets", 1, 1 << 24).unwrap_or(c.bpf.max_sockets as u64) as u32;
         }
     }
     if c.bpf.wakeup_threshold >= u64::from(c.bpf.ring_buffer_size) {
-        let span = raw.bpf.as_ref().and_then(|b| b.wakeup_threshold.as_ref()).map(|v| v.span());
-        ctx.error(span, "bpf.wakeup_threshold", format!("{} bytes: must be below bpf.ring_buffer_size ({} bytes)", c.bpf.wakeup_threshold, c.bpf.ring_buffer_size));
+        let span = raw
+            .bpf
+            .as_ref()
+            .and_then(|b| b.wakeup_threshold.as_ref())
+            .map(|v| v.span());
+        ctx.error(
+            span,
+            "bpf.wakeup_threshold",
+            format!(
+                "{} bytes: must be below bpf.ring_buffer_size ({} bytes)",
+                c.bpf.wakeup_threshold, c.bpf.ring_buffer_size
+            ),
+        );
     }
     if let Some(t) = &raw.table {
         if let Some(v) = &t.max_open {
-            c.table.max_open = int_in(ctx, v, "table.max_open", 1, 1 << 24).map_or(c.table.max_open, |n| n as usize);
+            c.table.max_open =
+                int_in(ctx, v, "table.max_open", 1, 1 << 24).map_or(c.table.max_open, |n| n as usize);
         }
         if let Some(v) = &t.max_closed {
-            c.table.max_closed = int_in(ctx, v, "table.max_closed", 0, 1 << 24).map_or(c.table.max_closed, |n| n as usize);
+            c.table.max_closed =
+                int_in(ctx, v, "table.max_closed", 0, 1 << 24).map_or(c.table.max_closed, |n| n as usize);
         }
         if let Some(v) = &t.closed_retention {
-            c.table.closed_retention = duration(ctx, v, "table.closed_retention").unwrap_or(c.table.closed_retention);
+            c.table.closed_retention =
+                duration(ctx, v, "table.closed_retention").unwrap_or(c.table.closed_retention);
         }
         if let Some(v) = &t.process_retention {
-            c.table.process_retention = duration(ctx, v, "table.process_retention").unwrap_or(c.table.process_retention);
+            c.table.process_retention =
+                duration(ctx, v, "table.process_retention").unwrap_or(c.table.process_retention);
         }
     }
     if let Some(l) = &raw.log {
@@ -128,7 +152,11 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
             match f.get_ref().as_str() {
                 "text" => c.log.format = LogFormat::Text,
                 "json" => c.log.format = LogFormat::Json,
-                other => ctx.spanned(f, "log.format", format!("unknown log format `{other}`; expected \"text\" or \"json\"")),
+                other => ctx.spanned(
+                    f,
+                    "log.format",
+                    format!("unknown log format `{other}`; expected \"text\" or \"json\""),
+                ),
             }
         }
         if let Some(e) = &l.events {
@@ -156,13 +184,17 @@ fn hosts(ctx: &mut Ctx<'_>, raw: &[RawHost]) -> Vec<WatchedHost> {
     let mut seen: HashMap<(IpNet, Vec<(u16, u16)>), usize> = HashMap::new();
     for (i, h) in raw.iter().enumerate() {
         let key = format!("host[{i}]");
-        let Some(net) = parse_net(ctx, &h.name, &format!("{key}.name")) else {
-            continue;
-        };
+        // Everything about the entry is checked even when the name is bad,
+        // so one run reports all of its errors.
+        let net = parse_net(ctx, &h.name, &format!("{key}.name"));
         let ports = match &h.ports {
             None => PortSet::default(),
             Some(list) if list.is_empty() => {
-                ctx.spanned(&h.name, &format!("{key}.ports"), "empty port list; leave `ports` out to match every port");
+                ctx.spanned(
+                    &h.name,
+                    &format!("{key}.ports"),
+                    "empty port list; leave `ports` out to match every port",
+                );
                 continue;
             }
             Some(list) => {
@@ -176,15 +208,31 @@ fn hosts(ctx: &mut Ctx<'_>, raw: &[RawHost]) -> Vec<WatchedHost> {
             }
         };
         let label = match &h.label {
-            Some(l) if l.get_ref().is_empty() || l.get_ref().len() > MAX_LABEL_LEN || l.get_ref().chars().any(char::is_control) => {
-                ctx.spanned(l, &format!("{key}.label"), format!("label must be 1 to {MAX_LABEL_LEN} printable characters"));
+            Some(l)
+                if l.get_ref().is_empty()
+                    || l.get_ref().len() > MAX_LABEL_LEN
+                    || l.get_ref().chars().any(char::is_control) =>
+            {
+                ctx.spanned(
+                    l,
+                    &format!("{key}.label"),
+                    format!("label must be 1 to {MAX_LABEL_LEN} printable characters"),
+                );
                 None
             }
             l => l.as_ref().map(|l| l.get_ref().clone()),
         };
+        let Some(net) = net else { continue };
         let dedup = (net, ports.0.iter().map(|r| (*r.start(), *r.end())).collect());
         if let Some(first) = seen.insert(dedup, i) {
-            ctx.spanned(&h.name, &format!("{key}.name"), format!("`{}` with the same ports is already watched by host[{first}]", h.name.get_ref()));
+            ctx.spanned(
+                &h.name,
+                &format!("{key}.name"),
+                format!(
+                    "`{}` with the same ports is already watched by host[{first}]",
+                    h.name.get_ref()
+                ),
+            );
             continue;
         }
         out.push(WatchedHost {
@@ -206,7 +254,11 @@ fn parse_net(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<IpNet>
         IpNet::from(addr)
     } else if let Ok(net) = s.parse::<IpNet>() {
         if net.trunc() != net {
-            ctx.spanned(v, key, format!("`{s}` has host bits set; did you mean `{}`?", net.trunc()));
+            ctx.spanned(
+                v,
+                key,
+                format!("`{s}` has host bits set; did you mean `{}`?", net.trunc()),
+            );
             return None;
         }
         net
@@ -244,7 +296,11 @@ fn port_range(ctx: &mut Ctx<'_>, v: &Spanned<RawPort>, key: &str) -> Option<std:
             RawPort::Number(n) => n.to_string(),
             RawPort::Text(s) => format!("\"{s}\""),
         };
-        ctx.spanned(v, key, format!("{shown} is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH"));
+        ctx.spanned(
+            v,
+            key,
+            format!("{shown} is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH"),
+        );
     }
     range
 }
@@ -255,7 +311,11 @@ fn size(ctx: &mut Ctx<'_>, v: &Spanned<RawSize>, key: &str) -> Option<u64> {
         RawSize::Text(s) => parse_size(s),
     };
     if parsed.is_none() {
-        ctx.spanned(v, key, "not a size: use bytes or a number with KiB, MiB or GiB (e.g. \"4MiB\")");
+        ctx.spanned(
+            v,
+            key,
+            "not a size: use bytes or a number with KiB, MiB or GiB (e.g. \"4MiB\")",
+        );
     }
     parsed
 }
@@ -291,8 +351,172 @@ fn duration(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Duratio
     match humantime::parse_duration(v.get_ref()) {
         Ok(d) => Some(d),
         Err(e) => {
-            ctx.spanned(v, key, format!("`{}` is not a duration ({e}); e.g. \"90s\" or \"5m\"", v.get_ref()));
+            ctx.spanned(
+                v,
+                key,
+                format!(
+                    "`{}` is not a duration ({e}); e.g. \"90s\" or \"5m\"",
+                    v.get_ref()
+                ),
+            );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse_config(Path::new("/etc/connectracer/connectracer.toml"), text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_when_empty() {
+        let c = parse_config(Path::new("x.toml"), "").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.trace, TraceMode::Watched);
+        assert_eq!(c.bpf.ring_buffer_size, 4 << 20);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse_config(
+            Path::new("x.toml"),
+            r#"
+trace = "all"
+cgroup = "/system.slice"
+[[host]]
+name = "10.20.0.0/16"
+ports = [443, "8000-8100"]
+label = "payments"
+[[host]]
+name = "::ffff:192.0.2.0/120"
+[[host]]
+name = "2001:db8::1"
+[bpf]
+ring_buffer_size = "8MiB"
+wakeup_threshold = 32768
+max_sockets = 1000
+[table]
+max_open = 10
+max_closed = 0
+closed_retention = "90s"
+[log]
+format = "json"
+events = false
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.trace, TraceMode::All);
+        assert_eq!(c.hosts.len(), 3);
+        assert_eq!(c.hosts[0].ports.0, vec![443..=443, 8000..=8100]);
+        assert_eq!(c.hosts[0].label.as_deref(), Some("payments"));
+        assert_eq!(
+            c.hosts[1].net.to_string(),
+            "192.0.2.0/24",
+            "v4-mapped folded to IPv4"
+        );
+        assert_eq!(c.hosts[2].net.to_string(), "2001:db8::1/128");
+        assert_eq!(c.hosts.iter().map(|h| h.id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(c.bpf.ring_buffer_size, 8 << 20);
+        assert_eq!(c.table.closed_retention, Duration::from_secs(90));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(!c.log.events);
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_name_the_line() {
+        assert_eq!(
+            errors("trace = \"all\"\ntrcae = 1\n"),
+            ["/etc/connectracer/connectracer.toml:2:1: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `bpf`, `table`, `log`"]
+        );
+        let e = errors("[[host]]\nname = \"10.0.0.1\"\nport = [1]\n");
+        assert!(
+            e[0].starts_with("/etc/connectracer/connectracer.toml:3:1: unknown field `port`"),
+            "{e:?}"
+        );
+        let e = errors("trace = \n");
+        assert!(
+            e[0].starts_with("/etc/connectracer/connectracer.toml:1:"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn every_value_error_is_collected_with_its_key() {
+        let e = errors(
+            r#"trace = "some"
+cgroup = "relative/path"
+[[host]]
+name = "api.example.com"
+[[host]]
+name = "10.1.2.3/16"
+[[host]]
+name = "10.0.0.1"
+ports = [0, 70000, "9-3", "http"]
+[[host]]
+name = "10.0.0.2"
+ports = []
+[[host]]
+name = "10.0.0.3"
+label = ""
+[[host]]
+name = "10.0.0.3"
+[bpf]
+ring_buffer_size = "3MiB"
+max_sockets = 0
+[table]
+closed_retention = "soon"
+[log]
+format = "xml"
+"#,
+        );
+        let f = "/etc/connectracer/connectracer.toml";
+        assert_eq!(
+            e,
+            [
+                format!("{f}:1:9: trace: unknown trace mode `some`; expected \"watched\" or \"all\""),
+                format!("{f}:2:10: cgroup: `relative/path` is not an absolute path"),
+                format!("{f}:4:8: host[0].name: `api.example.com` is not an IP address or CIDR (hostnames need the DNS watcher, which this build does not have)"),
+                format!("{f}:6:8: host[1].name: `10.1.2.3/16` has host bits set; did you mean `10.1.0.0/16`?"),
+                format!("{f}:9:10: host[2].ports[0]: 0 is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH"),
+                format!("{f}:9:13: host[2].ports[1]: 70000 is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH"),
+                format!("{f}:9:20: host[2].ports[2]: \"9-3\" is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH"),
+                format!("{f}:9:27: host[2].ports[3]: \"http\" is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH"),
+                format!("{f}:11:8: host[3].ports: empty port list; leave `ports` out to match every port"),
+                format!("{f}:15:9: host[4].label: label must be 1 to 64 printable characters"),
+                format!("{f}:17:8: host[5].name: `10.0.0.3` with the same ports is already watched by host[4]"),
+                format!("{f}:19:20: bpf.ring_buffer_size: 3145728 bytes: must be a power of two between 4KiB and 1GiB"),
+                format!("{f}:20:15: bpf.max_sockets: 0 is out of range 1..=16777216"),
+                format!("{f}:22:20: table.closed_retention: `soon` is not a duration (expected number at 0); e.g. \"90s\" or \"5m\""),
+                format!("{f}:24:10: log.format: unknown log format `xml`; expected \"text\" or \"json\""),
+            ]
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4MiB"), Some(4 << 20));
+        assert_eq!(parse_size("256 KiB"), Some(256 << 10));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("4MB"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size("99999999999999G"), None);
+    }
+
+    #[test]
+    fn wakeup_threshold_must_fit_in_the_ring() {
+        let e = errors("[bpf]\nring_buffer_size = \"64KiB\"\nwakeup_threshold = \"64KiB\"\n");
+        assert_eq!(
+            e,
+            ["/etc/connectracer/connectracer.toml:3:20: bpf.wakeup_threshold: 65536 bytes: must be below bpf.ring_buffer_size (65536 bytes)"]
+        );
     }
 }

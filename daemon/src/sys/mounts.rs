@@ -31,7 +31,10 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -79,14 +82,23 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 /// Returns whether this call mounted it.
 pub fn ensure_bpffs() -> Result<bool, MountError> {
     let path = Path::new(BPFFS);
-    if mounts()?.iter().any(|m| m.fs_type == "bpf" && m.mount_point == path) {
+    if mounts()?
+        .iter()
+        .any(|m| m.fs_type == "bpf" && m.mount_point == path)
+    {
         return Ok(false);
     }
-    nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), Some("mode=0700"))
-        .map_err(|source| MountError::MountBpffs {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    nix::mount::mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .map_err(|source| MountError::MountBpffs {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(true)
 }
 

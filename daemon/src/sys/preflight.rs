@@ -13,14 +13,18 @@ pub enum PreflightError {
     NoBtf,
 }
 
-const NEEDED: [Capability; 3] = [Capability::CAP_BPF, Capability::CAP_PERFMON, Capability::CAP_NET_ADMIN];
+const NEEDED: [Capability; 3] = [
+    Capability::CAP_BPF,
+    Capability::CAP_PERFMON,
+    Capability::CAP_NET_ADMIN,
+];
 
 pub fn check() -> Result<(), PreflightError> {
     let has = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
     // CAP_SYS_ADMIN stands in for CAP_BPF + CAP_PERFMON on every kernel.
     let missing: Vec<String> = NEEDED
         .iter()
-        .filter(|c| !has(**c) && !(has(Capability::CAP_SYS_ADMIN) && **c != Capability::CAP_NET_ADMIN))
+        .filter(|c| !(has(**c) || has(Capability::CAP_SYS_ADMIN) && **c != Capability::CAP_NET_ADMIN))
         .map(|c| c.to_string())
         .collect();
     if !missing.is_empty() {

@@ -44,7 +44,12 @@ fn connect_all(dsts: &[SocketAddr]) -> serde_json::Value {
 }
 
 fn udp(count: usize, dsts: &[SocketAddr]) -> anyhow::Result<serde_json::Value> {
-    let bind: SocketAddr = if dsts.iter().all(SocketAddr::is_ipv4) { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let bind: SocketAddr = if dsts.iter().all(SocketAddr::is_ipv4) {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
     let s = UdpSocket::bind(bind)?;
     for _ in 0..count {
         for d in dsts {

@@ -1,0 +1,105 @@
+//! connectracerd's command line: configuration checking against checked-in
+//! fixtures, and the errors it gives when it cannot run.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use connectracer_tests::{bin_path, TestCgroup};
+
+fn daemon() -> Command {
+    Command::new(bin_path("connectracerd"))
+}
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+#[test]
+fn invalid_fixtures_fail_with_exactly_their_errors() {
+    let dir = fixtures().join("invalid");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let expected = std::fs::read_to_string(path.with_extension("err"))
+            .unwrap_or_else(|e| panic!("{}: missing .err: {e}", path.display()))
+            .replace("FIXTURE", path.to_str().unwrap());
+        let out = daemon()
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{}: EX_CONFIG", path.display());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            expected,
+            "{}",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3);
+}
+
+#[test]
+fn bundled_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/connectracer.toml");
+    let out = daemon()
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+}
+
+#[test]
+fn missing_explicit_config_is_an_error() {
+    let out = daemon()
+        .args(["--check-config", "--config", "/nonexistent/c.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "connectracerd: 1 error in configuration\n  /nonexistent/c.toml:0:0: cannot read file: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn unprivileged_start_says_what_is_missing() {
+    let out = daemon()
+        .args(["--foreground", "--config", "/dev/null"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("must run as root or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (running as uid 65534"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_cgroup_that_does_not_exist_is_named() {
+    let cg = TestCgroup::new("cli");
+    let missing = cg.path.join("no-such-child");
+    let out = daemon()
+        .args(["--foreground", "--config", "/dev/null", "--cgroup"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{} is not a cgroup v2 directory", missing.display())),
+        "{err}"
+    );
+}
