@@ -1,1 +1,101 @@
-fn main() {}
+mod cli;
+mod client;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use connectracer_proto::varlink::{
+    CallError, ConnectionsParams, ConnectionsReply, PsParams, StatsReply, VersionReply, WhoParams, INTERFACE,
+};
+use connectracer_proto::{ConnState, Protocol};
+use serde::Serialize;
+
+use cli::{Args, Command, ProtocolArg, StateArg};
+use client::{Client, ClientError};
+
+/// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 access denied, 4 daemon not running.
+fn exit_code(e: &ClientError) -> u8 {
+    match e {
+        ClientError::SocketDenied(_) | ClientError::Call(CallError::AccessDenied { .. }) => 3,
+        ClientError::NotRunning(_) => 4,
+        _ => 1,
+    }
+}
+
+fn print<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T) -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        print!("{}", table(value));
+    }
+}
+
+fn run(args: &Args) -> Result<(), ClientError> {
+    let mut c = Client::connect(&args.socket)?;
+    let m = |name: &str| format!("{INTERFACE}.{name}");
+    let list = |r: &ConnectionsReply| output::connections(&r.connections);
+    match &args.command {
+        Command::Who { address, local_port } => {
+            let p = WhoParams {
+                address: address.clone(),
+                port: None,
+                local_port: *local_port,
+            };
+            let r: ConnectionsReply = c.call(&m("Who"), &p)?;
+            print(args.json, &r, list);
+        }
+        Command::Ps { pid } => {
+            let r: ConnectionsReply = c.call(&m("Ps"), &PsParams { pid: *pid })?;
+            print(args.json, &r, list);
+        }
+        Command::Connections {
+            state,
+            protocol,
+            limit,
+        } => {
+            let p = ConnectionsParams {
+                state: state.map(|s| match s {
+                    StateArg::Connecting => ConnState::Connecting,
+                    StateArg::Established => ConnState::Established,
+                    StateArg::Failed => ConnState::Failed,
+                    StateArg::Closed => ConnState::Closed,
+                }),
+                protocol: protocol.map(|p| match p {
+                    ProtocolArg::Tcp => Protocol::Tcp,
+                    ProtocolArg::Udp => Protocol::Udp,
+                }),
+                limit: Some(*limit),
+            };
+            let r: ConnectionsReply = c.call(&m("Connections"), &p)?;
+            print(args.json, &r, list);
+        }
+        Command::Stats => {
+            let r: StatsReply = c.call(&m("GetStats"), &serde_json::json!({}))?;
+            print(args.json, &r, |r| output::stats(&r.stats));
+        }
+        Command::Version => {
+            let r: VersionReply = c.call(&m("GetVersion"), &serde_json::json!({}))?;
+            print(args.json, &r, |r| {
+                format!(
+                    "tracectl {}\nconnectracerd {} on kernel {}\n",
+                    env!("CARGO_PKG_VERSION"),
+                    r.version,
+                    r.kernel
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracectl: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

@@ -45,6 +45,10 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub trace: Option<TraceArg>,
 
+    /// Control socket (varlink) path.
+    #[arg(long, value_name = "PATH", default_value = connectracer_proto::varlink::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+
     /// Format of event lines (stdout) and diagnostics (stderr).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormatArg>,

@@ -12,12 +12,14 @@ use tracing::{info, warn};
 use crate::attribution::Attributor;
 use crate::bpf::tracer::{resolve_cgroup_dir, TracerOptions};
 use crate::config::{Config, TraceMode};
+use crate::control::{self, query, Answer, Method, Request};
 use crate::event_log::EventLog;
 use crate::kernel::KernelHandle;
 use crate::pipeline::Pipeline;
 use crate::sys::{mounts, preflight};
 use crate::table::{ConnTable, TableLimits};
 use crate::watchlist;
+use connectracer_proto::varlink::{to_parameters, CallError, Stats, StatsReply, VersionReply};
 
 /// Records in flight between the kernel thread and the pipeline; when full,
 /// the kernel thread waits and the ring buffer absorbs the burst.
@@ -25,7 +27,8 @@ const RECORD_QUEUE: usize = 8192;
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_PROCESSES: usize = 65536;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, control_socket: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
     preflight::check()?;
     if mounts::ensure_bpffs()? {
         info!("mounted bpffs at {}", mounts::BPFFS);
@@ -66,8 +69,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_closed: config.table.max_closed,
         closed_retention: config.table.closed_retention,
     });
-    let log = EventLog::new(config.log.format, config.log.events, &config.hosts);
-    let mut pipeline = Pipeline::new(attributor, table, log);
+    let log = EventLog::new(config.log.format, config.log.events);
+    let mut pipeline = Pipeline::new(attributor, table, log, &config.hosts);
+
+    let listener = control::server::bind(control_socket).context("control socket")?;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel(256);
+    let server = tokio::spawn(control::server::serve(listener, ctl_tx));
+    info!(socket = %control_socket.display(), "control socket listening");
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -76,6 +84,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             Some(rec) = rx.recv() => pipeline.handle(rec),
+            Some(req) = ctl_rx.recv() => {
+                let answer = answer(&req, &pipeline, &kernel, started).await;
+                let _ = req.reply.send(answer);
+            }
             _ = tick.tick() => pipeline.housekeeping(Instant::now()),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -84,6 +96,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     info!("stopping: draining events and detaching");
+    server.abort();
+    let _ = std::fs::remove_file(control_socket);
     let final_stats = kernel.shutdown();
     while let Some(rec) = rx.recv().await {
         pipeline.handle(rec);
@@ -113,6 +127,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(_) => warn!("kernel thread ended without final counters"),
     }
     Ok(())
+}
+
+async fn answer(req: &Request, pipeline: &Pipeline, kernel: &KernelHandle, started: Instant) -> Answer {
+    let table = pipeline.table();
+    match &req.method {
+        Method::GetVersion => Ok(to_parameters(&VersionReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        })),
+        Method::GetStats => {
+            let kernel_counters = kernel
+                .stats()
+                .await
+                .map_err(|reason| CallError::InvalidArgument {
+                    field: "kernel".into(),
+                    reason,
+                })?;
+            let (pipe, t, processes) = pipeline.stats();
+            Ok(to_parameters(&StatsReply {
+                stats: Stats {
+                    kernel: kernel_counters,
+                    records: pipe.records,
+                    connections: pipe.connections,
+                    orphan_state_events: pipe.orphan_state_events,
+                    decode_errors: kernel.decode_errors(),
+                    table_open: t.open as u64,
+                    table_closed: t.closed as u64,
+                    evicted_open: t.evicted_open,
+                    evicted_closed: t.evicted_closed,
+                    processes: processes as u64,
+                    uptime_seconds: started.elapsed().as_secs_f64(),
+                },
+            }))
+        }
+        Method::Who(p) => query::who(table, &req.caller, p),
+        Method::Ps(p) => query::ps(table, &req.caller, p),
+        Method::Connections(p) => query::connections(table, &req.caller, p),
+    }
 }
 
 /// Loads the configuration and applies command-line overrides.

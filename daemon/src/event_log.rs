@@ -2,11 +2,10 @@
 //! or one JSON object per line for machines. Daemon diagnostics go to stderr
 //! through `tracing`, so the two never interleave within a line.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::time::SystemTime;
 
-use crate::config::{LogFormat, WatchedHost};
+use crate::config::LogFormat;
 use crate::table::Connection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,19 +33,11 @@ impl EventKind {
 pub struct EventLog {
     format: LogFormat,
     enabled: bool,
-    hosts: HashMap<u32, (String, Option<String>)>,
 }
 
 impl EventLog {
-    pub fn new(format: LogFormat, enabled: bool, hosts: &[WatchedHost]) -> Self {
-        Self {
-            format,
-            enabled,
-            hosts: hosts
-                .iter()
-                .map(|h| (h.id, (h.name.clone(), h.label.clone())))
-                .collect(),
-        }
+    pub fn new(format: LogFormat, enabled: bool) -> Self {
+        Self { format, enabled }
     }
 
     pub fn log(&self, kind: EventKind, c: &Connection) {
@@ -62,10 +53,6 @@ impl EventLog {
         let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
     }
 
-    fn host(&self, c: &Connection) -> Option<&(String, Option<String>)> {
-        c.host_id.and_then(|id| self.hosts.get(&id))
-    }
-
     fn json(&self, kind: EventKind, c: &Connection) -> String {
         let mut v = serde_json::to_value(c).unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
@@ -76,10 +63,6 @@ impl EventLog {
                     .into(),
             );
             obj.insert("event".into(), kind.as_str().into());
-            if let Some((name, label)) = self.host(c) {
-                obj.insert("host".into(), name.clone().into());
-                obj.insert("label".into(), label.clone().into());
-            }
         }
         let mut s = v.to_string();
         s.push('\n');
@@ -115,12 +98,10 @@ impl EventLog {
             "container",
             p.container_id.as_deref().map(|id| &id[..id.len().min(12)]),
         );
-        opt(&mut s, "runtime", p.container_runtime);
+        opt(&mut s, "runtime", p.container_runtime.as_deref());
         opt(&mut s, "cgroup", p.cgroup.as_deref());
-        if let Some((name, label)) = self.host(c) {
-            opt(&mut s, "host", Some(name));
-            opt(&mut s, "label", label.as_deref());
-        }
+        opt(&mut s, "host", c.host.as_deref());
+        opt(&mut s, "label", c.label.as_deref());
         if c.verdict != connectracer_proto::Verdict::Allow {
             opt(&mut s, "verdict", Some(c.verdict.as_str()));
         }

@@ -149,7 +149,7 @@ fn run(
     };
     let _ = ready.send(Ok(()));
 
-    let stats = |t: &Tracer| KernelStats::read(t.stats_map()).map_err(|e| e.to_string());
+    let stats = |t: &Tracer| crate::bpf::stats::read(t.stats_map()).map_err(|e| e.to_string());
     loop {
         // poll() returns early when the kernel forced a wakeup; consume()
         // then drains what the NO_WAKEUP submissions left behind.

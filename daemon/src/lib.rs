@@ -5,6 +5,7 @@ pub mod attribution;
 pub mod bpf;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod event_log;
 pub mod kernel;

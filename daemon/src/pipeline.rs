@@ -1,6 +1,7 @@
 //! Kernel records in, attributed connections out: the process cache and the
 //! connection table are updated here, and every connection event is logged.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -10,6 +11,7 @@ use serde::Serialize;
 
 use crate::attribution::Attributor;
 use crate::bpf::event::{ConnKind, ConnRecord, Record};
+use crate::config::WatchedHost;
 use crate::event_log::{EventKind, EventLog};
 use crate::table::{ConnTable, Connection, Ending, TableStats};
 
@@ -26,6 +28,8 @@ pub struct Pipeline {
     attributor: Attributor,
     table: ConnTable,
     log: EventLog,
+    /// Watched-host id to (name, label), for the connections that matched.
+    hosts: HashMap<u32, (String, Option<String>)>,
     /// CLOCK_MONOTONIC to wall clock, for the kernel's timestamps.
     boot_wall: SystemTime,
     stats: PipelineStats,
@@ -40,11 +44,15 @@ fn monotonic_epoch() -> SystemTime {
 }
 
 impl Pipeline {
-    pub fn new(attributor: Attributor, table: ConnTable, log: EventLog) -> Self {
+    pub fn new(attributor: Attributor, table: ConnTable, log: EventLog, hosts: &[WatchedHost]) -> Self {
         Self {
             attributor,
             table,
             log,
+            hosts: hosts
+                .iter()
+                .map(|h| (h.id, (h.name.clone(), h.label.clone())))
+                .collect(),
             boot_wall: monotonic_epoch(),
             stats: PipelineStats::default(),
         }
@@ -78,6 +86,8 @@ impl Pipeline {
 
     fn on_new(&mut self, c: &ConnRecord) {
         let process = Arc::new(self.attributor.attribute(c));
+        let host_id = c.host_id.map(|h| h.get());
+        let host = host_id.and_then(|id| self.hosts.get(&id));
         let conn = Connection {
             id: 0,
             cookie: c.cookie,
@@ -87,7 +97,9 @@ impl Pipeline {
             verdict: c.verdict,
             dst: c.dst,
             src: None,
-            host_id: c.host_id.map(|h| h.get()),
+            host_id,
+            host: host.map(|h| h.0.clone()),
+            label: host.and_then(|h| h.1.clone()),
             started: self.boot_wall + Duration::from_nanos(c.ts_ns),
             duration_ns: None,
             bytes_sent: None,

@@ -5,41 +5,11 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use connectracer_proto::{ConnState, FailReason, Protocol, Verdict};
+pub use connectracer_proto::Connection;
+use connectracer_proto::{ConnState, FailReason};
 use serde::Serialize;
-
-use crate::attribution::Attribution;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Connection {
-    pub id: u64,
-    pub cookie: u64,
-    pub protocol: Protocol,
-    pub state: ConnState,
-    pub fail_reason: Option<FailReason>,
-    pub verdict: Verdict,
-    pub dst: SocketAddr,
-    pub src: Option<SocketAddr>,
-    pub host_id: Option<u32>,
-    #[serde(with = "humantime_serde_compat")]
-    pub started: SystemTime,
-    pub duration_ns: Option<u64>,
-    pub bytes_sent: Option<u64>,
-    pub bytes_received: Option<u64>,
-    pub process: Arc<Attribution>,
-}
-
-/// RFC 3339 timestamps in serialized output.
-mod humantime_serde_compat {
-    use std::time::SystemTime;
-
-    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_micros(*t))
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableLimits {
@@ -252,10 +222,15 @@ impl ConnTable {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use connectracer_proto::{Process, Protocol, Verdict};
+
     use super::*;
 
-    fn attribution(pid: u32) -> Arc<Attribution> {
-        Arc::new(Attribution {
+    fn attribution(pid: u32) -> Arc<Process> {
+        Arc::new(Process {
             pid,
             tid: pid,
             ppid: None,
@@ -286,6 +261,8 @@ mod tests {
             dst: dst.parse().unwrap(),
             src: None,
             host_id: None,
+            host: None,
+            label: None,
             started: SystemTime::now(),
             duration_ns: None,
             bytes_sent: None,

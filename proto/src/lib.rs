@@ -1,7 +1,13 @@
 //! Types that cross the boundary between connectracerd and its clients
 //! (tracectl, log consumers): defined once, serialized the same everywhere.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
 use serde::{Deserialize, Serialize};
+
+pub mod varlink;
 
 /// Transport protocol of a traced connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,6 +105,67 @@ impl FailReason {
             FailReason::Aborted => "aborted",
             FailReason::Other => "other",
         }
+    }
+}
+
+/// The task behind a connection, frozen at connect time (the process may be
+/// gone by the time anyone asks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: Option<u32>,
+    pub uid: u32,
+    pub user: Option<String>,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+    pub user_unit: Option<String>,
+    pub slice: Option<String>,
+    pub container_runtime: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+/// One traced connection: an entry of the daemon's connection table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub id: u64,
+    /// Kernel socket cookie; an unconnected UDP socket has one entry per destination.
+    pub cookie: u64,
+    pub protocol: Protocol,
+    pub state: ConnState,
+    pub fail_reason: Option<FailReason>,
+    pub verdict: Verdict,
+    pub dst: SocketAddr,
+    pub src: Option<SocketAddr>,
+    pub host_id: Option<u32>,
+    /// The watched-host entry the destination matched, as configured.
+    pub host: Option<String>,
+    pub label: Option<String>,
+    #[serde(with = "rfc3339")]
+    pub started: SystemTime,
+    pub duration_ns: Option<u64>,
+    pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
+    pub process: Arc<Process>,
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)
     }
 }
 

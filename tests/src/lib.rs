@@ -148,6 +148,8 @@ pub struct Daemon {
     events: mpsc::Receiver<Value>,
     stderr: mpsc::Receiver<Value>,
     pub seen: Vec<Value>,
+    /// The daemon's control socket, private to this test.
+    pub socket: PathBuf,
     _config: tempfile_lite::TempFile,
 }
 
@@ -198,9 +200,12 @@ impl Daemon {
     /// says it is tracing.
     pub fn start(cg: &TestCgroup, config: &str) -> anyhow::Result<Self> {
         let cfg = tempfile_lite::TempFile::new(&cg.rel[1..], config);
+        let socket = std::env::temp_dir().join(format!("{}.sock", &cg.rel[1..]));
         let mut child = Command::new(bin_path("connectracerd"))
             .args(["--foreground", "--log-format", "json", "--cgroup"])
             .arg(&cg.path)
+            .arg("--control-socket")
+            .arg(&socket)
             .arg("--config")
             .arg(cfg.path())
             .stdout(Stdio::piped())
@@ -216,9 +221,10 @@ impl Daemon {
             events,
             stderr,
             seen: Vec::new(),
+            socket,
             _config: cfg,
         };
-        d.wait_log("tracing outbound connections", Duration::from_secs(20))?;
+        d.wait_log("control socket listening", Duration::from_secs(20))?;
         Ok(d)
     }
 

@@ -9,34 +9,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use connectracer_proto::Process as Attribution;
 
 use self::cgroups::{Cgroup, CgroupResolver};
 use self::process::{Process, ProcessCache};
 use self::users::UserNames;
 use crate::bpf::event::{ConnRecord, ProcRecord};
-
-/// Everything known about the task behind a connection, frozen at connect
-/// time (the process may be gone by the time anyone asks).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Attribution {
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: Option<u32>,
-    pub uid: u32,
-    pub user: Option<String>,
-    pub comm: String,
-    pub exe: Option<String>,
-    pub argv: Vec<String>,
-    pub cgroup_id: u64,
-    pub cgroup: Option<String>,
-    pub unit: Option<String>,
-    pub user_unit: Option<String>,
-    pub slice: Option<String>,
-    pub container_runtime: Option<&'static str>,
-    pub container_id: Option<String>,
-    pub pod_uid: Option<String>,
-}
 
 #[derive(Debug)]
 pub struct Attributor {
@@ -77,7 +55,7 @@ impl Attributor {
             unit: cg.as_ref().and_then(|c| c.info.unit.clone()),
             user_unit: cg.as_ref().and_then(|c| c.info.user_unit.clone()),
             slice: cg.as_ref().and_then(|c| c.info.slice.clone()),
-            container_runtime: container.map(|c| c.runtime.as_str()),
+            container_runtime: container.map(|c| c.runtime.as_str().to_string()),
             container_id: container.map(|c| c.id.clone()),
             pod_uid: container.and_then(|c| c.pod_uid.clone()),
         }

@@ -1,24 +1,12 @@
 //! Kernel-side counters from the per-CPU `stats` array.
 
+use connectracer_proto::varlink::KernelCounters;
 use libbpf_rs::{MapCore, MapFlags};
-use serde::Serialize;
 
 use super::types::ct_stat;
 
 /// Sums over CPUs, plus ring-buffer drops per CPU (where loss happened).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct KernelStats {
-    pub connects: u64,
-    pub sendmsg_new: u64,
-    pub sendmsg_dup: u64,
-    pub unwatched: u64,
-    pub events: u64,
-    pub drops: u64,
-    pub state_changes: u64,
-    pub proc_events: u64,
-    pub other_proto: u64,
-    pub drops_per_cpu: Vec<u64>,
-}
+pub type KernelStats = KernelCounters;
 
 fn per_cpu(map: &dyn MapCore, idx: ct_stat) -> libbpf_rs::Result<Vec<u64>> {
     let vals = map
@@ -33,21 +21,20 @@ fn per_cpu(map: &dyn MapCore, idx: ct_stat) -> libbpf_rs::Result<Vec<u64>> {
         .collect())
 }
 
-impl KernelStats {
-    pub fn read(map: &dyn MapCore) -> libbpf_rs::Result<Self> {
-        let sum = |idx| per_cpu(map, idx).map(|v| v.iter().sum());
-        let drops_per_cpu = per_cpu(map, ct_stat::CT_STAT_RB_DROPS)?;
-        Ok(Self {
-            connects: sum(ct_stat::CT_STAT_CONNECTS)?,
-            sendmsg_new: sum(ct_stat::CT_STAT_SENDMSG_NEW)?,
-            sendmsg_dup: sum(ct_stat::CT_STAT_SENDMSG_DUP)?,
-            unwatched: sum(ct_stat::CT_STAT_UNWATCHED)?,
-            events: sum(ct_stat::CT_STAT_EVENTS)?,
-            drops: drops_per_cpu.iter().sum(),
-            state_changes: sum(ct_stat::CT_STAT_STATE_CHANGES)?,
-            proc_events: sum(ct_stat::CT_STAT_PROC_EVENTS)?,
-            other_proto: sum(ct_stat::CT_STAT_OTHER_PROTO)?,
-            drops_per_cpu,
-        })
-    }
+/// Reads the counters from the `stats` map.
+pub fn read(map: &dyn MapCore) -> libbpf_rs::Result<KernelStats> {
+    let sum = |idx| per_cpu(map, idx).map(|v| v.iter().sum());
+    let drops_per_cpu = per_cpu(map, ct_stat::CT_STAT_RB_DROPS)?;
+    Ok(KernelCounters {
+        connects: sum(ct_stat::CT_STAT_CONNECTS)?,
+        sendmsg_new: sum(ct_stat::CT_STAT_SENDMSG_NEW)?,
+        sendmsg_dup: sum(ct_stat::CT_STAT_SENDMSG_DUP)?,
+        unwatched: sum(ct_stat::CT_STAT_UNWATCHED)?,
+        events: sum(ct_stat::CT_STAT_EVENTS)?,
+        drops: drops_per_cpu.iter().sum(),
+        state_changes: sum(ct_stat::CT_STAT_STATE_CHANGES)?,
+        proc_events: sum(ct_stat::CT_STAT_PROC_EVENTS)?,
+        other_proto: sum(ct_stat::CT_STAT_OTHER_PROTO)?,
+        drops_per_cpu,
+    })
 }

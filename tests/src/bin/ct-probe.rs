@@ -5,6 +5,7 @@
 //! ct-probe connect ADDR...             connect to each (refused is fine), close
 //! ct-probe udp COUNT ADDR...           COUNT unconnected sendto()s to each ADDR, one socket
 //! ct-probe flood ADDR N                N connect+close to ADDR as fast as possible
+//! ct-probe hold ADDR SECONDS           connect, print the local address, keep it open
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -69,6 +70,18 @@ fn flood(dst: SocketAddr, n: usize) -> serde_json::Value {
     serde_json::json!({ "pid": std::process::id(), "attempts": n, "ok": ok })
 }
 
+/// Reports the connection before holding it, so the test can query the
+/// daemon while it is open.
+fn hold(dst: SocketAddr, secs: u64) -> anyhow::Result<serde_json::Value> {
+    let s = TcpStream::connect(dst).with_context(|| format!("connecting to {dst}"))?;
+    let first = serde_json::json!({ "pid": std::process::id(), "local": s.local_addr()?.to_string() });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{first}")?;
+    out.flush()?;
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    Ok(serde_json::json!({ "held": secs }))
+}
+
 fn run(args: &[String]) -> anyhow::Result<serde_json::Value> {
     let addrs = |v: &[String]| v.iter().map(|s| addr(s)).collect::<anyhow::Result<Vec<_>>>();
     match args {
@@ -76,7 +89,8 @@ fn run(args: &[String]) -> anyhow::Result<serde_json::Value> {
         [cmd, rest @ ..] if cmd == "connect" => Ok(connect_all(&addrs(rest)?)),
         [cmd, count, rest @ ..] if cmd == "udp" => udp(count.parse()?, &addrs(rest)?),
         [cmd, dst, n] if cmd == "flood" => Ok(flood(addr(dst)?, n.parse()?)),
-        _ => bail!("usage: ct-probe tcp|connect|udp|flood ... (see the source)"),
+        [cmd, dst, secs] if cmd == "hold" => hold(addr(dst)?, secs.parse()?),
+        _ => bail!("usage: ct-probe tcp|connect|udp|flood|hold ... (see the source)"),
     }
 }
 

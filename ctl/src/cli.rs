@@ -1,0 +1,75 @@
+//! tracectl's command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Ask connectracerd which process owns a connection, list traced
+/// connections and read the daemon's counters.
+#[derive(Debug, Parser)]
+#[command(name = "tracectl", version, about, long_about = None)]
+pub struct Args {
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "CONNECTRACER_SOCKET",
+        default_value = connectracer_proto::varlink::DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    Connecting,
+    Established,
+    Failed,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Who connects to a destination (IP or IP:PORT), or owns a local port.
+    Who {
+        /// Destination: 93.184.216.34, 93.184.216.34:443 or [2001:db8::1]:443.
+        #[arg(
+            value_name = "ADDRESS[:PORT]",
+            required_unless_present = "local_port",
+            conflicts_with = "local_port"
+        )]
+        address: Option<String>,
+        /// The local (source) port of the connection.
+        #[arg(long, value_name = "PORT")]
+        local_port: Option<u16>,
+    },
+    /// Open and recently closed connections of a process.
+    Ps { pid: u32 },
+    /// Connections in the daemon's table, newest first.
+    Connections {
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        #[arg(long, value_enum)]
+        protocol: Option<ProtocolArg>,
+        /// At most this many (the daemon caps answers at 100000).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Kernel and daemon counters: events, drops, table size.
+    Stats,
+    /// The daemon's version and kernel.
+    Version,
+}

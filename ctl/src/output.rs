@@ -1,0 +1,119 @@
+//! Human-readable tables.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use connectracer_proto::varlink::Stats;
+use connectracer_proto::Connection;
+
+fn age(t: SystemTime) -> String {
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+/// One row per connection, aligned columns.
+pub fn connections(conns: &[Connection]) -> String {
+    let header = [
+        "PID",
+        "COMM",
+        "USER",
+        "PROTO",
+        "STATE",
+        "LOCAL",
+        "REMOTE",
+        "HOST",
+        "UNIT",
+        "CONTAINER",
+        "AGE",
+    ];
+    let rows: Vec<[String; 11]> = conns
+        .iter()
+        .map(|c| {
+            let p = &c.process;
+            let state = match c.fail_reason {
+                Some(r) => format!("{}({})", c.state.as_str(), r.as_str()),
+                None => c.state.as_str().to_string(),
+            };
+            [
+                p.pid.to_string(),
+                p.comm.clone(),
+                p.user.clone().unwrap_or_else(|| p.uid.to_string()),
+                c.protocol.as_str().to_string(),
+                state,
+                c.src.map_or_else(|| "-".into(), |s| s.to_string()),
+                c.dst.to_string(),
+                c.label
+                    .clone()
+                    .or_else(|| c.host.clone())
+                    .unwrap_or_else(|| "-".into()),
+                p.unit.clone().unwrap_or_else(|| "-".into()),
+                p.container_id
+                    .as_deref()
+                    .map_or_else(|| "-".into(), |id| id[..id.len().min(12)].to_string()),
+                age(c.started),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i + 1 == widths.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for r in &rows {
+        line(&mut r.iter().map(String::as_str));
+    }
+    out
+}
+
+pub fn stats(s: &Stats) -> String {
+    let k = &s.kernel;
+    format!(
+        "uptime              {:.0}s\n\
+         kernel connects     {}\n\
+         kernel sendmsg      {} new, {} repeated\n\
+         unwatched           {}\n\
+         events submitted    {}\n\
+         events dropped      {} (per CPU: {:?})\n\
+         records read        {}\n\
+         connections traced  {}\n\
+         table               {} open, {} closed ({} + {} evicted)\n\
+         processes cached    {}\n",
+        s.uptime_seconds,
+        k.connects,
+        k.sendmsg_new,
+        k.sendmsg_dup,
+        k.unwatched,
+        k.events,
+        k.drops,
+        k.drops_per_cpu,
+        s.records,
+        s.connections,
+        s.table_open,
+        s.table_closed,
+        s.evicted_open,
+        s.evicted_closed,
+        s.processes,
+    )
+}

@@ -1,0 +1,226 @@
+//! The varlink socket server: framing, parsing, authorization, dispatch.
+
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use connectracer_proto::varlink::{
+    to_parameters, Call, CallError, Reply, DESCRIPTION, INTERFACE, MAX_MESSAGE, SERVICE_INTERFACE,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::authz::ADMIN_GROUP;
+use super::{Answer, Caller, Method, Request};
+
+/// Clients served at once; more wait in the accept queue.
+const MAX_CLIENTS: usize = 128;
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SERVICE_DESCRIPTION: &str = "interface org.varlink.service
+method GetInfo() -> (vendor: string, product: string, version: string, url: string, interfaces: []string)
+method GetInterfaceDescription(interface: string) -> (description: string)
+error InterfaceNotFound (interface: string)
+error MethodNotFound (method: string)
+error MethodNotImplemented (method: string)
+error InvalidParameter (parameter: string)
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("creating {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another connectracerd already serves {0}")]
+    InUse(PathBuf),
+    #[error("binding {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the socket, 0660 root:connectracer (root-only if the group does
+/// not exist). A stale socket from a dead instance is replaced.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ControlError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ControlError::InUse(path.to_path_buf()));
+    }
+    let _ = std::fs::remove_file(path);
+    let bind_err = |source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    match nix::unistd::Group::from_name(ADMIN_GROUP) {
+        Ok(Some(g)) => chown(path, Some(0), Some(g.gid.as_raw())).map_err(bind_err)?,
+        _ => tracing::warn!(
+            "group {ADMIN_GROUP} does not exist: only root can use {}; create it (systemd-sysusers) to delegate",
+            path.display()
+        ),
+    }
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
+    let slots = std::sync::Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("control socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client(stream, requests).await {
+                tracing::debug!("control client: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn client(stream: UnixStream, requests: mpsc::Sender<Request>) -> std::io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let caller = Caller::from_peer(cred.uid(), cred.gid(), cred.pid());
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    loop {
+        let mut buf = Vec::new();
+        let n = (&mut rd)
+            .take(MAX_MESSAGE as u64 + 1)
+            .read_until(0, &mut buf)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf.last() != Some(&0) {
+            if buf.len() > MAX_MESSAGE {
+                let e = invalid("message", format!("longer than {MAX_MESSAGE} bytes"));
+                write(&mut wr, &e.into_reply()).await?;
+            }
+            // Oversized, or the peer hung up mid-message: nothing more to read.
+            return Ok(());
+        }
+        buf.pop();
+        let (reply, oneway) = match serde_json::from_slice::<Call>(&buf) {
+            Ok(call) => (dispatch(&call, caller, &requests).await, call.oneway),
+            Err(e) => (Err(invalid("message", format!("not a varlink call: {e}"))), false),
+        };
+        if !oneway {
+            let reply = match reply {
+                Ok(parameters) => Reply {
+                    error: None,
+                    parameters,
+                    continues: false,
+                },
+                Err(e) => e.into_reply(),
+            };
+            write(&mut wr, &reply).await?;
+        }
+    }
+}
+
+async fn write(wr: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    bytes.push(0);
+    wr.write_all(&bytes).await
+}
+
+fn invalid(field: &str, reason: String) -> CallError {
+    CallError::InvalidArgument {
+        field: field.into(),
+        reason,
+    }
+}
+
+fn params<T: DeserializeOwned>(call: &Call) -> Result<T, CallError> {
+    serde_json::from_value(Value::Object(call.parameters.clone()))
+        .map_err(|e| invalid("parameters", e.to_string()))
+}
+
+async fn dispatch(call: &Call, caller: Caller, requests: &mpsc::Sender<Request>) -> Answer {
+    let (interface, name) = call.method.rsplit_once('.').unwrap_or(("", call.method.as_str()));
+    let method = match (interface, name) {
+        (SERVICE_INTERFACE, "GetInfo") => return Ok(info()),
+        (SERVICE_INTERFACE, "GetInterfaceDescription") => return describe(call),
+        (INTERFACE, "GetVersion") => Method::GetVersion,
+        (INTERFACE, "GetStats") => Method::GetStats,
+        (INTERFACE, "Who") => Method::Who(params(call)?),
+        (INTERFACE, "Ps") => Method::Ps(params(call)?),
+        (INTERFACE, "Connections") => Method::Connections(params(call)?),
+        (SERVICE_INTERFACE | INTERFACE, _) => {
+            return Err(CallError::MethodNotFound {
+                method: call.method.clone(),
+            })
+        }
+        _ => {
+            return Err(CallError::InterfaceNotFound {
+                interface: interface.to_string(),
+            })
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    let gone = || invalid("daemon", "the daemon is shutting down".into());
+    requests
+        .send(Request {
+            method,
+            caller,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| gone())?;
+    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(gone()),
+        Err(_) => Err(invalid("daemon", format!("no answer within {ANSWER_TIMEOUT:?}"))),
+    }
+}
+
+fn info() -> Map<String, Value> {
+    to_parameters(&serde_json::json!({
+        "vendor": "connectracer",
+        "product": "connectracerd",
+        "version": env!("CARGO_PKG_VERSION"),
+        "url": "https://github.com/connectracer/connectracer",
+        "interfaces": [SERVICE_INTERFACE, INTERFACE],
+    }))
+}
+
+fn describe(call: &Call) -> Answer {
+    let wanted = call
+        .parameters
+        .get("interface")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let description = match wanted {
+        INTERFACE => DESCRIPTION,
+        SERVICE_INTERFACE => SERVICE_DESCRIPTION,
+        other => {
+            return Err(CallError::InterfaceNotFound {
+                interface: other.to_string(),
+            })
+        }
+    };
+    Ok(to_parameters(&serde_json::json!({ "description": description })))
+}

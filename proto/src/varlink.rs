@@ -1,0 +1,240 @@
+//! The varlink wire protocol of the control socket: NUL-terminated JSON
+//! messages, `method`/`parameters`/`more` calls and `parameters`/`error`
+//! replies, for interface `org.connectracer.Tracer`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{ConnState, Connection, Protocol};
+
+pub const INTERFACE: &str = "org.connectracer.Tracer";
+/// The interface definition, served by `GetInterfaceDescription`.
+pub const DESCRIPTION: &str = include_str!("org.connectracer.Tracer.varlink");
+pub const SERVICE_INTERFACE: &str = "org.varlink.service";
+pub const DEFAULT_SOCKET: &str = "/run/connectracer/control.sock";
+/// Requests longer than this are refused and the connection closed.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub parameters: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oneway: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continues: bool,
+}
+
+/// Errors a call can end with, by their varlink names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    AccessDenied { reason: String },
+    InvalidArgument { field: String, reason: String },
+    MethodNotFound { method: String },
+    InterfaceNotFound { interface: String },
+    InvalidParameter { parameter: String },
+}
+
+impl CallError {
+    pub fn name(&self) -> String {
+        match self {
+            CallError::AccessDenied { .. } => format!("{INTERFACE}.AccessDenied"),
+            CallError::InvalidArgument { .. } => format!("{INTERFACE}.InvalidArgument"),
+            CallError::MethodNotFound { .. } => format!("{SERVICE_INTERFACE}.MethodNotFound"),
+            CallError::InterfaceNotFound { .. } => format!("{SERVICE_INTERFACE}.InterfaceNotFound"),
+            CallError::InvalidParameter { .. } => format!("{SERVICE_INTERFACE}.InvalidParameter"),
+        }
+    }
+
+    pub fn into_reply(self) -> Reply {
+        let mut p = Map::new();
+        let name = self.name();
+        match self {
+            CallError::AccessDenied { reason } => {
+                p.insert("reason".into(), reason.into());
+            }
+            CallError::InvalidArgument { field, reason } => {
+                p.insert("field".into(), field.into());
+                p.insert("reason".into(), reason.into());
+            }
+            CallError::MethodNotFound { method } => {
+                p.insert("method".into(), method.into());
+            }
+            CallError::InterfaceNotFound { interface } => {
+                p.insert("interface".into(), interface.into());
+            }
+            CallError::InvalidParameter { parameter } => {
+                p.insert("parameter".into(), parameter.into());
+            }
+        }
+        Reply {
+            error: Some(name),
+            parameters: p,
+            continues: false,
+        }
+    }
+
+    /// Back from a reply, for clients.
+    pub fn from_reply(r: &Reply) -> Option<Self> {
+        let name = r.error.as_deref()?;
+        let get = |k: &str| {
+            r.parameters
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let short = name.rsplit('.').next().unwrap_or(name);
+        Some(match short {
+            "AccessDenied" => CallError::AccessDenied {
+                reason: get("reason"),
+            },
+            "InvalidArgument" => CallError::InvalidArgument {
+                field: get("field"),
+                reason: get("reason"),
+            },
+            "MethodNotFound" => CallError::MethodNotFound {
+                method: get("method"),
+            },
+            "InterfaceNotFound" => CallError::InterfaceNotFound {
+                interface: get("interface"),
+            },
+            _ => CallError::InvalidParameter {
+                parameter: get("parameter"),
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::AccessDenied { reason } => write!(f, "access denied: {reason}"),
+            CallError::InvalidArgument { field, reason } => write!(f, "invalid {field}: {reason}"),
+            CallError::MethodNotFound { method } => write!(f, "the daemon has no method {method}"),
+            CallError::InterfaceNotFound { interface } => {
+                write!(f, "the daemon has no interface {interface}")
+            }
+            CallError::InvalidParameter { parameter } => write!(f, "invalid parameter {parameter}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsParams {
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionsParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ConnState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionsReply {
+    pub connections: Vec<Connection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionReply {
+    pub version: String,
+    pub kernel: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelCounters {
+    pub connects: u64,
+    pub sendmsg_new: u64,
+    pub sendmsg_dup: u64,
+    pub unwatched: u64,
+    pub events: u64,
+    pub drops: u64,
+    pub state_changes: u64,
+    pub proc_events: u64,
+    pub other_proto: u64,
+    pub drops_per_cpu: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub kernel: KernelCounters,
+    pub records: u64,
+    pub connections: u64,
+    pub orphan_state_events: u64,
+    pub decode_errors: u64,
+    pub table_open: u64,
+    pub table_closed: u64,
+    pub evicted_open: u64,
+    pub evicted_closed: u64,
+    pub processes: u64,
+    pub uptime_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    pub stats: Stats,
+}
+
+/// Parameters as a JSON object (what `Call`/`Reply` carry).
+pub fn to_parameters<T: Serialize>(v: &T) -> Map<String, Value> {
+    match serde_json::to_value(v) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_round_trip_through_replies() {
+        for e in [
+            CallError::AccessDenied { reason: "r".into() },
+            CallError::InvalidArgument {
+                field: "address".into(),
+                reason: "bad".into(),
+            },
+            CallError::MethodNotFound { method: "x.Y".into() },
+        ] {
+            let reply = e.clone().into_reply();
+            let text = serde_json::to_string(&reply).unwrap();
+            let back: Reply = serde_json::from_str(&text).unwrap();
+            assert_eq!(CallError::from_reply(&back), Some(e));
+        }
+    }
+
+    #[test]
+    fn description_declares_every_method() {
+        assert!(DESCRIPTION.contains(&format!("interface {INTERFACE}\n")));
+        for m in ["GetVersion", "GetStats", "Who", "Ps", "Connections"] {
+            assert!(DESCRIPTION.contains(&format!("method {m}(")), "{m}");
+        }
+    }
+}

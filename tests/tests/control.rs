@@ -1,0 +1,217 @@
+//! The control socket against the running daemon: tracectl queries, the raw
+//! varlink protocol, and who may connect.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use connectracer_tests::{bin_path, tcp_server, Daemon, TestCgroup};
+use serde_json::{json, Value};
+
+fn tracectl(d: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin_path("tracectl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A client in the cgroup that holds a connection open; returns its pid and
+/// local address once connected.
+fn hold(cg: &TestCgroup, dst: &str) -> (std::process::Child, u64, String) {
+    let mut child = cg
+        .command(&bin_path("ct-probe"))
+        .args(["hold", dst, "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    (
+        child,
+        v["pid"].as_u64().unwrap(),
+        v["local"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn who_ps_and_connections_find_an_open_connection() {
+    let cg = TestCgroup::new("who");
+    let mut d = Daemon::start(&cg, "trace = \"all\"\n").unwrap();
+    let server = tcp_server("127.0.0.1:0", 1, 1);
+    let (mut child, pid, local) = hold(&cg, &server.to_string());
+    d.wait_for(Duration::from_secs(15), |s| {
+        s.iter()
+            .any(|e| e["event"] == "established" && e["process"]["pid"] == pid)
+    })
+    .unwrap();
+    let lport = local.rsplit(':').next().unwrap();
+
+    let (code, out, err) = tracectl(&d, &["--json", "who", "--local-port", lport]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let conns = v["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 1, "{out}");
+    assert_eq!(conns[0]["process"]["pid"], pid);
+    assert_eq!(conns[0]["process"]["exe"], bin_path("ct-probe").to_str().unwrap());
+    assert_eq!(conns[0]["src"], local.as_str());
+    assert_eq!(conns[0]["state"], "established");
+
+    let (code, out, _) = tracectl(&d, &["--json", "who", &server.to_string()]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["process"]["pid"] == pid));
+
+    let (code, out, _) = tracectl(&d, &["ps", &pid.to_string()]);
+    assert_eq!(code, 0);
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("PID"), "{out}");
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with(&format!("{pid} ")) && row.contains("ct-probe") && row.contains(&local),
+        "{out}"
+    );
+
+    let (code, out, _) = tracectl(
+        &d,
+        &[
+            "--json",
+            "connections",
+            "--state",
+            "established",
+            "--protocol",
+            "tcp",
+        ],
+    );
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["state"] == "established"));
+
+    let (code, out, _) = tracectl(&d, &["--json", "stats"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stats"]["kernel"]["connects"], 1);
+    assert_eq!(v["stats"]["table_open"], 1);
+
+    let (code, _, err) = tracectl(&d, &["who", "not-an-address"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "tracectl: invalid address: `not-an-address` is not an IP address or ADDRESS:PORT\n"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn exit_codes_for_usage_denied_and_not_running() {
+    let cg = TestCgroup::new("codes");
+    let d = Daemon::start(&cg, "").unwrap();
+    let (code, _, _) = tracectl(&d, &["who"]);
+    assert_eq!(code, 2, "usage error");
+    let out = Command::new(bin_path("tracectl"))
+        .args(["--socket", "/nonexistent/control.sock", "stats"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    // The socket is 0660 root:connectracer; nobody is in neither.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin_path("tracectl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
+}
+
+fn call(s: &mut UnixStream, msg: &[u8]) -> Value {
+    s.write_all(msg).unwrap();
+    s.write_all(b"\0").unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8];
+    loop {
+        s.read_exact(&mut byte).unwrap();
+        if byte[0] == 0 {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    serde_json::from_slice(&buf).unwrap()
+}
+
+#[test]
+fn raw_varlink_errors_are_typed_and_the_connection_survives() {
+    let cg = TestCgroup::new("varlink");
+    let d = Daemon::start(&cg, "").unwrap();
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+
+    let info = call(&mut s, br#"{"method":"org.varlink.service.GetInfo"}"#);
+    assert_eq!(
+        info["parameters"]["interfaces"],
+        json!(["org.varlink.service", "org.connectracer.Tracer"])
+    );
+    let desc = call(
+        &mut s,
+        br#"{"method":"org.varlink.service.GetInterfaceDescription","parameters":{"interface":"org.connectracer.Tracer"}}"#,
+    );
+    assert!(desc["parameters"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("method Who("));
+
+    let bad = call(&mut s, b"{not json");
+    assert_eq!(bad["error"], "org.connectracer.Tracer.InvalidArgument");
+    assert_eq!(bad["parameters"]["field"], "message");
+    let unknown = call(&mut s, br#"{"method":"org.connectracer.Tracer.Nope"}"#);
+    assert_eq!(unknown["error"], "org.varlink.service.MethodNotFound");
+    let iface = call(&mut s, br#"{"method":"com.example.Other.Get"}"#);
+    assert_eq!(iface["error"], "org.varlink.service.InterfaceNotFound");
+    let param = call(
+        &mut s,
+        br#"{"method":"org.connectracer.Tracer.Ps","parameters":{"pid":"x"}}"#,
+    );
+    assert_eq!(param["error"], "org.connectracer.Tracer.InvalidArgument");
+    assert_eq!(param["parameters"]["field"], "parameters");
+    // Still serving on the same connection after all that.
+    let v = call(&mut s, br#"{"method":"org.connectracer.Tracer.GetVersion"}"#);
+    assert_eq!(v["parameters"]["version"], env!("CARGO_PKG_VERSION"));
+
+    // Oversized: refused with an error, then the connection is closed.
+    let mut big = UnixStream::connect(&d.socket).unwrap();
+    let huge = vec![b' '; 70 * 1024];
+    let reply = call(&mut big, &huge);
+    assert_eq!(reply["parameters"]["field"], "message");
+    let mut rest = Vec::new();
+    assert_eq!(big.read_to_end(&mut rest).unwrap(), 0);
+    // ... and the daemon keeps serving others.
+    let mut s2 = UnixStream::connect(&d.socket).unwrap();
+    assert!(
+        call(&mut s2, br#"{"method":"org.connectracer.Tracer.GetStats"}"#)["parameters"]["stats"].is_object()
+    );
+}
