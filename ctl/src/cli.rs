@@ -73,3 +73,27 @@ pub enum Command {
     /// The daemon's version and kernel.
     Version,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// man/tracectl.1 is generated from these definitions; UPDATE_MAN=1
+    /// regenerates it, otherwise any drift fails.
+    #[test]
+    fn man_page_matches_the_cli() {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(super::Args::command())
+            .render(&mut out)
+            .unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/tracectl.1");
+        if std::env::var_os("UPDATE_MAN").is_some() {
+            std::fs::write(path, &out).unwrap();
+        }
+        let committed = std::fs::read(path).unwrap_or_default();
+        assert!(
+            committed == out,
+            "{path} is stale: run `UPDATE_MAN=1 cargo test -p tracectl man_page`"
+        );
+    }
+}

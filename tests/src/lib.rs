@@ -199,8 +199,10 @@ impl Daemon {
     /// Starts the daemon on `cg` with `config` (TOML) and waits until it
     /// says it is tracing.
     pub fn start(cg: &TestCgroup, config: &str) -> anyhow::Result<Self> {
-        let cfg = tempfile_lite::TempFile::new(&cg.rel[1..], config);
-        let socket = std::env::temp_dir().join(format!("{}.sock", &cg.rel[1..]));
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("{}-d{}", &cg.rel[1..], SEQ.fetch_add(1, Ordering::Relaxed));
+        let cfg = tempfile_lite::TempFile::new(&name, config);
+        let socket = std::env::temp_dir().join(format!("{name}.sock"));
         let mut child = Command::new(bin_path("connectracerd"))
             .args(["--foreground", "--log-format", "json", "--cgroup"])
             .arg(&cg.path)

@@ -289,3 +289,31 @@ fn tiny_ring_buffer_counts_drops_and_never_blocks_the_client() {
         "the reader lost nothing the kernel submitted"
     );
 }
+
+/// cgroup links are multi-attach: a second tracer (or systemd's own cgroup
+/// programs) on the same cgroup neither replaces nor hides the first.
+#[test]
+fn two_tracers_on_one_cgroup_both_see_every_connection() {
+    let cg = TestCgroup::new("multi");
+    let mut first = Daemon::start(&cg, TRACE_ALL).unwrap();
+    let mut second = Daemon::start(&cg, TRACE_ALL).unwrap();
+    let dst = closed_port("127.0.0.1:0").to_string();
+    let pid = pid_of(&probe(&cg, &["connect", &dst]).unwrap());
+    for d in [&mut first, &mut second] {
+        d.wait_for(WAIT, |s| {
+            s.iter()
+                .any(|e| e["event"] == "failed" && e["process"]["pid"] == pid)
+        })
+        .unwrap();
+        assert_eq!(d.events("connect", Some(pid)).count(), 1);
+    }
+    // Stopping one detaches only its own programs.
+    first.stop().unwrap();
+    let pid = pid_of(&probe(&cg, &["connect", &dst]).unwrap());
+    second
+        .wait_for(WAIT, |s| {
+            s.iter()
+                .any(|e| e["event"] == "connect" && e["process"]["pid"] == pid)
+        })
+        .unwrap();
+}
