@@ -19,11 +19,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-/// Where cargo put the workspace binaries: next to the test executable's
-/// `deps/` directory.
+/// Where cargo put the workspace binaries: beside this executable, or one
+/// level up when this is a test harness in `deps/`.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let mut dir = exe.parent().expect("executable dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -270,6 +273,10 @@ impl Daemon {
         self.seen
             .iter()
             .filter(move |e| e["event"] == kind && pid.is_none_or(|p| e["process"]["pid"] == p))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, wait, and return the daemon's final counters.

@@ -4,7 +4,8 @@
 //! ct-probe tcp ADDR SEND RECV          connect, send SEND bytes, read RECV bytes, close
 //! ct-probe connect ADDR...             connect to each (refused is fine), close
 //! ct-probe udp COUNT ADDR...           COUNT unconnected sendto()s to each ADDR, one socket
-//! ct-probe flood ADDR N                N connect+close to ADDR as fast as possible
+//! ct-probe flood ADDR N [rst]          N connect+close to ADDR as fast as possible
+//!                                      (rst: close with SO_LINGER 0, leaving no TIME_WAIT)
 //! ct-probe hold ADDR SECONDS           connect, print the local address, keep it open
 
 use std::io::{Read, Write};
@@ -60,11 +61,18 @@ fn udp(count: usize, dsts: &[SocketAddr]) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({ "pid": std::process::id(), "local": s.local_addr()?.to_string() }))
 }
 
-fn flood(dst: SocketAddr, n: usize) -> serde_json::Value {
+fn flood(dst: SocketAddr, n: usize, rst: bool) -> serde_json::Value {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     let mut ok = 0;
     for _ in 0..n {
-        if TcpStream::connect(dst).is_ok() {
+        if let Ok(s) = TcpStream::connect(dst) {
             ok += 1;
+            if rst {
+                let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger);
+            }
         }
     }
     serde_json::json!({ "pid": std::process::id(), "attempts": n, "ok": ok })
@@ -88,7 +96,8 @@ fn run(args: &[String]) -> anyhow::Result<serde_json::Value> {
         [cmd, dst, send, recv, ..] if cmd == "tcp" => tcp(addr(dst)?, send.parse()?, recv.parse()?),
         [cmd, rest @ ..] if cmd == "connect" => Ok(connect_all(&addrs(rest)?)),
         [cmd, count, rest @ ..] if cmd == "udp" => udp(count.parse()?, &addrs(rest)?),
-        [cmd, dst, n] if cmd == "flood" => Ok(flood(addr(dst)?, n.parse()?)),
+        [cmd, dst, n] if cmd == "flood" => Ok(flood(addr(dst)?, n.parse()?, false)),
+        [cmd, dst, n, rst] if cmd == "flood" && rst == "rst" => Ok(flood(addr(dst)?, n.parse()?, true)),
         [cmd, dst, secs] if cmd == "hold" => hold(addr(dst)?, secs.parse()?),
         _ => bail!("usage: ct-probe tcp|connect|udp|flood|hold ... (see the source)"),
     }
