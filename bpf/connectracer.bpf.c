@@ -71,10 +71,16 @@ struct {
 	__type(value, struct ct_policy_val);
 } policy_v6 SEC(".maps");
 
+/*
+ * Socket-local storage rather than a cookie-keyed hash: the state
+ * tracepoint runs for every TCP socket on the host, and a storage lookup
+ * neither hashes nor makes the kernel mint a cookie for sockets we do not
+ * follow (the server side of every loopback connection, for one).
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct ct_sock);
 } socks SEC(".maps");
 
@@ -270,11 +276,16 @@ static __always_inline int on_egress(struct bpf_sock_addr *ctx, const struct des
 
 	now = bpf_ktime_get_ns();
 	if (verdict != CT_VERDICT_DENY) {
-		struct ct_sock s = { .start_ns = now, .host_id = host_id, .protocol = protocol };
+		struct ct_sock *s = bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 		/* Sendmsg keeps the first destination's start time for the socket. */
-		bpf_map_update_elem(&socks, &cookie, &s,
-				    kind == CT_EV_SENDMSG ? BPF_NOEXIST : BPF_ANY);
+		if (s && (kind == CT_EV_CONNECT || !s->start_ns)) {
+			s->start_ns = now;
+			s->cookie = cookie;
+			s->host_id = host_id;
+			s->protocol = protocol;
+			s->done = 0;
+		}
 	}
 
 	e = reserve(sizeof(*e));
@@ -404,10 +415,10 @@ int BPF_PROG(ct_state, const struct sock *sk, const int oldstate, const int news
 	else
 		return 0;
 
-	cookie = bpf_get_socket_cookie((void *)sk);
-	s = bpf_map_lookup_elem(&socks, &cookie);
-	if (!s)
+	s = bpf_sk_storage_get(&socks, (void *)sk, 0, 0);
+	if (!s || !s->start_ns || s->done)
 		return 0;
+	cookie = s->cookie;
 	count(CT_STAT_STATE_CHANGES);
 	now = bpf_ktime_get_ns();
 
@@ -442,7 +453,7 @@ int BPF_PROG(ct_state, const struct sock *sk, const int oldstate, const int news
 		submit(e);
 	}
 	if (kind != CT_EV_ESTABLISHED)
-		bpf_map_delete_elem(&socks, &cookie);
+		s->done = 1;
 	return 0;
 }
 
@@ -466,10 +477,10 @@ int ct_sock_release(struct bpf_sock *ctx)
 	else
 		return 1;
 
-	cookie = bpf_get_socket_cookie(ctx);
-	s = bpf_map_lookup_elem(&socks, &cookie);
-	if (!s)
+	s = bpf_sk_storage_get(&socks, ctx, 0, 0);
+	if (!s || !s->start_ns || s->done)
 		return 1;
+	cookie = s->cookie;
 	now = bpf_ktime_get_ns();
 	e = reserve(sizeof(*e));
 	if (e) {
@@ -484,7 +495,7 @@ int ct_sock_release(struct bpf_sock *ctx)
 		fill_current(e, ctx);
 		submit(e);
 	}
-	bpf_map_delete_elem(&socks, &cookie);
+	s->done = 1;
 	return 1;
 }
 

@@ -130,12 +130,17 @@ struct ct_policy_val {
 	__u8 pad[3];
 };
 
-/* Sockets being followed, by cookie: filled at connect/sendmsg time. */
+/*
+ * Per-socket storage of the sockets being followed, filled at
+ * connect/sendmsg time; lives and dies with the socket.
+ */
 struct ct_sock {
-	__u64 start_ns;
+	__u64 start_ns;		/* 0: not followed */
+	__u64 cookie;
 	__u32 host_id;
 	__u8 protocol;
-	__u8 pad[3];
+	__u8 done;		/* end already reported */
+	__u8 pad[2];
 };
 
 struct ct_dgram_key {

@@ -21,9 +21,9 @@ use crate::table::{ConnTable, TableLimits};
 use crate::watchlist;
 use connectracer_proto::varlink::{to_parameters, CallError, Stats, StatsReply, VersionReply};
 
-/// Records in flight between the kernel thread and the pipeline; when full,
-/// the kernel thread waits and the ring buffer absorbs the burst.
-const RECORD_QUEUE: usize = 8192;
+/// Batches of records in flight between the kernel thread and the pipeline;
+/// when full, the kernel thread waits and the ring buffer absorbs the burst.
+const RECORD_QUEUE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_PROCESSES: usize = 65536;
 
@@ -47,7 +47,7 @@ pub async fn run(config: Config, control_socket: &Path) -> anyhow::Result<()> {
         trace_all: config.trace == TraceMode::All,
         ring_buffer_size: config.bpf.ring_buffer_size,
         wakeup_threshold: config.bpf.wakeup_threshold,
-        max_sockets: config.bpf.max_sockets,
+        udp_dedup_entries: config.bpf.udp_dedup_entries,
         cgroup_is_root: cgroup_dir == mount,
         cgroup_dir: cgroup_dir.clone(),
     };
@@ -83,7 +83,7 @@ pub async fn run(config: Config, control_socket: &Path) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(HOUSEKEEPING);
     loop {
         tokio::select! {
-            Some(rec) = rx.recv() => pipeline.handle(rec),
+            Some(batch) = rx.recv() => batch.into_iter().for_each(|rec| pipeline.handle(rec)),
             Some(req) = ctl_rx.recv() => {
                 let answer = answer(&req, &pipeline, &kernel, started).await;
                 let _ = req.reply.send(answer);
@@ -99,8 +99,8 @@ pub async fn run(config: Config, control_socket: &Path) -> anyhow::Result<()> {
     server.abort();
     let _ = std::fs::remove_file(control_socket);
     let final_stats = kernel.shutdown();
-    while let Some(rec) = rx.recv().await {
-        pipeline.handle(rec);
+    while let Some(batch) = rx.recv().await {
+        batch.into_iter().for_each(|rec| pipeline.handle(rec));
     }
     kernel.join();
     let (pipe, table, processes) = pipeline.stats();

@@ -48,7 +48,7 @@ impl KernelHandle {
     pub fn spawn(
         opts: TracerOptions,
         watch: Vec<LpmEntry>,
-        records: mpsc::Sender<Record>,
+        records: mpsc::Sender<Vec<Record>>,
     ) -> Result<Self, KernelError> {
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
         let (cmd_tx, cmd_rx) = std_mpsc::channel();
@@ -103,7 +103,7 @@ impl KernelHandle {
 fn run(
     opts: &TracerOptions,
     watch: &[LpmEntry],
-    records: mpsc::Sender<Record>,
+    records: mpsc::Sender<Vec<Record>>,
     commands: &std_mpsc::Receiver<Command>,
     ready: &std_mpsc::SyncSender<Result<(), KernelError>>,
     decode_errors: &AtomicU64,
@@ -119,15 +119,15 @@ fn run(
         let _ = ready.send(Err(e.into()));
         return;
     }
+    // Records are handed over one batch per drain: a channel send per record
+    // would wake the pipeline's thread per record, which costs more than
+    // everything else the daemon does with it.
+    let batch = std::rc::Rc::new(std::cell::RefCell::new(Vec::<Record>::new()));
+    let sink = batch.clone();
     let mut builder = RingBufferBuilder::new();
     let cb = move |data: &[u8]| -> i32 {
         match Record::decode(data) {
-            Ok(rec) => {
-                if records.blocking_send(rec).is_err() {
-                    // The pipeline is gone: stop consuming.
-                    return -1;
-                }
-            }
+            Ok(rec) => sink.borrow_mut().push(rec),
             Err(e) => {
                 if decode_errors.fetch_add(1, Ordering::Relaxed) == 0 {
                     tracing::warn!("undecodable ring buffer record: {e}");
@@ -150,18 +150,26 @@ fn run(
     let _ = ready.send(Ok(()));
 
     let stats = |t: &Tracer| crate::bpf::stats::read(t.stats_map()).map_err(|e| e.to_string());
+    let drain = || -> bool {
+        let _ = ring.consume();
+        let full = std::mem::take(&mut *batch.borrow_mut());
+        // A closed channel means the pipeline is gone.
+        full.is_empty() || records.blocking_send(full).is_ok()
+    };
     loop {
         // poll() returns early when the kernel forced a wakeup; consume()
         // then drains what the NO_WAKEUP submissions left behind.
         let _ = ring.poll(DRAIN_INTERVAL);
-        let _ = ring.consume();
+        if !drain() {
+            return;
+        }
         loop {
             match commands.try_recv() {
                 Ok(Command::Stats(reply)) => {
                     let _ = reply.send(stats(&tracer));
                 }
                 Ok(Command::Shutdown(reply)) => {
-                    let _ = ring.consume();
+                    drain();
                     let _ = reply.send(stats(&tracer));
                     return;
                 }

@@ -41,10 +41,12 @@ pub struct ConnTable {
     limits: TableLimits,
     next_id: u64,
     conns: HashMap<u64, Connection>,
-    by_cookie: HashMap<u64, Vec<u64>>,
-    by_pid: HashMap<u32, Vec<u64>>,
-    by_dst_ip: HashMap<IpAddr, Vec<u64>>,
-    by_local_port: HashMap<u16, Vec<u64>>,
+    // Sets, not vectors: one destination or one busy process can own most
+    // of the table, and removal must not scan its whole list.
+    by_cookie: HashMap<u64, BTreeSet<u64>>,
+    by_pid: HashMap<u32, BTreeSet<u64>>,
+    by_dst_ip: HashMap<IpAddr, BTreeSet<u64>>,
+    by_local_port: HashMap<u16, BTreeSet<u64>>,
     /// Ids are handed out in increasing order, so the first is the oldest.
     open: BTreeSet<u64>,
     closed: VecDeque<(Instant, u64)>,
@@ -52,13 +54,13 @@ pub struct ConnTable {
     evicted_closed: u64,
 }
 
-fn index_add<K: Hash + Eq>(idx: &mut HashMap<K, Vec<u64>>, k: K, id: u64) {
-    idx.entry(k).or_default().push(id);
+fn index_add<K: Hash + Eq>(idx: &mut HashMap<K, BTreeSet<u64>>, k: K, id: u64) {
+    idx.entry(k).or_default().insert(id);
 }
 
-fn index_remove<K: Hash + Eq>(idx: &mut HashMap<K, Vec<u64>>, k: K, id: u64) {
+fn index_remove<K: Hash + Eq>(idx: &mut HashMap<K, BTreeSet<u64>>, k: K, id: u64) {
     if let Some(v) = idx.get_mut(&k) {
-        v.retain(|x| *x != id);
+        v.remove(&id);
         if v.is_empty() {
             idx.remove(&k);
         }
@@ -140,7 +142,13 @@ impl ConnTable {
     pub fn end(&mut self, cookie: u64, ending: Ending, now: Instant) -> Vec<u64> {
         // Expire first, so what ends now is still there for the caller to log.
         self.expire(now);
-        let ids: Vec<u64> = self.by_cookie.get(&cookie).cloned().unwrap_or_default();
+        let ids: Vec<u64> = self
+            .by_cookie
+            .get(&cookie)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         let mut ended = Vec::new();
         for id in ids {
             if !self.open.remove(&id) {
@@ -197,7 +205,7 @@ impl ConnTable {
         }
     }
 
-    fn collect<'a>(&'a self, ids: Option<&'a Vec<u64>>) -> impl Iterator<Item = &'a Connection> + 'a {
+    fn collect<'a>(&'a self, ids: Option<&'a BTreeSet<u64>>) -> impl Iterator<Item = &'a Connection> + 'a {
         ids.into_iter().flatten().filter_map(|id| self.conns.get(id))
     }
 
@@ -341,7 +349,7 @@ mod tests {
         assert_eq!(t.len(), s.open + s.closed);
         assert!(s.evicted_open > 0 && s.evicted_closed > 0);
         // Indexes hold no more than the table.
-        assert_eq!(t.by_cookie.values().map(Vec::len).sum::<usize>(), t.len());
-        assert_eq!(t.by_pid.values().map(Vec::len).sum::<usize>(), t.len());
+        assert_eq!(t.by_cookie.values().map(BTreeSet::len).sum::<usize>(), t.len());
+        assert_eq!(t.by_pid.values().map(BTreeSet::len).sum::<usize>(), t.len());
     }
 }

@@ -28,7 +28,7 @@ pub struct TracerOptions {
     pub trace_all: bool,
     pub ring_buffer_size: u32,
     pub wakeup_threshold: u64,
-    pub max_sockets: u32,
+    pub udp_dedup_entries: u32,
     /// cgroup v2 directory the programs attach to.
     pub cgroup_dir: PathBuf,
     /// Whether `cgroup_dir` is the cgroup2 root (no process filtering needed).
@@ -103,12 +103,8 @@ impl Tracer {
             .set_max_entries(opts.ring_buffer_size)
             .map_err(map_err("events"))?;
         open.maps
-            .socks
-            .set_max_entries(opts.max_sockets)
-            .map_err(map_err("socks"))?;
-        open.maps
             .dgrams
-            .set_max_entries(opts.max_sockets)
+            .set_max_entries(opts.udp_dedup_entries)
             .map_err(map_err("dgrams"))?;
 
         let skel = open.load().map_err(TracerError::Load)?;

@@ -74,8 +74,9 @@ pub struct BpfConfig {
     pub ring_buffer_size: u32,
     /// Pending bytes at which the kernel wakes the reader (0: every event).
     pub wakeup_threshold: u64,
-    /// Sockets followed at once in the kernel (LRU beyond that).
-    pub max_sockets: u32,
+    /// (socket, destination) pairs remembered to report each unconnected
+    /// UDP destination once (least recently used forgotten beyond that).
+    pub udp_dedup_entries: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +104,7 @@ impl Default for Config {
             bpf: BpfConfig {
                 ring_buffer_size: 4 << 20,
                 wakeup_threshold: 16 << 10,
-                max_sockets: 65536,
+                udp_dedup_entries: 65536,
             },
             table: TableConfig {
                 max_open: 65536,

@@ -45,7 +45,7 @@ pub enum RawSize {
 pub struct RawBpf {
     pub ring_buffer_size: Option<Spanned<RawSize>>,
     pub wakeup_threshold: Option<Spanned<RawSize>>,
-    pub max_sockets: Option<Spanned<i64>>,
+    pub udp_dedup_entries: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

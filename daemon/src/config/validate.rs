@@ -109,9 +109,9 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
                 c.bpf.wakeup_threshold = n;
             }
         }
-        if let Some(v) = &b.max_sockets {
-            c.bpf.max_sockets =
-                int_in(ctx, v, "bpf.max_sockets", 1, 1 << 24).unwrap_or(c.bpf.max_sockets as u64) as u32;
+        if let Some(v) = &b.udp_dedup_entries {
+            c.bpf.udp_dedup_entries = int_in(ctx, v, "bpf.udp_dedup_entries", 1, 1 << 24)
+                .unwrap_or(c.bpf.udp_dedup_entries as u64) as u32;
         }
     }
     if c.bpf.wakeup_threshold >= u64::from(c.bpf.ring_buffer_size) {
@@ -403,7 +403,7 @@ name = "2001:db8::1"
 [bpf]
 ring_buffer_size = "8MiB"
 wakeup_threshold = 32768
-max_sockets = 1000
+udp_dedup_entries = 1000
 [table]
 max_open = 10
 max_closed = 0
@@ -471,7 +471,7 @@ label = ""
 name = "10.0.0.3"
 [bpf]
 ring_buffer_size = "3MiB"
-max_sockets = 0
+udp_dedup_entries = 0
 [table]
 closed_retention = "soon"
 [log]
@@ -494,7 +494,7 @@ format = "xml"
                 format!("{f}:15:9: host[4].label: label must be 1 to 64 printable characters"),
                 format!("{f}:17:8: host[5].name: `10.0.0.3` with the same ports is already watched by host[4]"),
                 format!("{f}:19:20: bpf.ring_buffer_size: 3145728 bytes: must be a power of two between 4KiB and 1GiB"),
-                format!("{f}:20:15: bpf.max_sockets: 0 is out of range 1..=16777216"),
+                format!("{f}:20:15: bpf.udp_dedup_entries: 0 is out of range 1..=16777216"),
                 format!("{f}:22:20: table.closed_retention: `soon` is not a duration (expected number at 0); e.g. \"90s\" or \"5m\""),
                 format!("{f}:24:10: log.format: unknown log format `xml`; expected \"text\" or \"json\""),
             ]
