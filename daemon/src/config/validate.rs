@@ -494,7 +494,7 @@ format = "xml"
                 format!("{f}:15:9: host[4].label: label must be 1 to 64 printable characters"),
                 format!("{f}:17:8: host[5].name: `10.0.0.3` with the same ports is already watched by host[4]"),
                 format!("{f}:19:20: bpf.ring_buffer_size: 3145728 bytes: must be a power of two between 4KiB and 1GiB"),
-                format!("{f}:20:15: bpf.udp_dedup_entries: 0 is out of range 1..=16777216"),
+                format!("{f}:20:21: bpf.udp_dedup_entries: 0 is out of range 1..=16777216"),
                 format!("{f}:22:20: table.closed_retention: `soon` is not a duration (expected number at 0); e.g. \"90s\" or \"5m\""),
                 format!("{f}:24:10: log.format: unknown log format `xml`; expected \"text\" or \"json\""),
             ]
