@@ -20,7 +20,6 @@
 #define CT_TCP_CLOSE 7
 
 /* Start-up knobs, set by connectracerd before load. */
-const volatile bool trace_all = false;
 /* True when attached below the cgroup root: process events are filtered too. */
 const volatile bool filter_scope = false;
 /* Wake the reader only once this much is pending (0: wake on every event). */
@@ -39,21 +38,55 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-struct {
+/* One generation of the watch list; see struct ct_config. */
+struct watch_v4_trie {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ct_lpm_v4_key);
 	__type(value, struct ct_watch_val);
-} watch_v4 SEC(".maps");
+} watch_v4_0 SEC(".maps"), watch_v4_1 SEC(".maps");
 
-struct {
+struct watch_v6_trie {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ct_lpm_v6_key);
 	__type(value, struct ct_watch_val);
-} watch_v6 SEC(".maps");
+} watch_v6_0 SEC(".maps"), watch_v6_1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct watch_v4_trie);
+} watch_v4 SEC(".maps") = {
+	.values = { &watch_v4_0, &watch_v4_1 },
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, struct watch_v6_trie);
+} watch_v6 SEC(".maps") = {
+	.values = { &watch_v6_0, &watch_v6_1 },
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct ct_config);
+} gen_config SEC(".maps");
+
+/* Index (0 or 1) of the generation in force. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} active_gen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -165,20 +198,33 @@ struct dest {
 	__u8 addr[16];
 };
 
-static __always_inline __u32 watch_lookup(const struct dest *d)
+/* The generation in force: read once per connection, used for every lookup. */
+static __always_inline __u32 current_generation(void)
 {
-	const struct ct_watch_val *v;
+	__u32 zero = 0, *g = bpf_map_lookup_elem(&active_gen, &zero);
+
+	return g ? (*g & 1) : 0;
+}
+
+static __always_inline __u32 watch_lookup(const struct dest *d, __u32 gen)
+{
+	const struct ct_watch_val *v = NULL;
+	void *trie;
 
 	if (d->family == AF_INET) {
 		struct ct_lpm_v4_key k = { .prefixlen = 32 };
 
 		__builtin_memcpy(k.addr, d->addr, 4);
-		v = bpf_map_lookup_elem(&watch_v4, &k);
+		trie = bpf_map_lookup_elem(&watch_v4, &gen);
+		if (trie)
+			v = bpf_map_lookup_elem(trie, &k);
 	} else {
 		struct ct_lpm_v6_key k = { .prefixlen = 128 };
 
 		__builtin_memcpy(k.addr, d->addr, 16);
-		v = bpf_map_lookup_elem(&watch_v6, &k);
+		trie = bpf_map_lookup_elem(&watch_v6, &gen);
+		if (trie)
+			v = bpf_map_lookup_elem(trie, &k);
 	}
 	return v ? match_ports(v, d->port) : 0;
 }
@@ -238,7 +284,8 @@ static __always_inline int on_egress(struct bpf_sock_addr *ctx, const struct des
 	__u64 cookie, now;
 	const struct ct_policy_val *pol;
 	__u8 verdict = CT_VERDICT_ALLOW;
-	__u32 rule = 0, host_id;
+	__u32 rule = 0, host_id, gen;
+	const struct ct_config *cfg;
 	struct ct_conn_event *e;
 
 	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) {
@@ -268,8 +315,12 @@ static __always_inline int on_egress(struct bpf_sock_addr *ctx, const struct des
 		if (verdict == CT_VERDICT_DENY && !enforce)
 			verdict = CT_VERDICT_AUDIT;
 	}
-	host_id = watch_lookup(d);
-	if (!host_id && !trace_all && verdict == CT_VERDICT_ALLOW) {
+	gen = current_generation();
+	cfg = bpf_map_lookup_elem(&gen_config, &gen);
+	if (!cfg)
+		return 1;
+	host_id = watch_lookup(d, gen);
+	if (!host_id && !cfg->trace_all && verdict == CT_VERDICT_ALLOW) {
 		count(CT_STAT_UNWATCHED);
 		return 1;
 	}
@@ -301,6 +352,7 @@ static __always_inline int on_egress(struct bpf_sock_addr *ctx, const struct des
 		e->dport = d->port;
 		e->host_id = host_id;
 		e->policy_rule = rule;
+		e->epoch = cfg->epoch;
 		fill_current(e, ctx);
 		submit(e);
 	}

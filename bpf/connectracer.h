@@ -74,7 +74,8 @@ struct ct_conn_event {
 	__u64 bytes_received;	/* TCP payload bytes, the FIN excluded */
 	__u8 old_state;
 	__u8 new_state;
-	__u8 pad[6];
+	__u16 pad;
+	__u32 epoch;		/* configuration generation the connect was judged against */
 	char comm[CT_COMM_LEN];
 };
 
@@ -122,6 +123,18 @@ struct ct_watch_val {
 	__u32 nrules;
 	__u32 pad;
 	struct ct_port_rule rules[CT_MAX_PORT_RULES];
+};
+
+/*
+ * What a reload changes is double-buffered: two generations of this and of
+ * the watch tries, and `active` names the one in force. connectracerd fills
+ * the idle generation, then flips `active` in one write, so no connection
+ * is ever judged against a half-applied configuration.
+ */
+struct ct_config {
+	__u32 epoch;		/* increases with every applied configuration */
+	__u8 trace_all;
+	__u8 pad[3];
 };
 
 struct ct_policy_val {

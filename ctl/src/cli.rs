@@ -72,6 +72,8 @@ pub enum Command {
     Stats,
     /// The daemon's version and kernel.
     Version,
+    /// Re-read /etc/connectracer and apply it (root or group connectracer).
+    Reload,
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use connectracer_proto::varlink::{
-    CallError, ConnectionsParams, ConnectionsReply, PsParams, StatsReply, VersionReply, WhoParams, INTERFACE,
+    CallError, ConnectionsParams, ConnectionsReply, PsParams, ReloadReply, StatsReply, VersionReply,
+    WhoParams, INTERFACE,
 };
 use connectracer_proto::{ConnState, Protocol};
 use serde::Serialize;
@@ -73,6 +74,19 @@ fn run(args: &Args) -> Result<(), ClientError> {
         Command::Stats => {
             let r: StatsReply = c.call(&m("GetStats"), &serde_json::json!({}))?;
             print(args.json, &r, |r| output::stats(&r.stats));
+        }
+        Command::Reload => {
+            let r: ReloadReply = c.call(&m("Reload"), &serde_json::json!({}))?;
+            print(args.json, &r, |r| {
+                let mut out = format!("configuration epoch {} in force\n", r.epoch);
+                if !r.needs_restart.is_empty() {
+                    out.push_str(&format!(
+                        "changed but applied only at restart: {}\n",
+                        r.needs_restart.join(", ")
+                    ));
+                }
+                out
+            });
         }
         Command::Version => {
             let r: VersionReply = c.call(&m("GetVersion"), &serde_json::json!({}))?;

@@ -99,7 +99,8 @@ pub fn stats(s: &Stats) -> String {
          records read        {}\n\
          connections traced  {}\n\
          table               {} open, {} closed ({} + {} evicted)\n\
-         processes cached    {}\n",
+         processes cached    {}\n\
+         config epoch        {} ({} reloads, {} failed){}\n",
         s.uptime_seconds,
         k.connects,
         k.sendmsg_new,
@@ -115,5 +116,12 @@ pub fn stats(s: &Stats) -> String {
         s.evicted_open,
         s.evicted_closed,
         s.processes,
+        s.config_epoch,
+        s.reloads,
+        s.reload_failures,
+        s.last_reload_error
+            .as_deref()
+            .map(|e| format!("\nlast reload error   {e}"))
+            .unwrap_or_default(),
     )
 }

@@ -1,25 +1,28 @@
-//! The daemon's life: preflight, attach, run the event pipeline until told
-//! to stop, drain, detach.
+//! The daemon's life: preflight, attach, serve; reload on SIGHUP, file
+//! changes and control requests through one path; drain and detach on stop.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use connectracer_proto::varlink::{to_parameters, CallError, ReloadReply, Stats, StatsReply, VersionReply};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::attribution::Attributor;
-use crate::bpf::tracer::{resolve_cgroup_dir, TracerOptions};
+use crate::bpf::event::Record;
+use crate::bpf::tracer::{resolve_cgroup_dir, Ruleset, TracerOptions};
 use crate::config::{Config, TraceMode};
 use crate::control::{self, query, Answer, Method, Request};
 use crate::event_log::EventLog;
 use crate::kernel::KernelHandle;
 use crate::pipeline::Pipeline;
+use crate::reload::{self, ConfigSource};
 use crate::sys::{mounts, preflight};
 use crate::table::{ConnTable, TableLimits};
-use crate::watchlist;
-use connectracer_proto::varlink::{to_parameters, CallError, Stats, StatsReply, VersionReply};
+use crate::watchlist::{self, Resolved};
 
 /// Batches of records in flight between the kernel thread and the pipeline;
 /// when full, the kernel thread waits and the ring buffer absorbs the burst.
@@ -27,8 +30,56 @@ const RECORD_QUEUE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_PROCESSES: usize = 65536;
 
-pub async fn run(config: Config, control_socket: &Path) -> anyhow::Result<()> {
-    let started = Instant::now();
+/// What one reload did, or why it changed nothing.
+#[derive(Debug, Default)]
+struct ReloadState {
+    reloads: u64,
+    failures: u64,
+    last_error: Option<String>,
+}
+
+/// The one owner of the daemon's state; everything else sends it requests.
+struct Daemon {
+    source: ConfigSource,
+    config: Config,
+    resolved: Resolved,
+    kernel: KernelHandle,
+    pipeline: Pipeline,
+    epoch: u32,
+    reload: ReloadState,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn table_limits(c: &Config) -> TableLimits {
+    TableLimits {
+        max_open: c.table.max_open,
+        max_closed: c.table.max_closed,
+        closed_retention: c.table.closed_retention,
+    }
+}
+
+/// The kernel's view of a configuration; prefixes that do not fit are
+/// logged and left out rather than failing the whole apply.
+fn ruleset(c: &Config, resolved: &Resolved) -> Ruleset {
+    let (watch, too_many) = watchlist::build(&c.hosts, resolved);
+    for e in too_many {
+        error!("watch list: {} (host `{}`)", e, c.hosts[e.host_index].name);
+    }
+    Ruleset {
+        trace_all: c.trace == TraceMode::All,
+        watch,
+    }
+}
+
+pub async fn run(source: ConfigSource, config: Config, control_socket: &Path) -> anyhow::Result<()> {
     preflight::check()?;
     if mounts::ensure_bpffs()? {
         info!("mounted bpffs at {}", mounts::BPFFS);
@@ -42,18 +93,17 @@ pub async fn run(config: Config, control_socket: &Path) -> anyhow::Result<()> {
             mount.display()
         );
     }
-    let entries = watchlist::build(&config.hosts).context("building the watch list")?;
     let opts = TracerOptions {
-        trace_all: config.trace == TraceMode::All,
         ring_buffer_size: config.bpf.ring_buffer_size,
         wakeup_threshold: config.bpf.wakeup_threshold,
         udp_dedup_entries: config.bpf.udp_dedup_entries,
         cgroup_is_root: cgroup_dir == mount,
         cgroup_dir: cgroup_dir.clone(),
     };
-
-    let (tx, mut rx) = mpsc::channel(RECORD_QUEUE);
-    let mut kernel = KernelHandle::spawn(opts, entries, tx).context("loading BPF programs")?;
+    let resolved = Resolved::new();
+    let (tx, rx) = mpsc::channel(RECORD_QUEUE);
+    let kernel =
+        KernelHandle::spawn(opts, ruleset(&config, &resolved), tx).context("loading BPF programs")?;
     info!(
         cgroup = %cgroup_dir.display(),
         trace = ?config.trace,
@@ -64,135 +114,240 @@ pub async fn run(config: Config, control_socket: &Path) -> anyhow::Result<()> {
 
     let mut attributor = Attributor::new(&mount, MAX_PROCESSES, config.table.process_retention);
     attributor.processes.scan();
-    let table = ConnTable::new(TableLimits {
-        max_open: config.table.max_open,
-        max_closed: config.table.max_closed,
-        closed_retention: config.table.closed_retention,
-    });
-    let log = EventLog::new(config.log.format, config.log.events);
-    let mut pipeline = Pipeline::new(attributor, table, log, &config.hosts);
+    let mut pipeline = Pipeline::new(
+        attributor,
+        ConnTable::new(table_limits(&config)),
+        EventLog::new(config.log.format, config.log.events),
+    );
+    // The kernel thread put the first configuration in force as epoch 1.
+    pipeline.set_hosts(1, &config.hosts);
 
     let listener = control::server::bind(control_socket).context("control socket")?;
-    let (ctl_tx, mut ctl_rx) = mpsc::channel(256);
+    let (ctl_tx, ctl_rx) = mpsc::channel(256);
     let server = tokio::spawn(control::server::serve(listener, ctl_tx));
     info!(socket = %control_socket.display(), "control socket listening");
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut tick = tokio::time::interval(HOUSEKEEPING);
-    loop {
-        tokio::select! {
-            Some(batch) = rx.recv() => batch.into_iter().for_each(|rec| pipeline.handle(rec)),
-            Some(req) = ctl_rx.recv() => {
-                let answer = answer(&req, &pipeline, &kernel, started).await;
-                let _ = req.reply.send(answer);
-            }
-            _ = tick.tick() => pipeline.housekeeping(Instant::now()),
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => warn!("SIGHUP: this version cannot reload its configuration; restart to apply changes"),
-        }
-    }
-
-    info!("stopping: draining events and detaching");
+    let mut daemon = Daemon {
+        source,
+        config,
+        resolved,
+        kernel,
+        pipeline,
+        epoch: 1,
+        reload: ReloadState::default(),
+        started: Instant::now(),
+    };
+    let result = daemon.serve(rx, ctl_rx).await;
     server.abort();
     let _ = std::fs::remove_file(control_socket);
-    let final_stats = kernel.shutdown();
-    while let Some(batch) = rx.recv().await {
-        batch.into_iter().for_each(|rec| pipeline.handle(rec));
-    }
-    kernel.join();
-    let (pipe, table, processes) = pipeline.stats();
-    match final_stats.await {
-        Ok(Ok(k)) => info!(
-            connects = k.connects,
-            sendmsg_new = k.sendmsg_new,
-            sendmsg_dup = k.sendmsg_dup,
-            unwatched = k.unwatched,
-            kernel_events = k.events,
-            dropped = k.drops,
-            dropped_per_cpu = ?k.drops_per_cpu,
-            proc_events = k.proc_events,
-            records = pipe.records,
-            connections = pipe.connections,
-            orphan_state_events = pipe.orphan_state_events,
-            decode_errors = kernel.decode_errors(),
-            table_open = table.open,
-            table_closed = table.closed,
-            processes,
-            "final counters"
-        ),
-        Ok(Err(e)) => warn!("reading final kernel counters: {e}"),
-        Err(_) => warn!("kernel thread ended without final counters"),
-    }
-    Ok(())
+    result
 }
 
-async fn answer(req: &Request, pipeline: &Pipeline, kernel: &KernelHandle, started: Instant) -> Answer {
-    let table = pipeline.table();
-    match &req.method {
-        Method::GetVersion => Ok(to_parameters(&VersionReply {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            kernel: nix::sys::utsname::uname()
-                .map(|u| u.release().to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        })),
-        Method::GetStats => {
-            let kernel_counters = kernel
-                .stats()
-                .await
-                .map_err(|reason| CallError::InvalidArgument {
-                    field: "kernel".into(),
-                    reason,
-                })?;
-            let (pipe, t, processes) = pipeline.stats();
-            Ok(to_parameters(&StatsReply {
-                stats: Stats {
-                    kernel: kernel_counters,
-                    records: pipe.records,
-                    connections: pipe.connections,
-                    orphan_state_events: pipe.orphan_state_events,
-                    decode_errors: kernel.decode_errors(),
-                    table_open: t.open as u64,
-                    table_closed: t.closed as u64,
-                    evicted_open: t.evicted_open,
-                    evicted_closed: t.evicted_closed,
-                    processes: processes as u64,
-                    uptime_seconds: started.elapsed().as_secs_f64(),
-                },
-            }))
+impl Daemon {
+    async fn serve(
+        &mut self,
+        mut records: mpsc::Receiver<Vec<Record>>,
+        mut requests: mpsc::Receiver<Request>,
+    ) -> anyhow::Result<()> {
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
+        let config_dir = self
+            .source
+            .main()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        // Kept alive for as long as the loop runs.
+        let _watcher = match reload::watch(&config_dir, fs_tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(
+                    "not watching {} for changes ({e}); reload with SIGHUP",
+                    config_dir.display()
+                );
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
+        let debounce = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(debounce);
+        let mut pending_fs_reload = false;
+        loop {
+            tokio::select! {
+                Some(batch) = records.recv() => batch.into_iter().for_each(|rec| self.pipeline.handle(rec)),
+                Some(req) = requests.recv() => {
+                    let answer = self.answer(&req).await;
+                    let _ = req.reply.send(answer);
+                }
+                _ = tick.tick() => self.pipeline.housekeeping(Instant::now()),
+                Some(()) = fs_rx.recv() => {
+                    pending_fs_reload = true;
+                    debounce.as_mut().reset(tokio::time::Instant::now() + reload::DEBOUNCE);
+                }
+                () = &mut debounce, if pending_fs_reload => {
+                    pending_fs_reload = false;
+                    let _ = self.reload("configuration files changed").await;
+                }
+                _ = sighup.recv() => {
+                    let _ = self.reload("SIGHUP").await;
+                }
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
         }
-        Method::Who(p) => query::who(table, &req.caller, p),
-        Method::Ps(p) => query::ps(table, &req.caller, p),
-        Method::Connections(p) => query::connections(table, &req.caller, p),
+        self.shutdown(&mut records).await;
+        Ok(())
     }
-}
 
-/// Loads the configuration and applies command-line overrides.
-pub fn configure(args: &crate::cli::Args) -> Result<Config, crate::config::ConfigErrors> {
-    let mut config = crate::config::load(args.config.as_deref())?;
-    if let Some(cg) = &args.cgroup {
-        config.cgroup = Some(cg.clone());
-    }
-    if let Some(t) = args.trace {
-        config.trace = match t {
-            crate::cli::TraceArg::Watched => TraceMode::Watched,
-            crate::cli::TraceArg::All => TraceMode::All,
+    /// The one reload path: SIGHUP, file changes and control requests all
+    /// end here. An invalid configuration changes nothing.
+    async fn reload(&mut self, trigger: &str) -> Result<ReloadReply, CallError> {
+        self.reload.reloads += 1;
+        let mut new = match self.source.load() {
+            Ok(c) => c,
+            Err(errors) => {
+                self.reload.failures += 1;
+                let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                error!("reload ({trigger}): {errors}; the running configuration stays in force");
+                self.reload.last_error = Some(lines.join("; "));
+                return Err(CallError::ConfigInvalid { errors: lines });
+            }
         };
+        let needs_restart = reload::restart_only_changes(&self.config, &new);
+        if !needs_restart.is_empty() {
+            warn!(
+                "reload ({trigger}): {} changed; that takes effect at restart",
+                needs_restart.join(", ")
+            );
+        }
+        reload::keep_restart_only(&self.config, &mut new);
+        self.reload.last_error = None;
+        if new == self.config {
+            info!("reload ({trigger}): configuration unchanged");
+            return Ok(ReloadReply {
+                epoch: self.epoch,
+                needs_restart,
+            });
+        }
+        self.apply(new)
+            .await
+            .map_err(|reason| CallError::InvalidArgument {
+                field: "kernel".into(),
+                reason,
+            })?;
+        info!(
+            epoch = self.epoch,
+            trigger,
+            trace = ?self.config.trace,
+            hosts = self.config.hosts.len(),
+            labels = ?self.config.hosts.iter().map(|h| h.label.as_deref().unwrap_or("")).collect::<Vec<_>>(),
+            "configuration applied"
+        );
+        Ok(ReloadReply {
+            epoch: self.epoch,
+            needs_restart,
+        })
     }
-    if let Some(f) = args.log_format {
-        config.log.format = match f {
-            crate::cli::LogFormatArg::Text => crate::config::LogFormat::Text,
-            crate::cli::LogFormatArg::Json => crate::config::LogFormat::Json,
-        };
-    }
-    Ok(config)
-}
 
-/// Where --check-config says the configuration came from.
-pub fn config_source(args: &crate::cli::Args) -> &Path {
-    args.config
-        .as_deref()
-        .unwrap_or(Path::new(crate::config::DEFAULT_CONFIG_PATH))
+    /// Puts a validated configuration in force, kernel side first.
+    async fn apply(&mut self, new: Config) -> Result<(), String> {
+        let epoch = self.kernel.apply(ruleset(&new, &self.resolved)).await?;
+        self.pipeline.set_hosts(epoch, &new.hosts);
+        self.pipeline.set_limits(table_limits(&new));
+        self.pipeline
+            .set_log(EventLog::new(new.log.format, new.log.events));
+        self.epoch = epoch;
+        self.config = new;
+        Ok(())
+    }
+
+    async fn answer(&mut self, req: &Request) -> Answer {
+        let table = self.pipeline.table();
+        match &req.method {
+            Method::GetVersion => Ok(to_parameters(&VersionReply {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                kernel: nix::sys::utsname::uname()
+                    .map(|u| u.release().to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            })),
+            Method::GetStats => self.stats().await,
+            Method::Who(p) => query::who(table, &req.caller, p),
+            Method::Ps(p) => query::ps(table, &req.caller, p),
+            Method::Connections(p) => query::connections(table, &req.caller, p),
+            Method::Reload => {
+                if !req.caller.privileged {
+                    return Err(CallError::AccessDenied {
+                        reason: "reloading needs root or membership in group connectracer".into(),
+                    });
+                }
+                let trigger = format!("control request from uid {}", req.caller.uid);
+                self.reload(&trigger).await.map(|r| to_parameters(&r))
+            }
+        }
+    }
+
+    async fn stats(&self) -> Answer {
+        let kernel = self
+            .kernel
+            .stats()
+            .await
+            .map_err(|reason| CallError::InvalidArgument {
+                field: "kernel".into(),
+                reason,
+            })?;
+        let (pipe, t, processes) = self.pipeline.stats();
+        Ok(to_parameters(&StatsReply {
+            stats: Stats {
+                kernel,
+                records: pipe.records,
+                connections: pipe.connections,
+                orphan_state_events: pipe.orphan_state_events,
+                decode_errors: self.kernel.decode_errors(),
+                table_open: t.open as u64,
+                table_closed: t.closed as u64,
+                evicted_open: t.evicted_open,
+                evicted_closed: t.evicted_closed,
+                processes: processes as u64,
+                uptime_seconds: self.started.elapsed().as_secs_f64(),
+                config_epoch: self.epoch,
+                reloads: self.reload.reloads,
+                reload_failures: self.reload.failures,
+                last_reload_error: self.reload.last_error.clone(),
+            },
+        }))
+    }
+
+    async fn shutdown(&mut self, records: &mut mpsc::Receiver<Vec<Record>>) {
+        info!("stopping: draining events and detaching");
+        let final_stats = self.kernel.shutdown();
+        while let Some(batch) = records.recv().await {
+            batch.into_iter().for_each(|rec| self.pipeline.handle(rec));
+        }
+        self.kernel.join();
+        let (pipe, table, processes) = self.pipeline.stats();
+        match final_stats.await {
+            Ok(Ok(k)) => info!(
+                connects = k.connects,
+                sendmsg_new = k.sendmsg_new,
+                sendmsg_dup = k.sendmsg_dup,
+                unwatched = k.unwatched,
+                kernel_events = k.events,
+                dropped = k.drops,
+                dropped_per_cpu = ?k.drops_per_cpu,
+                proc_events = k.proc_events,
+                records = pipe.records,
+                connections = pipe.connections,
+                orphan_state_events = pipe.orphan_state_events,
+                decode_errors = self.kernel.decode_errors(),
+                table_open = table.open,
+                table_closed = table.closed,
+                processes,
+                "final counters"
+            ),
+            Ok(Err(e)) => warn!("reading final kernel counters: {e}"),
+            Err(_) => warn!("kernel thread ended without final counters"),
+        }
+    }
 }

@@ -12,8 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bpf::event::Record;
 use crate::bpf::stats::KernelStats;
-use crate::bpf::tracer::{Tracer, TracerError, TracerOptions};
-use crate::watchlist::LpmEntry;
+use crate::bpf::tracer::{Ruleset, Tracer, TracerError, TracerOptions};
 
 /// The kernel only wakes the reader past a fill threshold; this bounds how
 /// long a trickle of events waits in the ring.
@@ -22,6 +21,7 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 enum Command {
     Stats(oneshot::Sender<Result<KernelStats, String>>),
+    Apply(Ruleset, oneshot::Sender<Result<u32, String>>),
     Shutdown(oneshot::Sender<Result<KernelStats, String>>),
 }
 
@@ -47,7 +47,7 @@ impl KernelHandle {
     /// succeeded or failed.
     pub fn spawn(
         opts: TracerOptions,
-        watch: Vec<LpmEntry>,
+        initial: Ruleset,
         records: mpsc::Sender<Vec<Record>>,
     ) -> Result<Self, KernelError> {
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
@@ -56,7 +56,7 @@ impl KernelHandle {
         let errors = decode_errors.clone();
         let thread = std::thread::Builder::new()
             .name("kernel".into())
-            .spawn(move || run(&opts, &watch, records, &cmd_rx, &ready_tx, &errors))
+            .spawn(move || run(&opts, &initial, records, &cmd_rx, &ready_tx, &errors))
             .map_err(|_| KernelError::ThreadGone)?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Self {
@@ -84,6 +84,15 @@ impl KernelHandle {
         rx.await.map_err(|_| "kernel thread is gone".to_string())?
     }
 
+    /// Puts a new ruleset in force atomically; returns its epoch.
+    pub async fn apply(&self, ruleset: Ruleset) -> Result<u32, String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Apply(ruleset, tx))
+            .map_err(|_| "kernel thread is gone".to_string())?;
+        rx.await.map_err(|_| "kernel thread is gone".to_string())?
+    }
+
     /// Asks the thread to drain the ring one last time and detach. The
     /// caller must keep receiving records until the channel closes, or the
     /// final drain blocks; the returned receiver yields the final counters.
@@ -102,23 +111,19 @@ impl KernelHandle {
 
 fn run(
     opts: &TracerOptions,
-    watch: &[LpmEntry],
+    initial: &Ruleset,
     records: mpsc::Sender<Vec<Record>>,
     commands: &std_mpsc::Receiver<Command>,
     ready: &std_mpsc::SyncSender<Result<(), KernelError>>,
     decode_errors: &AtomicU64,
 ) {
-    let mut tracer = match Tracer::load(opts) {
+    let tracer = match Tracer::load(opts, initial) {
         Ok(t) => t,
         Err(e) => {
             let _ = ready.send(Err(e.into()));
             return;
         }
     };
-    if let Err(e) = tracer.set_watchlist(watch) {
-        let _ = ready.send(Err(e.into()));
-        return;
-    }
     // Records are handed over one batch per drain: a channel send per record
     // would wake the pipeline's thread per record, which costs more than
     // everything else the daemon does with it.
@@ -167,6 +172,17 @@ fn run(
             match commands.try_recv() {
                 Ok(Command::Stats(reply)) => {
                     let _ = reply.send(stats(&tracer));
+                }
+                Ok(Command::Apply(ruleset, reply)) => {
+                    // Records of the old epoch still in the ring go first.
+                    if !drain() {
+                        return;
+                    }
+                    let _ = reply.send(
+                        tracer
+                            .apply(&ruleset)
+                            .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+                    );
                 }
                 Ok(Command::Shutdown(reply)) => {
                     drain();

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod event_log;
 pub mod kernel;
 pub mod pipeline;
+pub mod reload;
 pub mod sys;
 pub mod table;
 pub mod watchlist;

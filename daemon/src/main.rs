@@ -4,6 +4,7 @@ use clap::Parser;
 use connectracerd::cli::Args;
 use connectracerd::config::LogFormat;
 use connectracerd::daemon;
+use connectracerd::reload::ConfigSource;
 
 /// sysexits.h EX_CONFIG: the configuration is invalid.
 const EX_CONFIG: u8 = 78;
@@ -22,7 +23,8 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match daemon::configure(&args) {
+    let source = ConfigSource::from_args(&args);
+    let config = match source.load() {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("connectracerd: {errors}");
@@ -30,10 +32,18 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        let path = daemon::config_source(&args);
+        let files: Vec<String> = connectracerd::config::sources(source.main())
+            .iter()
+            .filter(|f| f.exists())
+            .map(|f| f.display().to_string())
+            .collect();
+        let shown = if files.is_empty() {
+            "built-in defaults".to_string()
+        } else {
+            files.join(", ")
+        };
         println!(
-            "{}: configuration is valid ({} watched hosts)",
-            path.display(),
+            "{shown}: configuration is valid ({} watched hosts)",
             config.hosts.len()
         );
         return ExitCode::SUCCESS;
@@ -50,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config, &args.control_socket)) {
+    match runtime.block_on(daemon::run(source, config, &args.control_socket)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

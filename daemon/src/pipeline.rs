@@ -1,7 +1,7 @@
 //! Kernel records in, attributed connections out: the process cache and the
 //! connection table are updated here, and every connection event is logged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +13,12 @@ use crate::attribution::Attributor;
 use crate::bpf::event::{ConnKind, ConnRecord, Record};
 use crate::config::WatchedHost;
 use crate::event_log::{EventKind, EventLog};
-use crate::table::{ConnTable, Connection, Ending, TableStats};
+use crate::table::{ConnTable, Connection, Ending, TableLimits, TableStats};
+
+type HostNames = HashMap<u32, (String, Option<String>)>;
+
+/// Epochs whose host names are kept for records still in flight.
+const EPOCHS_KEPT: usize = 4;
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct PipelineStats {
@@ -28,8 +33,9 @@ pub struct Pipeline {
     attributor: Attributor,
     table: ConnTable,
     log: EventLog,
-    /// Watched-host id to (name, label), for the connections that matched.
-    hosts: HashMap<u32, (String, Option<String>)>,
+    /// Per configuration epoch, watched-host id to (name, label): events
+    /// carry the epoch they were judged in, and ids change between epochs.
+    hosts: BTreeMap<u32, Arc<HostNames>>,
     /// CLOCK_MONOTONIC to wall clock, for the kernel's timestamps.
     boot_wall: SystemTime,
     stats: PipelineStats,
@@ -44,15 +50,12 @@ fn monotonic_epoch() -> SystemTime {
 }
 
 impl Pipeline {
-    pub fn new(attributor: Attributor, table: ConnTable, log: EventLog, hosts: &[WatchedHost]) -> Self {
+    pub fn new(attributor: Attributor, table: ConnTable, log: EventLog) -> Self {
         Self {
             attributor,
             table,
             log,
-            hosts: hosts
-                .iter()
-                .map(|h| (h.id, (h.name.clone(), h.label.clone())))
-                .collect(),
+            hosts: BTreeMap::new(),
             boot_wall: monotonic_epoch(),
             stats: PipelineStats::default(),
         }
@@ -60,6 +63,26 @@ impl Pipeline {
 
     pub fn stats(&self) -> (PipelineStats, TableStats, usize) {
         (self.stats, self.table.stats(), self.attributor.processes.len())
+    }
+
+    /// Records the host names of a newly applied configuration epoch.
+    pub fn set_hosts(&mut self, epoch: u32, hosts: &[WatchedHost]) {
+        let names = hosts
+            .iter()
+            .map(|h| (h.id, (h.name.clone(), h.label.clone())))
+            .collect();
+        self.hosts.insert(epoch, Arc::new(names));
+        while self.hosts.len() > EPOCHS_KEPT {
+            self.hosts.pop_first();
+        }
+    }
+
+    pub fn set_log(&mut self, log: EventLog) {
+        self.log = log;
+    }
+
+    pub fn set_limits(&mut self, limits: TableLimits) {
+        self.table.set_limits(limits);
     }
 
     pub fn table(&self) -> &ConnTable {
@@ -87,7 +110,7 @@ impl Pipeline {
     fn on_new(&mut self, c: &ConnRecord) {
         let process = Arc::new(self.attributor.attribute(c));
         let host_id = c.host_id.map(|h| h.get());
-        let host = host_id.and_then(|id| self.hosts.get(&id));
+        let host = host_id.and_then(|id| self.hosts.get(&c.epoch)?.get(&id));
         let conn = Connection {
             id: 0,
             cookie: c.cookie,
@@ -98,6 +121,7 @@ impl Pipeline {
             dst: c.dst,
             src: None,
             host_id,
+            config_epoch: c.epoch,
             host: host.map(|h| h.0.clone()),
             label: host.and_then(|h| h.1.clone()),
             started: self.boot_wall + Duration::from_nanos(c.ts_ns),

@@ -84,6 +84,11 @@ impl ConnTable {
         }
     }
 
+    /// New limits apply from the next insert or expiry on.
+    pub fn set_limits(&mut self, limits: TableLimits) {
+        self.limits = limits;
+    }
+
     pub fn stats(&self) -> TableStats {
         TableStats {
             open: self.open.len(),
@@ -269,6 +274,7 @@ mod tests {
             dst: dst.parse().unwrap(),
             src: None,
             host_id: None,
+            config_epoch: 1,
             host: None,
             label: None,
             started: SystemTime::now(),

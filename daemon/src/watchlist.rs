@@ -4,11 +4,15 @@
 //! covers it, most specific first: `10.0.0.0/8` on 443 and `10.1.0.0/16` on
 //! 80 must both match inside 10.1/16.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::WatchedHost;
+use crate::config::{HostTarget, WatchedHost};
+
+/// What DNS currently says for each watched hostname.
+pub type Resolved = HashMap<String, BTreeSet<IpAddr>>;
 
 /// Port rules one kernel entry holds (`CT_MAX_PORT_RULES` in connectracer.h).
 pub const MAX_RULES: usize = 16;
@@ -35,12 +39,6 @@ pub struct TooManyRules {
     pub needed: usize,
 }
 
-impl TooManyRules {
-    pub fn host_index(&self) -> usize {
-        self.host_index
-    }
-}
-
 fn own_rules(h: &WatchedHost) -> Vec<PortRule> {
     if h.ports.is_any() {
         return vec![PortRule {
@@ -60,19 +58,33 @@ fn own_rules(h: &WatchedHost) -> Vec<PortRule> {
         .collect()
 }
 
-/// One entry per distinct prefix, in first-seen order.
-pub fn build(hosts: &[WatchedHost]) -> Result<Vec<LpmEntry>, TooManyRules> {
+/// One entry per distinct prefix, in first-seen order. A hostname stands
+/// for its resolved addresses. Prefixes that would need more rules than the
+/// kernel holds are left out and reported.
+pub fn build(hosts: &[WatchedHost], resolved: &Resolved) -> (Vec<LpmEntry>, Vec<TooManyRules>) {
     let mut order: Vec<(IpNet, usize)> = Vec::new();
     let mut own: HashMap<IpNet, Vec<PortRule>> = HashMap::new();
     for (i, h) in hosts.iter().enumerate() {
-        own.entry(h.net)
-            .or_insert_with(|| {
-                order.push((h.net, i));
-                Vec::new()
-            })
-            .extend(own_rules(h));
+        let nets: Vec<IpNet> = match &h.target {
+            HostTarget::Net(n) => vec![*n],
+            HostTarget::Name(name) => resolved
+                .get(name)
+                .into_iter()
+                .flatten()
+                .map(|ip| IpNet::from(ip.to_canonical()))
+                .collect(),
+        };
+        for net in nets {
+            own.entry(net)
+                .or_insert_with(|| {
+                    order.push((net, i));
+                    Vec::new()
+                })
+                .extend(own_rules(h));
+        }
     }
     let mut out = Vec::with_capacity(order.len());
+    let mut errors = Vec::new();
     for (net, host_index) in order {
         let mut rules = own[&net].clone();
         // Walk the covering prefixes from the next shorter one up to /0: at
@@ -86,15 +98,16 @@ pub fn build(hosts: &[WatchedHost]) -> Result<Vec<LpmEntry>, TooManyRules> {
             }
         }
         if rules.len() > MAX_RULES {
-            return Err(TooManyRules {
+            errors.push(TooManyRules {
                 host_index,
                 net,
                 needed: rules.len(),
             });
+            continue;
         }
         out.push(LpmEntry { net, rules });
     }
-    Ok(out)
+    (out, errors)
 }
 
 /// The reference lookup the kernel's must agree with: longest prefix, then
@@ -117,7 +130,7 @@ mod tests {
         WatchedHost {
             id,
             name: net.into(),
-            net: net.parse().unwrap(),
+            target: HostTarget::Net(net.parse().unwrap()),
             ports: PortSet(ports.iter().map(|(a, b)| *a..=*b).collect()),
             label: None,
         }
@@ -129,7 +142,8 @@ mod tests {
             host(1, "10.0.0.0/8", &[(443, 443)]),
             host(2, "10.1.0.0/16", &[(80, 80)]),
         ];
-        let e = build(&hosts).unwrap();
+        let (e, errs) = build(&hosts, &Resolved::new());
+        assert!(errs.is_empty());
         let ip = "10.1.2.3".parse().unwrap();
         assert_eq!(lookup(&e, ip, 80), Some(2));
         assert_eq!(lookup(&e, ip, 443), Some(1));
@@ -146,7 +160,7 @@ mod tests {
     #[test]
     fn zero_prefix_covers_everything_of_its_family() {
         let hosts = [host(1, "0.0.0.0/0", &[]), host(2, "::/0", &[(53, 53)])];
-        let e = build(&hosts).unwrap();
+        let (e, _) = build(&hosts, &Resolved::new());
         assert_eq!(lookup(&e, "192.0.2.1".parse().unwrap(), 1), Some(1));
         assert_eq!(lookup(&e, "2001:db8::1".parse().unwrap(), 53), Some(2));
         assert_eq!(lookup(&e, "2001:db8::1".parse().unwrap(), 54), None);
@@ -156,8 +170,36 @@ mod tests {
     fn rejects_more_rules_than_the_kernel_holds() {
         let ports: Vec<(u16, u16)> = (1..=10).map(|p| (p, p)).collect();
         let hosts = [host(1, "10.0.0.0/8", &ports), host(2, "10.1.0.0/16", &ports)];
-        let err = build(&hosts).unwrap_err();
-        assert_eq!(err.host_index, 1);
-        assert_eq!(err.needed, 20);
+        let (entries, errs) = build(&hosts, &Resolved::new());
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].host_index, 1);
+        assert_eq!(errs[0].needed, 20);
+        // The prefix that fits is still there.
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn hostnames_stand_for_their_addresses() {
+        let mut h = host(1, "10.0.0.0/8", &[(443, 443)]);
+        h.target = HostTarget::Name("api.example.com".into());
+        let hosts = [h, host(2, "10.0.0.0/8", &[(80, 80)])];
+        let resolved = Resolved::from([(
+            "api.example.com".to_string(),
+            BTreeSet::from(["10.1.1.1".parse().unwrap(), "2001:db8::5".parse().unwrap()]),
+        )]);
+        let (e, _) = build(&hosts, &resolved);
+        assert_eq!(lookup(&e, "10.1.1.1".parse().unwrap(), 443), Some(1));
+        assert_eq!(
+            lookup(&e, "10.1.1.1".parse().unwrap(), 80),
+            Some(2),
+            "inherits the /8's rules"
+        );
+        assert_eq!(lookup(&e, "2001:db8::5".parse().unwrap(), 443), Some(1));
+        assert_eq!(lookup(&e, "10.1.1.2".parse().unwrap(), 443), None);
+        assert_eq!(
+            build(&hosts[..1], &Resolved::new()).0,
+            vec![],
+            "unresolved: nothing to match"
+        );
     }
 }

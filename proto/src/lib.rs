@@ -143,6 +143,8 @@ pub struct Connection {
     pub dst: SocketAddr,
     pub src: Option<SocketAddr>,
     pub host_id: Option<u32>,
+    /// Configuration generation the connection was judged against.
+    pub config_epoch: u32,
     /// The watched-host entry the destination matched, as configured.
     pub host: Option<String>,
     pub label: Option<String>,

@@ -39,11 +39,26 @@ pub struct Reply {
 /// Errors a call can end with, by their varlink names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
-    AccessDenied { reason: String },
-    InvalidArgument { field: String, reason: String },
-    MethodNotFound { method: String },
-    InterfaceNotFound { interface: String },
-    InvalidParameter { parameter: String },
+    AccessDenied {
+        reason: String,
+    },
+    InvalidArgument {
+        field: String,
+        reason: String,
+    },
+    MethodNotFound {
+        method: String,
+    },
+    InterfaceNotFound {
+        interface: String,
+    },
+    InvalidParameter {
+        parameter: String,
+    },
+    /// A reload found errors; the running configuration stays in force.
+    ConfigInvalid {
+        errors: Vec<String>,
+    },
 }
 
 impl CallError {
@@ -54,6 +69,7 @@ impl CallError {
             CallError::MethodNotFound { .. } => format!("{SERVICE_INTERFACE}.MethodNotFound"),
             CallError::InterfaceNotFound { .. } => format!("{SERVICE_INTERFACE}.InterfaceNotFound"),
             CallError::InvalidParameter { .. } => format!("{SERVICE_INTERFACE}.InvalidParameter"),
+            CallError::ConfigInvalid { .. } => format!("{INTERFACE}.ConfigInvalid"),
         }
     }
 
@@ -76,6 +92,9 @@ impl CallError {
             }
             CallError::InvalidParameter { parameter } => {
                 p.insert("parameter".into(), parameter.into());
+            }
+            CallError::ConfigInvalid { errors } => {
+                p.insert("errors".into(), errors.into());
             }
         }
         Reply {
@@ -110,6 +129,14 @@ impl CallError {
             "InterfaceNotFound" => CallError::InterfaceNotFound {
                 interface: get("interface"),
             },
+            "ConfigInvalid" => CallError::ConfigInvalid {
+                errors: r
+                    .parameters
+                    .get("errors")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|e| e.as_str().map(String::from)).collect())
+                    .unwrap_or_default(),
+            },
             _ => CallError::InvalidParameter {
                 parameter: get("parameter"),
             },
@@ -127,6 +154,16 @@ impl std::fmt::Display for CallError {
                 write!(f, "the daemon has no interface {interface}")
             }
             CallError::InvalidParameter { parameter } => write!(f, "invalid parameter {parameter}"),
+            CallError::ConfigInvalid { errors } => {
+                write!(
+                    f,
+                    "the new configuration is invalid; the running one stays in force:"
+                )?;
+                for e in errors {
+                    write!(f, "\n  {e}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -194,6 +231,18 @@ pub struct Stats {
     pub evicted_closed: u64,
     pub processes: u64,
     pub uptime_seconds: f64,
+    pub config_epoch: u32,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// Why the last reload failed, while the configuration stays unfixed.
+    pub last_reload_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    pub epoch: u32,
+    /// Settings that changed but take effect only at restart.
+    pub needs_restart: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,6 +271,9 @@ mod tests {
                 reason: "bad".into(),
             },
             CallError::MethodNotFound { method: "x.Y".into() },
+            CallError::ConfigInvalid {
+                errors: vec!["a:1:1: x".into()],
+            },
         ] {
             let reply = e.clone().into_reply();
             let text = serde_json::to_string(&reply).unwrap();
@@ -233,7 +285,7 @@ mod tests {
     #[test]
     fn description_declares_every_method() {
         assert!(DESCRIPTION.contains(&format!("interface {INTERFACE}\n")));
-        for m in ["GetVersion", "GetStats", "Who", "Ps", "Connections"] {
+        for m in ["GetVersion", "GetStats", "Who", "Ps", "Connections", "Reload"] {
             assert!(DESCRIPTION.contains(&format!("method {m}(")), "{m}");
         }
     }

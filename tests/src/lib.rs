@@ -153,32 +153,46 @@ pub struct Daemon {
     pub seen: Vec<Value>,
     /// The daemon's control socket, private to this test.
     pub socket: PathBuf,
-    _config: tempfile_lite::TempFile,
+    pub config: tempdir_lite::ConfigDir,
 }
 
-pub mod tempfile_lite {
-    //! A config file that disappears with the test.
+pub mod tempdir_lite {
+    //! A configuration directory that disappears with the test. Each daemon
+    //! gets its own: the daemon watches its configuration directory.
     use std::path::{Path, PathBuf};
 
     #[derive(Debug)]
-    pub struct TempFile(PathBuf);
+    pub struct ConfigDir(PathBuf);
 
-    impl TempFile {
+    impl ConfigDir {
         pub fn new(name: &str, contents: &str) -> Self {
-            let p =
-                std::env::temp_dir().join(format!("connectracer-test-{}-{name}.toml", std::process::id()));
-            std::fs::write(&p, contents).expect("writing temp config");
-            Self(p)
+            let d = std::env::temp_dir().join(format!("connectracer-test-{name}"));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).expect("creating the config dir");
+            let dir = Self(d);
+            dir.write(contents);
+            dir
         }
 
-        pub fn path(&self) -> &Path {
+        pub fn dir(&self) -> &Path {
             &self.0
+        }
+
+        pub fn main(&self) -> PathBuf {
+            self.0.join("connectracer.toml")
+        }
+
+        /// Replaces the main file the way editors do: write aside, rename over.
+        pub fn write(&self, contents: &str) {
+            let tmp = self.0.join(".connectracer.toml.swp");
+            std::fs::write(&tmp, contents).expect("writing config");
+            std::fs::rename(&tmp, self.main()).expect("renaming config");
         }
     }
 
-    impl Drop for TempFile {
+    impl Drop for ConfigDir {
         fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 }
@@ -204,15 +218,15 @@ impl Daemon {
     pub fn start(cg: &TestCgroup, config: &str) -> anyhow::Result<Self> {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let name = format!("{}-d{}", &cg.rel[1..], SEQ.fetch_add(1, Ordering::Relaxed));
-        let cfg = tempfile_lite::TempFile::new(&name, config);
-        let socket = std::env::temp_dir().join(format!("{name}.sock"));
+        let cfg = tempdir_lite::ConfigDir::new(&name, config);
+        let socket = std::env::temp_dir().join(format!("connectracer-test-{name}.sock"));
         let mut child = Command::new(bin_path("connectracerd"))
             .args(["--foreground", "--log-format", "json", "--cgroup"])
             .arg(&cg.path)
             .arg("--control-socket")
             .arg(&socket)
             .arg("--config")
-            .arg(cfg.path())
+            .arg(cfg.main())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -227,13 +241,14 @@ impl Daemon {
             stderr,
             seen: Vec::new(),
             socket,
-            _config: cfg,
+            config: cfg,
         };
         d.wait_log("control socket listening", Duration::from_secs(20))?;
         Ok(d)
     }
 
-    fn wait_log(&mut self, message: &str, timeout: Duration) -> anyhow::Result<Value> {
+    /// Waits for the daemon's next diagnostic line with this message.
+    pub fn wait_log(&mut self, message: &str, timeout: Duration) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -277,6 +292,10 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("kill");
     }
 
     /// SIGTERM, wait, and return the daemon's final counters.

@@ -46,6 +46,8 @@ pub struct ConnRecord {
     pub src: SocketAddr,
     pub host_id: Option<NonZeroU32>,
     pub policy_rule: u32,
+    /// Configuration generation the connect was judged against.
+    pub epoch: u32,
     pub error: i32,
     pub duration_ns: u64,
     pub bytes_sent: u64,
@@ -167,6 +169,7 @@ fn decode_conn(kind: ct_event_kind, e: &ct_conn_event) -> ConnRecord {
         src: addr(e.family, &e.saddr, e.sport),
         host_id: NonZeroU32::new(e.host_id),
         policy_rule: e.policy_rule,
+        epoch: e.epoch,
         error: e.error,
         duration_ns: e.duration_ns,
         bytes_sent: e.bytes_sent,

@@ -2,7 +2,7 @@
 //! the kernel state: the skeleton's maps and the program links (dropping it
 //! detaches everything).
 
-use std::collections::HashSet;
+use std::cell::Cell;
 use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
@@ -13,7 +13,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
 use super::skel::{ConnectracerSkel, ConnectracerSkelBuilder};
-use super::types::{ct_lpm_v4_key, ct_lpm_v6_key, ct_port_rule, ct_watch_val};
+use super::types::{ct_config, ct_lpm_v4_key, ct_lpm_v6_key, ct_port_rule, ct_watch_val};
 use crate::watchlist::{LpmEntry, MAX_RULES};
 
 // SAFETY: plain integer/byte-array structs generated from connectracer.h.
@@ -22,10 +22,18 @@ unsafe impl plain::Plain for ct_lpm_v4_key {}
 unsafe impl plain::Plain for ct_lpm_v6_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for ct_watch_val {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_config {}
+
+/// What one configuration generation holds in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub trace_all: bool,
+    pub watch: Vec<LpmEntry>,
+}
 
 #[derive(Debug, Clone)]
 pub struct TracerOptions {
-    pub trace_all: bool,
     pub ring_buffer_size: u32,
     pub wakeup_threshold: u64,
     pub udp_dedup_entries: u32,
@@ -63,21 +71,28 @@ pub enum TracerError {
 
 pub struct Tracer {
     skel: ConnectracerSkel<'static>,
-    _links: Vec<Link>,
-    _cgroup: File,
-    watched: HashSet<IpNet>,
+    links: Vec<Link>,
+    cgroup: File,
+    /// Generation (0 or 1) in force in the kernel. Cells, because the ring
+    /// buffer reader holds a shared borrow for the tracer's whole life.
+    active: Cell<u32>,
+    epoch: Cell<u32>,
 }
 
 impl std::fmt::Debug for Tracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracer")
-            .field("watched", &self.watched.len())
+            .field("links", &self.links.len())
+            .field("active", &self.active.get())
+            .field("epoch", &self.epoch.get())
             .finish_non_exhaustive()
     }
 }
 
 impl Tracer {
-    pub fn load(opts: &TracerOptions) -> Result<Self, TracerError> {
+    /// Loads the programs, puts `initial` in force, then attaches: the
+    /// first connection seen is already judged against the configuration.
+    pub fn load(opts: &TracerOptions, initial: &Ruleset) -> Result<Self, TracerError> {
         let cgroup = File::open(&opts.cgroup_dir).map_err(|source| TracerError::Cgroup {
             path: opts.cgroup_dir.clone(),
             source,
@@ -93,7 +108,6 @@ impl Tracer {
             map: "rodata",
             source: libbpf_rs::Error::from(std::io::Error::other("no rodata mapping")),
         })?;
-        rodata.trace_all = opts.trace_all;
         rodata.filter_scope = !opts.cgroup_is_root;
         rodata.wakeup_bytes = opts.wakeup_threshold;
 
@@ -117,11 +131,24 @@ impl Tracer {
                 .map_err(map_err("scope_cgroup"))?;
         }
 
+        let mut tracer = Self {
+            skel,
+            links: Vec::new(),
+            cgroup,
+            active: Cell::new(0),
+            epoch: Cell::new(0),
+        };
+        tracer.apply(initial)?;
+        tracer.links = tracer.attach()?;
+        Ok(tracer)
+    }
+
+    fn attach(&self) -> Result<Vec<Link>, TracerError> {
         let mut links = Vec::new();
-        let fd = cgroup.as_raw_fd();
+        let fd = self.cgroup.as_raw_fd();
         // cgroup links are always multi-attach (BPF_F_ALLOW_MULTI semantics):
         // programs systemd or others attached to the same cgroup keep running.
-        let progs = &skel.progs;
+        let progs = &self.skel.progs;
         for (name, prog) in [
             ("cgroup/connect4", &progs.ct_connect4),
             ("cgroup/connect6", &progs.ct_connect6),
@@ -145,12 +172,11 @@ impl Tracer {
                     .map_err(|source| TracerError::Attach { prog: name, source })?,
             );
         }
-        Ok(Self {
-            skel,
-            _links: links,
-            _cgroup: cgroup,
-            watched: HashSet::new(),
-        })
+        Ok(links)
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.epoch.get()
     }
 
     pub fn events_map(&self) -> &dyn MapCore {
@@ -161,58 +187,90 @@ impl Tracer {
         &self.skel.maps.stats
     }
 
-    /// Brings the kernel watch list to `entries`: writes every entry, then
-    /// deletes the prefixes no longer present.
-    pub fn set_watchlist(&mut self, entries: &[LpmEntry]) -> Result<(), TracerError> {
-        let mut next = HashSet::with_capacity(entries.len());
-        for e in entries {
+    /// Puts `r` in force atomically: the idle generation is rewritten from
+    /// scratch, then one write to `active` switches every hook over.
+    /// Returns the new epoch, which events judged against it carry.
+    pub fn apply(&self, r: &Ruleset) -> Result<u32, TracerError> {
+        let idle = 1 - self.active.get();
+        let maps = &self.skel.maps;
+        let (v4, v6): (&dyn MapCore, &dyn MapCore) = if idle == 0 {
+            (&maps.watch_v4_0, &maps.watch_v6_0)
+        } else {
+            (&maps.watch_v4_1, &maps.watch_v6_1)
+        };
+        let map_err = |map| move |source| TracerError::Map { map, source };
+        for trie in [v4, v6] {
+            let keys: Vec<Vec<u8>> = trie.keys().collect();
+            for k in keys {
+                trie.delete(&k).map_err(map_err("watch"))?;
+            }
+        }
+        for e in &r.watch {
             let mut val = ct_watch_val {
                 nrules: e.rules.len().min(MAX_RULES) as u32,
                 ..Default::default()
             };
-            for (slot, r) in val.rules.iter_mut().zip(&e.rules) {
+            for (slot, rule) in val.rules.iter_mut().zip(&e.rules) {
                 *slot = ct_port_rule {
-                    lo: r.lo,
-                    hi: r.hi,
-                    host_id: r.host_id,
+                    lo: rule.lo,
+                    hi: rule.hi,
+                    host_id: rule.host_id,
                 };
             }
             // SAFETY: Plain types, see above.
             let val = unsafe { plain::as_bytes(&val) };
-            self.with_key(e.net, |map, key| map.update(key, val, MapFlags::ANY))?;
-            next.insert(e.net);
-        }
-        for gone in self.watched.difference(&next).copied().collect::<Vec<_>>() {
-            self.with_key(gone, |map, key| map.delete(key))?;
-        }
-        self.watched = next;
-        Ok(())
-    }
-
-    fn with_key(
-        &self,
-        net: IpNet,
-        f: impl FnOnce(&dyn MapCore, &[u8]) -> libbpf_rs::Result<()>,
-    ) -> Result<(), TracerError> {
-        let res = match net {
-            IpNet::V4(n) => {
-                let key = ct_lpm_v4_key {
-                    prefixlen: u32::from(n.prefix_len()),
-                    addr: n.network().octets(),
-                };
-                // SAFETY: Plain type.
-                f(&self.skel.maps.watch_v4, unsafe { plain::as_bytes(&key) })
+            match e.net {
+                IpNet::V4(n) => {
+                    let key = ct_lpm_v4_key {
+                        prefixlen: u32::from(n.prefix_len()),
+                        addr: n.network().octets(),
+                    };
+                    // SAFETY: Plain type.
+                    v4.update(unsafe { plain::as_bytes(&key) }, val, MapFlags::ANY)
+                }
+                IpNet::V6(n) => {
+                    let key = ct_lpm_v6_key {
+                        prefixlen: u32::from(n.prefix_len()),
+                        addr: n.network().octets(),
+                    };
+                    // SAFETY: Plain type.
+                    v6.update(unsafe { plain::as_bytes(&key) }, val, MapFlags::ANY)
+                }
             }
-            IpNet::V6(n) => {
-                let key = ct_lpm_v6_key {
-                    prefixlen: u32::from(n.prefix_len()),
-                    addr: n.network().octets(),
-                };
-                // SAFETY: Plain type.
-                f(&self.skel.maps.watch_v6, unsafe { plain::as_bytes(&key) })
-            }
+            .map_err(map_err("watch"))?;
+        }
+        let epoch = self.epoch.get() + 1;
+        let cfg = ct_config {
+            epoch,
+            trace_all: u8::from(r.trace_all),
+            ..Default::default()
         };
-        res.map_err(|source| TracerError::Map { map: "watch", source })
+        // SAFETY: Plain type.
+        let cfg = unsafe { plain::as_bytes(&cfg) };
+        maps.gen_config
+            .update(&idle.to_ne_bytes(), cfg, MapFlags::ANY)
+            .map_err(map_err("config"))?;
+        maps.active_gen
+            .update(&0u32.to_ne_bytes(), &idle.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("active"))?;
+        // Hooks run under RCU; once a grace period has passed none is still
+        // using the old generation, so the next apply may rewrite it.
+        wait_for_readers();
+        self.active.set(idle);
+        self.epoch.set(epoch);
+        Ok(epoch)
+    }
+}
+
+/// Waits for an RCU grace period: membarrier(MEMBARRIER_CMD_GLOBAL) is
+/// implemented with synchronize_rcu(). Where membarrier is unavailable, a
+/// pause far longer than any hook runs stands in for it.
+fn wait_for_readers() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long) };
+    if rc != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

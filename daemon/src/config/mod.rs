@@ -6,17 +6,18 @@ mod raw;
 mod validate;
 
 use std::fmt;
-use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use validate::parse_config;
+pub use validate::{parse_config, parse_files};
 
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/connectracer/connectracer.toml";
+/// Drop-ins, next to the main file, merged in lexical order.
+pub const DROPIN_DIR: &str = "conf.d";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TraceMode {
@@ -38,6 +39,7 @@ pub struct Config {
     /// cgroup v2 directory to attach to; `None` means the cgroup2 root.
     pub cgroup: Option<PathBuf>,
     pub hosts: Vec<WatchedHost>,
+    pub dns: DnsSettings,
     pub bpf: BpfConfig,
     pub table: TableConfig,
     pub log: LogConfig,
@@ -49,9 +51,29 @@ pub struct WatchedHost {
     pub id: u32,
     /// As written in the config.
     pub name: String,
-    pub net: IpNet,
+    pub target: HostTarget,
     pub ports: PortSet,
     pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostTarget {
+    /// An address (as a /32 or /128) or a CIDR.
+    Net(IpNet),
+    /// A hostname, followed through DNS; lowercase, without a trailing dot.
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Empty: the system resolver (/etc/resolv.conf and /etc/hosts).
+    pub nameservers: Vec<std::net::SocketAddr>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// How long addresses a hostname no longer resolves to stay watched.
+    pub grace: Duration,
 }
 
 /// Destination ports a watch entry applies to; empty means every port.
@@ -101,6 +123,14 @@ impl Default for Config {
             trace: TraceMode::Watched,
             cgroup: None,
             hosts: Vec::new(),
+            dns: DnsSettings {
+                nameservers: Vec::new(),
+                min_ttl: Duration::from_secs(5),
+                max_ttl: Duration::from_secs(3600),
+                retry_min: Duration::from_secs(1),
+                retry_max: Duration::from_secs(60),
+                grace: Duration::from_secs(300),
+            },
             bpf: BpfConfig {
                 ring_buffer_size: 4 << 20,
                 wakeup_threshold: 16 << 10,
@@ -121,10 +151,25 @@ impl Default for Config {
 }
 
 impl WatchedHost {
-    /// Whether this entry covers `addr:port`; the kernel's LPM lookup is the
-    /// fast path, this is the reference it is tested against.
-    pub fn matches(&self, addr: IpAddr, port: u16) -> bool {
-        self.net.contains(&addr) && self.ports.contains(port)
+    pub fn hostname(&self) -> Option<&str> {
+        match &self.target {
+            HostTarget::Name(n) => Some(n),
+            HostTarget::Net(_) => None,
+        }
+    }
+}
+
+impl Config {
+    /// Hostnames the DNS watcher must follow, deduplicated.
+    pub fn hostnames(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .hosts
+            .iter()
+            .filter_map(|h| h.hostname().map(String::from))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 }
 
@@ -164,22 +209,48 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Loads the configuration file. A missing file at the default location
-/// means built-in defaults; a missing file the user named is an error.
+/// The files that make up the configuration: the main file, then
+/// `conf.d/*.toml` beside it in lexical order.
+pub fn sources(main: &Path) -> Vec<PathBuf> {
+    let mut files = vec![main.to_path_buf()];
+    let dir = main.parent().unwrap_or(Path::new("/")).join(DROPIN_DIR);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut dropins: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        dropins.sort();
+        files.extend(dropins);
+    }
+    files
+}
+
+/// Loads the main file and its drop-ins: later files' scalars win, lists
+/// append. A missing main file at the default location means built-in
+/// defaults (plus any drop-ins); a missing file the user named is an error.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
-    let (path, explicit) = match path {
+    let (main, explicit) = match path {
         Some(p) => (p, true),
         None => (Path::new(DEFAULT_CONFIG_PATH), false),
     };
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_config(path, &text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Config::default()),
-        Err(e) => Err(ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            key: String::new(),
-            message: format!("cannot read file: {e}"),
-        }])),
+    let mut texts = Vec::new();
+    let mut errors = Vec::new();
+    for file in sources(main) {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => texts.push((file, text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit && file == main => {}
+            Err(e) => errors.push(ConfigError {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read file: {e}"),
+            }),
+        }
     }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    parse_files(&texts)
 }

@@ -11,6 +11,7 @@ pub struct RawConfig {
     pub cgroup: Option<Spanned<String>>,
     #[serde(default)]
     pub host: Vec<RawHost>,
+    pub dns: Option<RawDns>,
     pub bpf: Option<RawBpf>,
     pub table: Option<RawTable>,
     pub log: Option<RawLog>,
@@ -62,4 +63,15 @@ pub struct RawTable {
 pub struct RawLog {
     pub format: Option<Spanned<String>>,
     pub events: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub nameservers: Option<Vec<Spanned<String>>>,
+    pub min_ttl: Option<Spanned<String>>,
+    pub max_ttl: Option<Spanned<String>>,
+    pub retry_min: Option<Spanned<String>>,
+    pub retry_max: Option<Spanned<String>>,
+    pub grace: Option<Spanned<String>>,
 }

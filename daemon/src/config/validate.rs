@@ -1,7 +1,7 @@
 //! Stage two: raw values to the validated model, every error collected.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -9,34 +9,57 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawHost, RawPort, RawSize};
-use super::{Config, ConfigError, ConfigErrors, LogFormat, PortSet, TraceMode, WatchedHost};
+use super::raw::{RawConfig, RawDns, RawHost, RawPort, RawSize};
+use super::{
+    Config, ConfigError, ConfigErrors, DnsSettings, HostTarget, LogFormat, PortSet, TraceMode, WatchedHost,
+};
 use crate::watchlist;
 
 const PAGE_SIZE: u64 = 4096;
 const MAX_LABEL_LEN: usize = 64;
 
+/// Where a value was set, for problems found only once all files are merged.
+#[derive(Debug, Clone)]
+struct Loc {
+    file: PathBuf,
+    line: usize,
+    column: usize,
+}
+
 struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
-    errors: Vec<ConfigError>,
+    errors: &'a mut Vec<ConfigError>,
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) {
+    fn loc(&self, span: Option<Range<usize>>) -> Loc {
         let (line, column) = span.map_or((0, 0), |s| line_col(self.text, s.start));
-        self.errors.push(ConfigError {
+        Loc {
             file: self.file.to_path_buf(),
             line,
             column,
-            key: key.into(),
-            message: message.into(),
-        });
+        }
+    }
+
+    fn error(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: impl Into<String>) {
+        let loc = self.loc(span);
+        push(self.errors, &loc, key, message);
     }
 
     fn spanned<T>(&mut self, v: &Spanned<T>, key: &str, message: impl Into<String>) {
         self.error(Some(v.span()), key, message);
     }
+}
+
+fn push(errors: &mut Vec<ConfigError>, loc: &Loc, key: impl Into<String>, message: impl Into<String>) {
+    errors.push(ConfigError {
+        file: loc.file.clone(),
+        line: loc.line,
+        column: loc.column,
+        key: key.into(),
+        message: message.into(),
+    });
 }
 
 /// 1-based line and column of a byte offset.
@@ -47,30 +70,110 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The configuration being assembled from several files.
+#[derive(Default)]
+struct Merge {
+    config: Config,
+    hosts: Vec<(WatchedHost, Loc, String)>,
+    ring_loc: Option<Loc>,
+    wakeup_loc: Option<Loc>,
+}
+
 /// Parses and validates one configuration text that came from `file`.
 pub fn parse_config(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let mut ctx = Ctx {
-        file,
-        text,
-        errors: Vec::new(),
-    };
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            ctx.error(e.span(), "", e.message().trim().replace('\n', "; "));
-            return Err(ConfigErrors(ctx.errors));
+    parse_files(&[(file.to_path_buf(), text.to_string())])
+}
+
+/// Parses, validates and merges files in order: later files' scalars win,
+/// lists append. Every error of every file is collected.
+pub fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut m = Merge::default();
+    for (file, text) in files {
+        let mut ctx = Ctx {
+            file,
+            text,
+            errors: &mut errors,
+        };
+        match toml::from_str::<RawConfig>(text) {
+            Ok(raw) => apply(&mut ctx, raw, &mut m),
+            Err(e) => ctx.error(e.span(), "", e.message().trim().replace('\n', "; ")),
         }
-    };
-    let config = build(&mut ctx, raw);
-    if ctx.errors.is_empty() {
+    }
+    let config = finish(m, &mut errors);
+    if errors.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(ctx.errors))
+        Err(ConfigErrors(errors))
     }
 }
 
-fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
-    let mut c = Config::default();
+/// Checks that need every file: duplicates, kernel capacity, sizes that
+/// depend on each other. Assigns host ids.
+fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
+    let mut seen: HashMap<(HostTarget, Vec<(u16, u16)>), Loc> = HashMap::new();
+    let mut hosts: Vec<WatchedHost> = Vec::new();
+    let mut locs = Vec::new();
+    for (h, loc, key) in m.hosts {
+        let dedup = (
+            h.target.clone(),
+            h.ports.0.iter().map(|r| (*r.start(), *r.end())).collect(),
+        );
+        if let Some(first) = seen.get(&dedup) {
+            let msg = format!(
+                "`{}` with the same ports is already watched ({}:{})",
+                h.name,
+                first.file.display(),
+                first.line
+            );
+            push(errors, &loc, format!("{key}.name"), msg);
+            continue;
+        }
+        seen.insert(dedup, loc.clone());
+        hosts.push(WatchedHost {
+            id: hosts.len() as u32 + 1,
+            ..h
+        });
+        locs.push((loc, key));
+    }
+    let (_, too_many) = watchlist::build(&hosts, &HashMap::new());
+    for e in too_many {
+        let (loc, key) = &locs[e.host_index];
+        push(errors, loc, key.clone(), e.to_string());
+    }
+    m.config.hosts = hosts;
+    let bpf = &m.config.bpf;
+    if bpf.wakeup_threshold >= u64::from(bpf.ring_buffer_size) {
+        let loc = m.wakeup_loc.or(m.ring_loc).unwrap_or(Loc {
+            file: PathBuf::new(),
+            line: 0,
+            column: 0,
+        });
+        let msg = format!(
+            "{} bytes: must be below bpf.ring_buffer_size ({} bytes)",
+            bpf.wakeup_threshold, bpf.ring_buffer_size
+        );
+        push(errors, &loc, "bpf.wakeup_threshold", msg);
+    }
+    if m.config.dns.min_ttl > m.config.dns.max_ttl {
+        let msg = "dns.min_ttl is longer than dns.max_ttl";
+        push(
+            errors,
+            &Loc {
+                file: PathBuf::new(),
+                line: 0,
+                column: 0,
+            },
+            "dns",
+            msg,
+        );
+    }
+    m.config
+}
+
+/// Applies one file's values on top of what earlier files set.
+fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
+    let c = &mut m.config;
     if let Some(t) = &raw.trace {
         match t.get_ref().as_str() {
             "watched" => c.trace = TraceMode::Watched,
@@ -83,12 +186,18 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
         }
     }
     if let Some(cg) = &raw.cgroup {
-        c.cgroup = cgroup_path(ctx, cg);
+        if let Some(p) = cgroup_path(ctx, cg) {
+            c.cgroup = Some(p);
+        }
     }
-    c.hosts = hosts(ctx, &raw.host);
-    if let Err(e) = watchlist::build(&c.hosts) {
-        let span = raw.host.get(e.host_index()).map(|h| h.name.span());
-        ctx.error(span, format!("host[{}]", e.host_index()), e.to_string());
+    for (i, h) in raw.host.iter().enumerate() {
+        if let Some(host) = host(ctx, h, i) {
+            m.hosts
+                .push((host, ctx.loc(Some(h.name.span())), format!("host[{i}]")));
+        }
+    }
+    if let Some(d) = &raw.dns {
+        dns(ctx, d, &mut c.dns);
     }
     if let Some(b) = &raw.bpf {
         if let Some(v) = &b.ring_buffer_size {
@@ -101,50 +210,42 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
                     );
                 } else {
                     c.bpf.ring_buffer_size = n as u32;
+                    m.ring_loc = Some(ctx.loc(Some(v.span())));
                 }
             }
         }
         if let Some(v) = &b.wakeup_threshold {
             if let Some(n) = size(ctx, v, "bpf.wakeup_threshold") {
                 c.bpf.wakeup_threshold = n;
+                m.wakeup_loc = Some(ctx.loc(Some(v.span())));
             }
         }
         if let Some(v) = &b.udp_dedup_entries {
-            c.bpf.udp_dedup_entries = int_in(ctx, v, "bpf.udp_dedup_entries", 1, 1 << 24)
-                .unwrap_or(c.bpf.udp_dedup_entries as u64) as u32;
+            if let Some(n) = int_in(ctx, v, "bpf.udp_dedup_entries", 1, 1 << 24) {
+                c.bpf.udp_dedup_entries = n as u32;
+            }
         }
-    }
-    if c.bpf.wakeup_threshold >= u64::from(c.bpf.ring_buffer_size) {
-        let span = raw
-            .bpf
-            .as_ref()
-            .and_then(|b| b.wakeup_threshold.as_ref())
-            .map(|v| v.span());
-        ctx.error(
-            span,
-            "bpf.wakeup_threshold",
-            format!(
-                "{} bytes: must be below bpf.ring_buffer_size ({} bytes)",
-                c.bpf.wakeup_threshold, c.bpf.ring_buffer_size
-            ),
-        );
     }
     if let Some(t) = &raw.table {
         if let Some(v) = &t.max_open {
-            c.table.max_open =
-                int_in(ctx, v, "table.max_open", 1, 1 << 24).map_or(c.table.max_open, |n| n as usize);
+            if let Some(n) = int_in(ctx, v, "table.max_open", 1, 1 << 24) {
+                c.table.max_open = n as usize;
+            }
         }
         if let Some(v) = &t.max_closed {
-            c.table.max_closed =
-                int_in(ctx, v, "table.max_closed", 0, 1 << 24).map_or(c.table.max_closed, |n| n as usize);
+            if let Some(n) = int_in(ctx, v, "table.max_closed", 0, 1 << 24) {
+                c.table.max_closed = n as usize;
+            }
         }
         if let Some(v) = &t.closed_retention {
-            c.table.closed_retention =
-                duration(ctx, v, "table.closed_retention").unwrap_or(c.table.closed_retention);
+            if let Some(d) = duration(ctx, v, "table.closed_retention") {
+                c.table.closed_retention = d;
+            }
         }
         if let Some(v) = &t.process_retention {
-            c.table.process_retention =
-                duration(ctx, v, "table.process_retention").unwrap_or(c.table.process_retention);
+            if let Some(d) = duration(ctx, v, "table.process_retention") {
+                c.table.process_retention = d;
+            }
         }
     }
     if let Some(l) = &raw.log {
@@ -163,7 +264,149 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig) -> Config {
             c.log.events = *e.get_ref();
         }
     }
-    c
+}
+
+fn dns(ctx: &mut Ctx<'_>, d: &RawDns, out: &mut DnsSettings) {
+    if let Some(list) = &d.nameservers {
+        let mut servers = Vec::new();
+        for (i, v) in list.iter().enumerate() {
+            let s = v.get_ref().trim();
+            match s
+                .parse::<SocketAddr>()
+                .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            {
+                Ok(a) => servers.push(a),
+                Err(_) => ctx.spanned(
+                    v,
+                    &format!("dns.nameservers[{i}]"),
+                    format!("`{s}` is not an IP address or IP:PORT"),
+                ),
+            }
+        }
+        out.nameservers = servers;
+    }
+    for (v, key, slot) in [
+        (&d.min_ttl, "dns.min_ttl", &mut out.min_ttl),
+        (&d.max_ttl, "dns.max_ttl", &mut out.max_ttl),
+        (&d.retry_min, "dns.retry_min", &mut out.retry_min),
+        (&d.retry_max, "dns.retry_max", &mut out.retry_max),
+        (&d.grace, "dns.grace", &mut out.grace),
+    ] {
+        if let Some(v) = v {
+            if let Some(dur) = duration(ctx, v, key) {
+                *slot = dur;
+            }
+        }
+    }
+}
+
+fn host(ctx: &mut Ctx<'_>, h: &RawHost, i: usize) -> Option<WatchedHost> {
+    let key = format!("host[{i}]");
+    // Everything about the entry is checked even when the name is bad, so
+    // one run reports all of its errors.
+    let target = parse_target(ctx, &h.name, &format!("{key}.name"));
+    let ports = match &h.ports {
+        None => Some(PortSet::default()),
+        Some(list) if list.is_empty() => {
+            ctx.spanned(
+                &h.name,
+                &format!("{key}.ports"),
+                "empty port list; leave `ports` out to match every port",
+            );
+            None
+        }
+        Some(list) => {
+            let set: Vec<_> = list
+                .iter()
+                .enumerate()
+                .filter_map(|(j, p)| port_range(ctx, p, &format!("{key}.ports[{j}]")))
+                .collect();
+            (set.len() == list.len()).then_some(PortSet(set))
+        }
+    };
+    let label = match &h.label {
+        Some(l)
+            if l.get_ref().is_empty()
+                || l.get_ref().len() > MAX_LABEL_LEN
+                || l.get_ref().chars().any(char::is_control) =>
+        {
+            ctx.spanned(
+                l,
+                &format!("{key}.label"),
+                format!("label must be 1 to {MAX_LABEL_LEN} printable characters"),
+            );
+            return None;
+        }
+        l => l.as_ref().map(|l| l.get_ref().clone()),
+    };
+    Some(WatchedHost {
+        id: 0,
+        name: h.name.get_ref().trim().to_string(),
+        target: target?,
+        ports: ports?,
+        label,
+    })
+}
+
+/// An IP (a /32 or /128), a CIDR, or a hostname. `::ffff:a.b.c.d` forms
+/// are folded to IPv4 because the kernel reports v4-mapped destinations as
+/// IPv4.
+fn parse_target(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<HostTarget> {
+    let s = v.get_ref().trim();
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Some(HostTarget::Net(fold_v4_mapped(IpNet::from(addr))));
+    }
+    if let Ok(net) = s.parse::<IpNet>() {
+        if net.trunc() != net {
+            ctx.spanned(
+                v,
+                key,
+                format!("`{s}` has host bits set; did you mean `{}`?", net.trunc()),
+            );
+            return None;
+        }
+        return Some(HostTarget::Net(fold_v4_mapped(net)));
+    }
+    match hostname(s) {
+        Ok(name) => Some(HostTarget::Name(name)),
+        Err(why) => {
+            ctx.spanned(
+                v,
+                key,
+                format!("`{s}` is not an IP address, CIDR or hostname: {why}"),
+            );
+            None
+        }
+    }
+}
+
+/// RFC 1123 hostname, lowercased, trailing dot removed.
+fn hostname(s: &str) -> Result<String, &'static str> {
+    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    if name.is_empty() || name.len() > 253 {
+        return Err("a hostname is 1 to 253 characters");
+    }
+    if name.contains('/') {
+        return Err("the prefix length is not valid");
+    }
+    if name.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit())) {
+        return Err("it looks like an address but is not a valid one");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each dot-separated label is 1 to 63 characters");
+        }
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err("labels hold only letters, digits, '-' and '_'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("labels neither start nor end with '-'");
+        }
+    }
+    Ok(name)
 }
 
 fn cgroup_path(ctx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<PathBuf> {
@@ -177,96 +420,6 @@ fn cgroup_path(ctx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<PathBuf> {
         return None;
     }
     Some(p.to_path_buf())
-}
-
-fn hosts(ctx: &mut Ctx<'_>, raw: &[RawHost]) -> Vec<WatchedHost> {
-    let mut out = Vec::new();
-    let mut seen: HashMap<(IpNet, Vec<(u16, u16)>), usize> = HashMap::new();
-    for (i, h) in raw.iter().enumerate() {
-        let key = format!("host[{i}]");
-        // Everything about the entry is checked even when the name is bad,
-        // so one run reports all of its errors.
-        let net = parse_net(ctx, &h.name, &format!("{key}.name"));
-        let ports = match &h.ports {
-            None => PortSet::default(),
-            Some(list) if list.is_empty() => {
-                ctx.spanned(
-                    &h.name,
-                    &format!("{key}.ports"),
-                    "empty port list; leave `ports` out to match every port",
-                );
-                continue;
-            }
-            Some(list) => {
-                let mut set = Vec::new();
-                for (j, p) in list.iter().enumerate() {
-                    if let Some(r) = port_range(ctx, p, &format!("{key}.ports[{j}]")) {
-                        set.push(r);
-                    }
-                }
-                PortSet(set)
-            }
-        };
-        let label = match &h.label {
-            Some(l)
-                if l.get_ref().is_empty()
-                    || l.get_ref().len() > MAX_LABEL_LEN
-                    || l.get_ref().chars().any(char::is_control) =>
-            {
-                ctx.spanned(
-                    l,
-                    &format!("{key}.label"),
-                    format!("label must be 1 to {MAX_LABEL_LEN} printable characters"),
-                );
-                None
-            }
-            l => l.as_ref().map(|l| l.get_ref().clone()),
-        };
-        let Some(net) = net else { continue };
-        let dedup = (net, ports.0.iter().map(|r| (*r.start(), *r.end())).collect());
-        if let Some(first) = seen.insert(dedup, i) {
-            ctx.spanned(
-                &h.name,
-                &format!("{key}.name"),
-                format!(
-                    "`{}` with the same ports is already watched by host[{first}]",
-                    h.name.get_ref()
-                ),
-            );
-            continue;
-        }
-        out.push(WatchedHost {
-            id: out.len() as u32 + 1,
-            name: h.name.get_ref().clone(),
-            net,
-            ports,
-            label,
-        });
-    }
-    out
-}
-
-/// An IP (a /32 or /128) or a CIDR; `::ffff:a.b.c.d` forms are folded to
-/// IPv4 because the kernel reports v4-mapped destinations as IPv4.
-fn parse_net(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<IpNet> {
-    let s = v.get_ref().trim();
-    let net = if let Ok(addr) = s.parse::<IpAddr>() {
-        IpNet::from(addr)
-    } else if let Ok(net) = s.parse::<IpNet>() {
-        if net.trunc() != net {
-            ctx.spanned(
-                v,
-                key,
-                format!("`{s}` has host bits set; did you mean `{}`?", net.trunc()),
-            );
-            return None;
-        }
-        net
-    } else {
-        ctx.spanned(v, key, format!("`{s}` is not an IP address or CIDR (hostnames need the DNS watcher, which this build does not have)"));
-        return None;
-    };
-    Some(fold_v4_mapped(net))
 }
 
 fn fold_v4_mapped(net: IpNet) -> IpNet {
@@ -419,11 +572,14 @@ events = false
         assert_eq!(c.hosts[0].ports.0, vec![443..=443, 8000..=8100]);
         assert_eq!(c.hosts[0].label.as_deref(), Some("payments"));
         assert_eq!(
-            c.hosts[1].net.to_string(),
-            "192.0.2.0/24",
+            c.hosts[1].target,
+            HostTarget::Net("192.0.2.0/24".parse().unwrap()),
             "v4-mapped folded to IPv4"
         );
-        assert_eq!(c.hosts[2].net.to_string(), "2001:db8::1/128");
+        assert_eq!(
+            c.hosts[2].target,
+            HostTarget::Net("2001:db8::1/128".parse().unwrap())
+        );
         assert_eq!(c.hosts.iter().map(|h| h.id).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(c.bpf.ring_buffer_size, 8 << 20);
         assert_eq!(c.table.closed_retention, Duration::from_secs(90));
@@ -435,7 +591,7 @@ events = false
     fn syntax_and_unknown_keys_name_the_line() {
         assert_eq!(
             errors("trace = \"all\"\ntrcae = 1\n"),
-            ["/etc/connectracer/connectracer.toml:2:1: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `bpf`, `table`, `log`"]
+            ["/etc/connectracer/connectracer.toml:2:1: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `table`, `log`"]
         );
         let e = errors("[[host]]\nname = \"10.0.0.1\"\nport = [1]\n");
         assert!(
@@ -455,7 +611,7 @@ events = false
             r#"trace = "some"
 cgroup = "relative/path"
 [[host]]
-name = "api.example.com"
+name = "-bad-.example.com"
 [[host]]
 name = "10.1.2.3/16"
 [[host]]
@@ -464,9 +620,10 @@ ports = [0, 70000, "9-3", "http"]
 [[host]]
 name = "10.0.0.2"
 ports = []
+label = ""
 [[host]]
 name = "10.0.0.3"
-label = ""
+label = "ok"
 [[host]]
 name = "10.0.0.3"
 [bpf]
@@ -479,24 +636,102 @@ format = "xml"
 "#,
         );
         let f = "/etc/connectracer/connectracer.toml";
+        let port = |at: &str, k: usize, v: &str| {
+            format!("{f}:{at}: host[2].ports[{k}]: {v} is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH")
+        };
         assert_eq!(
             e,
             [
                 format!("{f}:1:9: trace: unknown trace mode `some`; expected \"watched\" or \"all\""),
                 format!("{f}:2:10: cgroup: `relative/path` is not an absolute path"),
-                format!("{f}:4:8: host[0].name: `api.example.com` is not an IP address or CIDR (hostnames need the DNS watcher, which this build does not have)"),
+                format!("{f}:4:8: host[0].name: `-bad-.example.com` is not an IP address, CIDR or hostname: labels neither start nor end with '-'"),
                 format!("{f}:6:8: host[1].name: `10.1.2.3/16` has host bits set; did you mean `10.1.0.0/16`?"),
-                format!("{f}:9:10: host[2].ports[0]: 0 is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH"),
-                format!("{f}:9:13: host[2].ports[1]: 70000 is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH"),
-                format!("{f}:9:20: host[2].ports[2]: \"9-3\" is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH"),
-                format!("{f}:9:27: host[2].ports[3]: \"http\" is not a port (1-65535) or a range \"LOW-HIGH\" with LOW <= HIGH"),
+                port("9:10", 0, "0"),
+                port("9:13", 1, "70000"),
+                port("9:20", 2, "\"9-3\""),
+                port("9:27", 3, "\"http\""),
                 format!("{f}:11:8: host[3].ports: empty port list; leave `ports` out to match every port"),
-                format!("{f}:15:9: host[4].label: label must be 1 to 64 printable characters"),
-                format!("{f}:17:8: host[5].name: `10.0.0.3` with the same ports is already watched by host[4]"),
-                format!("{f}:19:20: bpf.ring_buffer_size: 3145728 bytes: must be a power of two between 4KiB and 1GiB"),
-                format!("{f}:20:21: bpf.udp_dedup_entries: 0 is out of range 1..=16777216"),
-                format!("{f}:22:20: table.closed_retention: `soon` is not a duration (expected number at 0); e.g. \"90s\" or \"5m\""),
-                format!("{f}:24:10: log.format: unknown log format `xml`; expected \"text\" or \"json\""),
+                format!("{f}:13:9: host[3].label: label must be 1 to 64 printable characters"),
+                format!("{f}:20:20: bpf.ring_buffer_size: 3145728 bytes: must be a power of two between 4KiB and 1GiB"),
+                format!("{f}:21:21: bpf.udp_dedup_entries: 0 is out of range 1..=16777216"),
+                format!("{f}:23:20: table.closed_retention: `soon` is not a duration (expected number at 0); e.g. \"90s\" or \"5m\""),
+                format!("{f}:25:10: log.format: unknown log format `xml`; expected \"text\" or \"json\""),
+                format!("{f}:18:8: host[5].name: `10.0.0.3` with the same ports is already watched ({f}:15)"),
+            ]
+        );
+    }
+
+    #[test]
+    fn hostnames_are_normalised_and_checked() {
+        let c = parse_config(
+            Path::new("x.toml"),
+            "[[host]]\nname = \"API.Example.COM.\"\n[[host]]\nname = \"svc_1.internal\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.hosts[0].target, HostTarget::Name("api.example.com".into()));
+        assert_eq!(c.hosts[0].name, "API.Example.COM.", "shown as written");
+        assert_eq!(c.hostnames(), ["api.example.com", "svc_1.internal"]);
+        for (bad, why) in [
+            ("a..b", "each dot-separated label is 1 to 63 characters"),
+            ("300.1.1.1", "it looks like an address but is not a valid one"),
+            ("ex ample.com", "labels hold only letters, digits, '-' and '_'"),
+            ("10.0.0.0/99", "the prefix length is not valid"),
+        ] {
+            let e = errors(&format!("[[host]]\nname = \"{bad}\"\n"));
+            assert_eq!(
+                e,
+                [format!("/etc/connectracer/connectracer.toml:2:8: host[0].name: `{bad}` is not an IP address, CIDR or hostname: {why}")]
+            );
+        }
+    }
+
+    #[test]
+    fn dropins_merge_in_order_scalars_win_lists_append() {
+        let files = [
+            (PathBuf::from("/etc/c/connectracer.toml"), "trace = \"all\"\n[[host]]\nname = \"10.0.0.1\"\n[table]\nmax_open = 10\n".to_string()),
+            (PathBuf::from("/etc/c/conf.d/10-a.toml"), "trace = \"watched\"\n[[host]]\nname = \"db.internal\"\nlabel = \"db\"\n".to_string()),
+            (PathBuf::from("/etc/c/conf.d/20-b.toml"), "[table]\nmax_closed = 5\n[dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\ngrace = \"30s\"\n".to_string()),
+        ];
+        let c = parse_files(&files).unwrap();
+        assert_eq!(c.trace, TraceMode::Watched);
+        assert_eq!(
+            c.hosts
+                .iter()
+                .map(|h| (h.id, h.name.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "10.0.0.1"), (2, "db.internal")]
+        );
+        assert_eq!((c.table.max_open, c.table.max_closed), (10, 5));
+        assert_eq!(
+            c.dns.nameservers,
+            ["127.0.0.1:5353".parse().unwrap(), "[::1]:53".parse().unwrap()]
+        );
+        assert_eq!(c.dns.grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_the_dropin_they_are_in() {
+        let files = [
+            (
+                PathBuf::from("/etc/c/connectracer.toml"),
+                "[[host]]\nname = \"10.0.0.1\"\n".to_string(),
+            ),
+            (
+                PathBuf::from("/etc/c/conf.d/10-a.toml"),
+                "\n[[host]]\nname = \"10.0.0.1\"\n[dns]\nnameservers = [\"dns.example\"]\n".to_string(),
+            ),
+        ];
+        let e: Vec<String> = parse_files(&files)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            e,
+            [
+                "/etc/c/conf.d/10-a.toml:5:16: dns.nameservers[0]: `dns.example` is not an IP address or IP:PORT",
+                "/etc/c/conf.d/10-a.toml:3:8: host[0].name: `10.0.0.1` with the same ports is already watched (/etc/c/connectracer.toml:2)",
             ]
         );
     }

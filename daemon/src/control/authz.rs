@@ -68,6 +68,7 @@ mod tests {
             dst: "10.0.0.1:443".parse().unwrap(),
             src: None,
             host_id: None,
+            config_epoch: 1,
             host: None,
             label: None,
             started: SystemTime::now(),

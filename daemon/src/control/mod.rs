@@ -19,6 +19,7 @@ pub enum Method {
     Who(WhoParams),
     Ps(PsParams),
     Connections(ConnectionsParams),
+    Reload,
 }
 
 pub type Answer = Result<Map<String, Value>, CallError>;

@@ -169,6 +169,7 @@ async fn dispatch(call: &Call, caller: Caller, requests: &mpsc::Sender<Request>)
         (INTERFACE, "Who") => Method::Who(params(call)?),
         (INTERFACE, "Ps") => Method::Ps(params(call)?),
         (INTERFACE, "Connections") => Method::Connections(params(call)?),
+        (INTERFACE, "Reload") => Method::Reload,
         (SERVICE_INTERFACE | INTERFACE, _) => {
             return Err(CallError::MethodNotFound {
                 method: call.method.clone(),
