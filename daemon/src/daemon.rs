@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use connectracer_proto::varlink::{to_parameters, CallError, ReloadReply, Stats, StatsReply, VersionReply};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::attribution::Attributor;
@@ -44,6 +44,7 @@ struct Daemon {
     config: Config,
     resolved: Resolved,
     kernel: KernelHandle,
+    records: mpsc::Receiver<Vec<Record>>,
     pipeline: Pipeline,
     epoch: u32,
     reload: ReloadState,
@@ -68,12 +69,13 @@ fn table_limits(c: &Config) -> TableLimits {
 
 /// The kernel's view of a configuration; prefixes that do not fit are
 /// logged and left out rather than failing the whole apply.
-fn ruleset(c: &Config, resolved: &Resolved) -> Ruleset {
+fn ruleset(epoch: u32, c: &Config, resolved: &Resolved) -> Ruleset {
     let (watch, too_many) = watchlist::build(&c.hosts, resolved);
     for e in too_many {
         error!("watch list: {} (host `{}`)", e, c.hosts[e.host_index].name);
     }
     Ruleset {
+        epoch,
         trace_all: c.trace == TraceMode::All,
         watch,
     }
@@ -103,7 +105,7 @@ pub async fn run(source: ConfigSource, config: Config, control_socket: &Path) ->
     let resolved = Resolved::new();
     let (tx, rx) = mpsc::channel(RECORD_QUEUE);
     let kernel =
-        KernelHandle::spawn(opts, ruleset(&config, &resolved), tx).context("loading BPF programs")?;
+        KernelHandle::spawn(opts, ruleset(1, &config, &resolved), tx).context("loading BPF programs")?;
     info!(
         cgroup = %cgroup_dir.display(),
         trace = ?config.trace,
@@ -132,23 +134,20 @@ pub async fn run(source: ConfigSource, config: Config, control_socket: &Path) ->
         config,
         resolved,
         kernel,
+        records: rx,
         pipeline,
         epoch: 1,
         reload: ReloadState::default(),
         started: Instant::now(),
     };
-    let result = daemon.serve(rx, ctl_rx).await;
+    let result = daemon.serve(ctl_rx).await;
     server.abort();
     let _ = std::fs::remove_file(control_socket);
     result
 }
 
 impl Daemon {
-    async fn serve(
-        &mut self,
-        mut records: mpsc::Receiver<Vec<Record>>,
-        mut requests: mpsc::Receiver<Request>,
-    ) -> anyhow::Result<()> {
+    async fn serve(&mut self, mut requests: mpsc::Receiver<Request>) -> anyhow::Result<()> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
@@ -176,7 +175,7 @@ impl Daemon {
         let mut pending_fs_reload = false;
         loop {
             tokio::select! {
-                Some(batch) = records.recv() => batch.into_iter().for_each(|rec| self.pipeline.handle(rec)),
+                Some(batch) = self.records.recv() => self.pipeline.handle_batch(batch),
                 Some(req) = requests.recv() => {
                     let answer = self.answer(&req).await;
                     let _ = req.reply.send(answer);
@@ -197,8 +196,20 @@ impl Daemon {
                 _ = sigint.recv() => break,
             }
         }
-        self.shutdown(&mut records).await;
+        self.shutdown().await;
         Ok(())
+    }
+
+    /// Waits for a reply from the kernel thread while still taking records:
+    /// the thread may itself be waiting for room in the record queue.
+    async fn kernel_reply<T>(&mut self, reply: oneshot::Receiver<Result<T, String>>) -> Result<T, String> {
+        tokio::pin!(reply);
+        loop {
+            tokio::select! {
+                r = &mut reply => return r.map_err(|_| "the kernel thread is gone".to_string())?,
+                Some(batch) = self.records.recv() => self.pipeline.handle_batch(batch),
+            }
+        }
     }
 
     /// The one reload path: SIGHUP, file changes and control requests all
@@ -253,8 +264,12 @@ impl Daemon {
 
     /// Puts a validated configuration in force, kernel side first.
     async fn apply(&mut self, new: Config) -> Result<(), String> {
-        let epoch = self.kernel.apply(ruleset(&new, &self.resolved)).await?;
+        // Records of the new epoch may arrive while the reply is awaited:
+        // the pipeline must already know the epoch's host names.
+        let epoch = self.epoch + 1;
         self.pipeline.set_hosts(epoch, &new.hosts);
+        let reply = self.kernel.apply(ruleset(epoch, &new, &self.resolved));
+        self.kernel_reply(reply).await?;
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline
             .set_log(EventLog::new(new.log.format, new.log.events));
@@ -264,7 +279,7 @@ impl Daemon {
     }
 
     async fn answer(&mut self, req: &Request) -> Answer {
-        let table = self.pipeline.table();
+        let caller = &req.caller;
         match &req.method {
             Method::GetVersion => Ok(to_parameters(&VersionReply {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -273,25 +288,23 @@ impl Daemon {
                     .unwrap_or_default(),
             })),
             Method::GetStats => self.stats().await,
-            Method::Who(p) => query::who(table, &req.caller, p),
-            Method::Ps(p) => query::ps(table, &req.caller, p),
-            Method::Connections(p) => query::connections(table, &req.caller, p),
+            Method::Who(p) => query::who(self.pipeline.table(), caller, p),
+            Method::Ps(p) => query::ps(self.pipeline.table(), caller, p),
+            Method::Connections(p) => query::connections(self.pipeline.table(), caller, p),
+            Method::Reload if !caller.privileged => Err(CallError::AccessDenied {
+                reason: "reloading needs root or membership in group connectracer".into(),
+            }),
             Method::Reload => {
-                if !req.caller.privileged {
-                    return Err(CallError::AccessDenied {
-                        reason: "reloading needs root or membership in group connectracer".into(),
-                    });
-                }
-                let trigger = format!("control request from uid {}", req.caller.uid);
+                let trigger = format!("control request from uid {}", caller.uid);
                 self.reload(&trigger).await.map(|r| to_parameters(&r))
             }
         }
     }
 
-    async fn stats(&self) -> Answer {
+    async fn stats(&mut self) -> Answer {
+        let reply = self.kernel.stats();
         let kernel = self
-            .kernel
-            .stats()
+            .kernel_reply(reply)
             .await
             .map_err(|reason| CallError::InvalidArgument {
                 field: "kernel".into(),
@@ -319,11 +332,11 @@ impl Daemon {
         }))
     }
 
-    async fn shutdown(&mut self, records: &mut mpsc::Receiver<Vec<Record>>) {
+    async fn shutdown(&mut self) {
         info!("stopping: draining events and detaching");
         let final_stats = self.kernel.shutdown();
-        while let Some(batch) = records.recv().await {
-            batch.into_iter().for_each(|rec| self.pipeline.handle(rec));
+        while let Some(batch) = self.records.recv().await {
+            self.pipeline.handle_batch(batch);
         }
         self.kernel.join();
         let (pipe, table, processes) = self.pipeline.stats();

@@ -76,21 +76,22 @@ impl KernelHandle {
         self.decode_errors.load(Ordering::Relaxed)
     }
 
-    pub async fn stats(&self) -> Result<KernelStats, String> {
+    // Requests return the reply's receiver instead of awaiting it: the
+    // kernel thread may be waiting for the pipeline to take a batch of
+    // records, so whoever waits for a reply must keep taking records.
+
+    /// Asks for the kernel counters.
+    pub fn stats(&self) -> oneshot::Receiver<Result<KernelStats, String>> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Stats(tx))
-            .map_err(|_| "kernel thread is gone".to_string())?;
-        rx.await.map_err(|_| "kernel thread is gone".to_string())?
+        let _ = self.commands.send(Command::Stats(tx));
+        rx
     }
 
-    /// Puts a new ruleset in force atomically; returns its epoch.
-    pub async fn apply(&self, ruleset: Ruleset) -> Result<u32, String> {
+    /// Asks to put a new ruleset in force atomically; the reply is its epoch.
+    pub fn apply(&self, ruleset: Ruleset) -> oneshot::Receiver<Result<u32, String>> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Apply(ruleset, tx))
-            .map_err(|_| "kernel thread is gone".to_string())?;
-        rx.await.map_err(|_| "kernel thread is gone".to_string())?
+        let _ = self.commands.send(Command::Apply(ruleset, tx));
+        rx
     }
 
     /// Asks the thread to drain the ring one last time and detach. The
@@ -174,10 +175,6 @@ fn run(
                     let _ = reply.send(stats(&tracer));
                 }
                 Ok(Command::Apply(ruleset, reply)) => {
-                    // Records of the old epoch still in the ring go first.
-                    if !drain() {
-                        return;
-                    }
                     let _ = reply.send(
                         tracer
                             .apply(&ruleset)

@@ -17,8 +17,9 @@ use crate::table::{ConnTable, Connection, Ending, TableLimits, TableStats};
 
 type HostNames = HashMap<u32, (String, Option<String>)>;
 
-/// Epochs whose host names are kept for records still in flight.
-const EPOCHS_KEPT: usize = 4;
+/// How long a superseded epoch's host names are kept for records of it
+/// still in flight (the ring buffer and the queue can lag behind reloads).
+const EPOCH_RETENTION: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct PipelineStats {
@@ -35,7 +36,8 @@ pub struct Pipeline {
     log: EventLog,
     /// Per configuration epoch, watched-host id to (name, label): events
     /// carry the epoch they were judged in, and ids change between epochs.
-    hosts: BTreeMap<u32, Arc<HostNames>>,
+    /// With the time each epoch was superseded, None for the current one.
+    hosts: BTreeMap<u32, (Arc<HostNames>, Option<Instant>)>,
     /// CLOCK_MONOTONIC to wall clock, for the kernel's timestamps.
     boot_wall: SystemTime,
     stats: PipelineStats,
@@ -67,14 +69,15 @@ impl Pipeline {
 
     /// Records the host names of a newly applied configuration epoch.
     pub fn set_hosts(&mut self, epoch: u32, hosts: &[WatchedHost]) {
+        let now = Instant::now();
+        for (_, superseded) in self.hosts.values_mut() {
+            superseded.get_or_insert(now);
+        }
         let names = hosts
             .iter()
             .map(|h| (h.id, (h.name.clone(), h.label.clone())))
             .collect();
-        self.hosts.insert(epoch, Arc::new(names));
-        while self.hosts.len() > EPOCHS_KEPT {
-            self.hosts.pop_first();
-        }
+        self.hosts.insert(epoch, (Arc::new(names), None));
     }
 
     pub fn set_log(&mut self, log: EventLog) {
@@ -87,6 +90,12 @@ impl Pipeline {
 
     pub fn table(&self) -> &ConnTable {
         &self.table
+    }
+
+    pub fn handle_batch(&mut self, batch: Vec<Record>) {
+        for rec in batch {
+            self.handle(rec);
+        }
     }
 
     pub fn handle(&mut self, rec: Record) {
@@ -103,6 +112,8 @@ impl Pipeline {
     }
 
     pub fn housekeeping(&mut self, now: Instant) {
+        self.hosts
+            .retain(|_, (_, superseded)| superseded.is_none_or(|t| now.duration_since(t) < EPOCH_RETENTION));
         self.attributor.prune(now);
         self.table.expire(now);
     }
@@ -110,7 +121,7 @@ impl Pipeline {
     fn on_new(&mut self, c: &ConnRecord) {
         let process = Arc::new(self.attributor.attribute(c));
         let host_id = c.host_id.map(|h| h.get());
-        let host = host_id.and_then(|id| self.hosts.get(&c.epoch)?.get(&id));
+        let host = host_id.and_then(|id| self.hosts.get(&c.epoch)?.0.get(&id));
         let conn = Connection {
             id: 0,
             cookie: c.cookie,

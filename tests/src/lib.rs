@@ -247,13 +247,14 @@ impl Daemon {
         Ok(d)
     }
 
-    /// Waits for the daemon's next diagnostic line with this message.
+    /// Waits for the daemon's next diagnostic line whose message starts
+    /// with `message`.
     pub fn wait_log(&mut self, message: &str, timeout: Duration) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr.recv_timeout(left) {
-                Ok(v) if v["message"] == message => return Ok(v),
+                Ok(v) if v["message"].as_str().is_some_and(|m| m.starts_with(message)) => return Ok(v),
                 Ok(_) => {}
                 Err(_) => {
                     let status = self.child.try_wait()?;
@@ -298,8 +299,9 @@ impl Daemon {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("kill");
     }
 
-    /// SIGTERM, wait, and return the daemon's final counters.
-    pub fn stop(mut self) -> anyhow::Result<Value> {
+    /// SIGTERM, wait, and return the daemon's final counters; every event
+    /// the daemon printed is in `seen` afterwards.
+    pub fn stop(&mut self) -> anyhow::Result<Value> {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::SIGTERM,
@@ -308,6 +310,10 @@ impl Daemon {
         let status = self.child.wait()?;
         if !status.success() {
             bail!("daemon exited with {status}");
+        }
+        // The reader thread ends at EOF, closing the channel.
+        while let Ok(v) = self.events.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(v);
         }
         Ok(counters)
     }

@@ -263,7 +263,7 @@ fn tiny_ring_buffer_counts_drops_and_never_blocks_the_client() {
     let cg = TestCgroup::new("drops");
     let config =
         "trace = \"all\"\n[bpf]\nring_buffer_size = \"4KiB\"\nwakeup_threshold = 0\n[log]\nevents = false\n";
-    let d = Daemon::start(&cg, config).unwrap();
+    let mut d = Daemon::start(&cg, config).unwrap();
     let dst = closed_port("127.0.0.1:0").to_string();
     let n = 20_000u64;
     let out = probe(&cg, &["flood", &dst, &n.to_string()]).unwrap();

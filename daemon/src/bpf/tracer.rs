@@ -28,6 +28,9 @@ unsafe impl plain::Plain for ct_config {}
 /// What one configuration generation holds in the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
+    /// Carried by every event judged against this ruleset; assigned by the
+    /// caller so that it can know it before the switch.
+    pub epoch: u32,
     pub trace_all: bool,
     pub watch: Vec<LpmEntry>,
 }
@@ -239,7 +242,7 @@ impl Tracer {
             }
             .map_err(map_err("watch"))?;
         }
-        let epoch = self.epoch.get() + 1;
+        let epoch = r.epoch;
         let cfg = ct_config {
             epoch,
             trace_all: u8::from(r.trace_all),

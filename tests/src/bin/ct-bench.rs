@@ -55,7 +55,7 @@ fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64) -> anyhow::Result<
         .zip(cpu0)
         .map(|(p, c0)| (cpu_ticks(p) - c0) as f64 * tick_ms / (n as f64 / 1000.0));
     let dropped = match daemon {
-        Some(d) => d.stop()?["dropped"].as_u64(),
+        Some(mut d) => d.stop()?["dropped"].as_u64(),
         None => None,
     };
     Ok(Run {

@@ -7,6 +7,7 @@
 //! ct-probe flood ADDR N [rst]          N connect+close to ADDR as fast as possible
 //!                                      (rst: close with SO_LINGER 0, leaving no TIME_WAIT)
 //! ct-probe hold ADDR SECONDS           connect, print the local address, keep it open
+//! ct-probe alternate A B N             N rounds of one connect to A then one to B
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -99,7 +100,15 @@ fn run(args: &[String]) -> anyhow::Result<serde_json::Value> {
         [cmd, dst, n] if cmd == "flood" => Ok(flood(addr(dst)?, n.parse()?, false)),
         [cmd, dst, n, rst] if cmd == "flood" && rst == "rst" => Ok(flood(addr(dst)?, n.parse()?, true)),
         [cmd, dst, secs] if cmd == "hold" => hold(addr(dst)?, secs.parse()?),
-        _ => bail!("usage: ct-probe tcp|connect|udp|flood|hold ... (see the source)"),
+        [cmd, a, b, n] if cmd == "alternate" => {
+            let (a, b, n) = (addr(a)?, addr(b)?, n.parse::<usize>()?);
+            for _ in 0..n {
+                let _ = TcpStream::connect(a);
+                let _ = TcpStream::connect(b);
+            }
+            Ok(serde_json::json!({ "pid": std::process::id(), "rounds": n }))
+        }
+        _ => bail!("usage: ct-probe tcp|connect|udp|flood|hold|alternate ... (see the source)"),
     }
 }
 
