@@ -20,6 +20,7 @@ use crate::event_log::EventLog;
 use crate::kernel::KernelHandle;
 use crate::pipeline::Pipeline;
 use crate::reload::{self, ConfigSource};
+use crate::service;
 use crate::sys::{mounts, preflight};
 use crate::table::{ConnTable, TableLimits};
 use crate::watchlist::{self, Resolved};
@@ -29,6 +30,7 @@ use crate::watchlist::{self, Resolved};
 const RECORD_QUEUE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_PROCESSES: usize = 65536;
+const STATUS_REFRESH: Duration = Duration::from_secs(10);
 
 /// What one reload did, or why it changed nothing.
 #[derive(Debug, Default)]
@@ -47,6 +49,10 @@ struct Daemon {
     records: mpsc::Receiver<Vec<Record>>,
     pipeline: Pipeline,
     epoch: u32,
+    /// Prefixes in the kernel watch list now.
+    addresses: usize,
+    /// Kernel drop count when last read, for the status line.
+    drops: u64,
     reload: ReloadState,
     started: Instant,
 }
@@ -104,8 +110,9 @@ pub async fn run(source: ConfigSource, config: Config, control_socket: &Path) ->
     };
     let resolved = Resolved::new();
     let (tx, rx) = mpsc::channel(RECORD_QUEUE);
-    let kernel =
-        KernelHandle::spawn(opts, ruleset(1, &config, &resolved), tx).context("loading BPF programs")?;
+    let initial = ruleset(1, &config, &resolved);
+    let addresses = initial.watch.len();
+    let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
     info!(
         cgroup = %cgroup_dir.display(),
         trace = ?config.trace,
@@ -137,6 +144,8 @@ pub async fn run(source: ConfigSource, config: Config, control_socket: &Path) ->
         records: rx,
         pipeline,
         epoch: 1,
+        addresses,
+        drops: 0,
         reload: ReloadState::default(),
         started: Instant::now(),
     };
@@ -170,6 +179,11 @@ impl Daemon {
             }
         };
         let mut tick = tokio::time::interval(HOUSEKEEPING);
+        let mut status_tick = tokio::time::interval(STATUS_REFRESH);
+        // Pinged from this loop, so a stuck loop stops the pings.
+        let watchdog = service::watchdog_interval();
+        let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        service::ready(&self.summary());
         let debounce = tokio::time::sleep(Duration::MAX);
         tokio::pin!(debounce);
         let mut pending_fs_reload = false;
@@ -181,6 +195,14 @@ impl Daemon {
                     let _ = req.reply.send(answer);
                 }
                 _ = tick.tick() => self.pipeline.housekeeping(Instant::now()),
+                _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
+                _ = status_tick.tick() => {
+                    let reply = self.kernel.stats();
+                    if let Ok(k) = self.kernel_reply(reply).await {
+                        self.drops = k.drops;
+                    }
+                    service::status(&self.summary());
+                }
                 Some(()) = fs_rx.recv() => {
                     pending_fs_reload = true;
                     debounce.as_mut().reset(tokio::time::Instant::now() + reload::DEBOUNCE);
@@ -212,9 +234,26 @@ impl Daemon {
         }
     }
 
+    fn summary(&self) -> String {
+        service::summary(
+            self.config.hosts.len(),
+            self.addresses,
+            self.drops,
+            self.reload.last_error.is_some(),
+        )
+    }
+
     /// The one reload path: SIGHUP, file changes and control requests all
-    /// end here. An invalid configuration changes nothing.
+    /// end here, bracketed by RELOADING=1 and READY=1.
     async fn reload(&mut self, trigger: &str) -> Result<ReloadReply, CallError> {
+        service::reloading();
+        let result = self.reload_config(trigger).await;
+        service::ready(&self.summary());
+        result
+    }
+
+    /// An invalid configuration changes nothing.
+    async fn reload_config(&mut self, trigger: &str) -> Result<ReloadReply, CallError> {
         self.reload.reloads += 1;
         let mut new = match self.source.load() {
             Ok(c) => c,
@@ -268,8 +307,11 @@ impl Daemon {
         // the pipeline must already know the epoch's host names.
         let epoch = self.epoch + 1;
         self.pipeline.set_hosts(epoch, &new.hosts);
-        let reply = self.kernel.apply(ruleset(epoch, &new, &self.resolved));
+        let rules = ruleset(epoch, &new, &self.resolved);
+        let addresses = rules.watch.len();
+        let reply = self.kernel.apply(rules);
         self.kernel_reply(reply).await?;
+        self.addresses = addresses;
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline
             .set_log(EventLog::new(new.log.format, new.log.events));
@@ -333,6 +375,7 @@ impl Daemon {
     }
 
     async fn shutdown(&mut self) {
+        service::stopping();
         info!("stopping: draining events and detaching");
         let final_stats = self.kernel.shutdown();
         while let Some(batch) = self.records.recv().await {

@@ -11,6 +11,7 @@ pub mod event_log;
 pub mod kernel;
 pub mod pipeline;
 pub mod reload;
+pub mod service;
 pub mod sys;
 pub mod table;
 pub mod watchlist;

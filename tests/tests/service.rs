@@ -1,0 +1,106 @@
+//! The systemd notification protocol, against a real datagram listener
+//! set as NOTIFY_SOCKET: READY ordering, RELOADING, STATUS, WATCHDOG, STOPPING.
+
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use connectracer_tests::{bin_path, TestCgroup};
+
+fn recv(sock: &UnixDatagram) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn notify_protocol_ready_reload_status_watchdog_stopping() {
+    let cg = TestCgroup::new("notify");
+    let dir = std::env::temp_dir().join(format!("connectracer-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let notify_path = dir.join("notify.sock");
+    let control = dir.join("control.sock");
+    let config = dir.join("connectracer.toml");
+    std::fs::write(
+        &config,
+        "[[host]]\nname = \"127.0.0.1\"\n[[host]]\nname = \"::1\"\n",
+    )
+    .unwrap();
+    let sock = UnixDatagram::bind(&notify_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+
+    let mut child = Command::new(bin_path("connectracerd"))
+        .args(["--foreground", "--log-format", "json", "--cgroup"])
+        .arg(&cg.path)
+        .arg("--config")
+        .arg(&config)
+        .arg("--control-socket")
+        .arg(&control)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+
+    // READY=1 comes first, and only when the control socket already answers.
+    let first = recv(&sock).unwrap();
+    assert!(first.lines().any(|l| l == "READY=1"), "{first:?}");
+    assert!(
+        first.contains("STATUS=tracing 2 hosts, 2 addresses, 0 drops"),
+        "{first:?}"
+    );
+    assert!(
+        UnixStream::connect(&control).is_ok(),
+        "READY=1 before the control socket listened"
+    );
+
+    // WATCHDOG=1 at about half of WATCHDOG_USEC.
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_millis(1100) {
+        if recv(&sock).unwrap().trim_end() == "WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    assert!(
+        (3..=8).contains(&pings),
+        "{pings} watchdog pings in 1.1 s with a 0.4 s watchdog"
+    );
+
+    // A reload is bracketed by RELOADING=1 (with MONOTONIC_USEC) and READY=1.
+    std::fs::write(&config, "[[host]]\nname = \"127.0.0.1\"\n").unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGHUP).unwrap();
+    let mut seen = Vec::new();
+    let reloading = loop {
+        let m = recv(&sock).unwrap();
+        if m.starts_with("RELOADING=1") {
+            break m;
+        }
+        seen.push(m);
+    };
+    assert!(reloading.contains("\nMONOTONIC_USEC="), "{reloading:?}");
+    let ready = loop {
+        let m = recv(&sock).unwrap();
+        if m.starts_with("READY=1") {
+            break m;
+        }
+    };
+    assert!(
+        ready.contains("STATUS=tracing 1 hosts, 1 addresses, 0 drops"),
+        "{ready:?}"
+    );
+
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).unwrap();
+    let stopping = loop {
+        let m = recv(&sock).unwrap();
+        if m.starts_with("STOPPING=1") {
+            break m;
+        }
+    };
+    assert!(stopping.contains("STATUS=stopping"));
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
