@@ -45,6 +45,20 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub trace: Option<TraceArg>,
 
+    /// bpffs directory for pinned links and state, re-adopted after a
+    /// restart so that tracing never stops.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/sys/fs/bpf/connectracer",
+        conflicts_with = "no_pin"
+    )]
+    pub pin_dir: PathBuf,
+
+    /// Pin nothing: tracing stops whenever the daemon does.
+    #[arg(long)]
+    pub no_pin: bool,
+
     /// Control socket (varlink) path.
     #[arg(long, value_name = "PATH", default_value = connectracer_proto::varlink::DEFAULT_SOCKET)]
     pub control_socket: PathBuf,

@@ -16,6 +16,7 @@ use crate::bpf::event::Record;
 use crate::bpf::tracer::{resolve_cgroup_dir, Ruleset, TracerOptions};
 use crate::config::{Config, TraceMode};
 use crate::control::{self, query, Answer, Method, Request};
+use crate::dns::{DnsUpdate, DnsWatcher};
 use crate::event_log::EventLog;
 use crate::kernel::KernelHandle;
 use crate::pipeline::Pipeline;
@@ -47,6 +48,9 @@ struct Daemon {
     resolved: Resolved,
     kernel: KernelHandle,
     records: mpsc::Receiver<Vec<Record>>,
+    /// None when DNS could not start (the error is logged and in status).
+    dns: Option<DnsWatcher>,
+    dns_updates: mpsc::Receiver<DnsUpdate>,
     pipeline: Pipeline,
     epoch: u32,
     /// Prefixes in the kernel watch list now.
@@ -87,7 +91,15 @@ fn ruleset(epoch: u32, c: &Config, resolved: &Resolved) -> Ruleset {
     }
 }
 
-pub async fn run(source: ConfigSource, config: Config, control_socket: &Path) -> anyhow::Result<()> {
+/// Paths the daemon uses besides its configuration.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub control_socket: PathBuf,
+    pub pin_dir: Option<PathBuf>,
+}
+
+pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow::Result<()> {
+    let control_socket = paths.control_socket.as_path();
     preflight::check()?;
     if mounts::ensure_bpffs()? {
         info!("mounted bpffs at {}", mounts::BPFFS);
@@ -107,12 +119,20 @@ pub async fn run(source: ConfigSource, config: Config, control_socket: &Path) ->
         udp_dedup_entries: config.bpf.udp_dedup_entries,
         cgroup_is_root: cgroup_dir == mount,
         cgroup_dir: cgroup_dir.clone(),
+        pin_dir: paths.pin_dir.clone(),
     };
     let resolved = Resolved::new();
     let (tx, rx) = mpsc::channel(RECORD_QUEUE);
     let initial = ruleset(1, &config, &resolved);
     let addresses = initial.watch.len();
     let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
+    let a = &kernel.adoption;
+    if !a.maps.is_empty() || !a.links.is_empty() {
+        info!(maps = ?a.maps, links = ?a.links, "re-adopted pinned state of an earlier instance");
+    }
+    for d in &a.discarded {
+        warn!("pinned state not reused: {d}");
+    }
     info!(
         cgroup = %cgroup_dir.display(),
         trace = ?config.trace,
@@ -136,12 +156,22 @@ pub async fn run(source: ConfigSource, config: Config, control_socket: &Path) ->
     let server = tokio::spawn(control::server::serve(listener, ctl_tx));
     info!(socket = %control_socket.display(), "control socket listening");
 
+    let (dns_tx, dns_updates) = mpsc::channel(256);
+    let dns = match DnsWatcher::spawn(config.dns.clone(), config.hostnames(), dns_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            error!("DNS watcher: {e}; hostnames will not be resolved until a reload fixes it");
+            None
+        }
+    };
     let mut daemon = Daemon {
         source,
         config,
         resolved,
         kernel,
         records: rx,
+        dns,
+        dns_updates,
         pipeline,
         epoch: 1,
         addresses,
@@ -195,6 +225,7 @@ impl Daemon {
                     let _ = req.reply.send(answer);
                 }
                 _ = tick.tick() => self.pipeline.housekeeping(Instant::now()),
+                Some(update) = self.dns_updates.recv() => self.on_dns(update).await,
                 _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
                 _ = status_tick.tick() => {
                     let reply = self.kernel.stats();
@@ -301,8 +332,37 @@ impl Daemon {
         })
     }
 
+    /// A hostname's addresses changed: the kernel watch list follows, by the
+    /// same atomic switch as a reload. Updates queued meanwhile are folded
+    /// into one switch.
+    async fn on_dns(&mut self, first: DnsUpdate) {
+        let mut update = Some(first);
+        while let Some(u) = update {
+            if u.addresses.is_empty() {
+                self.resolved.remove(&u.name);
+            } else {
+                self.resolved.insert(u.name, u.addresses);
+            }
+            update = self.dns_updates.try_recv().ok();
+        }
+        let config = self.config.clone();
+        match self.apply(config).await {
+            Ok(()) => info!(
+                epoch = self.epoch,
+                addresses = self.addresses,
+                "watch list updated from DNS"
+            ),
+            Err(e) => error!("applying DNS changes: {e}"),
+        }
+    }
+
     /// Puts a validated configuration in force, kernel side first.
     async fn apply(&mut self, new: Config) -> Result<(), String> {
+        let names = new.hostnames();
+        if names != self.config.hostnames() {
+            // Forgotten names' addresses leave with this switch.
+            self.resolved.retain(|name, _| names.contains(name));
+        }
         // Records of the new epoch may arrive while the reply is awaited:
         // the pipeline must already know the epoch's host names.
         let epoch = self.epoch + 1;
@@ -312,10 +372,20 @@ impl Daemon {
         let reply = self.kernel.apply(rules);
         self.kernel_reply(reply).await?;
         self.addresses = addresses;
+        self.epoch = epoch;
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline
             .set_log(EventLog::new(new.log.format, new.log.events));
-        self.epoch = epoch;
+        if let Some(dns) = &self.dns {
+            if new.dns != self.config.dns {
+                if let Err(e) = dns.set_config(new.dns.clone()).await {
+                    error!("DNS settings: {e}");
+                }
+            }
+            if names != self.config.hostnames() {
+                dns.set_hosts(names).await;
+            }
+        }
         self.config = new;
         Ok(())
     }
@@ -377,7 +447,7 @@ impl Daemon {
     async fn shutdown(&mut self) {
         service::stopping();
         info!("stopping: draining events and detaching");
-        let final_stats = self.kernel.shutdown();
+        let final_stats = self.kernel.shutdown(self.config.bpf.keep_pinned_on_stop);
         while let Some(batch) = self.records.recv().await {
             self.pipeline.handle_batch(batch);
         }

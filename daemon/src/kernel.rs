@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bpf::event::Record;
 use crate::bpf::stats::KernelStats;
-use crate::bpf::tracer::{Ruleset, Tracer, TracerError, TracerOptions};
+use crate::bpf::tracer::{Adoption, Ruleset, Tracer, TracerError, TracerOptions};
 
 /// The kernel only wakes the reader past a fill threshold; this bounds how
 /// long a trickle of events waits in the ring.
@@ -22,7 +22,11 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 enum Command {
     Stats(oneshot::Sender<Result<KernelStats, String>>),
     Apply(Ruleset, oneshot::Sender<Result<u32, String>>),
-    Shutdown(oneshot::Sender<Result<KernelStats, String>>),
+    /// Final drain; then detach and unpin unless `keep_pinned`.
+    Shutdown {
+        keep_pinned: bool,
+        reply: oneshot::Sender<Result<KernelStats, String>>,
+    },
 }
 
 #[derive(Debug)]
@@ -30,6 +34,8 @@ pub struct KernelHandle {
     commands: std_mpsc::Sender<Command>,
     thread: Option<JoinHandle<()>>,
     decode_errors: Arc<AtomicU64>,
+    /// What this start re-adopted from an earlier instance's pins.
+    pub adoption: Adoption,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +65,11 @@ impl KernelHandle {
             .spawn(move || run(&opts, &initial, records, &cmd_rx, &ready_tx, &errors))
             .map_err(|_| KernelError::ThreadGone)?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self {
+            Ok(Ok(adoption)) => Ok(Self {
                 commands: cmd_tx,
                 thread: Some(thread),
                 decode_errors,
+                adoption,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -97,9 +104,12 @@ impl KernelHandle {
     /// Asks the thread to drain the ring one last time and detach. The
     /// caller must keep receiving records until the channel closes, or the
     /// final drain blocks; the returned receiver yields the final counters.
-    pub fn shutdown(&mut self) -> oneshot::Receiver<Result<KernelStats, String>> {
+    pub fn shutdown(&mut self, keep_pinned: bool) -> oneshot::Receiver<Result<KernelStats, String>> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.commands.send(Command::Shutdown(tx));
+        let _ = self.commands.send(Command::Shutdown {
+            keep_pinned,
+            reply: tx,
+        });
         rx
     }
 
@@ -115,7 +125,7 @@ fn run(
     initial: &Ruleset,
     records: mpsc::Sender<Vec<Record>>,
     commands: &std_mpsc::Receiver<Command>,
-    ready: &std_mpsc::SyncSender<Result<(), KernelError>>,
+    ready: &std_mpsc::SyncSender<Result<Adoption, KernelError>>,
     decode_errors: &AtomicU64,
 ) {
     let tracer = match Tracer::load(opts, initial) {
@@ -153,7 +163,7 @@ fn run(
             return;
         }
     };
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(Ok(tracer.adoption.clone()));
 
     let stats = |t: &Tracer| crate::bpf::stats::read(t.stats_map()).map_err(|e| e.to_string());
     let drain = || -> bool {
@@ -181,9 +191,12 @@ fn run(
                             .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
                     );
                 }
-                Ok(Command::Shutdown(reply)) => {
+                Ok(Command::Shutdown { keep_pinned, reply }) => {
                     drain();
                     let _ = reply.send(stats(&tracer));
+                    if !keep_pinned {
+                        tracer.unpin_and_detach();
+                    }
                     return;
                 }
                 Err(std_mpsc::TryRecvError::Empty) => break,

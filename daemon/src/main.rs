@@ -60,7 +60,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(source, config, &args.control_socket)) {
+    let paths = daemon::Paths {
+        control_socket: args.control_socket.clone(),
+        pin_dir: (!args.no_pin).then(|| args.pin_dir.clone()),
+    };
+    match runtime.block_on(daemon::run(source, config, &paths)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -71,7 +71,15 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.cgroup != new.cgroup {
         changed.push("cgroup".to_string());
     }
-    if old.bpf != new.bpf {
+    // keep_pinned_on_stop is read at stop time: reloadable.
+    let loaded = |c: &Config| {
+        (
+            c.bpf.ring_buffer_size,
+            c.bpf.wakeup_threshold,
+            c.bpf.udp_dedup_entries,
+        )
+    };
+    if loaded(old) != loaded(new) {
         changed.push("bpf".to_string());
     }
     changed
@@ -80,7 +88,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 /// Keeps the running values of restart-only settings in `new`.
 pub fn keep_restart_only(old: &Config, new: &mut Config) {
     new.cgroup.clone_from(&old.cgroup);
-    new.bpf = old.bpf.clone();
+    new.bpf = crate::config::BpfConfig {
+        keep_pinned_on_stop: new.bpf.keep_pinned_on_stop,
+        ..old.bpf.clone()
+    };
 }
 
 /// Watches the configuration directory; each change sends `()` (callers

@@ -151,9 +151,13 @@ pub struct Daemon {
     events: mpsc::Receiver<Value>,
     stderr: mpsc::Receiver<Value>,
     pub seen: Vec<Value>,
+    /// Diagnostic lines read so far.
+    pub logs: Vec<Value>,
     /// The daemon's control socket, private to this test.
     pub socket: PathBuf,
     pub config: tempdir_lite::ConfigDir,
+    /// bpffs directory of this daemon's pins, private to the test.
+    pub pin_dir: PathBuf,
 }
 
 pub mod tempdir_lite {
@@ -176,6 +180,11 @@ pub mod tempdir_lite {
 
         pub fn dir(&self) -> &Path {
             &self.0
+        }
+
+        /// Takes over an existing directory (it is removed when this drops).
+        pub fn adopt(dir: PathBuf) -> Self {
+            Self(dir)
         }
 
         pub fn main(&self) -> PathBuf {
@@ -220,11 +229,25 @@ impl Daemon {
         let name = format!("{}-d{}", &cg.rel[1..], SEQ.fetch_add(1, Ordering::Relaxed));
         let cfg = tempdir_lite::ConfigDir::new(&name, config);
         let socket = std::env::temp_dir().join(format!("connectracer-test-{name}.sock"));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/connectracer-test-{name}"));
+        Self::start_with(cg, cfg, socket, pin_dir)
+    }
+
+    /// Starts a daemon on an existing configuration directory and pin
+    /// directory: what a restart of the same service does.
+    pub fn start_with(
+        cg: &TestCgroup,
+        cfg: tempdir_lite::ConfigDir,
+        socket: PathBuf,
+        pin_dir: PathBuf,
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(bin_path("connectracerd"))
             .args(["--foreground", "--log-format", "json", "--cgroup"])
             .arg(&cg.path)
             .arg("--control-socket")
             .arg(&socket)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
             .arg("--config")
             .arg(cfg.main())
             .stdout(Stdio::piped())
@@ -240,8 +263,10 @@ impl Daemon {
             events,
             stderr,
             seen: Vec::new(),
+            logs: Vec::new(),
             socket,
             config: cfg,
+            pin_dir,
         };
         d.wait_log("control socket listening", Duration::from_secs(20))?;
         Ok(d)
@@ -254,14 +279,25 @@ impl Daemon {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr.recv_timeout(left) {
-                Ok(v) if v["message"].as_str().is_some_and(|m| m.starts_with(message)) => return Ok(v),
-                Ok(_) => {}
+                Ok(v) => {
+                    self.logs.push(v.clone());
+                    if v["message"].as_str().is_some_and(|m| m.starts_with(message)) {
+                        return Ok(v);
+                    }
+                }
                 Err(_) => {
                     let status = self.child.try_wait()?;
                     bail!("no `{message}` from the daemon within {timeout:?} (exit status: {status:?})");
                 }
             }
         }
+    }
+
+    /// A diagnostic line already read whose message starts with `message`.
+    pub fn logged(&self, message: &str) -> Option<&Value> {
+        self.logs
+            .iter()
+            .find(|v| v["message"].as_str().is_some_and(|m| m.starts_with(message)))
     }
 
     /// Collects events until `done` holds over all seen so far.
@@ -319,10 +355,27 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGKILL, as a crash would: pins stay, tracing goes on in the kernel.
+    /// Returns what a restart needs.
+    pub fn crash(mut self) -> (tempdir_lite::ConfigDir, PathBuf, PathBuf) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pin_dir = std::mem::take(&mut self.pin_dir);
+        let socket = self.socket.clone();
+        let cfg = std::mem::replace(&mut self.config, tempdir_lite::ConfigDir::adopt(PathBuf::new()));
+        (cfg, socket, pin_dir)
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Pins of a daemon that did not stop cleanly would outlive the test.
+        if !self.pin_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
     }
 }
 
@@ -356,4 +409,82 @@ pub fn tcp_server(bind: &str, expect: usize, reply: usize) -> SocketAddr {
 pub fn closed_port(bind: &str) -> SocketAddr {
     let l = TcpListener::bind(bind).expect("bind");
     l.local_addr().expect("addr")
+}
+
+/// A real DNS server (dnsmasq) on loopback, answering from a hosts file the
+/// test rewrites. Killed when dropped.
+#[derive(Debug)]
+pub struct Dnsmasq {
+    child: Child,
+    pub port: u16,
+    hosts: PathBuf,
+}
+
+impl Dnsmasq {
+    /// `records`: lines of a hosts file ("127.0.0.5 api.test"); every answer
+    /// has a TTL of `ttl` seconds.
+    pub fn start(records: &str, ttl: u32) -> Self {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let hosts = std::env::temp_dir().join(format!("connectracer-test-{}-{n}.hosts", std::process::id()));
+        std::fs::write(&hosts, records).expect("hosts file");
+        let port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("free port");
+            s.local_addr().expect("addr").port()
+        };
+        let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("dnsmasq is not installed (scripts/install-deps installs it)");
+        let child = Command::new(bin)
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+            ])
+            .args([
+                "--listen-address=127.0.0.1",
+                "--user=root",
+                "--pid-file",
+                "--local=/test/",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--addn-hosts={}", hosts.display()))
+            .arg(format!("--local-ttl={ttl}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting dnsmasq");
+        // Ready once it answers on TCP.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, hosts }
+    }
+
+    /// Replaces the records and makes dnsmasq re-read them.
+    pub fn set_records(&self, records: &str) {
+        std::fs::write(&self.hosts, records).expect("hosts file");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::SIGHUP,
+        )
+        .expect("SIGHUP dnsmasq");
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.hosts);
+    }
 }

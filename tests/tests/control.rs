@@ -153,6 +153,10 @@ fn exit_codes_for_usage_denied_and_not_running() {
 fn call(s: &mut UnixStream, msg: &[u8]) -> Value {
     s.write_all(msg).unwrap();
     s.write_all(b"\0").unwrap();
+    read_reply(s)
+}
+
+fn read_reply(s: &mut UnixStream) -> Value {
     let mut buf = Vec::new();
     let mut byte = [0u8];
     loop {
@@ -205,7 +209,9 @@ fn raw_varlink_errors_are_typed_and_the_connection_survives() {
     // Oversized: refused with an error, then the connection is closed.
     let mut big = UnixStream::connect(&d.socket).unwrap();
     let huge = vec![b' '; 70 * 1024];
-    let reply = call(&mut big, &huge);
+    // The daemon stops reading at the cap, so the rest of the write may fail.
+    let _ = big.write_all(&huge);
+    let reply = read_reply(&mut big);
     assert_eq!(reply["parameters"]["field"], "message");
     let mut rest = Vec::new();
     assert_eq!(big.read_to_end(&mut rest).unwrap(), 0);

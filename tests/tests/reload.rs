@@ -222,3 +222,60 @@ fn reloads_are_atomic_under_a_hammer_of_connects() {
         n
     );
 }
+
+/// kill -9 while a client keeps connecting; the next instance re-adopts the
+/// pinned links and maps: tracing never stopped, counters continue, and
+/// what happened while no daemon ran is still reported.
+#[test]
+fn a_crashed_daemon_is_replaced_without_losing_tracing_or_counters() {
+    let cg = TestCgroup::new("restart");
+    let dst = closed_port("127.0.0.1:0").to_string();
+    let d = Daemon::start(&cg, "trace = \"all\"\n").unwrap();
+    for _ in 0..5 {
+        probe(&cg, &["connect", &dst]).unwrap();
+    }
+    let (code, out) = tracectl(&d, &["--json", "stats"]);
+    assert_eq!(code, 0, "{out}");
+    let before: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(before["stats"]["kernel"]["connects"], 5);
+    assert!(d.pin_dir.join("link_connect4").exists());
+
+    let (cfg, socket, pin_dir) = d.crash();
+    // No daemon now: the pinned programs keep tracing into the pinned ring.
+    let during = probe(&cg, &["connect", &dst]).unwrap()["pid"].as_u64().unwrap();
+
+    let mut d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
+    let adopted = d
+        .logged("re-adopted pinned state of an earlier instance")
+        .cloned();
+    let adopted = adopted.expect("the new instance did not say it re-adopted");
+    assert_eq!(
+        adopted["maps"], "[\"events\", \"stats\", \"socks\", \"dgrams\"]",
+        "{adopted}"
+    );
+    d.wait_for(WAIT, |s| {
+        s.iter()
+            .any(|e| e["event"] == "connect" && e["process"]["pid"] == during)
+    })
+    .unwrap();
+    let after = probe(&cg, &["connect", &dst]).unwrap()["pid"].as_u64().unwrap();
+    d.wait_for(WAIT, |s| {
+        s.iter()
+            .any(|e| e["event"] == "failed" && e["process"]["pid"] == after)
+    })
+    .unwrap();
+    let counters = d.stop().unwrap();
+    assert_eq!(
+        counters["connects"], 7,
+        "kernel counters continued across the crash: {counters}"
+    );
+    assert_eq!(counters["dropped"], 0);
+    // A clean stop detaches and unpins.
+    assert!(
+        !d.pin_dir.exists(),
+        "{} left behind by a clean stop",
+        d.pin_dir.display()
+    );
+    let untraced = probe(&cg, &["connect", &dst]).unwrap();
+    assert_eq!(untraced["results"][0]["ok"], false);
+}

@@ -37,6 +37,7 @@ fn notify_protocol_ready_reload_status_watchdog_stopping() {
         .arg(&config)
         .arg("--control-socket")
         .arg(&control)
+        .arg("--no-pin")
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "400000")
         .stdout(Stdio::null())

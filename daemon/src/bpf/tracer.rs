@@ -2,7 +2,7 @@
 //! the kernel state: the skeleton's maps and the program links (dropping it
 //! detaches everything).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
@@ -44,6 +44,24 @@ pub struct TracerOptions {
     pub cgroup_dir: PathBuf,
     /// Whether `cgroup_dir` is the cgroup2 root (no process filtering needed).
     pub cgroup_is_root: bool,
+    /// bpffs directory where links and state maps are pinned, so that a new
+    /// instance re-adopts them: tracing goes on while the daemon restarts.
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// Maps whose content must survive a restart: counters, records not yet
+/// read, per-socket state of open connections, the UDP dedup memory. The
+/// watch lists and generation switch are rebuilt from the configuration.
+const PINNED_MAPS: [&str; 4] = ["events", "stats", "socks", "dgrams"];
+
+/// What a start found pinned by an earlier instance.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Adoption {
+    pub maps: Vec<&'static str>,
+    /// Links whose program was replaced in place.
+    pub links: Vec<&'static str>,
+    /// Pinned state that could not be reused (and was replaced), with why.
+    pub discarded: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,12 +88,22 @@ pub enum TracerError {
         #[source]
         source: libbpf_rs::Error,
     },
+    #[error("pinning {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: libbpf_rs::Error,
+    },
 }
 
 pub struct Tracer {
     skel: ConnectracerSkel<'static>,
-    links: Vec<Link>,
+    /// In a cell: the clean stop detaches while the ring buffer reader
+    /// still holds its shared borrow of the tracer.
+    links: RefCell<Vec<Link>>,
     cgroup: File,
+    pin_dir: Option<PathBuf>,
+    pub adoption: Adoption,
     /// Generation (0 or 1) in force in the kernel. Cells, because the ring
     /// buffer reader holds a shared borrow for the tracer's whole life.
     active: Cell<u32>,
@@ -85,7 +113,7 @@ pub struct Tracer {
 impl std::fmt::Debug for Tracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracer")
-            .field("links", &self.links.len())
+            .field("links", &self.links.borrow().len())
             .field("active", &self.active.get())
             .field("epoch", &self.epoch.get())
             .finish_non_exhaustive()
@@ -115,6 +143,13 @@ impl Tracer {
         rodata.wakeup_bytes = opts.wakeup_threshold;
 
         let map_err = |map| move |source| TracerError::Map { map, source };
+        let mut adoption = Adoption::default();
+        if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir).map_err(|e| TracerError::Pin {
+                path: dir.clone(),
+                source: libbpf_rs::Error::from(e),
+            })?;
+        }
         open.maps
             .events
             .set_max_entries(opts.ring_buffer_size)
@@ -124,7 +159,45 @@ impl Tracer {
             .set_max_entries(opts.udp_dedup_entries)
             .map_err(map_err("dgrams"))?;
 
-        let skel = open.load().map_err(TracerError::Load)?;
+        if let Some(dir) = &opts.pin_dir {
+            let maps = &mut open.maps;
+            for (name, map) in [
+                ("events", &mut maps.events),
+                ("stats", &mut maps.stats),
+                ("socks", &mut maps.socks),
+                ("dgrams", &mut maps.dgrams),
+            ] {
+                let path = dir.join(name);
+                if !path.exists() {
+                    continue;
+                }
+                match map.reuse_pinned_map(&path) {
+                    Ok(()) => adoption.maps.push(name),
+                    // A different size or layout (another version, a new
+                    // ring_buffer_size): start that map afresh.
+                    Err(e) => {
+                        adoption.discarded.push(format!("map {name}: {e}"));
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        let mut skel = open.load().map_err(TracerError::Load)?;
+        if let Some(dir) = &opts.pin_dir {
+            let maps = &mut skel.maps;
+            for (name, map) in [
+                ("events", &mut maps.events),
+                ("stats", &mut maps.stats),
+                ("socks", &mut maps.socks),
+                ("dgrams", &mut maps.dgrams),
+            ] {
+                if !adoption.maps.contains(&name) {
+                    let path = dir.join(name);
+                    map.pin(&path)
+                        .map_err(|source| TracerError::Pin { path, source })?;
+                }
+            }
+        }
         if !opts.cgroup_is_root {
             let key = 0u32.to_ne_bytes();
             let fd = (cgroup.as_raw_fd() as u32).to_ne_bytes();
@@ -136,46 +209,110 @@ impl Tracer {
 
         let mut tracer = Self {
             skel,
-            links: Vec::new(),
+            links: RefCell::new(Vec::new()),
             cgroup,
+            pin_dir: opts.pin_dir.clone(),
+            adoption,
             active: Cell::new(0),
             epoch: Cell::new(0),
         };
         tracer.apply(initial)?;
-        tracer.links = tracer.attach()?;
+        let links = tracer.attach()?;
+        tracer.links = RefCell::new(links);
         Ok(tracer)
     }
 
-    fn attach(&self) -> Result<Vec<Link>, TracerError> {
+    fn attach(&mut self) -> Result<Vec<Link>, TracerError> {
         let mut links = Vec::new();
         let fd = self.cgroup.as_raw_fd();
+        let cgroup_id = std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        });
+        let progs = &self.skel.progs;
         // cgroup links are always multi-attach (BPF_F_ALLOW_MULTI semantics):
         // programs systemd or others attached to the same cgroup keep running.
-        let progs = &self.skel.progs;
         for (name, prog) in [
-            ("cgroup/connect4", &progs.ct_connect4),
-            ("cgroup/connect6", &progs.ct_connect6),
-            ("cgroup/sendmsg4", &progs.ct_sendmsg4),
-            ("cgroup/sendmsg6", &progs.ct_sendmsg6),
-            ("cgroup/sock_release", &progs.ct_sock_release),
+            ("connect4", &progs.ct_connect4),
+            ("connect6", &progs.ct_connect6),
+            ("sendmsg4", &progs.ct_sendmsg4),
+            ("sendmsg6", &progs.ct_sendmsg6),
+            ("sock_release", &progs.ct_sock_release),
         ] {
-            links.push(
-                prog.attach_cgroup(fd)
-                    .map_err(|source| TracerError::Attach { prog: name, source })?,
-            );
+            let pinned = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
+            if let Some(mut old) = pinned.as_ref().and_then(|p| Link::open(p).ok()) {
+                let same_cgroup = match old.info().map(|i| i.info) {
+                    Ok(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) => {
+                        cgroup_id.as_ref().is_ok_and(|id| *id == c.cgroup_id)
+                    }
+                    _ => false,
+                };
+                // Swapping the program inside the live link leaves no
+                // moment without a hook (or with two).
+                if same_cgroup && old.update_prog(prog).is_ok() {
+                    self.adoption.links.push(name);
+                    links.push(old);
+                    continue;
+                }
+                self.adoption
+                    .discarded
+                    .push(format!("link {name}: attached elsewhere or not updatable"));
+                let _ = old.detach();
+                let _ = old.unpin();
+            }
+            let mut link = prog
+                .attach_cgroup(fd)
+                .map_err(|source| TracerError::Attach { prog: name, source })?;
+            if let Some(p) = &pinned {
+                link.pin(p).map_err(|source| TracerError::Pin {
+                    path: p.clone(),
+                    source,
+                })?;
+            }
+            links.push(link);
         }
+        // Tracing links cannot swap programs: the new one is attached
+        // before the old one goes, so for an instant both run (the pipeline
+        // ignores the doubled state change) rather than neither.
         for (name, prog) in [
-            ("tp_btf/inet_sock_set_state", &progs.ct_state),
-            ("tp_btf/sched_process_exec", &progs.ct_exec),
-            ("tp_btf/sched_process_fork", &progs.ct_fork),
-            ("tp_btf/sched_process_exit", &progs.ct_exit),
+            ("inet_sock_set_state", &progs.ct_state),
+            ("sched_process_exec", &progs.ct_exec),
+            ("sched_process_fork", &progs.ct_fork),
+            ("sched_process_exit", &progs.ct_exit),
         ] {
-            links.push(
-                prog.attach()
-                    .map_err(|source| TracerError::Attach { prog: name, source })?,
-            );
+            let mut link = prog
+                .attach()
+                .map_err(|source| TracerError::Attach { prog: name, source })?;
+            if let Some(p) = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}"))) {
+                if let Ok(mut old) = Link::open(&p) {
+                    let _ = old.unpin();
+                    let _ = old.detach();
+                    self.adoption.links.push(name);
+                }
+                link.pin(&p).map_err(|source| TracerError::Pin {
+                    path: p.clone(),
+                    source,
+                })?;
+            }
+            links.push(link);
         }
         Ok(links)
+    }
+
+    /// Detaches everything and removes the pins: the clean stop. Without
+    /// it (a crash, kill -9, or keep-pinned), the pinned links keep tracing
+    /// until the next instance adopts them.
+    pub fn unpin_and_detach(&self) {
+        for link in self.links.borrow_mut().iter_mut() {
+            let _ = link.unpin();
+            let _ = link.detach();
+        }
+        if let Some(dir) = &self.pin_dir {
+            for name in PINNED_MAPS {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 
     pub fn epoch(&self) -> u32 {

@@ -39,7 +39,7 @@ pub struct Config {
     /// cgroup v2 directory to attach to; `None` means the cgroup2 root.
     pub cgroup: Option<PathBuf>,
     pub hosts: Vec<WatchedHost>,
-    pub dns: DnsSettings,
+    pub dns: crate::dns::DnsConfig,
     pub bpf: BpfConfig,
     pub table: TableConfig,
     pub log: LogConfig,
@@ -64,18 +64,6 @@ pub enum HostTarget {
     Name(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsSettings {
-    /// Empty: the system resolver (/etc/resolv.conf and /etc/hosts).
-    pub nameservers: Vec<std::net::SocketAddr>,
-    pub min_ttl: Duration,
-    pub max_ttl: Duration,
-    pub retry_min: Duration,
-    pub retry_max: Duration,
-    /// How long addresses a hostname no longer resolves to stay watched.
-    pub grace: Duration,
-}
-
 /// Destination ports a watch entry applies to; empty means every port.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortSet(pub Vec<RangeInclusive<u16>>);
@@ -96,6 +84,9 @@ pub struct BpfConfig {
     pub ring_buffer_size: u32,
     /// Pending bytes at which the kernel wakes the reader (0: every event).
     pub wakeup_threshold: u64,
+    /// Leave programs attached and state pinned at a clean stop, so that
+    /// tracing (and, later, enforcement) goes on with no daemon running.
+    pub keep_pinned_on_stop: bool,
     /// (socket, destination) pairs remembered to report each unconnected
     /// UDP destination once (least recently used forgotten beyond that).
     pub udp_dedup_entries: u32,
@@ -123,18 +114,12 @@ impl Default for Config {
             trace: TraceMode::Watched,
             cgroup: None,
             hosts: Vec::new(),
-            dns: DnsSettings {
-                nameservers: Vec::new(),
-                min_ttl: Duration::from_secs(5),
-                max_ttl: Duration::from_secs(3600),
-                retry_min: Duration::from_secs(1),
-                retry_max: Duration::from_secs(60),
-                grace: Duration::from_secs(300),
-            },
+            dns: crate::dns::DnsConfig::default(),
             bpf: BpfConfig {
                 ring_buffer_size: 4 << 20,
                 wakeup_threshold: 16 << 10,
                 udp_dedup_entries: 65536,
+                keep_pinned_on_stop: false,
             },
             table: TableConfig {
                 max_open: 65536,

@@ -47,6 +47,7 @@ pub struct RawBpf {
     pub ring_buffer_size: Option<Spanned<RawSize>>,
     pub wakeup_threshold: Option<Spanned<RawSize>>,
     pub udp_dedup_entries: Option<Spanned<i64>>,
+    pub keep_pinned_on_stop: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,9 +10,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::raw::{RawConfig, RawDns, RawHost, RawPort, RawSize};
-use super::{
-    Config, ConfigError, ConfigErrors, DnsSettings, HostTarget, LogFormat, PortSet, TraceMode, WatchedHost,
-};
+use super::{Config, ConfigError, ConfigErrors, HostTarget, LogFormat, PortSet, TraceMode, WatchedHost};
 use crate::watchlist;
 
 const PAGE_SIZE: u64 = 4096;
@@ -77,6 +75,7 @@ struct Merge {
     hosts: Vec<(WatchedHost, Loc, String)>,
     ring_loc: Option<Loc>,
     wakeup_loc: Option<Loc>,
+    dns_loc: Option<Loc>,
 }
 
 /// Parses and validates one configuration text that came from `file`.
@@ -173,6 +172,17 @@ fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
 
 /// Applies one file's values on top of what earlier files set.
 fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
+    if let Some(d) = &raw.dns {
+        let first = [&d.min_ttl, &d.max_ttl, &d.retry_min, &d.retry_max, &d.grace]
+            .into_iter()
+            .flatten()
+            .map(|v| v.span())
+            .min_by_key(|r| r.start);
+        if first.is_some() {
+            m.dns_loc = Some(ctx.loc(first));
+        }
+        dns(ctx, d, &mut m.config.dns);
+    }
     let c = &mut m.config;
     if let Some(t) = &raw.trace {
         match t.get_ref().as_str() {
@@ -196,9 +206,6 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
                 .push((host, ctx.loc(Some(h.name.span())), format!("host[{i}]")));
         }
     }
-    if let Some(d) = &raw.dns {
-        dns(ctx, d, &mut c.dns);
-    }
     if let Some(b) = &raw.bpf {
         if let Some(v) = &b.ring_buffer_size {
             if let Some(n) = size(ctx, v, "bpf.ring_buffer_size") {
@@ -219,6 +226,9 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
                 c.bpf.wakeup_threshold = n;
                 m.wakeup_loc = Some(ctx.loc(Some(v.span())));
             }
+        }
+        if let Some(v) = &b.keep_pinned_on_stop {
+            c.bpf.keep_pinned_on_stop = *v.get_ref();
         }
         if let Some(v) = &b.udp_dedup_entries {
             if let Some(n) = int_in(ctx, v, "bpf.udp_dedup_entries", 1, 1 << 24) {
@@ -266,7 +276,7 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
     }
 }
 
-fn dns(ctx: &mut Ctx<'_>, d: &RawDns, out: &mut DnsSettings) {
+fn dns(ctx: &mut Ctx<'_>, d: &RawDns, out: &mut crate::dns::DnsConfig) {
     if let Some(list) = &d.nameservers {
         let mut servers = Vec::new();
         for (i, v) in list.iter().enumerate() {

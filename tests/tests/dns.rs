@@ -1,0 +1,75 @@
+//! Watched hostnames against a real DNS server on loopback: the kernel
+//! watch list follows the records, keeps old addresses for the grace
+//! period, and keeps the last known ones when DNS fails.
+
+use std::time::{Duration, Instant};
+
+use connectracer_tests::{closed_port, probe, Daemon, Dnsmasq, TestCgroup};
+use serde_json::Value;
+
+/// Connects once and says whether the connection was traced (and how).
+fn traced(d: &mut Daemon, cg: &TestCgroup, dst: &str) -> Option<Value> {
+    let pid = probe(cg, &["connect", dst]).unwrap()["pid"].as_u64().unwrap();
+    d.wait_for(Duration::from_secs(2), |s| {
+        s.iter()
+            .any(|e| e["event"] == "failed" && e["process"]["pid"] == pid)
+    })
+    .ok()?;
+    d.events("connect", Some(pid)).next().cloned()
+}
+
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn watched_hostname_follows_dns_with_grace_and_survives_a_dead_server() {
+    let mut dns = Dnsmasq::start("127.0.0.5 api.test\n", 1);
+    let cg = TestCgroup::new("dns");
+    let port = closed_port("127.0.0.1:0").port();
+    let config = format!(
+        "trace = \"watched\"\n[[host]]\nname = \"api.test\"\nports = [{port}]\nlabel = \"api\"\n[[host]]\nname = \"nxdomain.test\"\n\
+         [dns]\nnameservers = [\"127.0.0.1:{}\"]\nmin_ttl = \"1s\"\nmax_ttl = \"1s\"\nretry_min = \"1s\"\nretry_max = \"2s\"\ngrace = \"3s\"\n",
+        dns.port
+    );
+    let mut d = Daemon::start(&cg, &config).unwrap();
+    d.wait_log("watch list updated from DNS", Duration::from_secs(10))
+        .unwrap();
+    let first = format!("127.0.0.5:{port}");
+    let e = traced(&mut d, &cg, &first).expect("the resolved address is watched");
+    assert_eq!(
+        (e["host"].as_str(), e["label"].as_str()),
+        (Some("api.test"), Some("api"))
+    );
+
+    // The record moves: the new address is watched within a TTL or two.
+    dns.set_records("127.0.0.6 api.test\n");
+    let second = format!("127.0.0.6:{port}");
+    assert!(eventually(Duration::from_secs(6), || traced(
+        &mut d, &cg, &second
+    )
+    .is_some()));
+    // The old one stays for the grace period (3 s), then goes.
+    assert!(
+        traced(&mut d, &cg, &first).is_some(),
+        "old address dropped before its grace period"
+    );
+    assert!(eventually(Duration::from_secs(8), || traced(&mut d, &cg, &first).is_none()));
+
+    // The server dies: the last known address stays watched.
+    dns.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        traced(&mut d, &cg, &second).is_some(),
+        "a DNS failure emptied the watch list"
+    );
+    // An unrelated destination is still not traced.
+    assert!(traced(&mut d, &cg, &format!("127.0.0.7:{port}")).is_none());
+}
