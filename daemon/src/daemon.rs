@@ -22,7 +22,7 @@ use crate::kernel::KernelHandle;
 use crate::pipeline::Pipeline;
 use crate::reload::{self, ConfigSource};
 use crate::service;
-use crate::sys::{mounts, preflight};
+use crate::sys::{mounts, preflight, privileges};
 use crate::table::{ConnTable, TableLimits};
 use crate::watchlist::{self, Resolved};
 
@@ -98,7 +98,26 @@ pub struct Paths {
     pub pin_dir: Option<PathBuf>,
 }
 
+/// Signal streams, installed before anything else so that a SIGHUP or
+/// SIGTERM during start-up is queued rather than fatal.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+}
+
 pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
     let control_socket = paths.control_socket.as_path();
     preflight::check()?;
     if mounts::ensure_bpffs()? {
@@ -156,6 +175,12 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let server = tokio::spawn(control::server::serve(listener, ctl_tx));
     info!(socket = %control_socket.display(), "control socket listening");
 
+    // Everything that needs privileges is done: programs attached, pins
+    // adopted, /proc scanned, the control socket bound and chowned.
+    match privileges::drop_to_steady_state() {
+        Ok(kept) => info!(kept = ?kept, "dropped all other capabilities"),
+        Err(e) => warn!("{:#}", anyhow::Error::from(e)),
+    }
     let (dns_tx, dns_updates) = mpsc::channel(256);
     let dns = match DnsWatcher::spawn(config.dns.clone(), config.hostnames(), dns_tx) {
         Ok(w) => Some(w),
@@ -179,17 +204,19 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         reload: ReloadState::default(),
         started: Instant::now(),
     };
-    let result = daemon.serve(ctl_rx).await;
+    let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
     let _ = std::fs::remove_file(control_socket);
     result
 }
 
 impl Daemon {
-    async fn serve(&mut self, mut requests: mpsc::Receiver<Request>) -> anyhow::Result<()> {
-        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    async fn serve(&mut self, mut requests: mpsc::Receiver<Request>, signals: Signals) -> anyhow::Result<()> {
+        let Signals {
+            term: mut sigterm,
+            int: mut sigint,
+            hup: mut sighup,
+        } = signals;
         let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
         let config_dir = self
             .source

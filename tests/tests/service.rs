@@ -105,3 +105,35 @@ fn notify_protocol_ready_reload_status_watchdog_stopping() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// After start-up the daemon keeps only CAP_DAC_READ_SEARCH, and still
+/// reloads, answers and stops cleanly with it.
+#[test]
+fn runs_with_only_the_capabilities_it_still_needs() {
+    let cg = TestCgroup::new("caps");
+    let mut d = connectracer_tests::Daemon::start(&cg, "").unwrap();
+    let kept = d
+        .wait_log("dropped all other capabilities", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        kept["kept"].as_str().unwrap().contains("open_by_handle_at"),
+        "{kept}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let cap = |name: &str| {
+        let v = status.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim();
+        u64::from_str_radix(v, 16).unwrap()
+    };
+    const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
+    assert_eq!(cap("CapEff:"), CAP_DAC_READ_SEARCH, "{status}");
+    assert_eq!(cap("CapPrm:"), CAP_DAC_READ_SEARCH, "{status}");
+    assert_eq!(cap("CapBnd:"), CAP_DAC_READ_SEARCH, "{status}");
+
+    d.config.write("trace = \"all\"\n");
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("configuration applied", Duration::from_secs(10))
+        .unwrap();
+    let pin_dir = d.pin_dir.clone();
+    d.stop().unwrap();
+    assert!(!pin_dir.exists(), "clean stop could not unpin without privileges");
+}

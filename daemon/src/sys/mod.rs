@@ -2,3 +2,4 @@
 
 pub mod mounts;
 pub mod preflight;
+pub mod privileges;
