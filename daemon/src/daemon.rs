@@ -59,6 +59,7 @@ struct Daemon {
     drops: u64,
     reload: ReloadState,
     started: Instant,
+    journal: bool,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -96,6 +97,8 @@ fn ruleset(epoch: u32, c: &Config, resolved: &Resolved) -> Ruleset {
 pub struct Paths {
     pub control_socket: PathBuf,
     pub pin_dir: Option<PathBuf>,
+    /// Event lines go to the journal, with structured fields.
+    pub journal: bool,
 }
 
 /// Signal streams, installed before anything else so that a SIGHUP or
@@ -165,7 +168,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let mut pipeline = Pipeline::new(
         attributor,
         ConnTable::new(table_limits(&config)),
-        EventLog::new(config.log.format, config.log.events),
+        EventLog::new(config.log.format, config.log.events, paths.journal),
     );
     // The kernel thread put the first configuration in force as epoch 1.
     pipeline.set_hosts(1, &config.hosts);
@@ -203,6 +206,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         drops: 0,
         reload: ReloadState::default(),
         started: Instant::now(),
+        journal: paths.journal,
     };
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
@@ -402,7 +406,7 @@ impl Daemon {
         self.epoch = epoch;
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline
-            .set_log(EventLog::new(new.log.format, new.log.events));
+            .set_log(EventLog::new(new.log.format, new.log.events, self.journal));
         if let Some(dns) = &self.dns {
             if new.dns != self.config.dns {
                 if let Err(e) = dns.set_config(new.dns.clone()).await {

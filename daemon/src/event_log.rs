@@ -33,16 +33,25 @@ impl EventKind {
 pub struct EventLog {
     format: LogFormat,
     enabled: bool,
+    /// Send to journald with structured fields instead of writing stdout.
+    journal: bool,
 }
 
 impl EventLog {
-    pub fn new(format: LogFormat, enabled: bool) -> Self {
-        Self { format, enabled }
+    pub fn new(format: LogFormat, enabled: bool, journal: bool) -> Self {
+        Self {
+            format,
+            enabled,
+            journal,
+        }
     }
 
     pub fn log(&self, kind: EventKind, c: &Connection) {
         if !self.enabled {
             return;
+        }
+        if self.journal {
+            return self.journal(kind, c);
         }
         let line = match self.format {
             LogFormat::Json => self.json(kind, c),
@@ -51,6 +60,28 @@ impl EventLog {
         let mut out = std::io::stdout().lock();
         // A closed stdout must not take the daemon down.
         let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+    }
+
+    /// journalctl shows the text line; PID, COMM, EXE, DEST, HOST, UNIT and
+    /// CONTAINER are fields to filter on (`journalctl DEST=10.0.0.1:443`).
+    fn journal(&self, kind: EventKind, c: &Connection) {
+        let p = &c.process;
+        let line = self.text(kind, c);
+        tracing::info!(
+            target: "connectracer::event",
+            event = kind.as_str(),
+            pid = p.pid,
+            comm = p.comm.as_str(),
+            exe = p.exe.as_deref(),
+            uid = p.uid,
+            dest = %c.dst,
+            protocol = c.protocol.as_str(),
+            host = c.host.as_deref(),
+            unit = p.unit.as_deref(),
+            container = p.container_id.as_deref(),
+            "{}",
+            line.trim_end()
+        );
     }
 
     fn json(&self, kind: EventKind, c: &Connection) -> String {

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dns;
 pub mod event_log;
 pub mod kernel;
+pub mod logging;
 pub mod pipeline;
 pub mod reload;
 pub mod service;

@@ -2,24 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use connectracerd::cli::Args;
-use connectracerd::config::LogFormat;
 use connectracerd::daemon;
 use connectracerd::reload::ConfigSource;
 
 /// sysexits.h EX_CONFIG: the configuration is invalid.
 const EX_CONFIG: u8 = 78;
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CONNECTRACER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -48,7 +35,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log.format);
+    let journal = connectracerd::logging::init(config.log.format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -63,6 +50,7 @@ fn main() -> ExitCode {
     let paths = daemon::Paths {
         control_socket: args.control_socket.clone(),
         pin_dir: (!args.no_pin).then(|| args.pin_dir.clone()),
+        journal,
     };
     match runtime.block_on(daemon::run(source, config, &paths)) {
         Ok(()) => ExitCode::SUCCESS,

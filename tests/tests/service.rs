@@ -137,3 +137,98 @@ fn runs_with_only_the_capabilities_it_still_needs() {
     d.stop().unwrap();
     assert!(!pin_dir.exists(), "clean stop could not unpin without privileges");
 }
+
+/// Under systemd (JOURNAL_STREAM names our stderr) events and diagnostics
+/// go to journald's native socket with structured fields. A private mount
+/// namespace puts the test's own datagram socket where journald's would be.
+#[test]
+fn events_go_to_the_journal_with_fields_when_stderr_is_the_journal() {
+    use std::os::fd::AsRawFd;
+
+    let cg = TestCgroup::new("journal");
+    let dir = std::env::temp_dir().join(format!("connectracer-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal = UnixDatagram::bind(dir.join("socket")).unwrap();
+    journal.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    std::fs::write(dir.join("connectracer.toml"), "trace = \"all\"\n").unwrap();
+
+    let (_read_end, write_end) = nix::unistd::pipe().unwrap();
+    let st = nix::sys::stat::fstat(write_end.as_raw_fd()).unwrap();
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && mount --bind {dir} /run/systemd/journal && \
+         exec {daemon} --foreground --no-pin --cgroup {cg} --config {dir}/connectracer.toml --control-socket {dir}/control.sock",
+        dir = dir.display(),
+        daemon = bin_path("connectracerd").display(),
+        cg = cg.path.display(),
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("JOURNAL_STREAM", format!("{}:{}", st.st_dev, st.st_ino))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write_end))
+        .spawn()
+        .unwrap();
+    let next = || {
+        let mut buf = vec![0u8; 65536];
+        let n = journal.recv(&mut buf).expect("journal entries from the daemon");
+        parse_journal_entry(&buf[..n])
+    };
+    while next().get("MESSAGE").map(String::as_str) != Some("control socket listening") {}
+    let out = connectracer_tests::probe(&cg, &["connect", "127.0.0.1:9"]).unwrap();
+    let pid = out["pid"].as_u64().unwrap().to_string();
+    let connect = loop {
+        let e = next();
+        if e.get("EVENT").map(String::as_str) == Some("connect") {
+            break e;
+        }
+    };
+    let exe = bin_path("ct-probe").display().to_string();
+    for (field, want) in [
+        ("PID", pid.as_str()),
+        ("COMM", "ct-probe"),
+        ("EXE", &exe),
+        ("DEST", "127.0.0.1:9"),
+    ] {
+        assert_eq!(
+            connect.get(field).map(String::as_str),
+            Some(want),
+            "{field} in {connect:?}"
+        );
+    }
+    assert!(connect["MESSAGE"].starts_with(&format!(
+        "{} connect tcp 127.0.0.1:9 pid={pid}",
+        &connect["MESSAGE"][..24]
+    )));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// journald's native protocol: `NAME=value\n`, or `NAME\n` + 64-bit LE
+/// length + bytes + `\n` for values that may hold newlines.
+fn parse_journal_entry(mut b: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    while !b.is_empty() {
+        let Some(end) = b.iter().position(|c| *c == b'\n' || *c == b'=') else {
+            break;
+        };
+        let name = String::from_utf8_lossy(&b[..end]).into_owned();
+        if b[end] == b'=' {
+            let rest = &b[end + 1..];
+            let nl = rest.iter().position(|c| *c == b'\n').unwrap_or(rest.len());
+            out.insert(name, String::from_utf8_lossy(&rest[..nl]).into_owned());
+            b = &rest[(nl + 1).min(rest.len())..];
+        } else {
+            let len = u64::from_le_bytes(b[end + 1..end + 9].try_into().unwrap()) as usize;
+            let value = &b[end + 9..end + 9 + len];
+            out.insert(name, String::from_utf8_lossy(value).into_owned());
+            b = &b[(end + 10 + len).min(b.len())..];
+        }
+    }
+    out
+}
