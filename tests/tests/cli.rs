@@ -103,3 +103,31 @@ fn a_cgroup_that_does_not_exist_is_named() {
         "{err}"
     );
 }
+
+/// Every commented-out example in the bundled configuration is valid too.
+#[test]
+fn bundled_config_examples_are_valid_when_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/connectracer.toml");
+    let text: String = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("connectracer-uncommented-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("connectracer.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = daemon()
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(3 watched hosts)"));
+}
