@@ -19,6 +19,7 @@ use crate::control::{self, query, Answer, Method, Request};
 use crate::dns::{DnsUpdate, DnsWatcher};
 use crate::event_log::EventLog;
 use crate::kernel::KernelHandle;
+use crate::metrics::{record_process, Metrics};
 use crate::pipeline::Pipeline;
 use crate::reload::{self, ConfigSource};
 use crate::service;
@@ -178,6 +179,12 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let server = tokio::spawn(control::server::serve(listener, ctl_tx));
     info!(socket = %control_socket.display(), "control socket listening");
 
+    let metrics =
+        Metrics::install(config.metrics.listen, config.metrics.max_series_per_metric).context("metrics")?;
+    if let Some(addr) = config.metrics.listen {
+        info!(%addr, "serving Prometheus metrics on /metrics");
+    }
+    pipeline.set_metrics(metrics);
     // Everything that needs privileges is done: programs attached, pins
     // adopted, /proc scanned, the control socket bound and chowned.
     match privileges::drop_to_steady_state() {
@@ -241,6 +248,7 @@ impl Daemon {
         };
         let mut tick = tokio::time::interval(HOUSEKEEPING);
         let mut status_tick = tokio::time::interval(STATUS_REFRESH);
+        let mut textfile_tick = tokio::time::interval(self.config.metrics.textfile_interval);
         // Pinged from this loop, so a stuck loop stops the pings.
         let watchdog = service::watchdog_interval();
         let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -255,7 +263,11 @@ impl Daemon {
                     let answer = self.answer(&req).await;
                     let _ = req.reply.send(answer);
                 }
-                _ = tick.tick() => self.pipeline.housekeeping(Instant::now()),
+                _ = tick.tick() => {
+                    self.pipeline.housekeeping(Instant::now());
+                    self.update_metrics().await;
+                }
+                _ = textfile_tick.tick(), if self.config.metrics.textfile.is_some() => self.write_textfile(),
                 Some(update) = self.dns_updates.recv() => self.on_dns(update).await,
                 _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
                 _ = status_tick.tick() => {
@@ -292,6 +304,58 @@ impl Daemon {
             tokio::select! {
                 r = &mut reply => return r.map_err(|_| "the kernel thread is gone".to_string())?,
                 Some(batch) = self.records.recv() => self.pipeline.handle_batch(batch),
+            }
+        }
+    }
+
+    /// Gauges and kernel-side counters, refreshed every second. The
+    /// kernel counters come from the pinned stats map, so they continue
+    /// across restarts.
+    async fn update_metrics(&mut self) {
+        let reply = self.kernel.stats();
+        if let Ok(k) = self.kernel_reply(reply).await {
+            self.drops = k.drops;
+            metrics::counter!("connectracer_kernel_connects_total").absolute(k.connects);
+            metrics::counter!("connectracer_kernel_unwatched_total").absolute(k.unwatched);
+            metrics::counter!("connectracer_events_submitted_total").absolute(k.events);
+            metrics::counter!("connectracer_events_dropped_total").absolute(k.drops);
+        }
+        let (pipe, table, processes) = self.pipeline.stats();
+        metrics::counter!("connectracer_events_read_total").absolute(pipe.records);
+        metrics::gauge!("connectracer_connection_table_entries", "state" => "open").set(table.open as f64);
+        metrics::gauge!("connectracer_connection_table_entries", "state" => "closed")
+            .set(table.closed as f64);
+        metrics::gauge!("connectracer_process_cache_entries").set(processes as f64);
+        metrics::counter!("connectracer_config_reloads_total").absolute(self.reload.reloads);
+        metrics::counter!("connectracer_config_reload_failures_total").absolute(self.reload.failures);
+        if let Some(dns) = &self.dns {
+            let now = std::time::SystemTime::now();
+            for h in dns.status().await {
+                let name = h.name.clone();
+                metrics::gauge!("connectracer_dns_addresses", "host" => name.clone())
+                    .set(h.addresses.len() as f64);
+                metrics::gauge!("connectracer_dns_consecutive_failures", "host" => name.clone())
+                    .set(f64::from(h.consecutive_failures));
+                if let Some(t) = h.last_success {
+                    let age = now.duration_since(t).unwrap_or_default().as_secs_f64();
+                    metrics::gauge!("connectracer_dns_seconds_since_success", "host" => name).set(age);
+                }
+            }
+        }
+        record_process();
+    }
+
+    fn write_textfile(&mut self) {
+        let Some(path) = self.config.metrics.textfile.clone() else {
+            return;
+        };
+        // No node_exporter textfile directory: nothing to feed.
+        if !path.parent().is_some_and(Path::exists) {
+            return;
+        }
+        if let Some(m) = self.pipeline.metrics() {
+            if let Err(e) = m.write_textfile(&path) {
+                warn!("writing {}: {e}", path.display());
             }
         }
     }
@@ -404,6 +468,13 @@ impl Daemon {
         self.kernel_reply(reply).await?;
         self.addresses = addresses;
         self.epoch = epoch;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!("connectracer_config_last_reload_success_timestamp_seconds").set(now.as_secs_f64());
+        if let Some(m) = self.pipeline.metrics() {
+            m.set_max_series(new.metrics.max_series_per_metric);
+        }
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline
             .set_log(EventLog::new(new.log.format, new.log.events, self.journal));
@@ -477,6 +548,11 @@ impl Daemon {
 
     async fn shutdown(&mut self) {
         service::stopping();
+        if let Some(path) = &self.config.metrics.textfile {
+            if self.config.metrics.remove_textfile_on_stop {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         info!("stopping: draining events and detaching");
         let final_stats = self.kernel.shutdown(self.config.bpf.keep_pinned_on_stop);
         while let Some(batch) = self.records.recv().await {

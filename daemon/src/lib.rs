@@ -11,6 +11,7 @@ pub mod dns;
 pub mod event_log;
 pub mod kernel;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod reload;
 pub mod service;

@@ -13,6 +13,7 @@ use crate::attribution::Attributor;
 use crate::bpf::event::{ConnKind, ConnRecord, Record};
 use crate::config::WatchedHost;
 use crate::event_log::{EventKind, EventLog};
+use crate::metrics::Metrics;
 use crate::table::{ConnTable, Connection, Ending, TableLimits, TableStats};
 
 type HostNames = HashMap<u32, (String, Option<String>)>;
@@ -41,6 +42,7 @@ pub struct Pipeline {
     /// CLOCK_MONOTONIC to wall clock, for the kernel's timestamps.
     boot_wall: SystemTime,
     stats: PipelineStats,
+    metrics: Option<Metrics>,
 }
 
 /// Wall-clock time at which CLOCK_MONOTONIC was zero.
@@ -60,6 +62,7 @@ impl Pipeline {
             hosts: BTreeMap::new(),
             boot_wall: monotonic_epoch(),
             stats: PipelineStats::default(),
+            metrics: None,
         }
     }
 
@@ -78,6 +81,14 @@ impl Pipeline {
             .map(|h| (h.id, (h.name.clone(), h.label.clone())))
             .collect();
         self.hosts.insert(epoch, (Arc::new(names), None));
+    }
+
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        self.metrics = Some(metrics);
+    }
+
+    pub fn metrics(&mut self) -> Option<&mut Metrics> {
+        self.metrics.as_mut()
     }
 
     pub fn set_log(&mut self, log: EventLog) {
@@ -149,11 +160,22 @@ impl Pipeline {
         };
         let conn = self.table.insert(conn);
         self.log.log(kind, conn);
+        // UDP has no handshake: its connect or first datagram is the outcome.
+        if conn.protocol == connectracer_proto::Protocol::Udp {
+            if let Some(m) = &mut self.metrics {
+                m.connection(conn, "established");
+            }
+        }
     }
 
     fn on_established(&mut self, c: &ConnRecord) {
         match self.table.established(c.cookie, c.src) {
-            Some(conn) => self.log.log(EventKind::Established, conn),
+            Some(conn) => {
+                self.log.log(EventKind::Established, conn);
+                if let Some(m) = &mut self.metrics {
+                    m.connection(conn, "established");
+                }
+            }
             None => self.stats.orphan_state_events += 1,
         }
     }
@@ -185,6 +207,13 @@ impl Pipeline {
         for id in ids {
             if let Some(conn) = self.table.get(id) {
                 self.log.log(kind, conn);
+                if let Some(m) = &mut self.metrics {
+                    if failed {
+                        m.connection(conn, "failed");
+                    } else if conn.protocol == connectracer_proto::Protocol::Tcp {
+                        m.closed(conn);
+                    }
+                }
             }
         }
     }

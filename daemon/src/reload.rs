@@ -71,6 +71,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.cgroup != new.cgroup {
         changed.push("cgroup".to_string());
     }
+    if old.metrics.listen != new.metrics.listen {
+        changed.push("metrics.listen".to_string());
+    }
     // keep_pinned_on_stop is read at stop time: reloadable.
     let loaded = |c: &Config| {
         (
@@ -88,6 +91,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 /// Keeps the running values of restart-only settings in `new`.
 pub fn keep_restart_only(old: &Config, new: &mut Config) {
     new.cgroup.clone_from(&old.cgroup);
+    new.metrics.listen = old.metrics.listen;
     new.bpf = crate::config::BpfConfig {
         keep_pinned_on_stop: new.bpf.keep_pinned_on_stop,
         ..old.bpf.clone()

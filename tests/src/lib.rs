@@ -172,7 +172,15 @@ pub mod tempdir_lite {
         pub fn new(name: &str, contents: &str) -> Self {
             let d = std::env::temp_dir().join(format!("connectracer-test-{name}"));
             let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).expect("creating the config dir");
+            std::fs::create_dir_all(d.join("conf.d")).expect("creating the config dir");
+            // Daemons run side by side in tests: none takes the default
+            // metrics port or the system's node_exporter textfile. Tests
+            // that want metrics add a later drop-in.
+            std::fs::write(
+                d.join("conf.d/00-test.toml"),
+                "[metrics]\nlisten = \"off\"\ntextfile = \"off\"\n",
+            )
+            .expect("writing the test drop-in");
             let dir = Self(d);
             dir.write(contents);
             dir
@@ -180,6 +188,11 @@ pub mod tempdir_lite {
 
         pub fn dir(&self) -> &Path {
             &self.0
+        }
+
+        /// Adds or replaces `conf.d/NAME`.
+        pub fn write_dropin(&self, name: &str, contents: &str) {
+            std::fs::write(self.0.join("conf.d").join(name), contents).expect("writing drop-in");
         }
 
         /// Takes over an existing directory (it is removed when this drops).

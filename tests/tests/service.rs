@@ -22,11 +22,9 @@ fn notify_protocol_ready_reload_status_watchdog_stopping() {
     let notify_path = dir.join("notify.sock");
     let control = dir.join("control.sock");
     let config = dir.join("connectracer.toml");
-    std::fs::write(
-        &config,
-        "[[host]]\nname = \"127.0.0.1\"\n[[host]]\nname = \"::1\"\n",
-    )
-    .unwrap();
+    const NO_METRICS: &str = "[metrics]\nlisten = \"off\"\ntextfile = \"off\"\n";
+    let two_hosts = format!("[[host]]\nname = \"127.0.0.1\"\n[[host]]\nname = \"::1\"\n{NO_METRICS}");
+    std::fs::write(&config, two_hosts).unwrap();
     let sock = UnixDatagram::bind(&notify_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
 
@@ -72,7 +70,7 @@ fn notify_protocol_ready_reload_status_watchdog_stopping() {
     );
 
     // A reload is bracketed by RELOADING=1 (with MONOTONIC_USEC) and READY=1.
-    std::fs::write(&config, "[[host]]\nname = \"127.0.0.1\"\n").unwrap();
+    std::fs::write(&config, format!("[[host]]\nname = \"127.0.0.1\"\n{NO_METRICS}")).unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::SIGHUP).unwrap();
     let mut seen = Vec::new();
     let reloading = loop {
@@ -151,7 +149,11 @@ fn events_go_to_the_journal_with_fields_when_stderr_is_the_journal() {
     std::fs::create_dir_all(&dir).unwrap();
     let journal = UnixDatagram::bind(dir.join("socket")).unwrap();
     journal.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    std::fs::write(dir.join("connectracer.toml"), "trace = \"all\"\n").unwrap();
+    std::fs::write(
+        dir.join("connectracer.toml"),
+        "trace = \"all\"\n[metrics]\nlisten = \"off\"\ntextfile = \"off\"\n",
+    )
+    .unwrap();
 
     let (_read_end, write_end) = nix::unistd::pipe().unwrap();
     let st = nix::sys::stat::fstat(write_end.as_raw_fd()).unwrap();

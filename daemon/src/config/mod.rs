@@ -41,6 +41,7 @@ pub struct Config {
     pub hosts: Vec<WatchedHost>,
     pub dns: crate::dns::DnsConfig,
     pub bpf: BpfConfig,
+    pub metrics: MetricsConfig,
     pub table: TableConfig,
     pub log: LogConfig,
 }
@@ -92,6 +93,23 @@ pub struct BpfConfig {
     pub udp_dedup_entries: u32,
 }
 
+/// Default HTTP listener of /metrics: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9717";
+/// Debian's node_exporter textfile collector directory.
+pub const DEFAULT_TEXTFILE: &str = "/var/lib/prometheus/node-exporter/connectracer.prom";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// HTTP /metrics listener; None: off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// node_exporter textfile to write; None: off.
+    pub textfile: Option<PathBuf>,
+    pub textfile_interval: Duration,
+    pub remove_textfile_on_stop: bool,
+    /// Label sets per metric before new values collapse into "other".
+    pub max_series_per_metric: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableConfig {
     pub max_open: usize,
@@ -120,6 +138,13 @@ impl Default for Config {
                 wakeup_threshold: 16 << 10,
                 udp_dedup_entries: 65536,
                 keep_pinned_on_stop: false,
+            },
+            metrics: MetricsConfig {
+                listen: DEFAULT_METRICS_LISTEN.parse().ok(),
+                textfile: Some(PathBuf::from(DEFAULT_TEXTFILE)),
+                textfile_interval: Duration::from_secs(15),
+                remove_textfile_on_stop: true,
+                max_series_per_metric: 2000,
             },
             table: TableConfig {
                 max_open: 65536,

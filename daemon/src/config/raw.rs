@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub host: Vec<RawHost>,
     pub dns: Option<RawDns>,
     pub bpf: Option<RawBpf>,
+    pub metrics: Option<RawMetrics>,
     pub table: Option<RawTable>,
     pub log: Option<RawLog>,
 }
@@ -75,4 +76,16 @@ pub struct RawDns {
     pub retry_min: Option<Spanned<String>>,
     pub retry_max: Option<Spanned<String>>,
     pub grace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// "IP:PORT" or "off".
+    pub listen: Option<Spanned<String>>,
+    /// A path or "off".
+    pub textfile: Option<Spanned<String>>,
+    pub textfile_interval: Option<Spanned<String>>,
+    pub remove_textfile_on_stop: Option<Spanned<bool>>,
+    pub max_series_per_metric: Option<Spanned<i64>>,
 }

@@ -9,8 +9,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawDns, RawHost, RawPort, RawSize};
-use super::{Config, ConfigError, ConfigErrors, HostTarget, LogFormat, PortSet, TraceMode, WatchedHost};
+use super::raw::{RawConfig, RawDns, RawHost, RawMetrics, RawPort, RawSize};
+use super::{
+    Config, ConfigError, ConfigErrors, HostTarget, LogFormat, MetricsConfig, PortSet, TraceMode, WatchedHost,
+};
 use crate::watchlist;
 
 const PAGE_SIZE: u64 = 4096;
@@ -236,6 +238,9 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
             }
         }
     }
+    if let Some(mc) = &raw.metrics {
+        metrics(ctx, mc, &mut c.metrics);
+    }
     if let Some(t) = &raw.table {
         if let Some(v) = &t.max_open {
             if let Some(n) = int_in(ctx, v, "table.max_open", 1, 1 << 24) {
@@ -272,6 +277,48 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
         }
         if let Some(e) = &l.events {
             c.log.events = *e.get_ref();
+        }
+    }
+}
+
+fn metrics(ctx: &mut Ctx<'_>, r: &RawMetrics, out: &mut MetricsConfig) {
+    if let Some(v) = &r.listen {
+        match v.get_ref().trim() {
+            "off" => out.listen = None,
+            s => match s.parse::<SocketAddr>() {
+                Ok(a) => out.listen = Some(a),
+                Err(_) => ctx.spanned(v, "metrics.listen", format!("`{s}` is not IP:PORT or \"off\"")),
+            },
+        }
+    }
+    if let Some(v) = &r.textfile {
+        match v.get_ref().trim() {
+            "off" => out.textfile = None,
+            s if Path::new(s).is_absolute() && s.ends_with(".prom") => out.textfile = Some(PathBuf::from(s)),
+            s => ctx.spanned(
+                v,
+                "metrics.textfile",
+                format!(
+                    "`{s}`: an absolute path ending in .prom (node_exporter reads only those), or \"off\""
+                ),
+            ),
+        }
+    }
+    if let Some(v) = &r.textfile_interval {
+        if let Some(d) = duration(ctx, v, "metrics.textfile_interval") {
+            if d < Duration::from_secs(1) {
+                ctx.spanned(v, "metrics.textfile_interval", "must be at least 1s");
+            } else {
+                out.textfile_interval = d;
+            }
+        }
+    }
+    if let Some(v) = &r.remove_textfile_on_stop {
+        out.remove_textfile_on_stop = *v.get_ref();
+    }
+    if let Some(v) = &r.max_series_per_metric {
+        if let Some(n) = int_in(ctx, v, "metrics.max_series_per_metric", 1, 1_000_000) {
+            out.max_series_per_metric = n as usize;
         }
     }
 }
@@ -601,7 +648,7 @@ events = false
     fn syntax_and_unknown_keys_name_the_line() {
         assert_eq!(
             errors("trace = \"all\"\ntrcae = 1\n"),
-            ["/etc/connectracer/connectracer.toml:2:1: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `table`, `log`"]
+            ["/etc/connectracer/connectracer.toml:2:1: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`"]
         );
         let e = errors("[[host]]\nname = \"10.0.0.1\"\nport = [1]\n");
         assert!(

@@ -1,0 +1,359 @@
+//! Prometheus metrics: one recorder, served on HTTP /metrics and written to
+//! a node_exporter textfile, with a cardinality budget per metric so that a
+//! burst of distinct processes or destinations cannot grow memory.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use connectracer_proto::Connection;
+
+/// Value label sets collapse into once a metric's budget is spent.
+const OTHER: &str = "other";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("setting up the Prometheus exporter")]
+    Build(#[source] metrics_exporter_prometheus::BuildError),
+    #[error("installing the metrics recorder")]
+    Install(#[source] metrics::SetRecorderError<metrics_exporter_prometheus::PrometheusRecorder>),
+}
+
+/// Distinct label sets seen per metric, up to a cap.
+#[derive(Debug)]
+pub struct Budget {
+    max: usize,
+    seen: HashMap<&'static str, HashSet<Vec<String>>>,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: HashMap::new(),
+        }
+    }
+
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The label values to record under: `values` if the set is known or
+    /// there is room, else every value replaced by "other" (counted).
+    pub fn admit(&mut self, metric: &'static str, values: Vec<String>) -> Vec<String> {
+        let seen = self.seen.entry(metric).or_default();
+        if seen.contains(&values) {
+            return values;
+        }
+        if seen.len() < self.max {
+            seen.insert(values.clone());
+            return values;
+        }
+        counter!("connectracer_series_overflow_total", "metric" => metric).increment(1);
+        vec![OTHER.to_string(); values.len()]
+    }
+}
+
+const CONNECTIONS: &str = "connectracer_connections_total";
+const DURATION: &str = "connectracer_connection_duration_seconds";
+const SENT: &str = "connectracer_connection_sent_bytes";
+const RECEIVED: &str = "connectracer_connection_received_bytes";
+
+fn describe() {
+    describe_counter!(CONNECTIONS, "Outbound connections by watched host, destination port, protocol, outcome, comm, systemd unit and container");
+    describe_histogram!(DURATION, "Duration of closed TCP connections, per watched host");
+    describe_histogram!(
+        SENT,
+        "Payload bytes sent by closed TCP connections, per watched host"
+    );
+    describe_histogram!(
+        RECEIVED,
+        "Payload bytes received by closed TCP connections, per watched host"
+    );
+    describe_counter!(
+        "connectracer_series_overflow_total",
+        "Label sets folded into \"other\" because the metric's series budget was spent"
+    );
+    describe_counter!(
+        "connectracer_kernel_connects_total",
+        "connect() calls seen by the kernel programs (TCP and UDP)"
+    );
+    describe_counter!(
+        "connectracer_kernel_unwatched_total",
+        "Connections counted but not traced because no watched destination matched"
+    );
+    describe_counter!(
+        "connectracer_events_submitted_total",
+        "Records the kernel programs put in the ring buffer"
+    );
+    describe_counter!(
+        "connectracer_events_dropped_total",
+        "Records lost because the ring buffer was full"
+    );
+    describe_counter!(
+        "connectracer_events_read_total",
+        "Records the daemon read from the ring buffer"
+    );
+    describe_gauge!(
+        "connectracer_connection_table_entries",
+        "Connections in the daemon's table, by state (open, closed)"
+    );
+    describe_gauge!(
+        "connectracer_process_cache_entries",
+        "Processes in the daemon's process cache"
+    );
+    describe_counter!(
+        "connectracer_config_reloads_total",
+        "Configuration reloads attempted"
+    );
+    describe_counter!(
+        "connectracer_config_reload_failures_total",
+        "Configuration reloads that found errors and changed nothing"
+    );
+    describe_gauge!(
+        "connectracer_config_last_reload_success_timestamp_seconds",
+        "Unix time of the last configuration put in force"
+    );
+    describe_gauge!(
+        "connectracer_dns_addresses",
+        "Addresses currently watched for a hostname (grace period included)"
+    );
+    describe_gauge!(
+        "connectracer_dns_consecutive_failures",
+        "Failed lookups of a hostname since its last success"
+    );
+    describe_gauge!(
+        "connectracer_dns_seconds_since_success",
+        "Seconds since a hostname last resolved"
+    );
+    describe_gauge!(
+        "connectracer_build_info",
+        "Version, git commit and kernel of the running daemon"
+    );
+    describe_counter!(
+        "connectracer_process_cpu_seconds_total",
+        "CPU time used by the daemon"
+    );
+    describe_gauge!(
+        "connectracer_process_resident_memory_bytes",
+        "Resident memory of the daemon"
+    );
+    describe_gauge!(
+        "connectracer_process_open_fds",
+        "File descriptors open in the daemon"
+    );
+}
+
+/// The metrics side of the daemon: the recorder's handle and the budget.
+#[derive(Debug)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+    budget: Budget,
+}
+
+impl Metrics {
+    /// Installs the global recorder; with `listen`, also serves /metrics.
+    /// Must run inside the tokio runtime.
+    pub fn install(listen: Option<SocketAddr>, max_series: usize) -> Result<Self, MetricsError> {
+        let buckets_seconds = [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0];
+        let buckets_bytes = [
+            64.0,
+            1024.0,
+            16384.0,
+            262_144.0,
+            4_194_304.0,
+            67_108_864.0,
+            1_073_741_824.0,
+        ];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(DURATION.into()),
+                &buckets_seconds,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_bytes".into()),
+                    &buckets_bytes,
+                )
+            })
+            .map_err(MetricsError::Build)?;
+        let handle = match listen {
+            Some(addr) => {
+                let (recorder, exporter) = builder
+                    .with_http_listener(addr)
+                    .build()
+                    .map_err(MetricsError::Build)?;
+                let handle = recorder.handle();
+                metrics::set_global_recorder(recorder).map_err(MetricsError::Install)?;
+                tokio::spawn(async move {
+                    if let Err(e) = exporter.await {
+                        tracing::error!("metrics HTTP listener on {addr}: {e:?}");
+                    }
+                });
+                handle
+            }
+            None => {
+                let recorder = builder.build_recorder();
+                let handle = recorder.handle();
+                metrics::set_global_recorder(recorder).map_err(MetricsError::Install)?;
+                handle
+            }
+        };
+        describe();
+        let kernel = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        gauge!(
+            "connectracer_build_info",
+            "version" => env!("CARGO_PKG_VERSION"),
+            "commit" => option_env!("CONNECTRACER_GIT_COMMIT").unwrap_or("unknown"),
+            "kernel" => kernel
+        )
+        .set(1.0);
+        Ok(Self {
+            handle,
+            budget: Budget::new(max_series),
+        })
+    }
+
+    pub fn set_max_series(&mut self, max: usize) {
+        self.budget.set_max(max);
+    }
+
+    /// One connection reached an outcome: established, failed (and, with
+    /// enforcement, denied or would_deny).
+    pub fn connection(&mut self, c: &Connection, outcome: &'static str) {
+        let p = &c.process;
+        let values = vec![
+            c.host.clone().unwrap_or_default(),
+            c.dst.port().to_string(),
+            c.protocol.as_str().to_string(),
+            outcome.to_string(),
+            p.comm.clone(),
+            p.unit.clone().unwrap_or_default(),
+            p.container_id
+                .as_deref()
+                .map(|id| id[..id.len().min(12)].to_string())
+                .unwrap_or_default(),
+        ];
+        let v = self.budget.admit(CONNECTIONS, values);
+        let names = ["host", "port", "protocol", "outcome", "comm", "unit", "container"];
+        let labels: Vec<metrics::Label> = names
+            .iter()
+            .zip(v)
+            .map(|(k, v)| metrics::Label::new(*k, v))
+            .collect();
+        counter!(CONNECTIONS, labels).increment(1);
+    }
+
+    /// A TCP connection closed: its duration and byte counts.
+    pub fn closed(&mut self, c: &Connection) {
+        let host = self
+            .budget
+            .admit(DURATION, vec![c.host.clone().unwrap_or_default()])
+            .remove(0);
+        if let Some(ns) = c.duration_ns {
+            histogram!(DURATION, "host" => host.clone()).record(ns as f64 / 1e9);
+        }
+        if let (Some(tx), Some(rx)) = (c.bytes_sent, c.bytes_received) {
+            histogram!(SENT, "host" => host.clone()).record(tx as f64);
+            histogram!(RECEIVED, "host" => host).record(rx as f64);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Writes the exposition for node_exporter's textfile collector:
+    /// temp file and rename in the same directory, so a scrape never sees a
+    /// half-written file.
+    pub fn write_textfile(&self, path: &Path) -> std::io::Result<()> {
+        self.handle.run_upkeep();
+        let tmp: PathBuf = path.with_extension("prom.tmp");
+        std::fs::write(&tmp, self.render())?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// CPU, memory and open files of this process, from /proc/self.
+pub fn record_process() {
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        if let Some((_, rest)) = stat.rsplit_once(") ") {
+            let f: Vec<&str> = rest.split(' ').collect();
+            let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .ok()
+                .flatten()
+                .unwrap_or(100) as f64;
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // utime, stime are fields 14 and 15; rss (pages) is 24.
+            let cpu = (num(11) + num(12)) / ticks;
+            counter!("connectracer_process_cpu_seconds_total").absolute(cpu as u64);
+            let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+                .ok()
+                .flatten()
+                .unwrap_or(4096) as f64;
+            gauge!("connectracer_process_resident_memory_bytes").set(num(21) * page);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge!("connectracer_process_open_fds").set(fds.count() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rss_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    /// 100,000 distinct label sets through the budget into a real
+    /// recorder: the series stay at the cap, the rest is counted as
+    /// overflow, and memory stays flat.
+    #[test]
+    fn a_burst_of_distinct_labels_stays_within_the_budget() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let mut budget = Budget::new(1000);
+        let before = rss_bytes();
+        metrics::with_local_recorder(&recorder, || {
+            for i in 0..100_000u32 {
+                let v = budget.admit(CONNECTIONS, vec![format!("comm-{i}"), "443".into()]);
+                counter!(CONNECTIONS, "comm" => v[0].clone(), "port" => v[1].clone()).increment(1);
+            }
+        });
+        let after = rss_bytes();
+        let text = handle.render();
+        let series = text.lines().filter(|l| l.starts_with(CONNECTIONS)).count();
+        assert_eq!(series, 1001, "1000 admitted label sets plus \"other\"");
+        assert!(text.contains(&format!("{CONNECTIONS}{{comm=\"other\",port=\"other\"}} 99000")));
+        assert!(text
+            .contains("connectracer_series_overflow_total{metric=\"connectracer_connections_total\"} 99000"));
+        eprintln!("RSS before {} KiB, after {} KiB", before / 1024, after / 1024);
+        assert!(
+            after.saturating_sub(before) < 16 << 20,
+            "RSS grew by {} bytes",
+            after - before
+        );
+    }
+
+    #[test]
+    fn known_label_sets_are_always_admitted() {
+        let mut b = Budget::new(1);
+        assert_eq!(b.admit("m", vec!["a".into()]), ["a"]);
+        assert_eq!(b.admit("m", vec!["b".into()]), ["other"]);
+        assert_eq!(b.admit("m", vec!["a".into()]), ["a"]);
+        assert_eq!(b.admit("n", vec!["b".into()]), ["b"], "budgets are per metric");
+    }
+}

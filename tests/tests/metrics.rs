@@ -1,0 +1,199 @@
+//! Prometheus metrics against real peers: promtool checks both outputs, a
+//! real node_exporter serves the textfile, and a known workload yields
+//! exact counts per label set.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use connectracer_tests::tempdir_lite::ConfigDir;
+use connectracer_tests::{bin_path, closed_port, Daemon, TestCgroup};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// Value of the sample of `metric` whose labels include all of `labels`.
+fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (name, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if name != metric {
+            return None;
+        }
+        let have: HashMap<&str, &str> = rest
+            .trim_end_matches('}')
+            .split("\",")
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once("=\"")?;
+                Some((k, v.trim_end_matches('"')))
+            })
+            .collect();
+        labels
+            .iter()
+            .all(|(k, v)| have.get(k) == Some(v))
+            .then(|| value.parse().ok())?
+    })
+}
+
+fn promtool_ok(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed by scripts/install-deps");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
+}
+
+fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn exact_counts_over_http_and_textfile_checked_by_promtool_and_node_exporter() {
+    let cg = TestCgroup::new("metrics");
+    let http = free_port();
+    let cfg = ConfigDir::new(
+        &format!("metrics-{}", std::process::id()),
+        "trace = \"watched\"\n[[host]]\nname = \"127.0.0.1\"\nlabel = \"lo\"\n",
+    );
+    let textdir = cfg.dir().join("textfile");
+    std::fs::create_dir_all(&textdir).unwrap();
+    let textfile = textdir.join("connectracer.prom");
+    cfg.write_dropin(
+        "99-metrics.toml",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{http}\"\ntextfile = \"{}\"\ntextfile_interval = \"1s\"\n",
+            textfile.display()
+        ),
+    );
+    let socket = std::env::temp_dir().join(format!("connectracer-metrics-{}.sock", std::process::id()));
+    let pin_dir = format!("/sys/fs/bpf/connectracer-metrics-{}", std::process::id()).into();
+    let mut d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
+
+    // 500 connects: 3 ports, 2 comms, known counts per label set.
+    let ports: Vec<String> = (0..3)
+        .map(|_| closed_port("127.0.0.1:0").port().to_string())
+        .collect();
+    let plan = [
+        ("alpha", 0, 100),
+        ("alpha", 1, 100),
+        ("alpha", 2, 50),
+        ("beta", 0, 100),
+        ("beta", 1, 50),
+        ("beta", 2, 100),
+    ];
+    for (comm, port, n) in plan {
+        let dst = format!("127.0.0.1:{}", ports[port]);
+        let out = cg
+            .command(&bin_path("ct-probe"))
+            .env("CT_PROBE_COMM", comm)
+            .args(["flood", &dst, &n.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let total = |text: &str| -> f64 {
+        plan.iter()
+            .filter_map(|(comm, p, _)| {
+                sample(
+                    text,
+                    "connectracer_connections_total",
+                    &[("comm", comm), ("port", &ports[*p]), ("outcome", "failed")],
+                )
+            })
+            .sum()
+    };
+    // Kernel-side counters are refreshed once a second.
+    let kernel = |t: &str| sample(t, "connectracer_kernel_connects_total", &[]).unwrap_or(0.0);
+    let text = eventually(Duration::from_secs(15), || {
+        http_get(http, "/metrics").filter(|t| total(t) == 500.0 && kernel(t) == 500.0)
+    })
+    .unwrap_or_else(|| panic!("500 connects never showed up: {:?}", http_get(http, "/metrics")));
+    for (comm, p, n) in plan {
+        let labels = [
+            ("host", "127.0.0.1"),
+            ("port", ports[p].as_str()),
+            ("protocol", "tcp"),
+            ("outcome", "failed"),
+            ("comm", comm),
+            ("unit", ""),
+            ("container", ""),
+        ];
+        assert_eq!(
+            sample(&text, "connectracer_connections_total", &labels),
+            Some(n as f64),
+            "{comm} port {p}"
+        );
+    }
+    assert!(
+        sample(
+            &text,
+            "connectracer_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ) == Some(1.0)
+    );
+    promtool_ok(&text);
+
+    // The textfile: the same series, and valid on its own.
+    let file = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&textfile)
+            .ok()
+            .filter(|t| total(t) == 500.0)
+    })
+    .expect("textfile with the 500 connects");
+    promtool_ok(&file);
+
+    // A real node_exporter serves it, with no textfile scrape error.
+    let ne_port = free_port();
+    let mut ne = Command::new("prometheus-node-exporter")
+        .arg(format!("--web.listen-address=127.0.0.1:{ne_port}"))
+        .args(["--collector.disable-defaults", "--collector.textfile"])
+        .arg(format!("--collector.textfile.directory={}", textdir.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus-node-exporter is installed by scripts/install-deps");
+    let scraped = eventually(Duration::from_secs(10), || {
+        http_get(ne_port, "/metrics").filter(|t| total(t) == 500.0)
+    });
+    let _ = ne.kill();
+    let _ = ne.wait();
+    let scraped = scraped.expect("node_exporter serving connectracer's series");
+    assert_eq!(sample(&scraped, "node_textfile_scrape_error", &[]), Some(0.0));
+
+    // A clean stop removes the textfile.
+    d.stop().unwrap();
+    assert!(!textfile.exists(), "textfile left behind");
+}
