@@ -96,6 +96,7 @@ pub fn stats(s: &Stats) -> String {
          unwatched           {}\n\
          events submitted    {}\n\
          events dropped      {} (per CPU: {:?})\n\
+         ring buffer         {} of {} bytes pending\n\
          records read        {}\n\
          connections traced  {}\n\
          table               {} open, {} closed ({} + {} evicted)\n\
@@ -109,6 +110,8 @@ pub fn stats(s: &Stats) -> String {
         k.events,
         k.drops,
         k.drops_per_cpu,
+        k.ring_pending_bytes,
+        k.ring_size_bytes,
         s.records,
         s.connections,
         s.table_open,

@@ -59,6 +59,10 @@ pub struct Args {
     #[arg(long)]
     pub no_pin: bool,
 
+    /// Persistent state (counters that must survive restarts).
+    #[arg(long, value_name = "PATH", default_value = "/var/lib/connectracer")]
+    pub state_dir: PathBuf,
+
     /// Control socket (varlink) path.
     #[arg(long, value_name = "PATH", default_value = connectracer_proto::varlink::DEFAULT_SOCKET)]
     pub control_socket: PathBuf,

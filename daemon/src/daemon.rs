@@ -33,6 +33,8 @@ const RECORD_QUEUE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_PROCESSES: usize = 65536;
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
+/// Per-label counters saved for the next instance, in the state directory.
+const COUNTERS_FILE: &str = "metrics-counters.prom";
 
 /// What one reload did, or why it changed nothing.
 #[derive(Debug, Default)]
@@ -61,6 +63,7 @@ struct Daemon {
     reload: ReloadState,
     started: Instant,
     journal: bool,
+    counters_file: PathBuf,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -98,6 +101,7 @@ fn ruleset(epoch: u32, c: &Config, resolved: &Resolved) -> Ruleset {
 pub struct Paths {
     pub control_socket: PathBuf,
     pub pin_dir: Option<PathBuf>,
+    pub state_dir: PathBuf,
     /// Event lines go to the journal, with structured fields.
     pub journal: bool,
 }
@@ -184,6 +188,18 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     if let Some(addr) = config.metrics.listen {
         info!(%addr, "serving Prometheus metrics on /metrics");
     }
+    let counters_file = paths.state_dir.join(COUNTERS_FILE);
+    let mut metrics = metrics;
+    if let Err(e) = std::fs::create_dir_all(&paths.state_dir) {
+        warn!("state directory {}: {e}", paths.state_dir.display());
+    }
+    let restored = metrics.restore_counters(&counters_file);
+    if restored > 0 {
+        info!(
+            series = restored,
+            "continued connection counters of the previous instance"
+        );
+    }
     pipeline.set_metrics(metrics);
     // Everything that needs privileges is done: programs attached, pins
     // adopted, /proc scanned, the control socket bound and chowned.
@@ -214,6 +230,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         reload: ReloadState::default(),
         started: Instant::now(),
         journal: paths.journal,
+        counters_file,
     };
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
@@ -267,7 +284,10 @@ impl Daemon {
                     self.pipeline.housekeeping(Instant::now());
                     self.update_metrics().await;
                 }
-                _ = textfile_tick.tick(), if self.config.metrics.textfile.is_some() => self.write_textfile(),
+                _ = textfile_tick.tick() => {
+                    self.save_counters();
+                    self.write_textfile();
+                }
                 Some(update) = self.dns_updates.recv() => self.on_dns(update).await,
                 _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
                 _ = status_tick.tick() => {
@@ -319,6 +339,10 @@ impl Daemon {
             metrics::counter!("connectracer_kernel_unwatched_total").absolute(k.unwatched);
             metrics::counter!("connectracer_events_submitted_total").absolute(k.events);
             metrics::counter!("connectracer_events_dropped_total").absolute(k.drops);
+            if k.ring_size_bytes > 0 {
+                metrics::gauge!("connectracer_ring_buffer_fill_ratio")
+                    .set(k.ring_pending_bytes as f64 / k.ring_size_bytes as f64);
+            }
         }
         let (pipe, table, processes) = self.pipeline.stats();
         metrics::counter!("connectracer_events_read_total").absolute(pipe.records);
@@ -343,6 +367,16 @@ impl Daemon {
             }
         }
         record_process();
+    }
+
+    /// Saves the per-label counters (every textfile interval and at stop).
+    fn save_counters(&mut self) {
+        let path = self.counters_file.clone();
+        if let Some(m) = self.pipeline.metrics() {
+            if let Err(e) = m.save_counters(&path) {
+                warn!("saving counters to {}: {e}", path.display());
+            }
+        }
     }
 
     fn write_textfile(&mut self) {
@@ -548,6 +582,7 @@ impl Daemon {
 
     async fn shutdown(&mut self) {
         service::stopping();
+        self.save_counters();
         if let Some(path) = &self.config.metrics.textfile {
             if self.config.metrics.remove_textfile_on_stop {
                 let _ = std::fs::remove_file(path);

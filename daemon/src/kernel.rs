@@ -165,7 +165,16 @@ fn run(
     };
     let _ = ready.send(Ok(tracer.adoption.clone()));
 
-    let stats = |t: &Tracer| crate::bpf::stats::read(t.stats_map()).map_err(|e| e.to_string());
+    let positions = crate::bpf::stats::RingPositions::map(tracer.events_map().as_fd())
+        .map_err(|e| tracing::warn!("ring buffer fill level unavailable: {e}"))
+        .ok();
+    let ring_size = u64::from(opts.ring_buffer_size);
+    let stats = |t: &Tracer| {
+        let mut k = crate::bpf::stats::read(t.stats_map()).map_err(|e| e.to_string())?;
+        k.ring_pending_bytes = positions.as_ref().map_or(0, |p| p.pending());
+        k.ring_size_bytes = ring_size;
+        Ok(k)
+    };
     let drain = || -> bool {
         let _ = ring.consume();
         let full = std::mem::take(&mut *batch.borrow_mut());

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
     let paths = daemon::Paths {
         control_socket: args.control_socket.clone(),
         pin_dir: (!args.no_pin).then(|| args.pin_dir.clone()),
+        state_dir: args.state_dir.clone(),
         journal,
     };
     match runtime.block_on(daemon::run(source, config, &paths)) {

@@ -63,6 +63,10 @@ const SENT: &str = "connectracer_connection_sent_bytes";
 const RECEIVED: &str = "connectracer_connection_received_bytes";
 
 fn describe() {
+    describe_gauge!(
+        "connectracer_ring_buffer_fill_ratio",
+        "Share of the ring buffer written and not yet read (0 to 1)"
+    );
     describe_counter!(CONNECTIONS, "Outbound connections by watched host, destination port, protocol, outcome, comm, systemd unit and container");
     describe_histogram!(DURATION, "Duration of closed TCP connections, per watched host");
     describe_histogram!(
@@ -268,6 +272,43 @@ impl Metrics {
         self.handle.render()
     }
 
+    /// Saves the per-label connection counters, which live only in this
+    /// process, so that the next instance continues them instead of
+    /// starting from zero.
+    pub fn save_counters(&self, path: &Path) -> std::io::Result<()> {
+        let text: String = self
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{CONNECTIONS}{{")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Continues the counters a previous instance saved; returns how many
+    /// label sets were restored.
+    pub fn restore_counters(&mut self, path: &Path) -> usize {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return 0;
+        };
+        let mut restored = 0;
+        for (labels, value) in text.lines().filter_map(|l| parse_sample(l, CONNECTIONS)) {
+            let values: Vec<String> = labels.iter().map(|(_, v)| v.clone()).collect();
+            if self.budget.admit(CONNECTIONS, values.clone()) != values {
+                continue;
+            }
+            let labels: Vec<metrics::Label> = labels
+                .into_iter()
+                .map(|(k, v)| metrics::Label::new(k, v))
+                .collect();
+            counter!(CONNECTIONS, labels).absolute(value);
+            restored += 1;
+        }
+        restored
+    }
+
     /// Writes the exposition for node_exporter's textfile collector:
     /// temp file and rename in the same directory, so a scrape never sees a
     /// half-written file.
@@ -277,6 +318,44 @@ impl Metrics {
         std::fs::write(&tmp, self.render())?;
         std::fs::rename(&tmp, path)
     }
+}
+
+/// `name{k="v",...} value` as the exposition format writes it (with its
+/// `\\`, `\"` and `\n` escapes in label values).
+fn parse_sample(line: &str, name: &str) -> Option<(Vec<(String, String)>, u64)> {
+    let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+    let mut labels = Vec::new();
+    let mut chars = rest.char_indices().peekable();
+    loop {
+        let start = chars.peek()?.0;
+        let eq = rest[start..].find("=\"")? + start;
+        let key = rest[start..eq].trim_start_matches(',').to_string();
+        // Skip past `="`.
+        while chars.peek()?.0 < eq + 2 {
+            chars.next();
+        }
+        let mut value = String::new();
+        loop {
+            let (_, c) = chars.next()?;
+            match c {
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.push((key, value));
+        match chars.next()?.1 {
+            ',' => continue,
+            '}' => break,
+            _ => return None,
+        }
+    }
+    let after = chars.peek().map_or(rest.len(), |(i, _)| *i);
+    let value = rest[after..].trim().parse::<f64>().ok()?;
+    Some((labels, value as u64))
 }
 
 /// CPU, memory and open files of this process, from /proc/self.
@@ -346,6 +425,23 @@ mod tests {
             "RSS grew by {} bytes",
             after - before
         );
+    }
+
+    #[test]
+    fn samples_parse_with_escapes() {
+        let line = r#"connectracer_connections_total{host="",comm="a\"b\\c",unit="x.service"} 42"#;
+        let (labels, v) = parse_sample(line, CONNECTIONS).unwrap();
+        assert_eq!(v, 42);
+        assert_eq!(
+            labels,
+            [
+                ("host".into(), "".into()),
+                ("comm".into(), "a\"b\\c".into()),
+                ("unit".into(), "x.service".into())
+            ]
+        );
+        assert!(parse_sample("connectracer_other_total{a=\"b\"} 1", CONNECTIONS).is_none());
+        assert!(parse_sample("connectracer_connections_total{a=\"b\"", CONNECTIONS).is_none());
     }
 
     #[test]

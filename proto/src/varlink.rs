@@ -216,6 +216,9 @@ pub struct KernelCounters {
     pub proc_events: u64,
     pub other_proto: u64,
     pub drops_per_cpu: Vec<u64>,
+    /// Bytes written to the ring buffer and not yet read.
+    pub ring_pending_bytes: u64,
+    pub ring_size_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

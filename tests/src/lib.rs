@@ -261,6 +261,8 @@ impl Daemon {
             .arg(&socket)
             .arg("--pin-dir")
             .arg(&pin_dir)
+            .arg("--state-dir")
+            .arg(cfg.dir().join("state"))
             .arg("--config")
             .arg(cfg.main())
             .stdout(Stdio::piped())

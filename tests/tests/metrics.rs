@@ -196,4 +196,21 @@ fn exact_counts_over_http_and_textfile_checked_by_promtool_and_node_exporter() {
     // A clean stop removes the textfile.
     d.stop().unwrap();
     assert!(!textfile.exists(), "textfile left behind");
+
+    // The next instance continues the per-label counters.
+    let (cfg, socket, pin_dir) = d.crash();
+    let mut d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
+    let restored = d.wait_log(
+        "continued connection counters of the previous instance",
+        Duration::from_secs(10),
+    );
+    assert_eq!(restored.unwrap()["series"], 6);
+    let again = eventually(Duration::from_secs(10), || {
+        http_get(http, "/metrics").filter(|t| total(t) == 500.0)
+    });
+    assert!(
+        again.is_some(),
+        "counters restarted from zero: {:?}",
+        http_get(http, "/metrics")
+    );
 }

@@ -36,6 +36,8 @@ fn notify_protocol_ready_reload_status_watchdog_stopping() {
         .arg("--control-socket")
         .arg(&control)
         .arg("--no-pin")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "400000")
         .stdout(Stdio::null())
@@ -159,7 +161,7 @@ fn events_go_to_the_journal_with_fields_when_stderr_is_the_journal() {
     let st = nix::sys::stat::fstat(write_end.as_raw_fd()).unwrap();
     let script = format!(
         "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && mount --bind {dir} /run/systemd/journal && \
-         exec {daemon} --foreground --no-pin --cgroup {cg} --config {dir}/connectracer.toml --control-socket {dir}/control.sock",
+         exec {daemon} --foreground --no-pin --cgroup {cg} --config {dir}/connectracer.toml --control-socket {dir}/control.sock --state-dir {dir}/state",
         dir = dir.display(),
         daemon = bin_path("connectracerd").display(),
         cg = cg.path.display(),

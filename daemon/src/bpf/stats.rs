@@ -36,5 +36,85 @@ pub fn read(map: &dyn MapCore) -> libbpf_rs::Result<KernelStats> {
         proc_events: sum(ct_stat::CT_STAT_PROC_EVENTS)?,
         other_proto: sum(ct_stat::CT_STAT_OTHER_PROTO)?,
         drops_per_cpu,
+        ring_pending_bytes: 0,
+        ring_size_bytes: 0,
     })
+}
+
+/// Producer and consumer positions of a ring buffer, read through a
+/// read-only mapping of its first two pages (the consumer page, then the
+/// producer page, as the kernel lays them out).
+#[derive(Debug)]
+pub struct RingPositions {
+    consumer: std::ptr::NonNull<libc::c_void>,
+    producer: std::ptr::NonNull<libc::c_void>,
+    page: usize,
+}
+
+// SAFETY: the mappings are read-only and live as long as the struct.
+unsafe impl Send for RingPositions {}
+
+impl RingPositions {
+    pub fn map(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as usize;
+        let map_at = |offset: usize| {
+            // SAFETY: a fresh shared read-only mapping of one page of the
+            // ring buffer map's fd; the kernel allows PROT_READ on both.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    page,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            std::ptr::NonNull::new(p).ok_or_else(|| std::io::Error::other("mmap returned NULL"))
+        };
+        let consumer = map_at(0)?;
+        let producer = match map_at(page) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: consumer was mapped above with this length.
+                unsafe { libc::munmap(consumer.as_ptr(), page) };
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            consumer,
+            producer,
+            page,
+        })
+    }
+
+    /// Bytes submitted (or reserved) and not yet consumed.
+    pub fn pending(&self) -> u64 {
+        // SAFETY: both pages stay mapped while self lives; the positions are
+        // the first 8 bytes of each, updated atomically by kernel and reader.
+        let (c, p) = unsafe {
+            (
+                std::ptr::read_volatile(self.consumer.as_ptr().cast::<u64>()),
+                std::ptr::read_volatile(self.producer.as_ptr().cast::<u64>()),
+            )
+        };
+        p.saturating_sub(c)
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        // SAFETY: both were mapped in `map` with length `page`.
+        unsafe {
+            libc::munmap(self.consumer.as_ptr(), self.page);
+            libc::munmap(self.producer.as_ptr(), self.page);
+        }
+    }
 }
