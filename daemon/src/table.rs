@@ -233,21 +233,36 @@ impl ConnTable {
     }
 }
 
+/// A connection for tests elsewhere in the crate.
 #[cfg(test)]
-mod tests {
+pub(crate) fn test_connection(cookie: u64, pid: u32, uid: u32, dst: &str) -> Connection {
     use std::sync::Arc;
     use std::time::SystemTime;
 
     use connectracer_proto::{Process, Protocol, Verdict};
 
-    use super::*;
-
-    fn attribution(pid: u32) -> Arc<Process> {
-        Arc::new(Process {
+    Connection {
+        id: 0,
+        cookie,
+        protocol: Protocol::Tcp,
+        state: ConnState::Connecting,
+        fail_reason: None,
+        verdict: Verdict::Allow,
+        dst: dst.parse().expect("test address"),
+        src: None,
+        host_id: None,
+        config_epoch: 1,
+        host: None,
+        label: None,
+        started: SystemTime::now(),
+        duration_ns: None,
+        bytes_sent: None,
+        bytes_received: None,
+        process: Arc::new(Process {
             pid,
             tid: pid,
             ppid: None,
-            uid: 0,
+            uid,
             user: None,
             comm: "t".into(),
             exe: None,
@@ -260,29 +275,17 @@ mod tests {
             container_runtime: None,
             container_id: None,
             pod_uid: None,
-        })
+        }),
     }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
 
     fn conn(cookie: u64, pid: u32, dst: &str) -> Connection {
-        Connection {
-            id: 0,
-            cookie,
-            protocol: Protocol::Tcp,
-            state: ConnState::Connecting,
-            fail_reason: None,
-            verdict: Verdict::Allow,
-            dst: dst.parse().unwrap(),
-            src: None,
-            host_id: None,
-            config_epoch: 1,
-            host: None,
-            label: None,
-            started: SystemTime::now(),
-            duration_ns: None,
-            bytes_sent: None,
-            bytes_received: None,
-            process: attribution(pid),
-        }
+        test_connection(cookie, pid, 0, dst)
     }
 
     fn limits(max_open: usize, max_closed: usize) -> TableLimits {

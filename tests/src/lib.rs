@@ -346,6 +346,21 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Runs tracectl against this daemon: exit code, stdout, stderr.
+    pub fn tracectl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin_path("tracectl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running tracectl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("kill");
     }

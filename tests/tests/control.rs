@@ -10,17 +10,7 @@ use connectracer_tests::{bin_path, tcp_server, Daemon, TestCgroup};
 use serde_json::{json, Value};
 
 fn tracectl(d: &Daemon, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin_path("tracectl"))
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    d.tracectl(args)
 }
 
 /// A client in the cgroup that holds a connection open; returns its pid and

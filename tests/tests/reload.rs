@@ -3,7 +3,6 @@
 //! atomic switch under a hammer of connects.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use connectracer_tests::{bin_path, closed_port, probe, Daemon, TestCgroup};
@@ -29,17 +28,10 @@ fn connect_event(d: &mut Daemon, cg: &TestCgroup, dst: &str) -> Option<Value> {
     d.events("connect", Some(pid)).next().cloned()
 }
 
+/// tracectl's exit code and everything it printed.
 fn tracectl(d: &Daemon, args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin_path("tracectl"))
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let (code, out, err) = d.tracectl(args);
+    (code, out + &err)
 }
 
 #[test]

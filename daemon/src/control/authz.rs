@@ -50,50 +50,10 @@ fn in_admin_group(uid: u32, gid: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::SystemTime;
-
-    use connectracer_proto::{ConnState, Process, Protocol, Verdict};
-
     use super::*;
 
     fn conn_of(uid: u32) -> Connection {
-        Connection {
-            id: 1,
-            cookie: 1,
-            protocol: Protocol::Tcp,
-            state: ConnState::Established,
-            fail_reason: None,
-            verdict: Verdict::Allow,
-            dst: "10.0.0.1:443".parse().unwrap(),
-            src: None,
-            host_id: None,
-            config_epoch: 1,
-            host: None,
-            label: None,
-            started: SystemTime::now(),
-            duration_ns: None,
-            bytes_sent: None,
-            bytes_received: None,
-            process: Arc::new(Process {
-                pid: 1,
-                tid: 1,
-                ppid: None,
-                uid,
-                user: None,
-                comm: "c".into(),
-                exe: None,
-                argv: vec![],
-                cgroup_id: 0,
-                cgroup: None,
-                unit: None,
-                user_unit: None,
-                slice: None,
-                container_runtime: None,
-                container_id: None,
-                pod_uid: None,
-            }),
-        }
+        crate::table::test_connection(1, 1, uid, "10.0.0.1:443")
     }
 
     #[test]
