@@ -32,8 +32,27 @@ fn pick_clang() -> (String, u32) {
         .unwrap_or_else(|| panic!("no clang found: install clang-19 (or set CLANG=/path/to/clang)"))
 }
 
+/// The commit being built, for connectracer_build_info; "unknown" outside git.
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn main() {
     println!("cargo:rerun-if-env-changed=CLANG");
+    println!("cargo:rustc-env=CONNECTRACER_GIT_COMMIT={}", git_commit());
+    // A new commit moves the branch ref (or HEAD itself when detached).
+    for git_file in ["../.git/HEAD", "../.git/refs/heads"] {
+        if std::path::Path::new(git_file).exists() {
+            println!("cargo:rerun-if-changed={git_file}");
+        }
+    }
     let (clang, major) = pick_clang();
     assert!(
         major >= MIN_CLANG,

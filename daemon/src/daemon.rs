@@ -358,6 +358,10 @@ impl Daemon {
                 let name = h.name.clone();
                 metrics::gauge!("connectracer_dns_addresses", "host" => name.clone())
                     .set(h.addresses.len() as f64);
+                metrics::counter!("connectracer_dns_lookups_total", "host" => name.clone())
+                    .absolute(h.lookups);
+                metrics::counter!("connectracer_dns_failures_total", "host" => name.clone())
+                    .absolute(h.failures);
                 metrics::gauge!("connectracer_dns_consecutive_failures", "host" => name.clone())
                     .set(f64::from(h.consecutive_failures));
                 if let Some(t) = h.last_success {

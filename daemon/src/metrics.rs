@@ -63,6 +63,14 @@ const SENT: &str = "connectracer_connection_sent_bytes";
 const RECEIVED: &str = "connectracer_connection_received_bytes";
 
 fn describe() {
+    describe_counter!(
+        "connectracer_dns_lookups_total",
+        "DNS lookups of a watched hostname (answered or failed)"
+    );
+    describe_counter!(
+        "connectracer_dns_failures_total",
+        "DNS lookups of a watched hostname that failed"
+    );
     describe_gauge!(
         "connectracer_ring_buffer_fill_ratio",
         "Share of the ring buffer written and not yet read (0 to 1)"
@@ -213,7 +221,7 @@ impl Metrics {
         gauge!(
             "connectracer_build_info",
             "version" => env!("CARGO_PKG_VERSION"),
-            "commit" => option_env!("CONNECTRACER_GIT_COMMIT").unwrap_or("unknown"),
+            "commit" => env!("CONNECTRACER_GIT_COMMIT"),
             "kernel" => kernel
         )
         .set(1.0);

@@ -39,7 +39,20 @@ fn watched_hostname_follows_dns_with_grace_and_survives_a_dead_server() {
          [dns]\nnameservers = [\"127.0.0.1:{}\"]\nmin_ttl = \"1s\"\nmax_ttl = \"1s\"\nretry_min = \"1s\"\nretry_max = \"2s\"\ngrace = \"3s\"\n",
         dns.port
     );
-    let mut d = Daemon::start(&cg, &config).unwrap();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg =
+        connectracer_tests::tempdir_lite::ConfigDir::new(&format!("dns-{}", std::process::id()), &config);
+    cfg.write_dropin(
+        "99-metrics.toml",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    );
+    let socket = std::env::temp_dir().join(format!("connectracer-dns-{}.sock", std::process::id()));
+    let pin_dir = format!("/sys/fs/bpf/connectracer-dns-{}", std::process::id()).into();
+    let mut d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
     d.wait_log("watch list updated from DNS", Duration::from_secs(10))
         .unwrap();
     let first = format!("127.0.0.5:{port}");
@@ -72,4 +85,35 @@ fn watched_hostname_follows_dns_with_grace_and_survives_a_dead_server() {
     );
     // An unrelated destination is still not traced.
     assert!(traced(&mut d, &cg, &format!("127.0.0.7:{port}")).is_none());
+
+    // Lookups and failures per host are counted.
+    let metrics = scrape(metrics_port);
+    let value = |name: &str, host: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{host=\"{host}\"}}")))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+    };
+    assert!(
+        value("connectracer_dns_lookups_total", "api.test").unwrap_or(0.0) >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        value("connectracer_dns_failures_total", "nxdomain.test").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("connectracer_dns_addresses", "api.test"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

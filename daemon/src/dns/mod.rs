@@ -108,6 +108,10 @@ pub struct HostStatus {
     /// Failed lookups since the last success; also what the retry backoff is
     /// computed from.
     pub consecutive_failures: u32,
+    /// Lookups completed (answered or failed) since the name was first watched.
+    pub lookups: u64,
+    /// Of those, the ones that failed.
+    pub failures: u64,
     /// Why the last lookup failed, e.g. "no records (NXDOMAIN)" or "timed
     /// out"; cleared by the next success so a stale error cannot mislead.
     pub last_error: Option<String>,

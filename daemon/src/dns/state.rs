@@ -99,6 +99,9 @@ pub(crate) struct HostState {
     /// shown, so the status follows a hot-reloaded clamp.
     last_ttl: Option<Duration>,
     consecutive_failures: u32,
+    /// Lifetime totals, for the lookup and failure counters.
+    lookups: u64,
+    failures: u64,
     last_error: Option<String>,
     next_refresh: Instant,
     in_flight: bool,
@@ -115,6 +118,8 @@ impl HostState {
             last_success: None,
             last_ttl: None,
             consecutive_failures: 0,
+            lookups: 0,
+            failures: 0,
             last_error: None,
             next_refresh: now,
             in_flight: false,
@@ -191,6 +196,7 @@ impl HostState {
         self.last = LastResult::Success { at: now, ttl };
         self.last_success = Some(wall);
         self.last_ttl = Some(ttl);
+        self.lookups += 1;
         self.consecutive_failures = 0;
         self.last_error = None;
         self.next_refresh = now + policy.clamp_ttl(ttl);
@@ -202,6 +208,8 @@ impl HostState {
 
     fn record_failure(&mut self, error: String, now: Instant, jitter: f64, policy: &Policy) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.lookups += 1;
+        self.failures += 1;
         self.last_error = Some(error);
         self.last = LastResult::Failure { at: now, jitter };
         self.next_refresh = now + policy.backoff(self.consecutive_failures, jitter);
@@ -257,6 +265,8 @@ impl HostState {
             next_refresh: (!self.in_flight).then(|| to_wall(self.next_refresh, now, wall)),
             ttl_seconds,
             consecutive_failures: self.consecutive_failures,
+            lookups: self.lookups,
+            failures: self.failures,
             last_error: self.last_error.clone(),
         }
     }

@@ -144,7 +144,8 @@ fn main() -> anyhow::Result<()> {
             ratios.iter().copied().fold(0.0, f64::max),
         );
         let ratio = median(&mut ratios);
-        let added = (1e6 / rate - 1e6 / base).max(0.0);
+        // From the paired ratio, not from two independent medians.
+        let added = ((1.0 / ratio - 1.0) * 1e6 / base).max(0.0);
         let mut cpu: Vec<f64> = runs.iter().filter_map(|r| r.daemon_cpu_ms_per_1k).collect();
         let cpu = if cpu.is_empty() {
             "-".to_string()
