@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use connectracer_proto::Connection;
+use std::sync::Arc;
+
+use connectracer_proto::{Connection, Process, Protocol};
 
 /// Value label sets collapse into once a metric's budget is spent.
 const OTHER: &str = "other";
@@ -159,11 +161,37 @@ fn describe() {
     );
 }
 
+/// A shared attribution, compared by identity: connections from the same
+/// process image share one `Arc`, so this is a cheap exact key.
+#[derive(Debug, Clone)]
+struct ByIdentity(Arc<Process>);
+
+impl PartialEq for ByIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ByIdentity {}
+
+impl std::hash::Hash for ByIdentity {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).hash(state);
+    }
+}
+
+type ConnKey = (Option<String>, u16, Protocol, &'static str, ByIdentity);
+
+/// Counter handles kept per key, so a repeated connection costs one hash
+/// lookup instead of building and registering seven labels.
+const MAX_CACHED_COUNTERS: usize = 8192;
+
 /// The metrics side of the daemon: the recorder's handle and the budget.
 #[derive(Debug)]
 pub struct Metrics {
     handle: PrometheusHandle,
     budget: Budget,
+    counters: HashMap<ConnKey, metrics::Counter>,
 }
 
 impl Metrics {
@@ -228,6 +256,7 @@ impl Metrics {
         Ok(Self {
             handle,
             budget: Budget::new(max_series),
+            counters: HashMap::new(),
         })
     }
 
@@ -238,6 +267,17 @@ impl Metrics {
     /// One connection reached an outcome: established, failed (and, with
     /// enforcement, denied or would_deny).
     pub fn connection(&mut self, c: &Connection, outcome: &'static str) {
+        let key: ConnKey = (
+            c.host.clone(),
+            c.dst.port(),
+            c.protocol,
+            outcome,
+            ByIdentity(c.process.clone()),
+        );
+        if let Some(counter) = self.counters.get(&key) {
+            counter.increment(1);
+            return;
+        }
         let p = &c.process;
         let values = vec![
             c.host.clone().unwrap_or_default(),
@@ -258,7 +298,12 @@ impl Metrics {
             .zip(v)
             .map(|(k, v)| metrics::Label::new(*k, v))
             .collect();
-        counter!(CONNECTIONS, labels).increment(1);
+        let counter = counter!(CONNECTIONS, labels);
+        counter.increment(1);
+        if self.counters.len() >= MAX_CACHED_COUNTERS {
+            self.counters.clear();
+        }
+        self.counters.insert(key, counter);
     }
 
     /// A TCP connection closed: its duration and byte counts.

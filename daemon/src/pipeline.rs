@@ -130,7 +130,7 @@ impl Pipeline {
     }
 
     fn on_new(&mut self, c: &ConnRecord) {
-        let process = Arc::new(self.attributor.attribute(c));
+        let process = self.attributor.attribute_shared(c);
         let host_id = c.host_id.map(|h| h.get());
         let host = host_id.and_then(|id| self.hosts.get(&c.epoch)?.0.get(&id));
         let conn = Connection {

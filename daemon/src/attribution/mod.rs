@@ -5,6 +5,7 @@ pub mod cgroups;
 pub mod process;
 pub mod users;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,11 +17,29 @@ use self::process::{Process, ProcessCache};
 use self::users::UserNames;
 use crate::bpf::event::{ConnRecord, ProcRecord};
 
+/// What makes two connections' attributions identical: the same thread of
+/// the same process image, under the same uid and cgroup, with the same comm.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AttributionKey {
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    cgroup_id: u64,
+    comm: String,
+    /// The process cache entry it was built from: a new exec replaces it.
+    image: u64,
+}
+
+/// Attributions kept for reuse; a busy process connecting in a loop gets
+/// one shared copy instead of a fresh one per connection.
+const MAX_ATTRIBUTIONS: usize = 16384;
+
 #[derive(Debug)]
 pub struct Attributor {
     pub processes: ProcessCache,
     cgroups: CgroupResolver,
     users: UserNames,
+    recent: HashMap<AttributionKey, Arc<Attribution>>,
 }
 
 impl Attributor {
@@ -29,11 +48,35 @@ impl Attributor {
             processes: ProcessCache::new(Path::new("/proc"), max_processes, process_retention),
             cgroups: CgroupResolver::new(cgroup_mount),
             users: UserNames::default(),
+            recent: HashMap::new(),
         }
     }
 
     pub fn on_process(&mut self, rec: &ProcRecord, now: Instant) {
         self.processes.apply(rec, now);
+    }
+
+    /// The attribution of a connection record, shared with earlier records
+    /// of the same thread and process image.
+    pub fn attribute_shared(&mut self, rec: &ConnRecord) -> Arc<Attribution> {
+        let image = self.processes.get(rec.pid).map_or(0, |p| p.image);
+        let key = AttributionKey {
+            pid: rec.pid,
+            tid: rec.tid,
+            uid: rec.uid,
+            cgroup_id: rec.cgroup_id,
+            comm: rec.comm.clone(),
+            image,
+        };
+        if let Some(a) = self.recent.get(&key) {
+            return a.clone();
+        }
+        let a = Arc::new(self.attribute(rec));
+        if self.recent.len() >= MAX_ATTRIBUTIONS {
+            self.recent.clear();
+        }
+        self.recent.insert(key, a.clone());
+        a
     }
 
     pub fn attribute(&mut self, rec: &ConnRecord) -> Attribution {
@@ -63,5 +106,72 @@ impl Attributor {
 
     pub fn prune(&mut self, now: Instant) {
         self.processes.prune(now);
+        // Entries of processes the cache forgot would pin their images.
+        let procs = &mut self.processes;
+        self.recent.retain(|k, _| procs.contains(k.pid));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::event::ConnKind;
+
+    fn exec(pid: u32, exe: &str) -> ProcRecord {
+        ProcRecord::Exec {
+            pid,
+            ppid: 1,
+            uid: 0,
+            start_ns: 1,
+            comm: "x".into(),
+            filename: exe.into(),
+            argv: vec![exe.into()],
+        }
+    }
+
+    fn connect(pid: u32) -> ConnRecord {
+        ConnRecord {
+            kind: ConnKind::Connect,
+            pid,
+            tid: pid,
+            uid: 0,
+            gid: 0,
+            protocol: connectracer_proto::Protocol::Tcp,
+            verdict: connectracer_proto::Verdict::Allow,
+            ts_ns: 0,
+            cookie: 1,
+            cgroup_id: 0,
+            netns_cookie: 0,
+            dst: "10.0.0.1:443".parse().unwrap(),
+            src: "0.0.0.0:0".parse().unwrap(),
+            host_id: None,
+            policy_rule: 0,
+            epoch: 1,
+            error: 0,
+            duration_ns: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            comm: "x".into(),
+        }
+    }
+
+    #[test]
+    fn shared_attributions_follow_exec() {
+        let mut a = Attributor::new(Path::new("/nonexistent"), 100, Duration::from_secs(60));
+        let now = Instant::now();
+        // A pid far above pid_max: /proc never answers for it.
+        let pid = 4_000_000;
+        a.on_process(&exec(pid, "/bin/first"), now);
+        let one = a.attribute_shared(&connect(pid));
+        let again = a.attribute_shared(&connect(pid));
+        assert!(Arc::ptr_eq(&one, &again), "the same image shares one attribution");
+        a.on_process(&exec(pid, "/bin/second"), now);
+        let after = a.attribute_shared(&connect(pid));
+        assert_eq!(
+            after.exe.as_deref(),
+            Some("/bin/second"),
+            "exec replaced the image"
+        );
+        assert_eq!(one.exe.as_deref(), Some("/bin/first"));
     }
 }

@@ -22,6 +22,9 @@ pub struct Process {
     pub argv: Vec<String>,
     /// ns since boot (CLOCK_MONOTONIC, like the kernel's task start_time).
     pub start_ns: u64,
+    /// Unique per cache entry (a new exec, a re-read from /proc): tells a
+    /// process image apart from an earlier one with the same pid.
+    pub image: u64,
 }
 
 #[derive(Debug)]
@@ -38,6 +41,7 @@ pub struct ProcessCache {
     retention: Duration,
     /// Clock ticks per second of /proc/PID/stat's start time.
     ticks_per_sec: u64,
+    next_image: u64,
 }
 
 impl ProcessCache {
@@ -52,7 +56,13 @@ impl ProcessCache {
             max_entries,
             retention,
             ticks_per_sec: u64::try_from(ticks).unwrap_or(100).max(1),
+            next_image: 0,
         }
+    }
+
+    /// Whether `pid` is cached (without reading /proc).
+    pub fn contains(&self, pid: u32) -> bool {
+        self.entries.contains_key(&pid)
     }
 
     pub fn len(&self) -> usize {
@@ -106,6 +116,7 @@ impl ProcessCache {
                     exe,
                     argv: argv.clone(),
                     start_ns: *start_ns,
+                    image: 0,
                 });
             }
             ProcRecord::Fork {
@@ -124,6 +135,7 @@ impl ProcessCache {
                     exe: parent.as_ref().and_then(|p| p.exe.clone()),
                     argv: parent.map(|p| p.argv.clone()).unwrap_or_default(),
                     start_ns: *start_ns,
+                    image: 0,
                 });
             }
             ProcRecord::Exit { pid, .. } => {
@@ -170,7 +182,9 @@ impl ProcessCache {
         }
     }
 
-    fn insert(&mut self, p: Process) -> Arc<Process> {
+    fn insert(&mut self, mut p: Process) -> Arc<Process> {
+        self.next_image += 1;
+        p.image = self.next_image;
         let p = Arc::new(p);
         self.entries.insert(
             p.pid,
@@ -217,6 +231,7 @@ impl ProcessCache {
             exe: self.read_exe(pid),
             argv,
             start_ns: start_ticks.saturating_mul(1_000_000_000) / self.ticks_per_sec,
+            image: 0,
         })
     }
 }
