@@ -2,7 +2,7 @@
 //! open connections plus recently closed ones, indexed by socket cookie,
 //! pid, destination and local port.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -41,12 +41,13 @@ pub struct ConnTable {
     limits: TableLimits,
     next_id: u64,
     conns: HashMap<u64, Connection>,
-    // Sets, not vectors: one destination or one busy process can own most
-    // of the table, and removal must not scan its whole list.
-    by_cookie: HashMap<u64, BTreeSet<u64>>,
-    by_pid: HashMap<u32, BTreeSet<u64>>,
-    by_dst_ip: HashMap<IpAddr, BTreeSet<u64>>,
-    by_local_port: HashMap<u16, BTreeSet<u64>>,
+    // Hash sets, not vectors or trees: one destination or one busy process
+    // can own most of the table, and every connection is added and removed
+    // once; queries sort what they return anyway.
+    by_cookie: HashMap<u64, HashSet<u64>>,
+    by_pid: HashMap<u32, HashSet<u64>>,
+    by_dst_ip: HashMap<IpAddr, HashSet<u64>>,
+    by_local_port: HashMap<u16, HashSet<u64>>,
     /// Ids are handed out in increasing order, so the first is the oldest.
     open: BTreeSet<u64>,
     closed: VecDeque<(Instant, u64)>,
@@ -54,11 +55,11 @@ pub struct ConnTable {
     evicted_closed: u64,
 }
 
-fn index_add<K: Hash + Eq>(idx: &mut HashMap<K, BTreeSet<u64>>, k: K, id: u64) {
+fn index_add<K: Hash + Eq>(idx: &mut HashMap<K, HashSet<u64>>, k: K, id: u64) {
     idx.entry(k).or_default().insert(id);
 }
 
-fn index_remove<K: Hash + Eq>(idx: &mut HashMap<K, BTreeSet<u64>>, k: K, id: u64) {
+fn index_remove<K: Hash + Eq>(idx: &mut HashMap<K, HashSet<u64>>, k: K, id: u64) {
     if let Some(v) = idx.get_mut(&k) {
         v.remove(&id);
         if v.is_empty() {
@@ -132,7 +133,8 @@ impl ConnTable {
 
     /// The TCP handshake completed: the local address is now known.
     pub fn established(&mut self, cookie: u64, src: SocketAddr) -> Option<&Connection> {
-        let id = *self.by_cookie.get(&cookie)?.last()?;
+        // The socket's latest connection (a UDP socket may connect again).
+        let id = *self.by_cookie.get(&cookie)?.iter().max()?;
         let c = self.conns.get_mut(&id)?;
         c.state = ConnState::Established;
         if c.src.is_none() {
@@ -210,7 +212,7 @@ impl ConnTable {
         }
     }
 
-    fn collect<'a>(&'a self, ids: Option<&'a BTreeSet<u64>>) -> impl Iterator<Item = &'a Connection> + 'a {
+    fn collect<'a>(&'a self, ids: Option<&'a HashSet<u64>>) -> impl Iterator<Item = &'a Connection> + 'a {
         ids.into_iter().flatten().filter_map(|id| self.conns.get(id))
     }
 
@@ -358,7 +360,7 @@ mod tests {
         assert_eq!(t.len(), s.open + s.closed);
         assert!(s.evicted_open > 0 && s.evicted_closed > 0);
         // Indexes hold no more than the table.
-        assert_eq!(t.by_cookie.values().map(BTreeSet::len).sum::<usize>(), t.len());
-        assert_eq!(t.by_pid.values().map(BTreeSet::len).sum::<usize>(), t.len());
+        assert_eq!(t.by_cookie.values().map(HashSet::len).sum::<usize>(), t.len());
+        assert_eq!(t.by_pid.values().map(HashSet::len).sum::<usize>(), t.len());
     }
 }
