@@ -74,6 +74,24 @@ pub enum Command {
     Version,
     /// Re-read /etc/connectracer and apply it (root or group connectracer).
     Reload,
+    /// Watch a hostname, IP or CIDR (root or group connectracer).
+    AddHost {
+        /// api.example.com, 93.184.216.34 or 10.20.0.0/16.
+        name: String,
+        /// Destination port or range ("443", "8000-8100"); repeatable. Default: every port.
+        #[arg(long = "port", value_name = "PORT")]
+        ports: Vec<String>,
+        /// Label carried by its events.
+        #[arg(long)]
+        label: Option<String>,
+        /// Until the daemon restarts, instead of persisted in /var/lib/connectracer.
+        #[arg(long)]
+        runtime: bool,
+    },
+    /// Stop watching a host added with add-host.
+    RemoveHost { name: String },
+    /// Watched hosts, their addresses and DNS state.
+    Hosts,
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use connectracer_proto::varlink::{
-    CallError, ConnectionsParams, ConnectionsReply, PsParams, ReloadReply, StatsReply, VersionReply,
-    WhoParams, INTERFACE,
+    AddHostParams, CallError, ConnectionsParams, ConnectionsReply, HostsReply, PsParams, ReloadReply,
+    RemoveHostParams, StatsReply, VersionReply, WhoParams, INTERFACE,
 };
 use connectracer_proto::{ConnState, Protocol};
 use serde::Serialize;
@@ -87,6 +87,33 @@ fn run(args: &Args) -> Result<(), ClientError> {
                 }
                 out
             });
+        }
+        Command::AddHost {
+            name,
+            ports,
+            label,
+            runtime,
+        } => {
+            let p = AddHostParams {
+                name: name.clone(),
+                ports: ports.clone(),
+                label: label.clone(),
+                runtime: *runtime,
+            };
+            let r: ReloadReply = c.call(&m("AddHost"), &p)?;
+            print(args.json, &r, |r| {
+                format!("watching {name} (configuration epoch {})\n", r.epoch)
+            });
+        }
+        Command::RemoveHost { name } => {
+            let r: ReloadReply = c.call(&m("RemoveHost"), &RemoveHostParams { name: name.clone() })?;
+            print(args.json, &r, |r| {
+                format!("no longer watching {name} (configuration epoch {})\n", r.epoch)
+            });
+        }
+        Command::Hosts => {
+            let r: HostsReply = c.call(&m("Hosts"), &serde_json::json!({}))?;
+            print(args.json, &r, |r| output::hosts(&r.hosts));
         }
         Command::Version => {
             let r: VersionReply = c.call(&m("GetVersion"), &serde_json::json!({}))?;

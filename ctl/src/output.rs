@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use connectracer_proto::varlink::Stats;
+use connectracer_proto::varlink::{HostInfo, Stats};
 use connectracer_proto::Connection;
 
 fn age(t: SystemTime) -> String {
@@ -127,4 +127,38 @@ pub fn stats(s: &Stats) -> String {
             .map(|e| format!("\nlast reload error   {e}"))
             .unwrap_or_default(),
     )
+}
+
+/// One line per watched host.
+pub fn hosts(hosts: &[HostInfo]) -> String {
+    let mut out = String::new();
+    for h in hosts {
+        let ports = if h.ports.is_empty() {
+            "all ports".to_string()
+        } else {
+            h.ports.join(",")
+        };
+        let _ = write!(out, "{} [{}] {ports}", h.name, h.kind);
+        if let Some(l) = &h.label {
+            let _ = write!(out, " label={l}");
+        }
+        let addrs = if h.addresses.is_empty() {
+            "-".to_string()
+        } else {
+            h.addresses.join(",")
+        };
+        let _ = write!(out, " -> {addrs}");
+        if let Some(ttl) = h.ttl_seconds {
+            let _ = write!(out, " ttl={ttl}s");
+        }
+        if let Some(e) = &h.last_error {
+            let _ = write!(
+                out,
+                " error=\"{e}\" failures={}",
+                h.consecutive_failures.unwrap_or(0)
+            );
+        }
+        let _ = writeln!(out, " ({})", h.source);
+    }
+    out
 }

@@ -6,15 +6,21 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use connectracer_proto::varlink::{to_parameters, CallError, ReloadReply, Stats, StatsReply, VersionReply};
+use std::collections::HashMap;
+
+use connectracer_proto::varlink::{
+    to_parameters, AddHostParams, CallError, HostInfo, HostsReply, ReloadReply, Stats, StatsReply,
+    VersionReply,
+};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+use crate::added_hosts::AddedHost;
 use crate::attribution::Attributor;
 use crate::bpf::event::Record;
 use crate::bpf::tracer::{resolve_cgroup_dir, Ruleset, TracerOptions};
-use crate::config::{Config, TraceMode};
+use crate::config::{Config, HostTarget, TraceMode};
 use crate::control::{self, query, Answer, Method, Request};
 use crate::dns::{DnsUpdate, DnsWatcher};
 use crate::event_log::EventLog;
@@ -550,7 +556,137 @@ impl Daemon {
                 let trigger = format!("control request from uid {}", caller.uid);
                 self.reload(&trigger).await.map(|r| to_parameters(&r))
             }
+            Method::AddHost(_) | Method::RemoveHost(_) if !caller.privileged => {
+                Err(CallError::AccessDenied {
+                    reason: "changing watched hosts needs root or membership in group connectracer".into(),
+                })
+            }
+            Method::AddHost(p) => self.add_host(p, caller.uid).await.map(|r| to_parameters(&r)),
+            Method::RemoveHost(p) => self
+                .remove_host(&p.name, caller.uid)
+                .await
+                .map(|r| to_parameters(&r)),
+            Method::Hosts => Ok(to_parameters(&HostsReply {
+                hosts: self.hosts().await,
+            })),
         }
+    }
+
+    /// Adds a host through the reload path; a host the configuration
+    /// rejects (bad name, duplicate) is taken back out and the error named.
+    async fn add_host(&mut self, p: &AddHostParams, uid: u32) -> Result<ReloadReply, CallError> {
+        let io = |e: crate::added_hosts::AddedHostsError| CallError::InvalidArgument {
+            field: "state".into(),
+            reason: format!("{:#}", anyhow::Error::from(e)),
+        };
+        let persisted = self.source.added.persisted().map_err(io)?;
+        let runtime = self.source.added.runtime().to_vec();
+        let host = AddedHost {
+            name: p.name.clone(),
+            ports: p
+                .ports
+                .iter()
+                .map(|port| {
+                    port.parse::<i64>()
+                        .map_or_else(|_| toml::Value::String(port.clone()), toml::Value::Integer)
+                })
+                .collect(),
+            label: p.label.clone(),
+        };
+        self.source.added.add(host, p.runtime).map_err(io)?;
+        match self.reload(&format!("add-host {} by uid {uid}", p.name)).await {
+            Err(CallError::ConfigInvalid { errors }) => {
+                self.source.added.restore(&persisted, runtime).map_err(io)?;
+                // The rejected attempt is not the configuration's fault.
+                self.reload.last_error = None;
+                Err(CallError::InvalidArgument {
+                    field: "name".into(),
+                    reason: errors.join("; "),
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn remove_host(&mut self, name: &str, uid: u32) -> Result<ReloadReply, CallError> {
+        let removed = self
+            .source
+            .added
+            .remove(name)
+            .map_err(|e| CallError::InvalidArgument {
+                field: "state".into(),
+                reason: format!("{:#}", anyhow::Error::from(e)),
+            })?;
+        if removed == 0 {
+            if let Some(h) = self.config.hosts.iter().find(|h| h.name == name) {
+                return Err(CallError::InvalidArgument {
+                    field: "name".into(),
+                    reason: format!("`{name}` is configured in {}: edit that file", h.origin.display()),
+                });
+            }
+            return Err(CallError::HostNotFound {
+                name: name.to_string(),
+            });
+        }
+        self.reload(&format!("remove-host {name} by uid {uid}")).await
+    }
+
+    async fn hosts(&mut self) -> Vec<HostInfo> {
+        let dns: HashMap<String, crate::dns::HostStatus> = match &self.dns {
+            Some(d) => d
+                .status()
+                .await
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect(),
+            None => HashMap::new(),
+        };
+        self.config
+            .hosts
+            .iter()
+            .map(|h| {
+                let ports = h
+                    .ports
+                    .0
+                    .iter()
+                    .map(|r| {
+                        if r.start() == r.end() {
+                            r.start().to_string()
+                        } else {
+                            format!("{}-{}", r.start(), r.end())
+                        }
+                    })
+                    .collect();
+                let (kind, addresses, status) = match &h.target {
+                    HostTarget::Net(n) if n.prefix_len() == n.max_prefix_len() => {
+                        ("address", vec![n.addr().to_string()], None)
+                    }
+                    HostTarget::Net(n) => ("cidr", vec![n.to_string()], None),
+                    HostTarget::Name(name) => (
+                        "hostname",
+                        self.resolved
+                            .get(name)
+                            .into_iter()
+                            .flatten()
+                            .map(ToString::to_string)
+                            .collect(),
+                        dns.get(name),
+                    ),
+                };
+                HostInfo {
+                    id: h.id,
+                    name: h.name.clone(),
+                    kind: kind.to_string(),
+                    ports,
+                    label: h.label.clone(),
+                    source: h.origin.display().to_string(),
+                    addresses,
+                    ttl_seconds: status.and_then(|s| s.ttl_seconds),
+                    consecutive_failures: status.map(|s| s.consecutive_failures),
+                    last_error: status.and_then(|s| s.last_error.clone()),
+                }
+            })
+            .collect()
     }
 
     async fn stats(&mut self) -> Answer {

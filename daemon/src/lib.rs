@@ -1,6 +1,7 @@
 //! connectracerd: the egress connection tracer daemon, as a library so the
 //! binary stays thin and integration tests can reach its parts.
 
+pub mod added_hosts;
 pub mod attribution;
 pub mod bpf;
 pub mod cli;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::added_hosts::AddedHosts;
 use crate::cli::{Args, LogFormatArg, TraceArg};
 use crate::config::{Config, ConfigErrors, LogFormat, TraceMode};
 
@@ -18,10 +19,12 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The files a configuration is read from, and the command-line options
 /// that override them (on every reload too).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConfigSource {
     /// `None`: the default location, where a missing main file means defaults.
     pub path: Option<PathBuf>,
+    /// Hosts added with tracectl, merged after /etc's files.
+    pub added: AddedHosts,
     pub cgroup: Option<PathBuf>,
     pub trace: Option<TraceMode>,
     pub log_format: Option<LogFormat>,
@@ -31,6 +34,7 @@ impl ConfigSource {
     pub fn from_args(args: &Args) -> Self {
         Self {
             path: args.config.clone(),
+            added: AddedHosts::new(&args.state_dir),
             cgroup: args.cgroup.clone(),
             trace: args.trace.map(|t| match t {
                 TraceArg::Watched => TraceMode::Watched,
@@ -50,7 +54,9 @@ impl ConfigSource {
     }
 
     pub fn load(&self) -> Result<Config, ConfigErrors> {
-        let mut config = crate::config::load(self.path.as_deref())?;
+        let mut sources = crate::config::read_sources(self.path.as_deref())?;
+        sources.extend(self.added.sources());
+        let mut config = crate::config::parse_files(&sources)?;
         if let Some(cg) = &self.cgroup {
             config.cgroup = Some(cg.clone());
         }

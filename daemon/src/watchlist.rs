@@ -133,6 +133,7 @@ mod tests {
             target: HostTarget::Net(net.parse().unwrap()),
             ports: PortSet(ports.iter().map(|(a, b)| *a..=*b).collect()),
             label: None,
+            origin: "test.toml".into(),
         }
     }
 

@@ -39,6 +39,9 @@ pub struct Reply {
 /// Errors a call can end with, by their varlink names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
+    HostNotFound {
+        name: String,
+    },
     AccessDenied {
         reason: String,
     },
@@ -70,6 +73,7 @@ impl CallError {
             CallError::InterfaceNotFound { .. } => format!("{SERVICE_INTERFACE}.InterfaceNotFound"),
             CallError::InvalidParameter { .. } => format!("{SERVICE_INTERFACE}.InvalidParameter"),
             CallError::ConfigInvalid { .. } => format!("{INTERFACE}.ConfigInvalid"),
+            CallError::HostNotFound { .. } => format!("{INTERFACE}.HostNotFound"),
         }
     }
 
@@ -95,6 +99,9 @@ impl CallError {
             }
             CallError::ConfigInvalid { errors } => {
                 p.insert("errors".into(), errors.into());
+            }
+            CallError::HostNotFound { name } => {
+                p.insert("name".into(), name.into());
             }
         }
         Reply {
@@ -129,6 +136,7 @@ impl CallError {
             "InterfaceNotFound" => CallError::InterfaceNotFound {
                 interface: get("interface"),
             },
+            "HostNotFound" => CallError::HostNotFound { name: get("name") },
             "ConfigInvalid" => CallError::ConfigInvalid {
                 errors: r
                     .parameters
@@ -147,6 +155,7 @@ impl CallError {
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            CallError::HostNotFound { name } => write!(f, "no added host named `{name}`"),
             CallError::AccessDenied { reason } => write!(f, "access denied: {reason}"),
             CallError::InvalidArgument { field, reason } => write!(f, "invalid {field}: {reason}"),
             CallError::MethodNotFound { method } => write!(f, "the daemon has no method {method}"),
@@ -246,6 +255,48 @@ pub struct ReloadReply {
     pub epoch: u32,
     /// Settings that changed but take effect only at restart.
     pub needs_restart: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddHostParams {
+    /// Hostname, IP address or CIDR.
+    pub name: String,
+    /// Ports ("443") or ranges ("8000-8100"); empty: every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Until the daemon restarts only, instead of persisted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub runtime: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveHostParams {
+    pub name: String,
+}
+
+/// One watched host as the daemon applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub id: u32,
+    pub name: String,
+    /// "address", "cidr" or "hostname".
+    pub kind: String,
+    pub ports: Vec<String>,
+    pub label: Option<String>,
+    /// The file that declares it, or the run-time source.
+    pub source: String,
+    /// What the kernel matches for it now.
+    pub addresses: Vec<String>,
+    pub ttl_seconds: Option<u64>,
+    pub consecutive_failures: Option<u32>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostsReply {
+    pub hosts: Vec<HostInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -211,3 +211,91 @@ fn raw_varlink_errors_are_typed_and_the_connection_survives() {
         call(&mut s2, br#"{"method":"org.connectracer.Tracer.GetStats"}"#)["parameters"]["stats"].is_object()
     );
 }
+
+/// tracectl add-host watches a destination at once, persists it across a
+/// restart (or not, with --runtime), lists it, and remove-host undoes it.
+#[test]
+fn add_host_persists_runtime_does_not_and_remove_undoes() {
+    let cg = TestCgroup::new("addhost");
+    let mut d = Daemon::start(&cg, "trace = \"watched\"\n[[host]]\nname = \"127.0.0.9\"\n").unwrap();
+    let port = connectracer_tests::closed_port("127.0.0.1:0").port();
+    let dst = format!("127.0.0.1:{port}");
+    let other = format!("127.0.0.2:{port}");
+    let traced = |d: &mut Daemon, dst: &str| -> Option<Value> {
+        let pid = connectracer_tests::probe(&cg, &["connect", dst]).unwrap()["pid"]
+            .as_u64()
+            .unwrap();
+        d.wait_for(Duration::from_secs(2), |s| {
+            s.iter()
+                .any(|e| e["event"] == "failed" && e["process"]["pid"] == pid)
+        })
+        .ok()?;
+        d.events("connect", Some(pid)).next().cloned()
+    };
+    assert!(traced(&mut d, &dst).is_none());
+
+    let p = port.to_string();
+    let (code, out, err) = tracectl(&d, &["add-host", "127.0.0.1", "--port", &p, "--label", "added"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(traced(&mut d, &dst).unwrap()["label"], "added");
+    let (code, _, err) = tracectl(&d, &["add-host", "127.0.0.2", "--runtime"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(traced(&mut d, &other).is_some());
+
+    // Bad and duplicate hosts are refused with the reason; nothing changes.
+    let (code, _, err) = tracectl(&d, &["add-host", "10.0.0.1/99"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("`10.0.0.1/99` is not an IP address, CIDR or hostname"),
+        "{err}"
+    );
+    let (code, _, err) = tracectl(&d, &["add-host", "127.0.0.1", "--port", &p, "--label", "again"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already watched"), "{err}");
+
+    let (code, out, _) = tracectl(&d, &["--json", "hosts"]);
+    assert_eq!(code, 0);
+    let hosts: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<(&str, &str)> = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap(), h["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("127.0.0.9", "address"),
+            ("127.0.0.1", "address"),
+            ("127.0.0.2", "address")
+        ]
+    );
+    assert!(hosts["hosts"][1]["source"]
+        .as_str()
+        .unwrap()
+        .ends_with("hosts.toml"));
+    assert_eq!(hosts["hosts"][2]["source"], "<tracectl add-host --runtime>");
+
+    // Restart: the persisted host stays, the run-time one is gone.
+    d.stop().unwrap();
+    let (cfg, socket, pin_dir) = d.crash();
+    let mut d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
+    assert_eq!(traced(&mut d, &dst).unwrap()["label"], "added");
+    assert!(traced(&mut d, &other).is_none());
+
+    // Only added hosts can be removed here.
+    let (code, _, err) = tracectl(&d, &["remove-host", "127.0.0.9"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is configured in") && err.contains("connectracer.toml: edit that file"),
+        "{err}"
+    );
+    let (code, _, err) = tracectl(&d, &["remove-host", "192.0.2.1"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "tracectl: no added host named `192.0.2.1`\n")
+    );
+    let (code, _, err) = tracectl(&d, &["remove-host", "127.0.0.1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(traced(&mut d, &dst).is_none());
+}

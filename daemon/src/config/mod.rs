@@ -55,6 +55,8 @@ pub struct WatchedHost {
     pub target: HostTarget,
     pub ports: PortSet,
     pub label: Option<String>,
+    /// The file that declares it (or the run-time source of added hosts).
+    pub origin: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -240,6 +242,11 @@ pub fn sources(main: &Path) -> Vec<PathBuf> {
 /// append. A missing main file at the default location means built-in
 /// defaults (plus any drop-ins); a missing file the user named is an error.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    parse_files(&read_sources(path)?)
+}
+
+/// The texts `load` parses, for callers that add sources of their own.
+pub fn read_sources(path: Option<&Path>) -> Result<Vec<(PathBuf, String)>, ConfigErrors> {
     let (main, explicit) = match path {
         Some(p) => (p, true),
         None => (Path::new(DEFAULT_CONFIG_PATH), false),
@@ -262,5 +269,5 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    parse_files(&texts)
+    Ok(texts)
 }

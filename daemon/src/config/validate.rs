@@ -133,6 +133,7 @@ fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
         seen.insert(dedup, loc.clone());
         hosts.push(WatchedHost {
             id: hosts.len() as u32 + 1,
+            origin: loc.file.clone(),
             ..h
         });
         locs.push((loc, key));
@@ -402,6 +403,7 @@ fn host(ctx: &mut Ctx<'_>, h: &RawHost, i: usize) -> Option<WatchedHost> {
         target: target?,
         ports: ports?,
         label,
+        origin: PathBuf::new(),
     })
 }
 

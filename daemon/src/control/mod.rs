@@ -5,7 +5,9 @@ pub mod authz;
 pub mod query;
 pub mod server;
 
-use connectracer_proto::varlink::{CallError, ConnectionsParams, PsParams, WhoParams};
+use connectracer_proto::varlink::{
+    AddHostParams, CallError, ConnectionsParams, PsParams, RemoveHostParams, WhoParams,
+};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -20,6 +22,9 @@ pub enum Method {
     Ps(PsParams),
     Connections(ConnectionsParams),
     Reload,
+    AddHost(AddHostParams),
+    RemoveHost(RemoveHostParams),
+    Hosts,
 }
 
 pub type Answer = Result<Map<String, Value>, CallError>;

@@ -170,6 +170,9 @@ async fn dispatch(call: &Call, caller: Caller, requests: &mpsc::Sender<Request>)
         (INTERFACE, "Ps") => Method::Ps(params(call)?),
         (INTERFACE, "Connections") => Method::Connections(params(call)?),
         (INTERFACE, "Reload") => Method::Reload,
+        (INTERFACE, "AddHost") => Method::AddHost(params(call)?),
+        (INTERFACE, "RemoveHost") => Method::RemoveHost(params(call)?),
+        (INTERFACE, "Hosts") => Method::Hosts,
         (SERVICE_INTERFACE | INTERFACE, _) => {
             return Err(CallError::MethodNotFound {
                 method: call.method.clone(),
