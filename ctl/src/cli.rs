@@ -92,6 +92,15 @@ pub enum Command {
     RemoveHost { name: String },
     /// Watched hosts, their addresses and DNS state.
     Hosts,
+    /// Stream connection events as they happen.
+    Watch {
+        /// Only this process's connections.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Only connections to this watched host (its name or label).
+        #[arg(long)]
+        host: Option<String>,
+    },
 }
 
 #[cfg(test)]

@@ -66,6 +66,52 @@ impl Client {
         })
     }
 
+    /// A streaming call (`more: true`): `each` gets every reply until it
+    /// returns false or the daemon ends the stream.
+    pub fn stream<P: Serialize, R: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: &P,
+        mut each: impl FnMut(R) -> bool,
+    ) -> Result<(), ClientError> {
+        let call = Call {
+            method: method.to_string(),
+            parameters: to_parameters(params),
+            more: true,
+            oneway: false,
+        };
+        let path = self.path.clone();
+        let io = |source| ClientError::Io {
+            path: path.clone(),
+            source,
+        };
+        // Events may be minutes apart.
+        self.writer.set_read_timeout(None).map_err(io)?;
+        let mut bytes = serde_json::to_vec(&call).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        bytes.push(0);
+        self.writer.write_all(&bytes).map_err(io)?;
+        loop {
+            let mut buf = Vec::new();
+            (&mut self.reader)
+                .take(MAX_REPLY)
+                .read_until(0, &mut buf)
+                .map_err(io)?;
+            if buf.pop() != Some(0) {
+                return Ok(());
+            }
+            let reply: Reply =
+                serde_json::from_slice(&buf).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(err) = CallError::from_reply(&reply) {
+                return Err(ClientError::Call(err));
+            }
+            let value = serde_json::from_value(serde_json::Value::Object(reply.parameters))
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if !each(value) || !reply.continues {
+                return Ok(());
+            }
+        }
+    }
+
     pub fn call<P: Serialize, R: DeserializeOwned>(
         &mut self,
         method: &str,

@@ -2,12 +2,13 @@ mod cli;
 mod client;
 mod output;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use connectracer_proto::varlink::{
     AddHostParams, CallError, ConnectionsParams, ConnectionsReply, HostsReply, PsParams, ReloadReply,
-    RemoveHostParams, StatsReply, VersionReply, WhoParams, INTERFACE,
+    RemoveHostParams, StatsReply, VersionReply, WatchParams, WatchReply, WhoParams, INTERFACE,
 };
 use connectracer_proto::{ConnState, Protocol};
 use serde::Serialize;
@@ -114,6 +115,22 @@ fn run(args: &Args) -> Result<(), ClientError> {
         Command::Hosts => {
             let r: HostsReply = c.call(&m("Hosts"), &serde_json::json!({}))?;
             print(args.json, &r, |r| output::hosts(&r.hosts));
+        }
+        Command::Watch { pid, host } => {
+            let filter = WatchParams {
+                pid: *pid,
+                host: host.clone(),
+            };
+            let mut out = std::io::stdout().lock();
+            c.stream(&m("Watch"), &filter, |r: WatchReply| {
+                let line = if args.json {
+                    serde_json::to_string(&r).unwrap_or_default()
+                } else {
+                    output::watch_line(&r)
+                };
+                // Stop when stdout is gone (e.g. piped into head).
+                writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+            })?;
         }
         Command::Version => {
             let r: VersionReply = c.call(&m("GetVersion"), &serde_json::json!({}))?;

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use connectracer_proto::varlink::{HostInfo, Stats};
+use connectracer_proto::varlink::{HostInfo, Stats, WatchReply};
 use connectracer_proto::Connection;
 
 fn age(t: SystemTime) -> String {
@@ -161,4 +161,32 @@ pub fn hosts(hosts: &[HostInfo]) -> String {
         let _ = writeln!(out, " ({})", h.source);
     }
     out
+}
+
+/// One line per streamed event.
+pub fn watch_line(r: &WatchReply) -> String {
+    match r {
+        WatchReply::Missed { missed } => format!("({missed} events missed: this client read too slowly)"),
+        WatchReply::Event { event, connection: c } => {
+            let p = &c.process;
+            let mut s = format!("{event} {} ", c.protocol.as_str());
+            if let Some(src) = c.src {
+                let _ = write!(s, "{src} -> ");
+            }
+            let _ = write!(s, "{} pid={} comm={}", c.dst, p.pid, p.comm);
+            if let Some(exe) = &p.exe {
+                let _ = write!(s, " exe={exe}");
+            }
+            if let Some(h) = c.label.as_ref().or(c.host.as_ref()) {
+                let _ = write!(s, " host={h}");
+            }
+            if let Some(u) = &p.unit {
+                let _ = write!(s, " unit={u}");
+            }
+            if let Some(r) = c.fail_reason {
+                let _ = write!(s, " reason={}", r.as_str());
+            }
+            s
+        }
+    }
 }

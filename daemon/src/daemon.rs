@@ -186,7 +186,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
 
     let listener = control::server::bind(control_socket).context("control socket")?;
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
-    let server = tokio::spawn(control::server::serve(listener, ctl_tx));
+    let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
     info!(socket = %control_socket.display(), "control socket listening");
 
     let metrics =

@@ -43,6 +43,34 @@ pub struct Pipeline {
     boot_wall: SystemTime,
     stats: PipelineStats,
     metrics: Option<Metrics>,
+    /// Live subscribers (tracectl watch); events are cloned only when some
+    /// are listening.
+    watchers: tokio::sync::broadcast::Sender<Arc<WatchEvent>>,
+}
+
+/// An event as streamed to watchers.
+#[derive(Debug)]
+pub struct WatchEvent {
+    pub kind: EventKind,
+    pub connection: Connection,
+}
+
+/// Events buffered per watcher before it is told it missed some.
+const WATCH_QUEUE: usize = 4096;
+
+fn emit(
+    log: &EventLog,
+    watchers: &tokio::sync::broadcast::Sender<Arc<WatchEvent>>,
+    kind: EventKind,
+    c: &Connection,
+) {
+    log.log(kind, c);
+    if watchers.receiver_count() > 0 {
+        let _ = watchers.send(Arc::new(WatchEvent {
+            kind,
+            connection: c.clone(),
+        }));
+    }
 }
 
 /// Wall-clock time at which CLOCK_MONOTONIC was zero.
@@ -63,6 +91,7 @@ impl Pipeline {
             boot_wall: monotonic_epoch(),
             stats: PipelineStats::default(),
             metrics: None,
+            watchers: tokio::sync::broadcast::channel(WATCH_QUEUE).0,
         }
     }
 
@@ -81,6 +110,10 @@ impl Pipeline {
             .map(|h| (h.id, (h.name.clone(), h.label.clone())))
             .collect();
         self.hosts.insert(epoch, (Arc::new(names), None));
+    }
+
+    pub fn watchers(&self) -> tokio::sync::broadcast::Sender<Arc<WatchEvent>> {
+        self.watchers.clone()
     }
 
     pub fn set_metrics(&mut self, metrics: Metrics) {
@@ -159,7 +192,7 @@ impl Pipeline {
             EventKind::Connect
         };
         let conn = self.table.insert(conn);
-        self.log.log(kind, conn);
+        emit(&self.log, &self.watchers, kind, conn);
         // UDP has no handshake: its connect or first datagram is the outcome.
         if conn.protocol == connectracer_proto::Protocol::Udp {
             if let Some(m) = &mut self.metrics {
@@ -171,7 +204,7 @@ impl Pipeline {
     fn on_established(&mut self, c: &ConnRecord) {
         match self.table.established(c.cookie, c.src) {
             Some(conn) => {
-                self.log.log(EventKind::Established, conn);
+                emit(&self.log, &self.watchers, EventKind::Established, conn);
                 if let Some(m) = &mut self.metrics {
                     m.connection(conn, "established");
                 }
@@ -206,7 +239,7 @@ impl Pipeline {
         };
         for id in ids {
             if let Some(conn) = self.table.get(id) {
-                self.log.log(kind, conn);
+                emit(&self.log, &self.watchers, kind, conn);
                 if let Some(m) = &mut self.metrics {
                     if failed {
                         m.connection(conn, "failed");

@@ -299,6 +299,31 @@ pub struct HostsReply {
     pub hosts: Vec<HostInfo>,
 }
 
+/// Filters of a Watch stream; all given ones must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// A watched host's name as configured (or its label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// One reply of a Watch stream: an event, or how many this client missed
+/// because it read too slowly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WatchReply {
+    Event {
+        event: String,
+        connection: Box<Connection>,
+    },
+    Missed {
+        missed: u64,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsReply {
     pub stats: Stats,

@@ -299,3 +299,51 @@ fn add_host_persists_runtime_does_not_and_remove_undoes() {
     assert_eq!(code, 0, "{err}");
     assert!(traced(&mut d, &dst).is_none());
 }
+
+/// tracectl watch streams events as they happen, filtered by pid; a call
+/// without "more" is refused.
+#[test]
+fn watch_streams_live_events_with_filters() {
+    let cg = TestCgroup::new("watch");
+    let d = Daemon::start(&cg, "trace = \"all\"\n").unwrap();
+    let mut watcher = Command::new(bin_path("tracectl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["--json", "watch", "--host", "none-such"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut all = Command::new(bin_path("tracectl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["--json", "watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give both streams a moment to subscribe.
+    std::thread::sleep(Duration::from_millis(300));
+    let dst = connectracer_tests::closed_port("127.0.0.1:0").to_string();
+    let pid = connectracer_tests::probe(&cg, &["connect", &dst]).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let mut lines = BufReader::new(all.stdout.take().unwrap()).lines();
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if v["connection"]["process"]["pid"] == pid {
+            kinds.push(v["event"].as_str().unwrap().to_string());
+            assert_eq!(v["connection"]["dst"], dst.as_str());
+        }
+    }
+    assert_eq!(kinds, ["connect", "failed"]);
+    all.kill().unwrap();
+    all.wait().unwrap();
+    watcher.kill().unwrap();
+    let filtered = watcher.wait_with_output().unwrap();
+    assert!(filtered.stdout.is_empty(), "the host filter let events through");
+
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let refused = call(&mut s, br#"{"method":"org.connectracer.Tracer.Watch"}"#);
+    assert_eq!(refused["error"], "org.connectracer.Tracer.InvalidArgument");
+    assert_eq!(refused["parameters"]["field"], "more");
+}

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use connectracer_proto::varlink::{
-    to_parameters, Call, CallError, Reply, DESCRIPTION, INTERFACE, MAX_MESSAGE, SERVICE_INTERFACE,
+    to_parameters, Call, CallError, Reply, WatchParams, WatchReply, DESCRIPTION, INTERFACE, MAX_MESSAGE,
+    SERVICE_INTERFACE,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::authz::ADMIN_GROUP;
 use super::{Answer, Caller, Method, Request};
+use crate::pipeline::WatchEvent;
 
 /// Clients served at once; more wait in the accept queue.
 const MAX_CLIENTS: usize = 128;
@@ -76,7 +78,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
+pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watchers: Watchers) {
     let slots = std::sync::Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -91,8 +93,9 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
             }
         };
         let requests = requests.clone();
+        let watchers = watchers.clone();
         tokio::spawn(async move {
-            if let Err(e) = client(stream, requests).await {
+            if let Err(e) = client(stream, requests, watchers).await {
                 tracing::debug!("control client: {e}");
             }
             drop(permit);
@@ -100,7 +103,11 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
     }
 }
 
-async fn client(stream: UnixStream, requests: mpsc::Sender<Request>) -> std::io::Result<()> {
+async fn client(
+    stream: UnixStream,
+    requests: mpsc::Sender<Request>,
+    watchers: Watchers,
+) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let caller = Caller::from_peer(cred.uid(), cred.gid(), cred.pid());
     let (rd, mut wr) = stream.into_split();
@@ -124,6 +131,17 @@ async fn client(stream: UnixStream, requests: mpsc::Sender<Request>) -> std::io:
         }
         buf.pop();
         let (reply, oneway) = match serde_json::from_slice::<Call>(&buf) {
+            Ok(call) if call.method == format!("{INTERFACE}.Watch") => {
+                // A stream takes over the connection until the client leaves.
+                return match (call.more, params::<WatchParams>(&call)) {
+                    (true, Ok(filter)) => watch(&mut wr, caller, &filter, watchers.subscribe()).await,
+                    (false, _) => {
+                        let e = invalid("more", "Watch streams events: call it with \"more\": true".into());
+                        write(&mut wr, &e.into_reply()).await
+                    }
+                    (_, Err(e)) => write(&mut wr, &e.into_reply()).await,
+                };
+            }
             Ok(call) => (dispatch(&call, caller, &requests).await, call.oneway),
             Err(e) => (Err(invalid("message", format!("not a varlink call: {e}"))), false),
         };
@@ -138,6 +156,45 @@ async fn client(stream: UnixStream, requests: mpsc::Sender<Request>) -> std::io:
             };
             write(&mut wr, &reply).await?;
         }
+    }
+}
+
+pub type Watchers = tokio::sync::broadcast::Sender<std::sync::Arc<WatchEvent>>;
+
+/// Streams events matching `filter` that the caller may see, until the
+/// client goes away. A client that falls behind is told how many it missed.
+async fn watch(
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    caller: Caller,
+    filter: &WatchParams,
+    mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<WatchEvent>>,
+) -> std::io::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let reply = match events.recv().await {
+            Ok(ev) => {
+                let c = &ev.connection;
+                let host_ok = filter
+                    .host
+                    .as_ref()
+                    .is_none_or(|h| c.host.as_ref() == Some(h) || c.label.as_ref() == Some(h));
+                if !caller.may_see(c) || filter.pid.is_some_and(|p| p != c.process.pid) || !host_ok {
+                    continue;
+                }
+                WatchReply::Event {
+                    event: ev.kind.as_str().to_string(),
+                    connection: Box::new(c.clone()),
+                }
+            }
+            Err(RecvError::Lagged(missed)) => WatchReply::Missed { missed },
+            Err(RecvError::Closed) => return Ok(()),
+        };
+        let reply = Reply {
+            error: None,
+            parameters: to_parameters(&reply),
+            continues: true,
+        };
+        write(wr, &reply).await?;
     }
 }
 
