@@ -72,6 +72,11 @@ pub enum Command {
     Stats,
     /// The daemon's version and kernel.
     Version,
+    /// Print a completion script for a shell (no daemon needed).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Re-read /etc/connectracer and apply it (root or group connectracer).
     Reload,
     /// Watch a hostname, IP or CIDR (root or group connectracer).

@@ -34,6 +34,15 @@ fn print<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T) -> String) 
 }
 
 fn run(args: &Args) -> Result<(), ClientError> {
+    if let Command::Completions { shell } = &args.command {
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        // Into a buffer: clap_complete panics when its writer fails, and a
+        // closed pipe (`| head`) is not worth a panic.
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut cmd, "tracectl", &mut script);
+        let _ = std::io::stdout().write_all(&script);
+        return Ok(());
+    }
     let mut c = Client::connect(&args.socket)?;
     let m = |name: &str| format!("{INTERFACE}.{name}");
     let list = |r: &ConnectionsReply| output::connections(&r.connections);
@@ -132,6 +141,7 @@ fn run(args: &Args) -> Result<(), ClientError> {
                 writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
             })?;
         }
+        Command::Completions { .. } => unreachable!("handled before connecting"),
         Command::Version => {
             let r: VersionReply = c.call(&m("GetVersion"), &serde_json::json!({}))?;
             print(args.json, &r, |r| {

@@ -131,3 +131,24 @@ fn bundled_config_examples_are_valid_when_uncommented() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("(3 watched hosts)"));
 }
+
+#[test]
+fn tracectl_prints_completions_without_a_daemon() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(bin_path("tracectl"))
+            .args(["--socket", "/nonexistent", "completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("add-host") && script.contains("who"),
+            "{shell}: {script}"
+        );
+    }
+    let out = Command::new(bin_path("tracectl"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "unknown shell is a usage error");
+}

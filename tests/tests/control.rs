@@ -347,3 +347,31 @@ fn watch_streams_live_events_with_filters() {
     assert_eq!(refused["error"], "org.connectracer.Tracer.InvalidArgument");
     assert_eq!(refused["parameters"]["field"], "more");
 }
+
+/// A client that sends half a request and stalls holds up nobody: 100
+/// concurrent clients all get their answers.
+#[test]
+fn a_hundred_clients_and_a_stalled_one_are_all_served() {
+    let cg = TestCgroup::new("many");
+    let d = Daemon::start(&cg, "").unwrap();
+    let mut stalled = UnixStream::connect(&d.socket).unwrap();
+    stalled.write_all(br#"{"method":"org.connectracer.Tra"#).unwrap();
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let path = d.socket.clone();
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(&path).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                call(&mut s, br#"{"method":"org.connectracer.Tracer.GetStats"}"#)
+            })
+        })
+        .collect();
+    for c in clients {
+        let reply = c.join().expect("a client got no answer in time");
+        assert!(
+            reply["parameters"]["stats"]["uptime_seconds"].is_number(),
+            "{reply}"
+        );
+    }
+    drop(stalled);
+}
