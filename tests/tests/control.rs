@@ -375,3 +375,49 @@ fn a_hundred_clients_and_a_stalled_one_are_all_served() {
     }
     drop(stalled);
 }
+
+/// The `varlink` package from PyPI, an independent implementation, parses
+/// the interface description, calls methods and follows a Watch stream.
+#[test]
+fn an_independent_varlink_client_works() {
+    let cg = TestCgroup::new("pyvarlink");
+    let d = Daemon::start(&cg, "trace = \"all\"\n").unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/varlink_client.py");
+    let mut py = Command::new("python3")
+        .arg(&script)
+        .arg(&d.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (with `pip install varlink`, done by scripts/install-deps)");
+    // A hung client must fail the test, not hang it.
+    let py_pid = nix::unistd::Pid::from_raw(py.id() as i32);
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        let _ = nix::sys::signal::kill(py_pid, nix::sys::signal::SIGKILL);
+    });
+    let mut lines = BufReader::new(py.stdout.take().unwrap()).lines();
+    let mut next = || -> Value {
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("python client said {line:?}"))
+    };
+    assert_eq!(
+        next()["interfaces"],
+        json!(["org.varlink.service", "org.connectracer.Tracer"])
+    );
+    assert_eq!(next()["version"], env!("CARGO_PKG_VERSION"));
+    assert!(next()["connections"].is_number());
+    // The stream is open now: make an event for it.
+    std::thread::sleep(Duration::from_millis(300));
+    let dst = connectracer_tests::closed_port("127.0.0.1:0").to_string();
+    let pid = connectracer_tests::probe(&cg, &["connect", &dst]).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let ev = next();
+    assert_eq!(
+        (ev["event"].as_str(), ev["pid"].as_u64()),
+        (Some("connect"), Some(pid))
+    );
+    let out = py.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
