@@ -5,6 +5,7 @@
 //! ct-bench [CONNECTS] [REPETITIONS]   (run as root, from the workspace's target dir)
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -14,6 +15,8 @@ struct Scenario {
     name: &'static str,
     /// None: no daemon at all.
     config: Option<String>,
+    /// Run the client under strace (the peer method), not a daemon.
+    strace: bool,
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -39,11 +42,21 @@ fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64) -> anyhow::Result<
     let dpid = daemon.as_ref().map(Daemon::pid);
     let cpu0 = dpid.map(cpu_ticks);
     let t0 = Instant::now();
-    let out = cg
-        .command(&bin_path("ct-probe"))
-        .args(["flood", dst, &n.to_string(), "rst"])
-        .output()
-        .context("ct-probe")?;
+    let probe = bin_path("ct-probe");
+    let n_arg = n.to_string();
+    let out = if s.strace {
+        cg.command(Path::new("/usr/bin/strace"))
+            .args(["-f", "-e", "trace=network", "-o", "/dev/null"])
+            .arg(&probe)
+            .args(["flood", dst, &n_arg, "rst"])
+            .output()
+            .context("strace (Debian package strace)")?
+    } else {
+        cg.command(&probe)
+            .args(["flood", dst, &n_arg, "rst"])
+            .output()
+            .context("ct-probe")?
+    };
     let secs = t0.elapsed().as_secs_f64();
     anyhow::ensure!(
         out.status.success(),
@@ -92,26 +105,36 @@ fn main() -> anyhow::Result<()> {
         Scenario {
             name: "no daemon",
             config: None,
+            strace: false,
         },
         Scenario {
             name: "trace=watched, destination not watched",
             config: Some(format!(
                 "trace = \"watched\"\n[[host]]\nname = \"192.0.2.0/24\"\n{quiet}"
             )),
+            strace: false,
         },
         Scenario {
             name: "trace=watched, destination watched",
             config: Some(format!(
                 "trace = \"watched\"\n[[host]]\nname = \"127.0.0.0/8\"\nports = [{port}]\n{quiet}"
             )),
+            strace: false,
         },
         Scenario {
             name: "trace=all",
             config: Some(format!("trace = \"all\"\n{quiet}")),
+            strace: false,
         },
         Scenario {
             name: "trace=all, wake per event (wakeup_threshold = 0)",
             config: Some(format!("trace = \"all\"\n[bpf]\nwakeup_threshold = 0\n{quiet}")),
+            strace: false,
+        },
+        Scenario {
+            name: "peer method: strace -f -e trace=network, no daemon",
+            config: None,
+            strace: true,
         },
     ];
     let cg = TestCgroup::new("bench");
@@ -163,6 +186,144 @@ fn main() -> anyhow::Result<()> {
             s.name
         );
     }
+    resources(&cg, &dst)?;
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn varlink_call(s: &mut std::os::unix::net::UnixStream, msg: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, Write};
+    s.write_all(msg.as_bytes())?;
+    s.write_all(b"\0")?;
+    let mut buf = Vec::new();
+    std::io::BufReader::new(&mut *s).read_until(0, &mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+fn flood(cg: &TestCgroup, dst: &str, n: u64) -> anyhow::Result<()> {
+    let out = cg
+        .command(&bin_path("ct-probe"))
+        .args(["flood", dst, &n.to_string(), "rst"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "ct-probe flood failed");
+    Ok(())
+}
+
+/// Memory after 100,000 and 1,000,000 traced connections, query latency
+/// with the table full, and reload time with 10,000 hosts.
+fn resources(cg: &TestCgroup, dst: &str) -> anyhow::Result<()> {
+    let mut d = Daemon::start(cg, "trace = \"all\"\n[log]\nevents = false\n")?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let idle = rss_kib(d.pid());
+    flood(cg, dst, 100_000)?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let after_100k = rss_kib(d.pid());
+    for _ in 0..9 {
+        flood(cg, dst, 100_000)?;
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let after_1m = rss_kib(d.pid());
+
+    let mut sock = std::os::unix::net::UnixStream::connect(&d.socket)?;
+    let stats = varlink_call(&mut sock, r#"{"method":"org.connectracer.Tracer.GetStats"}"#)?;
+    let table: serde_json::Value = serde_json::from_str(stats.trim_end_matches('\0'))?;
+    let entries = table["parameters"]["stats"]["table_open"].as_u64().unwrap_or(0)
+        + table["parameters"]["stats"]["table_closed"].as_u64().unwrap_or(0);
+    let ip = dst.rsplit_once(':').map_or(dst, |(ip, _)| ip);
+    let who = format!(r#"{{"method":"org.connectracer.Tracer.Who","parameters":{{"address":"{ip}"}}}}"#);
+    let local = r#"{"method":"org.connectracer.Tracer.Who","parameters":{"local_port":40000}}"#;
+    let time = |s: &mut std::os::unix::net::UnixStream, m: &str, n: usize| -> anyhow::Result<(f64, f64)> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            varlink_call(s, m)?;
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(percentiles(v))
+    };
+    let (who_p50, who_p99) = time(&mut sock, &who, 200)?;
+    let (port_p50, port_p99) = time(&mut sock, local, 2000)?;
+    let mut ss = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        std::process::Command::new("ss").arg("-tnp").output()?;
+        ss.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let (ss_p50, ss_p99) = percentiles(ss);
+
+    let hosts: String = (0..10_000u32)
+        .map(|i| {
+            format!(
+                "[[host]]\nname = \"10.{}.{}.{}\"\nports = [443]\n",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            )
+        })
+        .collect();
+    let mut reloads = Vec::new();
+    for k in 0..5 {
+        // Alternate so that every reload changes something.
+        let label = if k % 2 == 0 {
+            ""
+        } else {
+            "[[host]]\nname = \"192.0.2.1\"\n"
+        };
+        d.config
+            .write(&format!("trace = \"all\"\n[log]\nevents = false\n{hosts}{label}"));
+        let t = Instant::now();
+        d.signal(nix::sys::signal::Signal::SIGHUP);
+        d.wait_log("configuration applied", std::time::Duration::from_secs(60))?;
+        reloads.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (reload_p50, reload_max) = (
+        percentiles(reloads.clone()).0,
+        reloads.iter().copied().fold(0.0, f64::max),
+    );
+    let counters = d.stop()?;
+
+    println!();
+    println!("Daemon resources and control plane (trace=all, defaults):");
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| RSS idle | {:.1} MiB |", idle as f64 / 1024.0);
+    println!(
+        "| RSS after 100,000 traced connections | {:.1} MiB |",
+        after_100k as f64 / 1024.0
+    );
+    println!(
+        "| RSS after 1,000,000 traced connections | {:.1} MiB |",
+        after_1m as f64 / 1024.0
+    );
+    println!(
+        "| events dropped over the 1,100,000 connections | {} |",
+        counters["dropped"]
+    );
+    println!("| connections in the table when queried | {entries} |");
+    println!("| `who <address>` over the socket, p50 / p99 (answer: every entry) | {who_p50:.0} / {who_p99:.0} µs |");
+    println!("| `who --local-port` over the socket, p50 / p99 | {port_p50:.0} / {port_p99:.0} µs |");
+    println!("| `ss -tnp` (the /proc way, this host's sockets), p50 / p99 | {ss_p50:.0} / {ss_p99:.0} µs |");
+    println!("| reload with 10,000 hosts, SIGHUP to applied, median / max of 5 | {reload_p50:.1} / {reload_max:.1} ms |");
     Ok(())
 }
 
