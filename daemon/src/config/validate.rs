@@ -29,12 +29,17 @@ struct Loc {
 struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
+    /// Byte offset where each line starts: a location is a binary search,
+    /// not a scan of the text (10,000 hosts would make that quadratic).
+    line_starts: Vec<usize>,
     errors: &'a mut Vec<ConfigError>,
 }
 
 impl Ctx<'_> {
     fn loc(&self, span: Option<Range<usize>>) -> Loc {
-        let (line, column) = span.map_or((0, 0), |s| line_col(self.text, s.start));
+        let (line, column) = span.map_or((0, 0), |s| {
+            line_col(&self.line_starts, s.start.min(self.text.len()))
+        });
         Loc {
             file: self.file.to_path_buf(),
             line,
@@ -62,11 +67,16 @@ fn push(errors: &mut Vec<ConfigError>, loc: &Loc, key: impl Into<String>, messag
     });
 }
 
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
 /// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+fn line_col(line_starts: &[usize], offset: usize) -> (usize, usize) {
+    let line = line_starts.partition_point(|start| *start <= offset);
+    let column = offset - line_starts[line.saturating_sub(1)] + 1;
     (line, column)
 }
 
@@ -94,6 +104,7 @@ pub fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> 
         let mut ctx = Ctx {
             file,
             text,
+            line_starts: line_starts(text),
             errors: &mut errors,
         };
         match toml::from_str::<RawConfig>(text) {
