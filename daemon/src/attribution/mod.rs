@@ -118,15 +118,7 @@ mod tests {
     use crate::bpf::event::ConnKind;
 
     fn exec(pid: u32, exe: &str) -> ProcRecord {
-        ProcRecord::Exec {
-            pid,
-            ppid: 1,
-            uid: 0,
-            start_ns: 1,
-            comm: "x".into(),
-            filename: exe.into(),
-            argv: vec![exe.into()],
-        }
+        process::test_exec(pid, exe)
     }
 
     fn connect(pid: u32) -> ConnRecord {

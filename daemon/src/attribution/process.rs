@@ -236,20 +236,26 @@ impl ProcessCache {
     }
 }
 
+/// An exec record of `exe` (argv: exe, "-v"), for tests in this crate.
+#[cfg(test)]
+pub(crate) fn test_exec(pid: u32, exe: &str) -> ProcRecord {
+    ProcRecord::Exec {
+        pid,
+        ppid: 1,
+        uid: 1000,
+        start_ns: 5,
+        comm: "x".into(),
+        filename: exe.into(),
+        argv: vec![exe.into(), "-v".into()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn exec(pid: u32, exe: &str) -> ProcRecord {
-        ProcRecord::Exec {
-            pid,
-            ppid: 1,
-            uid: 1000,
-            start_ns: 5,
-            comm: "x".into(),
-            filename: exe.into(),
-            argv: vec![exe.into(), "-v".into()],
-        }
+        test_exec(pid, exe)
     }
 
     #[test]
