@@ -24,7 +24,6 @@
 const volatile bool filter_scope = false;
 /* Wake the reader only once this much is pending (0: wake on every event). */
 const volatile __u64 wakeup_bytes = 16384;
-const volatile bool enforce = false;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -88,21 +87,34 @@ struct {
 	__type(value, __u32);
 } active_gen SEC(".maps");
 
+/*
+ * Policy tries and scope map hold both generations side by side (the
+ * generation is part of every key), so a reload writes the idle one while
+ * the other is in force, like the watch tries.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 131072);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct ct_lpm_v4_key);
+	__type(key, struct ct_policy_v4_key);
 	__type(value, struct ct_policy_val);
 } policy_v4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 131072);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct ct_lpm_v6_key);
+	__type(key, struct ct_policy_v6_key);
 	__type(value, struct ct_policy_val);
 } policy_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ct_scope_key);
+	__type(value, struct ct_scope_val);
+} policy_scopes SEC(".maps");
 
 /*
  * Socket-local storage rather than a cookie-keyed hash: the state
@@ -138,6 +150,14 @@ enum ct_event_kind _ct_event_kind = 0;
 enum ct_stat _ct_stat = 0;
 enum ct_verdict _ct_verdict = 0;
 enum ct_proto _ct_proto = 0;
+enum ct_scope_kind _ct_scope_kind = 0;
+enum ct_scope_id _ct_scope_id = 0;
+enum ct_policy_flag _ct_policy_flag = 0;
+struct ct_policy_v4_key _ct_policy_v4_key = {};
+struct ct_policy_v6_key _ct_policy_v6_key = {};
+struct ct_policy_val _ct_policy_val = {};
+struct ct_scope_key _ct_scope_key = {};
+struct ct_scope_val _ct_scope_val = {};
 
 static __always_inline void count(__u32 idx)
 {
@@ -229,20 +249,6 @@ static __always_inline __u32 watch_lookup(const struct dest *d, __u32 gen)
 	return v ? match_ports(v, d->port) : 0;
 }
 
-static __always_inline const struct ct_policy_val *policy_lookup(const struct dest *d)
-{
-	if (d->family == AF_INET) {
-		struct ct_lpm_v4_key k = { .prefixlen = 32 };
-
-		__builtin_memcpy(k.addr, d->addr, 4);
-		return bpf_map_lookup_elem(&policy_v4, &k);
-	}
-	struct ct_lpm_v6_key k = { .prefixlen = 128 };
-
-	__builtin_memcpy(k.addr, d->addr, 16);
-	return bpf_map_lookup_elem(&policy_v6, &k);
-}
-
 /* ::ffff:a.b.c.d is an IPv4 destination reached through an AF_INET6 socket. */
 static __always_inline bool is_v4_mapped(const __u32 w[4])
 {
@@ -274,6 +280,140 @@ static __always_inline void fill_current(struct ct_conn_event *e, void *ctx)
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
+struct judgement {
+	__u8 verdict;
+	__u8 decided;
+	__u32 rule;
+};
+
+/*
+ * One scope's say on a destination: IPv6 blocking first, then the rules of
+ * the longest matching prefix (which also carries the covering prefixes'
+ * rules, in precedence order), then the scope's default. Sets `decided`
+ * when the scope had a say; otherwise the next scope is asked.
+ */
+static __noinline int judge_scope(__u32 scope, __u32 gen, const struct dest *d, __u8 protocol,
+				  struct judgement *j)
+{
+	struct ct_scope_key sk = { .gen = gen, .kind = CT_SCOPE_KIND_SCOPE, .id = scope };
+	const struct ct_scope_val *sv = bpf_map_lookup_elem(&policy_scopes, &sk);
+	const struct ct_policy_val *v;
+	__u32 tag = bpf_htonl((gen << 24) | (scope & 0xffffff));
+
+	if (!j || !d)
+		return 0;
+	if (sv && d->family == AF_INET6 && sv->ipv6_verdict) {
+		j->verdict = sv->ipv6_verdict - 1;
+		j->rule = 0;
+		j->decided = 1;
+		return 0;
+	}
+	if (d->family == AF_INET) {
+		struct ct_policy_v4_key k = { .prefixlen = 64 };
+
+		__builtin_memcpy(k.scope, &tag, 4);
+		__builtin_memcpy(k.addr, d->addr, 4);
+		v = bpf_map_lookup_elem(&policy_v4, &k);
+	} else {
+		struct ct_policy_v6_key k = { .prefixlen = 160 };
+
+		__builtin_memcpy(k.scope, &tag, 4);
+		__builtin_memcpy(k.addr, d->addr, 16);
+		v = bpf_map_lookup_elem(&policy_v6, &k);
+	}
+	if (v) {
+		for (int i = 0; i < CT_MAX_PORT_RULES; i++) {
+			const struct ct_policy_rule *r;
+
+			if (i >= v->nrules)
+				break;
+			r = &v->rules[i];
+			if (d->port < r->lo || d->port > r->hi)
+				continue;
+			if (r->protocol && r->protocol != protocol)
+				continue;
+			j->verdict = r->verdict;
+			j->rule = r->rule_id;
+			j->decided = 1;
+			return 0;
+		}
+	}
+	if (sv && sv->default_verdict) {
+		j->verdict = sv->default_verdict - 1;
+		j->rule = 0;
+		j->decided = 1;
+	}
+	return 0;
+}
+
+static __always_inline __u32 scope_of(__u32 gen, __u32 kind, __u64 id, __u64 dev)
+{
+	struct ct_scope_key k = { .gen = gen, .kind = kind, .id = id, .dev = dev };
+	const struct ct_scope_val *v = bpf_map_lookup_elem(&policy_scopes, &k);
+
+	return v ? v->scope : 0;
+}
+
+/*
+ * The documented precedence: built-in exceptions, then the caller's
+ * executable, user, and cgroups from the deepest up, then the global rules
+ * and default. The first scope with a say decides.
+ */
+static __always_inline void judge(const struct ct_config *cfg, __u32 gen, const struct dest *d,
+				  __u8 protocol, struct judgement *j)
+{
+	__u64 ancestors[CT_MAX_CGROUP_DEPTH];
+	__u32 scope, n = 0;
+
+	judge_scope(CT_SCOPE_BUILTIN, gen, d, protocol, j);
+	if (j->decided)
+		return;
+	if (cfg->policy & CT_POLICY_EXE) {
+		struct task_struct *t = bpf_get_current_task_btf();
+		struct inode *ino = BPF_CORE_READ(t, mm, exe_file, f_inode);
+
+		if (ino) {
+			scope = scope_of(gen, CT_SCOPE_KIND_EXE, BPF_CORE_READ(ino, i_ino),
+					 BPF_CORE_READ(ino, i_sb, s_dev));
+			if (scope) {
+				judge_scope(scope, gen, d, protocol, j);
+				if (j->decided)
+					return;
+			}
+		}
+	}
+	if (cfg->policy & CT_POLICY_UID) {
+		scope = scope_of(gen, CT_SCOPE_KIND_UID, (__u32)bpf_get_current_uid_gid(), 0);
+		if (scope) {
+			judge_scope(scope, gen, d, protocol, j);
+			if (j->decided)
+				return;
+		}
+	}
+	if (cfg->policy & CT_POLICY_CGROUP) {
+		/* Level 0 is the root; ancestors are listed root-down, then walked back. */
+		for (int i = 0; i < CT_MAX_CGROUP_DEPTH; i++) {
+			__u64 id = bpf_get_current_ancestor_cgroup_id(i + 1);
+
+			if (!id)
+				break;
+			ancestors[i] = id;
+			n = i + 1;
+		}
+		for (int i = CT_MAX_CGROUP_DEPTH - 1; i >= 0; i--) {
+			if (i >= n)
+				continue;
+			scope = scope_of(gen, CT_SCOPE_KIND_CGROUP, ancestors[i], 0);
+			if (!scope)
+				continue;
+			judge_scope(scope, gen, d, protocol, j);
+			if (j->decided)
+				return;
+		}
+	}
+	judge_scope(CT_SCOPE_GLOBAL, gen, d, protocol, j);
+}
+
 /*
  * Shared by connect4/6 and sendmsg4/6. Returns what the hook must return:
  * 1 lets the call proceed, 0 makes it fail with EPERM.
@@ -281,52 +421,57 @@ static __always_inline void fill_current(struct ct_conn_event *e, void *ctx)
 static __always_inline int on_egress(struct bpf_sock_addr *ctx, const struct dest *d, __u32 kind)
 {
 	__u8 protocol = ctx->protocol;
+	struct judgement j = {};
 	__u64 cookie, now;
-	const struct ct_policy_val *pol;
-	__u8 verdict = CT_VERDICT_ALLOW;
-	__u32 rule = 0, host_id, gen;
+	__u32 host_id, gen;
 	const struct ct_config *cfg;
 	struct ct_conn_event *e;
+	bool first = true;
 
 	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) {
 		count(CT_STAT_OTHER_PROTO);
 		return 1;
 	}
+	gen = current_generation();
+	cfg = bpf_map_lookup_elem(&gen_config, &gen);
+	if (!cfg)
+		return 1;
+	/* Judged on every call, datagrams included: a verdict is never cached. */
+	if (cfg->policy & CT_POLICY_ON)
+		judge(cfg, gen, d, protocol, &j);
+	if (j.verdict == CT_VERDICT_DENY)
+		count(CT_STAT_DENIED);
+	else if (j.verdict == CT_VERDICT_AUDIT)
+		count(CT_STAT_WOULD_DENY);
+
 	cookie = bpf_get_socket_cookie(ctx);
 	if (kind == CT_EV_SENDMSG) {
 		struct ct_dgram_key dk = { .cookie = cookie, .dport = d->port, .family = d->family };
 		__u8 one = 1;
 
 		__builtin_memcpy(dk.daddr, d->addr, 16);
+		/* Reported once per (socket, destination); refused again each time. */
 		if (bpf_map_lookup_elem(&dgrams, &dk)) {
 			count(CT_STAT_SENDMSG_DUP);
-			return 1;
+			first = false;
+		} else {
+			bpf_map_update_elem(&dgrams, &dk, &one, BPF_ANY);
+			count(CT_STAT_SENDMSG_NEW);
 		}
-		bpf_map_update_elem(&dgrams, &dk, &one, BPF_ANY);
-		count(CT_STAT_SENDMSG_NEW);
 	} else {
 		count(CT_STAT_CONNECTS);
 	}
+	if (!first)
+		return j.verdict == CT_VERDICT_DENY ? 0 : 1;
 
-	pol = policy_lookup(d);
-	if (pol) {
-		rule = pol->rule_id;
-		verdict = pol->action;
-		if (verdict == CT_VERDICT_DENY && !enforce)
-			verdict = CT_VERDICT_AUDIT;
-	}
-	gen = current_generation();
-	cfg = bpf_map_lookup_elem(&gen_config, &gen);
-	if (!cfg)
-		return 1;
 	host_id = watch_lookup(d, gen);
-	if (!host_id && !cfg->trace_all && verdict == CT_VERDICT_ALLOW) {
+	if (!host_id && !cfg->trace_all && j.verdict == CT_VERDICT_ALLOW) {
 		count(CT_STAT_UNWATCHED);
 		return 1;
 	}
 
 	now = bpf_ktime_get_ns();
-	if (verdict != CT_VERDICT_DENY) {
+	if (j.verdict != CT_VERDICT_DENY) {
 		struct ct_sock *s = bpf_sk_storage_get(&socks, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 		/* Sendmsg keeps the first destination's start time for the socket. */
@@ -345,18 +490,18 @@ static __always_inline int on_egress(struct bpf_sock_addr *ctx, const struct des
 		e->kind = kind;
 		e->family = d->family;
 		e->protocol = protocol;
-		e->verdict = verdict;
+		e->verdict = j.verdict;
 		e->ts_ns = now;
 		e->cookie = cookie;
 		__builtin_memcpy(e->daddr, d->addr, 16);
 		e->dport = d->port;
 		e->host_id = host_id;
-		e->policy_rule = rule;
+		e->policy_rule = j.rule;
 		e->epoch = cfg->epoch;
 		fill_current(e, ctx);
 		submit(e);
 	}
-	return verdict == CT_VERDICT_DENY ? 0 : 1;
+	return j.verdict == CT_VERDICT_DENY ? 0 : 1;
 }
 
 SEC("cgroup/connect4")

@@ -41,6 +41,8 @@ enum ct_stat {
 	CT_STAT_STATE_CHANGES,	/* TCP state changes of traced sockets */
 	CT_STAT_PROC_EVENTS,	/* exec/fork/exit records attempted (submitted or dropped) */
 	CT_STAT_OTHER_PROTO,	/* connect4/6 on neither TCP nor UDP (ping sockets, ...) */
+	CT_STAT_DENIED,		/* connect/sendmsg calls refused by policy (EPERM) */
+	CT_STAT_WOULD_DENY,	/* calls policy would refuse, let through in audit mode */
 	CT_STAT__MAX,
 };
 
@@ -134,14 +136,83 @@ struct ct_watch_val {
 struct ct_config {
 	__u32 epoch;		/* increases with every applied configuration */
 	__u8 trace_all;
-	__u8 pad[3];
+	__u8 policy;		/* CT_POLICY_* flags: which lookups a connect needs */
+	__u8 pad[2];
 };
 
-struct ct_policy_val {
-	__u32 rule_id;
-	__u8 action;		/* enum ct_verdict */
-	__u8 pad[3];
+enum ct_policy_flag {
+	CT_POLICY_ON = 1,	/* any rule, default or blocking in force */
+	CT_POLICY_CGROUP = 2,	/* some scope selects by cgroup */
+	CT_POLICY_UID = 4,	/* some scope selects by user */
+	CT_POLICY_EXE = 8,	/* some scope selects by executable */
 };
+
+/*
+ * Egress policy. Every selector a rule or scope names (a unit glob, a
+ * cgroup, a container, a user, an executable) becomes a numbered scope;
+ * userspace maps the kernel-visible identities that select it (cgroup ids,
+ * uids, executable inodes) to that number, and each scope's destination
+ * rules live in one LPM trie per family, keyed by scope then address. A
+ * connect therefore costs one trie lookup per scope that applies to the
+ * caller, whatever the number of rules.
+ */
+enum ct_scope_id {
+	CT_SCOPE_BUILTIN = 1,	/* the lock-out exceptions: loopback, DNS servers */
+	CT_SCOPE_GLOBAL = 2,	/* rules and defaults without a selector */
+};
+
+#define CT_MAX_CGROUP_DEPTH 16	/* cgroup ancestors looked at, deepest first */
+
+enum ct_scope_kind {
+	CT_SCOPE_KIND_CGROUP = 1,	/* id: cgroup v2 inode */
+	CT_SCOPE_KIND_UID = 2,		/* id: uid */
+	CT_SCOPE_KIND_EXE = 3,		/* id: inode, dev: kernel dev_t of its filesystem */
+	CT_SCOPE_KIND_SCOPE = 4,	/* id: scope number; the scope's own settings */
+};
+
+struct ct_scope_key {
+	__u32 gen;		/* configuration generation, 0 or 1 */
+	__u32 kind;		/* enum ct_scope_kind */
+	__u64 id;
+	__u64 dev;
+};
+
+struct ct_scope_val {
+	__u32 scope;
+	__u8 default_verdict;	/* enum ct_verdict + 1; 0: no default, fall through */
+	__u8 ipv6_verdict;	/* the same, for IPv6 destinations before any rule */
+	__u8 pad[2];
+};
+
+/* Scope: generation in the top byte, scope number below, big-endian: part of the LPM prefix. */
+struct ct_policy_v4_key {
+	__u32 prefixlen;	/* 32 + address prefix length */
+	__u8 scope[4];
+	__u8 addr[4];
+};
+
+struct ct_policy_v6_key {
+	__u32 prefixlen;	/* 32 + address prefix length */
+	__u8 scope[4];
+	__u8 addr[16];
+};
+
+struct ct_policy_rule {
+	__u16 lo;		/* destination ports, inclusive */
+	__u16 hi;
+	__u8 protocol;		/* enum ct_proto, 0 for both */
+	__u8 verdict;		/* enum ct_verdict, the scope's mode applied */
+	__u16 pad;
+	__u32 rule_id;		/* 1-based position in the merged configuration */
+};
+
+/* Like ct_watch_val: own rules, then those of covering prefixes, in precedence order. */
+struct ct_policy_val {
+	__u32 nrules;
+	__u32 pad;
+	struct ct_policy_rule rules[CT_MAX_PORT_RULES];
+};
+
 
 /*
  * Per-socket storage of the sockets being followed, filled at

@@ -97,6 +97,9 @@ pub enum Command {
     RemoveHost { name: String },
     /// Watched hosts, their addresses and DNS state.
     Hosts,
+    /// The egress policy: what is in force, and what it decides.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Stream connection events as they happen.
     Watch {
         /// Only this process's connections.
@@ -105,6 +108,75 @@ pub enum Command {
         /// Only connections to this watched host (its name or label).
         #[arg(long)]
         host: Option<String>,
+    },
+}
+
+/// A destination to check: every address HOST stands for, one port, and
+/// the protocol when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestArg {
+    pub addrs: Vec<std::net::SocketAddr>,
+    pub protocol: Option<connectracer_proto::Protocol>,
+}
+
+fn parse_dest(s: &str) -> Result<DestArg, String> {
+    use std::net::ToSocketAddrs;
+    let (hostport, protocol) = match s.rsplit_once('/') {
+        Some((hp, "tcp")) => (hp, Some(connectracer_proto::Protocol::Tcp)),
+        Some((hp, "udp")) => (hp, Some(connectracer_proto::Protocol::Udp)),
+        Some((_, other)) => return Err(format!("unknown protocol `{other}`: tcp or udp")),
+        None => (s, None),
+    };
+    if let Ok(a) = hostport.parse::<std::net::SocketAddr>() {
+        return Ok(DestArg {
+            addrs: vec![a],
+            protocol,
+        });
+    }
+    let Some((host, port)) = hostport.rsplit_once(':') else {
+        return Err(format!(
+            "`{s}` is not HOST:PORT (e.g. api.example.com:443 or [2001:db8::1]:443/udp)"
+        ));
+    };
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("`{port}` is not a port (1-65535)"))?;
+    let mut addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(DestArg { addrs, protocol })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The effective rules after merging every file, in precedence order.
+    Show,
+    /// Whether a caller may connect to a destination, and which rule decides.
+    #[command(group(clap::ArgGroup::new("subject").args(["unit", "pid", "uid", "cgroup", "exe"])))]
+    Check {
+        /// A systemd unit (judged by its cgroup; /system.slice/UNIT when not running).
+        #[arg(long)]
+        unit: Option<String>,
+        /// A running process (its user, executable and cgroup).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// A user id.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// A cgroup path relative to the cgroup2 mount.
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// An executable path.
+        #[arg(long)]
+        exe: Option<String>,
+        /// HOST:PORT[/tcp|/udp]; HOST is an address or a name resolved here.
+        #[arg(long, value_name = "HOST:PORT[/PROTO]", value_parser = parse_dest)]
+        dest: DestArg,
     },
 }
 

@@ -7,13 +7,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use connectracer_proto::varlink::{
-    AddHostParams, CallError, ConnectionsParams, ConnectionsReply, HostsReply, PsParams, ReloadReply,
-    RemoveHostParams, StatsReply, VersionReply, WatchParams, WatchReply, WhoParams, INTERFACE,
+    AddHostParams, CallError, ConnectionsParams, ConnectionsReply, HostsReply, PolicyCheckParams,
+    PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams, StatsReply, VersionReply,
+    WatchParams, WatchReply, WhoParams, INTERFACE,
 };
 use connectracer_proto::{ConnState, Protocol};
 use serde::Serialize;
 
-use cli::{Args, Command, ProtocolArg, StateArg};
+use cli::{Args, Command, PolicyCommand, ProtocolArg, StateArg};
 use client::{Client, ClientError};
 
 /// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 access denied, 4 daemon not running.
@@ -140,6 +141,46 @@ fn run(args: &Args) -> Result<(), ClientError> {
                 // Stop when stdout is gone (e.g. piped into head).
                 writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
             })?;
+        }
+        Command::Policy(PolicyCommand::Show) => {
+            let r: PolicyShowReply = c.call(&m("PolicyShow"), &serde_json::json!({}))?;
+            print(args.json, &r, output::policy);
+        }
+        Command::Policy(PolicyCommand::Check {
+            unit,
+            pid,
+            uid,
+            cgroup,
+            exe,
+            dest,
+        }) => {
+            let protocol = dest.protocol;
+            let mut answers = Vec::new();
+            for addr in dest.addrs.iter().copied() {
+                let p = PolicyCheckParams {
+                    unit: unit.clone(),
+                    pid: *pid,
+                    uid: *uid,
+                    cgroup: cgroup.clone(),
+                    exe: exe.clone(),
+                    address: addr.ip().to_string(),
+                    port: addr.port(),
+                    protocol,
+                };
+                let r: PolicyCheckReply = c.call(&m("PolicyCheck"), &p)?;
+                answers.push((addr, r));
+            }
+            if args.json {
+                let v: Vec<_> = answers
+                    .iter()
+                    .map(|(a, r)| serde_json::json!({ "destination": a.to_string(), "decision": r }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                for (a, r) in &answers {
+                    print!("{}", output::policy_check(*a, r));
+                }
+            }
         }
         Command::Completions { .. } => unreachable!("handled before connecting"),
         Command::Version => {

@@ -190,3 +190,56 @@ pub fn watch_line(r: &WatchReply) -> String {
         }
     }
 }
+
+pub fn policy(p: &connectracer_proto::varlink::PolicyShowReply) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    if !p.active {
+        s.push_str("no egress policy configured: every connection is allowed\n");
+        return s;
+    }
+    let _ = writeln!(s, "mode {}, default {}", p.mode, p.default);
+    for e in &p.exceptions {
+        let _ = writeln!(s, "built-in exception: allow {e}");
+    }
+    s.push_str("\nscopes, in the order a connect asks them (cgroups deepest first):\n");
+    for sc in &p.scopes {
+        let _ = write!(s, "  {:>3}  {} mode={}", sc.id, sc.selector, sc.mode);
+        if let Some(d) = &sc.default {
+            let _ = write!(s, " default={d}");
+        }
+        if sc.block_ipv6 {
+            s.push_str(" block_ipv6");
+        }
+        s.push('\n');
+    }
+    if p.rules.is_empty() {
+        return s;
+    }
+    s.push_str("\nrules (within a scope: most specific destination first, then this order):\n");
+    for r in &p.rules {
+        let _ = write!(s, "  {:>3}  {:<5} {}", r.id, r.action, r.dest.join(","));
+        if !r.ports.is_empty() {
+            let _ = write!(s, " port {}", r.ports.join(","));
+        }
+        if let Some(p) = r.protocol {
+            let _ = write!(s, " {}", p.as_str());
+        }
+        let _ = write!(s, " [{}]", r.scope.as_deref().unwrap_or("global"));
+        if !r.addresses.is_empty() {
+            let _ = write!(s, " = {}", r.addresses.join(","));
+        }
+        let _ = writeln!(s, "  ({})", r.origin);
+    }
+    s
+}
+
+pub fn policy_check(dest: std::net::SocketAddr, r: &connectracer_proto::varlink::PolicyCheckReply) -> String {
+    format!(
+        "{dest}: {} by {}: {}\n  caller: {}\n",
+        r.verdict.as_str(),
+        r.scope,
+        r.reason,
+        r.subject
+    )
+}

@@ -27,6 +27,8 @@ use crate::event_log::EventLog;
 use crate::kernel::KernelHandle;
 use crate::metrics::{record_process, Metrics};
 use crate::pipeline::Pipeline;
+use crate::policy::scopes::{self as policy_scopes, Identities};
+use crate::policy::Environment;
 use crate::reload::{self, ConfigSource};
 use crate::service;
 use crate::sys::{mounts, preflight, privileges};
@@ -70,6 +72,13 @@ struct Daemon {
     started: Instant,
     journal: bool,
     counters_file: PathBuf,
+    /// cgroup2 mount and the directory the programs are attached to.
+    mount: PathBuf,
+    cgroup_dir: PathBuf,
+    /// New cgroup directories, while the policy selects by cgroup.
+    cgroup_tx: mpsc::UnboundedSender<PathBuf>,
+    cgroup_rx: mpsc::UnboundedReceiver<PathBuf>,
+    cgroup_watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -90,15 +99,52 @@ fn table_limits(c: &Config) -> TableLimits {
 
 /// The kernel's view of a configuration; prefixes that do not fit are
 /// logged and left out rather than failing the whole apply.
-fn ruleset(epoch: u32, c: &Config, resolved: &Resolved) -> Ruleset {
-    let (watch, too_many) = watchlist::build(&c.hosts, resolved);
+fn ruleset(epoch: u32, c: &Config, env: &Environment, ids: &Identities) -> Ruleset {
+    let (watch, too_many) = watchlist::build(&c.hosts, &env.resolved);
     for e in too_many {
         error!("watch list: {} (host `{}`)", e, c.hosts[e.host_index].name);
+    }
+    let (policy, too_many) = crate::policy::compile::compile(&c.policy, env, ids);
+    for e in too_many {
+        error!("policy: {e}; that prefix is left out");
+    }
+    for (path, id) in &ids.exes {
+        if id.is_none() {
+            warn!(
+                "policy: executable {} does not exist; its rules apply once it does and the configuration is reloaded",
+                path.display()
+            );
+        }
     }
     Ruleset {
         epoch,
         trace_all: c.trace == TraceMode::All,
         watch,
+        policy,
+    }
+}
+
+fn environment(c: &Config, resolved: &Resolved) -> Environment {
+    Environment {
+        resolved: resolved.clone(),
+        dns_servers: policy_scopes::dns_servers(&c.dns.nameservers),
+    }
+}
+
+fn log_policy(c: &Config) {
+    let p = &c.policy;
+    if p.is_active() {
+        info!(
+            mode = p.mode.as_str(),
+            default = p.default.as_str(),
+            rules = p.rules.len(),
+            scopes = p.scopes.len(),
+            allow_loopback = p.allow_loopback,
+            allow_dns = p.allow_dns,
+            "egress policy in force"
+        );
+    } else {
+        info!("no egress policy configured: every connection is allowed");
     }
 }
 
@@ -156,7 +202,8 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     };
     let resolved = Resolved::new();
     let (tx, rx) = mpsc::channel(RECORD_QUEUE);
-    let initial = ruleset(1, &config, &resolved);
+    let ids = policy_scopes::discover(&config.policy, &mount, &cgroup_dir);
+    let initial = ruleset(1, &config, &environment(&config, &resolved), &ids);
     let addresses = initial.watch.len();
     let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
     let a = &kernel.adoption;
@@ -173,6 +220,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         ring_buffer = config.bpf.ring_buffer_size,
         "tracing outbound connections"
     );
+    log_policy(&config);
 
     let mut attributor = Attributor::new(&mount, MAX_PROCESSES, config.table.process_retention);
     attributor.processes.scan();
@@ -221,6 +269,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
             None
         }
     };
+    let (cgroup_tx, cgroup_rx) = mpsc::unbounded_channel();
     let mut daemon = Daemon {
         source,
         config,
@@ -237,7 +286,13 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         started: Instant::now(),
         journal: paths.journal,
         counters_file,
+        mount,
+        cgroup_dir,
+        cgroup_tx,
+        cgroup_rx,
+        cgroup_watcher: None,
     };
+    daemon.watch_cgroups_if_needed();
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
     let _ = std::fs::remove_file(control_socket);
@@ -295,6 +350,7 @@ impl Daemon {
                     self.write_textfile();
                 }
                 Some(update) = self.dns_updates.recv() => self.on_dns(update).await,
+                Some(dir) = self.cgroup_rx.recv() => self.on_new_cgroup(&dir),
                 _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
                 _ = status_tick.tick() => {
                     let reply = self.kernel.stats();
@@ -345,6 +401,8 @@ impl Daemon {
             metrics::counter!("connectracer_kernel_unwatched_total").absolute(k.unwatched);
             metrics::counter!("connectracer_events_submitted_total").absolute(k.events);
             metrics::counter!("connectracer_events_dropped_total").absolute(k.drops);
+            metrics::counter!("connectracer_kernel_denied_total").absolute(k.denied);
+            metrics::counter!("connectracer_kernel_would_deny_total").absolute(k.would_deny);
             if k.ring_size_bytes > 0 {
                 metrics::gauge!("connectracer_ring_buffer_fill_ratio")
                     .set(k.ring_pending_bytes as f64 / k.ring_size_bytes as f64);
@@ -506,7 +564,8 @@ impl Daemon {
         // the pipeline must already know the epoch's host names.
         let epoch = self.epoch + 1;
         self.pipeline.set_hosts(epoch, &new.hosts);
-        let rules = ruleset(epoch, &new, &self.resolved);
+        let ids = policy_scopes::discover(&new.policy, &self.mount, &self.cgroup_dir);
+        let rules = ruleset(epoch, &new, &environment(&new, &self.resolved), &ids);
         let addresses = rules.watch.len();
         let reply = self.kernel.apply(rules);
         self.kernel_reply(reply).await?;
@@ -532,8 +591,53 @@ impl Daemon {
                 dns.set_hosts(names).await;
             }
         }
+        let policy_changed = new.policy != self.config.policy;
         self.config = new;
+        if policy_changed {
+            log_policy(&self.config);
+            self.watch_cgroups_if_needed();
+        }
         Ok(())
+    }
+
+    /// Follows cgroup creation only while some scope selects by cgroup.
+    fn watch_cgroups_if_needed(&mut self) {
+        let p = &self.config.policy;
+        let needed = p.is_active()
+            && p.scopes()
+                .iter()
+                .any(|s| s.selector.as_ref().is_some_and(|s| s.is_cgroup_based()));
+        if !needed {
+            self.cgroup_watcher = None;
+            return;
+        }
+        if self.cgroup_watcher.is_some() {
+            return;
+        }
+        match policy_scopes::watch_cgroups(&self.cgroup_dir, self.cgroup_tx.clone()) {
+            Ok(w) => self.cgroup_watcher = Some(w),
+            Err(e) => warn!(
+                "policy: not watching {} for new cgroups ({e}); units started later join their scope at the next reload",
+                self.cgroup_dir.display()
+            ),
+        }
+    }
+
+    fn on_new_cgroup(&mut self, dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let Some(rel) = policy_scopes::relative_cgroup_path(&self.mount, dir) else {
+            return;
+        };
+        let Some(scope) = crate::policy::compile::scope_for_new_cgroup(&self.config.policy, &rel) else {
+            return;
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {
+                self.kernel.add_cgroup_scope(m.ino(), scope);
+                info!(cgroup = %rel, scope, "policy: new cgroup joins its scope");
+            }
+            _ => {}
+        }
     }
 
     async fn answer(&mut self, req: &Request) -> Answer {
@@ -569,6 +673,22 @@ impl Daemon {
             Method::Hosts => Ok(to_parameters(&HostsReply {
                 hosts: self.hosts().await,
             })),
+            Method::PolicyShow | Method::PolicyCheck(_) if !caller.privileged => {
+                Err(CallError::AccessDenied {
+                    reason: "reading the egress policy needs root or membership in group connectracer".into(),
+                })
+            }
+            Method::PolicyShow => Ok(to_parameters(&crate::policy::explain::show(
+                &self.config.policy,
+                &environment(&self.config, &self.resolved),
+            ))),
+            Method::PolicyCheck(p) => crate::policy::explain::check(
+                &self.config.policy,
+                &environment(&self.config, &self.resolved),
+                p,
+                &self.mount,
+            )
+            .map(|r| to_parameters(&r)),
         }
     }
 

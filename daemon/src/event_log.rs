@@ -15,6 +15,8 @@ pub enum EventKind {
     Established,
     Failed,
     Closed,
+    /// Refused by the egress policy.
+    Denied,
 }
 
 impl EventKind {
@@ -25,6 +27,7 @@ impl EventKind {
             EventKind::Established => "established",
             EventKind::Failed => "failed",
             EventKind::Closed => "closed",
+            EventKind::Denied => "denied",
         }
     }
 }
@@ -135,6 +138,9 @@ impl EventLog {
         opt(&mut s, "label", c.label.as_deref());
         if c.verdict != connectracer_proto::Verdict::Allow {
             opt(&mut s, "verdict", Some(c.verdict.as_str()));
+            if let Some(r) = c.policy_rule {
+                let _ = write!(s, " rule={r}");
+            }
         }
         opt(&mut s, "reason", c.fail_reason.map(|r| r.as_str()));
         if let Some(d) = c.duration_ns {

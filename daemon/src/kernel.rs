@@ -22,6 +22,11 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 enum Command {
     Stats(oneshot::Sender<Result<KernelStats, String>>),
     Apply(Ruleset, oneshot::Sender<Result<u32, String>>),
+    /// A cgroup that appeared after the last apply joins a policy scope.
+    AddCgroupScope {
+        cgroup_id: u64,
+        scope: u32,
+    },
     /// Final drain; then detach and unpin unless `keep_pinned`.
     Shutdown {
         keep_pinned: bool,
@@ -99,6 +104,11 @@ impl KernelHandle {
         let (tx, rx) = oneshot::channel();
         let _ = self.commands.send(Command::Apply(ruleset, tx));
         rx
+    }
+
+    /// Puts a new cgroup in a policy scope of the generation in force.
+    pub fn add_cgroup_scope(&self, cgroup_id: u64, scope: u32) {
+        let _ = self.commands.send(Command::AddCgroupScope { cgroup_id, scope });
     }
 
     /// Asks the thread to drain the ring one last time and detach. The
@@ -199,6 +209,14 @@ fn run(
                             .apply(&ruleset)
                             .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
                     );
+                }
+                Ok(Command::AddCgroupScope { cgroup_id, scope }) => {
+                    if let Err(e) = tracer.add_cgroup_scope(cgroup_id, scope) {
+                        tracing::error!(
+                            "policy: adding cgroup {cgroup_id} to scope {scope}: {:#}",
+                            anyhow::Error::from(e)
+                        );
+                    }
                 }
                 Ok(Command::Shutdown { keep_pinned, reply }) => {
                     drain();

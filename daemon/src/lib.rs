@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod reload;
 pub mod service;
 pub mod sys;

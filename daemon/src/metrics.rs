@@ -63,6 +63,7 @@ const CONNECTIONS: &str = "connectracer_connections_total";
 const DURATION: &str = "connectracer_connection_duration_seconds";
 const SENT: &str = "connectracer_connection_sent_bytes";
 const RECEIVED: &str = "connectracer_connection_received_bytes";
+const VERDICTS: &str = "connectracer_policy_verdicts_total";
 
 fn describe() {
     describe_counter!(
@@ -78,6 +79,18 @@ fn describe() {
         "Share of the ring buffer written and not yet read (0 to 1)"
     );
     describe_counter!(CONNECTIONS, "Outbound connections by watched host, destination port, protocol, outcome, comm, systemd unit and container");
+    describe_counter!(
+        VERDICTS,
+        "Connections the egress policy refused (deny) or would refuse in audit mode (would_deny), by rule (0: a default or IPv6 blocking) and systemd unit"
+    );
+    describe_counter!(
+        "connectracer_kernel_denied_total",
+        "connect()/sendmsg() calls refused by the egress policy in the kernel (every datagram counted)"
+    );
+    describe_counter!(
+        "connectracer_kernel_would_deny_total",
+        "connect()/sendmsg() calls the policy would refuse, let through in audit mode"
+    );
     describe_histogram!(DURATION, "Duration of closed TCP connections, per watched host");
     describe_histogram!(
         SENT,
@@ -304,6 +317,25 @@ impl Metrics {
             self.counters.clear();
         }
         self.counters.insert(key, counter);
+    }
+
+    /// The policy refused a connection, or would have in audit mode.
+    pub fn policy_verdict(&mut self, c: &Connection) {
+        if c.verdict == connectracer_proto::Verdict::Deny {
+            self.connection(c, "denied");
+        }
+        let values = vec![
+            c.verdict.as_str().to_string(),
+            c.policy_rule.unwrap_or(0).to_string(),
+            c.process.unit.clone().unwrap_or_default(),
+        ];
+        let v = self.budget.admit(VERDICTS, values);
+        let labels: Vec<metrics::Label> = ["verdict", "rule", "unit"]
+            .iter()
+            .zip(v)
+            .map(|(k, v)| metrics::Label::new(*k, v))
+            .collect();
+        counter!(VERDICTS, labels).increment(1);
     }
 
     /// A TCP connection closed: its duration and byte counts.

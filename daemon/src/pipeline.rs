@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use connectracer_proto::{ConnState, FailReason};
+use connectracer_proto::{ConnState, FailReason, Verdict};
 use serde::Serialize;
 
 use crate::attribution::Attributor;
@@ -166,13 +166,21 @@ impl Pipeline {
         let process = self.attributor.attribute_shared(c);
         let host_id = c.host_id.map(|h| h.get());
         let host = host_id.and_then(|id| self.hosts.get(&c.epoch)?.0.get(&id));
+        let denied = c.verdict == Verdict::Deny;
         let conn = Connection {
             id: 0,
             cookie: c.cookie,
             protocol: c.protocol,
-            state: ConnState::Connecting,
-            fail_reason: None,
+            // A refused connect or sendmsg never leaves the host: it is over
+            // as soon as it is reported.
+            state: if denied {
+                ConnState::Failed
+            } else {
+                ConnState::Connecting
+            },
+            fail_reason: denied.then_some(FailReason::Denied),
             verdict: c.verdict,
+            policy_rule: (c.policy_rule != 0).then_some(c.policy_rule),
             dst: c.dst,
             src: None,
             host_id,
@@ -180,19 +188,29 @@ impl Pipeline {
             host: host.map(|h| h.0.clone()),
             label: host.and_then(|h| h.1.clone()),
             started: self.boot_wall + Duration::from_nanos(c.ts_ns),
-            duration_ns: None,
+            duration_ns: denied.then_some(0),
             bytes_sent: None,
             bytes_received: None,
             process,
         };
         self.stats.connections += 1;
-        let kind = if c.kind == ConnKind::Sendmsg {
+        let kind = if denied {
+            EventKind::Denied
+        } else if c.kind == ConnKind::Sendmsg {
             EventKind::Send
         } else {
             EventKind::Connect
         };
         let conn = self.table.insert(conn);
         emit(&self.log, &self.watchers, kind, conn);
+        if c.verdict != Verdict::Allow {
+            if let Some(m) = &mut self.metrics {
+                m.policy_verdict(conn);
+            }
+            if denied {
+                return;
+            }
+        }
         // UDP has no handshake: its connect or first datagram is the outcome.
         if conn.protocol == connectracer_proto::Protocol::Udp {
             if let Some(m) = &mut self.metrics {

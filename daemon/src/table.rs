@@ -114,6 +114,9 @@ impl ConnTable {
         c.id = id;
         if c.state.is_open() {
             self.open.insert(id);
+        } else {
+            // Born ended (refused by policy): expires like any closed one.
+            self.closed.push_back((Instant::now(), id));
         }
         index_add(&mut self.by_cookie, c.cookie, id);
         index_add(&mut self.by_pid, c.process.pid, id);

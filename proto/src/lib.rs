@@ -82,6 +82,8 @@ pub enum FailReason {
     Unreachable,
     /// Closed by the application before the handshake completed.
     Aborted,
+    /// Refused by the egress policy (EPERM at connect or sendmsg).
+    Denied,
     Other,
 }
 
@@ -103,6 +105,7 @@ impl FailReason {
             FailReason::TimedOut => "timed_out",
             FailReason::Unreachable => "unreachable",
             FailReason::Aborted => "aborted",
+            FailReason::Denied => "denied",
             FailReason::Other => "other",
         }
     }
@@ -140,6 +143,10 @@ pub struct Connection {
     pub state: ConnState,
     pub fail_reason: Option<FailReason>,
     pub verdict: Verdict,
+    /// The policy rule behind a deny or would_deny verdict (1-based, as in
+    /// `tracectl policy show`); None for defaults and allowed connections.
+    #[serde(default)]
+    pub policy_rule: Option<u32>,
     pub dst: SocketAddr,
     pub src: Option<SocketAddr>,
     pub host_id: Option<u32>,

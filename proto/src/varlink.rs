@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{ConnState, Connection, Protocol};
+use crate::{ConnState, Connection, Protocol, Verdict};
 
 pub const INTERFACE: &str = "org.connectracer.Tracer";
 /// The interface definition, served by `GetInterfaceDescription`.
@@ -224,6 +224,12 @@ pub struct KernelCounters {
     pub state_changes: u64,
     pub proc_events: u64,
     pub other_proto: u64,
+    /// connect/sendmsg calls refused by policy.
+    #[serde(default)]
+    pub denied: u64,
+    /// Calls policy would refuse, let through in audit mode.
+    #[serde(default)]
+    pub would_deny: u64,
     pub drops_per_cpu: Vec<u64>,
     /// Bytes written to the ring buffer and not yet read.
     pub ring_pending_bytes: u64,
@@ -297,6 +303,75 @@ pub struct HostInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostsReply {
     pub hosts: Vec<HostInfo>,
+}
+
+/// Who and where `PolicyCheck` asks about: one of unit, pid, uid, cgroup
+/// or exe (none: a caller no scope selects), and a destination address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCheckParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub address: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCheckReply {
+    pub verdict: Verdict,
+    /// The rule that decided (as numbered by PolicyShow); none for defaults.
+    pub rule: Option<u32>,
+    /// The scope that decided: `built-in`, `global`, `unit backup.service`, ...
+    pub scope: String,
+    pub reason: String,
+    /// The caller as judged: its user, executable and cgroup.
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRuleInfo {
+    pub id: u32,
+    pub action: String,
+    pub dest: Vec<String>,
+    pub ports: Vec<String>,
+    pub protocol: Option<Protocol>,
+    /// None: global.
+    pub scope: Option<String>,
+    /// Addresses the rule's hostnames stand for now.
+    pub addresses: Vec<String>,
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyScopeInfo {
+    pub id: u32,
+    pub selector: String,
+    pub default: Option<String>,
+    pub mode: String,
+    pub block_ipv6: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyShowReply {
+    /// False when nothing is configured: connects skip the policy entirely.
+    pub active: bool,
+    pub mode: String,
+    pub default: String,
+    /// Built-in exceptions in force, e.g. `127.0.0.0/8 (loopback)`.
+    pub exceptions: Vec<String>,
+    /// In precedence order: the order `PolicyCheck` asks them in, global last.
+    pub scopes: Vec<PolicyScopeInfo>,
+    pub rules: Vec<PolicyRuleInfo>,
 }
 
 /// Filters of a Watch stream; all given ones must match.

@@ -35,6 +35,8 @@ pub fn read(map: &dyn MapCore) -> libbpf_rs::Result<KernelStats> {
         state_changes: sum(ct_stat::CT_STAT_STATE_CHANGES)?,
         proc_events: sum(ct_stat::CT_STAT_PROC_EVENTS)?,
         other_proto: sum(ct_stat::CT_STAT_OTHER_PROTO)?,
+        denied: sum(ct_stat::CT_STAT_DENIED)?,
+        would_deny: sum(ct_stat::CT_STAT_WOULD_DENY)?,
         drops_per_cpu,
         ring_pending_bytes: 0,
         ring_size_bytes: 0,

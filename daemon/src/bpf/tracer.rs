@@ -13,7 +13,11 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
 use super::skel::{ConnectracerSkel, ConnectracerSkelBuilder};
-use super::types::{ct_config, ct_lpm_v4_key, ct_lpm_v6_key, ct_port_rule, ct_watch_val};
+use super::types::{
+    ct_config, ct_lpm_v4_key, ct_lpm_v6_key, ct_policy_rule, ct_policy_v4_key, ct_policy_v6_key,
+    ct_policy_val, ct_port_rule, ct_scope_key, ct_scope_kind, ct_scope_val, ct_watch_val,
+};
+use crate::policy::compile::{CompiledPolicy, ScopeKey, ScopeVal};
 use crate::watchlist::{LpmEntry, MAX_RULES};
 
 // SAFETY: plain integer/byte-array structs generated from connectracer.h.
@@ -24,6 +28,51 @@ unsafe impl plain::Plain for ct_lpm_v6_key {}
 unsafe impl plain::Plain for ct_watch_val {}
 // SAFETY: as above.
 unsafe impl plain::Plain for ct_config {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_policy_v4_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_policy_v6_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_policy_val {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_scope_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_scope_val {}
+
+fn bytes<T: plain::Plain>(v: &T) -> &[u8] {
+    // SAFETY: Plain types are integers and byte arrays without padding
+    // the kernel would misread; every one here is generated from the header.
+    unsafe { plain::as_bytes(v) }
+}
+
+fn scope_key(gen: u32, k: ScopeKey) -> ct_scope_key {
+    let (kind, id, dev) = match k {
+        ScopeKey::Cgroup(id) => (ct_scope_kind::CT_SCOPE_KIND_CGROUP, id, 0),
+        ScopeKey::Uid(uid) => (ct_scope_kind::CT_SCOPE_KIND_UID, u64::from(uid), 0),
+        ScopeKey::Exe { ino, dev } => (ct_scope_kind::CT_SCOPE_KIND_EXE, ino, dev),
+        ScopeKey::Scope(s) => (ct_scope_kind::CT_SCOPE_KIND_SCOPE, u64::from(s), 0),
+    };
+    ct_scope_key {
+        gen,
+        kind: kind.0,
+        id,
+        dev,
+    }
+}
+
+fn scope_val(v: ScopeVal) -> ct_scope_val {
+    ct_scope_val {
+        scope: v.scope,
+        default_verdict: v.default_verdict,
+        ipv6_verdict: v.ipv6_verdict,
+        ..Default::default()
+    }
+}
+
+/// Generation in the top byte, scope below, big-endian: the LPM prefix's first 32 bits.
+fn scope_tag(gen: u32, scope: u32) -> [u8; 4] {
+    ((gen << 24) | (scope & 0x00ff_ffff)).to_be_bytes()
+}
 
 /// What one configuration generation holds in the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,6 +82,16 @@ pub struct Ruleset {
     pub epoch: u32,
     pub trace_all: bool,
     pub watch: Vec<LpmEntry>,
+    pub policy: CompiledPolicy,
+}
+
+/// Keys one generation wrote into the shared policy maps, so the next
+/// apply to that generation removes exactly those.
+#[derive(Debug, Default)]
+struct PolicyKeys {
+    v4: Vec<Vec<u8>>,
+    v6: Vec<Vec<u8>>,
+    scopes: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +167,7 @@ pub struct Tracer {
     /// buffer reader holds a shared borrow for the tracer's whole life.
     active: Cell<u32>,
     epoch: Cell<u32>,
+    policy_keys: RefCell<[PolicyKeys; 2]>,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -215,6 +275,7 @@ impl Tracer {
             adoption,
             active: Cell::new(0),
             epoch: Cell::new(0),
+            policy_keys: RefCell::new(Default::default()),
         };
         tracer.apply(initial)?;
         let links = tracer.attach()?;
@@ -379,10 +440,12 @@ impl Tracer {
             }
             .map_err(map_err("watch"))?;
         }
+        self.write_policy(idle, &r.policy)?;
         let epoch = r.epoch;
         let cfg = ct_config {
             epoch,
             trace_all: u8::from(r.trace_all),
+            policy: r.policy.flags,
             ..Default::default()
         };
         // SAFETY: Plain type.
@@ -399,6 +462,102 @@ impl Tracer {
         self.active.set(idle);
         self.epoch.set(epoch);
         Ok(epoch)
+    }
+}
+
+impl Tracer {
+    /// Rewrites generation `gen` of the policy maps: what it held goes,
+    /// then the compiled policy is written with `gen` in every key.
+    fn write_policy(&self, gen: u32, p: &CompiledPolicy) -> Result<(), TracerError> {
+        let maps = &self.skel.maps;
+        let map_err = |map| move |source| TracerError::Map { map, source };
+        let mut all = self.policy_keys.borrow_mut();
+        let keys = &mut all[gen as usize];
+        for (map, list, name) in [
+            (&maps.policy_v4 as &dyn MapCore, &mut keys.v4, "policy_v4"),
+            (&maps.policy_v6, &mut keys.v6, "policy_v6"),
+            (&maps.policy_scopes, &mut keys.scopes, "policy_scopes"),
+        ] {
+            for k in list.drain(..) {
+                match map.delete(&k) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                    Err(e) => return Err(map_err(name)(e)),
+                }
+            }
+        }
+        for e in &p.entries {
+            let mut val = ct_policy_val {
+                nrules: e.rules.len().min(MAX_RULES) as u32,
+                ..Default::default()
+            };
+            for (slot, r) in val.rules.iter_mut().zip(&e.rules) {
+                *slot = ct_policy_rule {
+                    lo: r.lo,
+                    hi: r.hi,
+                    protocol: r.protocol,
+                    verdict: r.verdict,
+                    rule_id: r.rule_id,
+                    ..Default::default()
+                };
+            }
+            let scope = scope_tag(gen, e.scope);
+            match e.net {
+                IpNet::V4(n) => {
+                    let key = ct_policy_v4_key {
+                        prefixlen: 32 + u32::from(n.prefix_len()),
+                        scope,
+                        addr: n.network().octets(),
+                    };
+                    maps.policy_v4
+                        .update(bytes(&key), bytes(&val), MapFlags::ANY)
+                        .map_err(map_err("policy_v4"))?;
+                    keys.v4.push(bytes(&key).to_vec());
+                }
+                IpNet::V6(n) => {
+                    let key = ct_policy_v6_key {
+                        prefixlen: 32 + u32::from(n.prefix_len()),
+                        scope,
+                        addr: n.network().octets(),
+                    };
+                    maps.policy_v6
+                        .update(bytes(&key), bytes(&val), MapFlags::ANY)
+                        .map_err(map_err("policy_v6"))?;
+                    keys.v6.push(bytes(&key).to_vec());
+                }
+            }
+        }
+        for (k, v) in &p.scopes {
+            let key = scope_key(gen, *k);
+            maps.policy_scopes
+                .update(bytes(&key), bytes(&scope_val(*v)), MapFlags::ANY)
+                .map_err(map_err("policy_scopes"))?;
+            keys.scopes.push(bytes(&key).to_vec());
+        }
+        Ok(())
+    }
+
+    /// A cgroup created after the policy was applied joins its scope in the
+    /// generation in force (one map write, atomic for the hooks).
+    pub fn add_cgroup_scope(&self, cgroup_id: u64, scope: u32) -> Result<(), TracerError> {
+        let gen = self.active.get();
+        let key = scope_key(gen, ScopeKey::Cgroup(cgroup_id));
+        let val = scope_val(ScopeVal {
+            scope,
+            ..Default::default()
+        });
+        self.skel
+            .maps
+            .policy_scopes
+            .update(bytes(&key), bytes(&val), MapFlags::ANY)
+            .map_err(|source| TracerError::Map {
+                map: "policy_scopes",
+                source,
+            })?;
+        self.policy_keys.borrow_mut()[gen as usize]
+            .scopes
+            .push(bytes(&key).to_vec());
+        Ok(())
     }
 }
 

@@ -44,6 +44,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub table: TableConfig,
     pub log: LogConfig,
+    pub policy: crate::policy::Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +159,7 @@ impl Default for Config {
                 format: LogFormat::Text,
                 events: true,
             },
+            policy: crate::policy::Policy::default(),
         }
     }
 }
@@ -178,6 +180,7 @@ impl Config {
             .hosts
             .iter()
             .filter_map(|h| h.hostname().map(String::from))
+            .chain(self.policy.hostnames())
             .collect();
         names.sort();
         names.dedup();

@@ -16,6 +16,95 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub table: Option<RawTable>,
     pub log: Option<RawLog>,
+    /// Egress policy mode: "audit" or "enforce".
+    pub mode: Option<Spanned<String>>,
+    pub policy: Option<RawPolicy>,
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+    #[serde(default)]
+    pub scope: Vec<RawScope>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub default: Option<Spanned<String>>,
+    pub allow_loopback: Option<Spanned<bool>>,
+    pub allow_dns: Option<Spanned<bool>>,
+    pub block_ipv6: Option<Spanned<bool>>,
+}
+
+/// `1000` or `"alice"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawUser {
+    Id(i64),
+    Name(String),
+}
+
+/// Selector keys shared by rules and scopes (serde cannot flatten them
+/// together with deny_unknown_fields).
+#[derive(Debug, Default)]
+pub struct RawSelector<'a> {
+    pub unit: Option<&'a Spanned<String>>,
+    pub cgroup: Option<&'a Spanned<String>>,
+    pub container: Option<&'a Spanned<String>>,
+    pub user: Option<&'a Spanned<RawUser>>,
+    pub exe: Option<&'a Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub action: Spanned<String>,
+    /// `"tracker.example.net"` or a list of destinations (spans do not
+    /// survive serde's untagged enums, so the shape is checked by hand).
+    pub dest: Option<Spanned<toml::Value>>,
+    pub ports: Option<Vec<Spanned<RawPort>>>,
+    pub protocol: Option<Spanned<String>>,
+    pub unit: Option<Spanned<String>>,
+    pub cgroup: Option<Spanned<String>>,
+    pub container: Option<Spanned<String>>,
+    pub user: Option<Spanned<RawUser>>,
+    pub exe: Option<Spanned<String>>,
+    pub comment: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScope {
+    pub unit: Option<Spanned<String>>,
+    pub cgroup: Option<Spanned<String>>,
+    pub container: Option<Spanned<String>>,
+    pub user: Option<Spanned<RawUser>>,
+    pub exe: Option<Spanned<String>>,
+    pub default: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub block_ipv6: Option<Spanned<bool>>,
+}
+
+impl RawRule {
+    pub fn selector(&self) -> RawSelector<'_> {
+        RawSelector {
+            unit: self.unit.as_ref(),
+            cgroup: self.cgroup.as_ref(),
+            container: self.container.as_ref(),
+            user: self.user.as_ref(),
+            exe: self.exe.as_ref(),
+        }
+    }
+}
+
+impl RawScope {
+    pub fn selector(&self) -> RawSelector<'_> {
+        RawSelector {
+            unit: self.unit.as_ref(),
+            cgroup: self.cgroup.as_ref(),
+            container: self.container.as_ref(),
+            user: self.user.as_ref(),
+            exe: self.exe.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

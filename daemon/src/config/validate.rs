@@ -1,5 +1,7 @@
 //! Stage two: raw values to the validated model, every error collected.
 
+mod policy;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -88,6 +90,8 @@ struct Merge {
     ring_loc: Option<Loc>,
     wakeup_loc: Option<Loc>,
     dns_loc: Option<Loc>,
+    rules: Vec<crate::policy::Rule>,
+    scopes: Vec<(crate::policy::ScopeSettings, Loc, String)>,
 }
 
 /// Parses and validates one configuration text that came from `file`.
@@ -126,7 +130,7 @@ fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
     let mut seen: HashMap<(HostTarget, Vec<(u16, u16)>), Loc> = HashMap::new();
     let mut hosts: Vec<WatchedHost> = Vec::new();
     let mut locs = Vec::new();
-    for (h, loc, key) in m.hosts {
+    for (h, loc, key) in std::mem::take(&mut m.hosts) {
         let dedup = (
             h.target.clone(),
             h.ports.0.iter().map(|r| (*r.start(), *r.end())).collect(),
@@ -155,6 +159,33 @@ fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
         push(errors, loc, key.clone(), e.to_string());
     }
     m.config.hosts = hosts;
+    policy::finish(&mut m, errors);
+    let (_, too_many) = crate::policy::compile::compile(
+        &m.config.policy,
+        &crate::policy::Environment::default(),
+        &crate::policy::scopes::Identities::default(),
+    );
+    for e in too_many {
+        let rule = e.rule.and_then(|id| m.config.policy.rules.get(id as usize - 1));
+        let (file, line) = rule
+            .and_then(|r| r.origin.rsplit_once(':'))
+            .map_or((PathBuf::new(), 0), |(f, l)| {
+                (PathBuf::from(f), l.parse().unwrap_or(0))
+            });
+        let key = e
+            .rule
+            .map_or_else(|| "rule".to_string(), |id| format!("rule {id}"));
+        push(
+            errors,
+            &Loc {
+                file,
+                line,
+                column: 1,
+            },
+            key,
+            e.to_string(),
+        );
+    }
     let bpf = &m.config.bpf;
     if bpf.wakeup_threshold >= u64::from(bpf.ring_buffer_size) {
         let loc = m.wakeup_loc.or(m.ring_loc).unwrap_or(Loc {
@@ -186,6 +217,7 @@ fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
 
 /// Applies one file's values on top of what earlier files set.
 fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
+    policy::apply(ctx, &raw, m);
     if let Some(d) = &raw.dns {
         let first = [&d.min_ttl, &d.max_ttl, &d.retry_min, &d.retry_max, &d.grace]
             .into_iter()

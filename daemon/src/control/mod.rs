@@ -6,7 +6,7 @@ pub mod query;
 pub mod server;
 
 use connectracer_proto::varlink::{
-    AddHostParams, CallError, ConnectionsParams, PsParams, RemoveHostParams, WhoParams,
+    AddHostParams, CallError, ConnectionsParams, PolicyCheckParams, PsParams, RemoveHostParams, WhoParams,
 };
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
@@ -25,6 +25,8 @@ pub enum Method {
     AddHost(AddHostParams),
     RemoveHost(RemoveHostParams),
     Hosts,
+    PolicyShow,
+    PolicyCheck(PolicyCheckParams),
 }
 
 pub type Answer = Result<Map<String, Value>, CallError>;

@@ -230,6 +230,8 @@ async fn dispatch(call: &Call, caller: Caller, requests: &mpsc::Sender<Request>)
         (INTERFACE, "AddHost") => Method::AddHost(params(call)?),
         (INTERFACE, "RemoveHost") => Method::RemoveHost(params(call)?),
         (INTERFACE, "Hosts") => Method::Hosts,
+        (INTERFACE, "PolicyShow") => Method::PolicyShow,
+        (INTERFACE, "PolicyCheck") => Method::PolicyCheck(params(call)?),
         (SERVICE_INTERFACE | INTERFACE, _) => {
             return Err(CallError::MethodNotFound {
                 method: call.method.clone(),

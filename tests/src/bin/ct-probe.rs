@@ -40,7 +40,8 @@ fn connect_all(dsts: &[SocketAddr]) -> serde_json::Value {
         .iter()
         .map(|d| {
             let r = TcpStream::connect(d);
-            serde_json::json!({ "dst": d.to_string(), "ok": r.is_ok() })
+            let errno = r.as_ref().err().and_then(std::io::Error::raw_os_error);
+            serde_json::json!({ "dst": d.to_string(), "ok": r.is_ok(), "errno": errno })
         })
         .collect();
     serde_json::json!({ "pid": std::process::id(), "results": results })
@@ -54,12 +55,22 @@ fn udp(count: usize, dsts: &[SocketAddr]) -> anyhow::Result<serde_json::Value> {
     }
     .parse()?;
     let s = UdpSocket::bind(bind)?;
+    let mut denied = Vec::new();
     for _ in 0..count {
         for d in dsts {
-            s.send_to(b"ping", d).with_context(|| format!("sendto {d}"))?;
+            if let Err(e) = s.send_to(b"ping", d) {
+                // A refusal is an outcome to report, not a failure of the probe.
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    denied.push(d.to_string());
+                    continue;
+                }
+                return Err(e).with_context(|| format!("sendto {d}"));
+            }
         }
     }
-    Ok(serde_json::json!({ "pid": std::process::id(), "local": s.local_addr()?.to_string() }))
+    Ok(
+        serde_json::json!({ "pid": std::process::id(), "local": s.local_addr()?.to_string(), "denied": denied }),
+    )
 }
 
 fn flood(dst: SocketAddr, n: usize, rst: bool) -> serde_json::Value {
