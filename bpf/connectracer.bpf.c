@@ -291,8 +291,11 @@ struct judgement {
  * the longest matching prefix (which also carries the covering prefixes'
  * rules, in precedence order), then the scope's default. Sets `decided`
  * when the scope had a say; otherwise the next scope is asked.
+ *
+ * A global function: the verifier checks it once, not once per call site
+ * and path, which keeps loading fast with the per-scope calls below.
  */
-static __noinline int judge_scope(__u32 scope, __u32 gen, const struct dest *d, __u8 protocol,
+__noinline int judge_scope(__u32 scope, __u32 gen, const struct dest *d, __u8 protocol,
 				  struct judgement *j)
 {
 	struct ct_scope_key sk = { .gen = gen, .kind = CT_SCOPE_KIND_SCOPE, .id = scope };

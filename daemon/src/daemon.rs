@@ -131,6 +131,38 @@ fn environment(c: &Config, resolved: &Resolved) -> Environment {
     }
 }
 
+/// Follows cgroup creation only while some scope selects by cgroup; keeps
+/// a running watcher when it is still needed.
+fn start_cgroup_watch(
+    policy: &crate::policy::Policy,
+    dir: &Path,
+    tx: &mpsc::UnboundedSender<PathBuf>,
+    running: Option<notify::RecommendedWatcher>,
+) -> Option<notify::RecommendedWatcher> {
+    let needed = policy.is_active()
+        && policy.scopes().iter().any(|s| {
+            s.selector
+                .as_ref()
+                .is_some_and(crate::policy::Selector::is_cgroup_based)
+        });
+    if !needed {
+        return None;
+    }
+    if running.is_some() {
+        return running;
+    }
+    match policy_scopes::watch_cgroups(dir, tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(
+                "policy: not watching {} for new cgroups ({e}); units started later join their scope at the next reload",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
 fn log_policy(c: &Config) {
     let p = &c.policy;
     if p.is_active() {
@@ -202,6 +234,10 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     };
     let resolved = Resolved::new();
     let (tx, rx) = mpsc::channel(RECORD_QUEUE);
+    // Watching before the tree is walked: a cgroup created in between is
+    // then reported rather than missed.
+    let (cgroup_tx, cgroup_rx) = mpsc::unbounded_channel();
+    let cgroup_watcher = start_cgroup_watch(&config.policy, &cgroup_dir, &cgroup_tx, None);
     let ids = policy_scopes::discover(&config.policy, &mount, &cgroup_dir);
     let initial = ruleset(1, &config, &environment(&config, &resolved), &ids);
     let addresses = initial.watch.len();
@@ -269,7 +305,6 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
             None
         }
     };
-    let (cgroup_tx, cgroup_rx) = mpsc::unbounded_channel();
     let mut daemon = Daemon {
         source,
         config,
@@ -290,9 +325,8 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         cgroup_dir,
         cgroup_tx,
         cgroup_rx,
-        cgroup_watcher: None,
+        cgroup_watcher,
     };
-    daemon.watch_cgroups_if_needed();
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
     let _ = std::fs::remove_file(control_socket);
@@ -564,6 +598,12 @@ impl Daemon {
         // the pipeline must already know the epoch's host names.
         let epoch = self.epoch + 1;
         self.pipeline.set_hosts(epoch, &new.hosts);
+        self.cgroup_watcher = start_cgroup_watch(
+            &new.policy,
+            &self.cgroup_dir,
+            &self.cgroup_tx,
+            self.cgroup_watcher.take(),
+        );
         let ids = policy_scopes::discover(&new.policy, &self.mount, &self.cgroup_dir);
         let rules = ruleset(epoch, &new, &environment(&new, &self.resolved), &ids);
         let addresses = rules.watch.len();
@@ -595,32 +635,8 @@ impl Daemon {
         self.config = new;
         if policy_changed {
             log_policy(&self.config);
-            self.watch_cgroups_if_needed();
         }
         Ok(())
-    }
-
-    /// Follows cgroup creation only while some scope selects by cgroup.
-    fn watch_cgroups_if_needed(&mut self) {
-        let p = &self.config.policy;
-        let needed = p.is_active()
-            && p.scopes()
-                .iter()
-                .any(|s| s.selector.as_ref().is_some_and(|s| s.is_cgroup_based()));
-        if !needed {
-            self.cgroup_watcher = None;
-            return;
-        }
-        if self.cgroup_watcher.is_some() {
-            return;
-        }
-        match policy_scopes::watch_cgroups(&self.cgroup_dir, self.cgroup_tx.clone()) {
-            Ok(w) => self.cgroup_watcher = Some(w),
-            Err(e) => warn!(
-                "policy: not watching {} for new cgroups ({e}); units started later join their scope at the next reload",
-                self.cgroup_dir.display()
-            ),
-        }
     }
 
     fn on_new_cgroup(&mut self, dir: &Path) {

@@ -253,6 +253,7 @@ pub(crate) fn test_connection(cookie: u64, pid: u32, uid: u32, dst: &str) -> Con
         state: ConnState::Connecting,
         fail_reason: None,
         verdict: Verdict::Allow,
+        policy_rule: None,
         dst: dst.parse().expect("test address"),
         src: None,
         host_id: None,

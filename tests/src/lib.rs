@@ -68,6 +68,16 @@ impl TestCgroup {
         }
     }
 
+    /// A cgroup below this one (drop it before its parent).
+    pub fn child(&self, name: &str) -> Self {
+        let path = self.path.join(name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self {
+            path,
+            rel: format!("{}/{name}", self.rel),
+        }
+    }
+
     /// A command whose process joins this cgroup before it execs.
     pub fn command(&self, program: &Path) -> Command {
         self.command_as(program, None)
