@@ -693,7 +693,7 @@ events = false
     fn syntax_and_unknown_keys_name_the_line() {
         assert_eq!(
             errors("trace = \"all\"\ntrcae = 1\n"),
-            ["/etc/connectracer/connectracer.toml:2:1: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`"]
+            ["/etc/connectracer/connectracer.toml:2:1: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`, `mode`, `policy`, `rule`, `scope`"]
         );
         let e = errors("[[host]]\nname = \"10.0.0.1\"\nport = [1]\n");
         assert!(
