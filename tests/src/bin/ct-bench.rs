@@ -101,6 +101,26 @@ fn main() -> anyhow::Result<()> {
     });
     let port = listener_port(&dst);
     let quiet = "[log]\nevents = false\n";
+    // 10,000 deny rules the loop's destination does not match, loopback
+    // judged by them rather than by the built-in exception, and a unit scope
+    // (matching nothing here) so that every connect also walks its cgroups:
+    // the whole lookup path, then the global default.
+    let rules: String = (0..10_000u32)
+        .map(|i| {
+            format!(
+                "[[rule]]\naction = \"deny\"\ndest = \"10.{}.{}.{}\"\nports = [443]\n",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            )
+        })
+        .collect();
+    let enforce = format!(
+        "trace = \"watched\"\nmode = \"enforce\"\n[policy]\nallow_loopback = false\n[[scope]]\nunit = \"bench-*.service\"\ndefault = \"deny\"\n{rules}{quiet}"
+    );
+    let audit = format!(
+        "trace = \"watched\"\nmode = \"audit\"\n[policy]\nallow_loopback = false\n[[rule]]\naction = \"deny\"\ndest = \"127.0.0.0/8\"\n{quiet}"
+    );
     let scenarios = [
         Scenario {
             name: "no daemon",
@@ -129,6 +149,16 @@ fn main() -> anyhow::Result<()> {
         Scenario {
             name: "trace=all, wake per event (wakeup_threshold = 0)",
             config: Some(format!("trace = \"all\"\n[bpf]\nwakeup_threshold = 0\n{quiet}")),
+            strace: false,
+        },
+        Scenario {
+            name: "enforce, 10,000 rules, destination allowed",
+            config: Some(enforce),
+            strace: false,
+        },
+        Scenario {
+            name: "audit, every connect would be denied (an event each)",
+            config: Some(audit),
             strace: false,
         },
         Scenario {
@@ -187,6 +217,81 @@ fn main() -> anyhow::Result<()> {
         );
     }
     resources(&cg, &dst)?;
+    reload_under_load(&cg, &dst)?;
+    Ok(())
+}
+
+/// Reloads with 10,000 rules while a connect loop runs, alternating two
+/// configurations whose watch list and policy disagree: under A the
+/// destination is host "a" and would be denied, under B it is host "b" and
+/// allowed. An event with host "a" and allow, or "b" and would_deny, was
+/// judged against a mix of two generations.
+fn reload_under_load(cg: &TestCgroup, dst: &str) -> anyhow::Result<()> {
+    let rules: String = (0..10_000u32)
+        .map(|i| {
+            format!(
+                "[[rule]]\naction = \"deny\"\ndest = \"10.{}.{}.{}\"\n",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            )
+        })
+        .collect();
+    let head = "trace = \"watched\"\nmode = \"audit\"\n[policy]\nallow_loopback = false\n[log]\nformat = \"json\"\n";
+    let config = |a: bool| {
+        let (label, extra) = if a {
+            ("a", "[[rule]]\naction = \"deny\"\ndest = \"127.0.0.0/8\"\n")
+        } else {
+            ("b", "")
+        };
+        format!("{head}[[host]]\nname = \"127.0.0.0/8\"\nlabel = \"{label}\"\n{extra}{rules}")
+    };
+    let mut d = Daemon::start(cg, &config(true))?;
+    // The same cgroup, seen from the load thread; the caller's value removes it.
+    let shared = TestCgroup {
+        path: cg.path.clone(),
+        rel: cg.rel.clone(),
+    };
+    let dst_s = dst.to_string();
+    let load = std::thread::spawn(move || {
+        let r = flood(&shared, &dst_s, 300_000);
+        std::mem::forget(shared);
+        r
+    });
+    let mut times = Vec::new();
+    let mut k = 0;
+    while !load.is_finished() && k < 20 {
+        k += 1;
+        d.config.write(&config(k % 2 == 0));
+        let t = Instant::now();
+        d.signal(nix::sys::signal::Signal::SIGHUP);
+        d.wait_log("configuration applied", std::time::Duration::from_secs(60))?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    load.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    d.stop()?;
+    let (mut judged, mut mixed) = (0u64, 0u64);
+    let mut epochs = std::collections::BTreeSet::new();
+    for e in d.seen.iter().filter(|e| e["event"] == "connect") {
+        judged += 1;
+        epochs.insert(e["config_epoch"].as_u64().unwrap_or(0));
+        let a = e["label"] == "a";
+        let would_deny = e["verdict"] == "would_deny";
+        if a != would_deny {
+            mixed += 1;
+        }
+    }
+    let (p50, _) = percentiles(times.clone());
+    let max = times.iter().copied().fold(0.0, f64::max);
+    println!();
+    println!("Reload under load (10,000 rules + the watch list, {} reloads during a connect loop):", times.len());
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| SIGHUP to applied, median / max | {p50:.1} / {max:.1} ms |");
+    println!("| connects traced across {} configuration epochs | {judged} |", epochs.len());
+    println!("| connects judged against a mixed state (must be 0) | {mixed} |");
     Ok(())
 }
 
