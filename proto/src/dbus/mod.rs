@@ -129,11 +129,13 @@ pub struct Peer {
 }
 
 /// What answers the interface's operations: the daemon authorizes `peer`
-/// and returns the same parameters as the varlink reply.
+/// (the header is there for polkit's system-bus-name subject) and returns
+/// the same parameters as the varlink reply.
 pub trait Backend: Send + Sync + 'static {
     fn call(
         &self,
         conn: &Connection,
+        header: &Header<'_>,
         peer: &Peer,
         op: Operation,
     ) -> impl Future<Output = Result<Map<String, Value>, CallError>> + Send;
@@ -220,7 +222,7 @@ async fn peer(conn: &Connection, header: &Header<'_>) -> Result<Peer, TracerErro
 impl<B: Backend> Tracer<B> {
     async fn run(&self, conn: &Connection, header: &Header<'_>, op: Operation) -> Result<Map<String, Value>, TracerError> {
         let peer = peer(conn, header).await?;
-        Ok(self.backend.call(conn, &peer, op).await?)
+        Ok(self.backend.call(conn, header, &peer, op).await?)
     }
 
     async fn list(
