@@ -455,3 +455,70 @@ impl<B: Backend> Tracer<B> {
     #[zbus(signal)]
     pub async fn denied(emitter: &SignalEmitter<'_>, event: &str, connection: ConnectionInfo) -> zbus::Result<()>;
 }
+
+/// Introspection needs an instance; this one is never called.
+struct Unserved;
+
+impl Backend for Unserved {
+    async fn call(
+        &self,
+        _: &Connection,
+        _: &Header<'_>,
+        _: &Peer,
+        _: Operation,
+    ) -> Result<Map<String, Value>, CallError> {
+        Err(CallError::InvalidArgument {
+            field: "daemon".into(),
+            reason: "introspection only".into(),
+        })
+    }
+}
+
+/// The interface's introspection document, as the served object describes
+/// it (what packaging/dbus/org.connectracer.Tracer1.xml must contain).
+pub fn introspection() -> String {
+    use zbus::object_server::Interface;
+    let mut body = String::new();
+    Tracer::new(Unserved).introspect_to_writer(&mut body, 2);
+    format!(
+        "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node name=\"{PATH}\">\n{body}</node>\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped XML is generated from the interface; UPDATE_XML=1
+    /// regenerates it, otherwise any drift fails.
+    #[test]
+    fn shipped_introspection_matches_the_interface() {
+        let xml = introspection();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/dbus/org.connectracer.Tracer1.xml");
+        if std::env::var_os("UPDATE_XML").is_some() {
+            std::fs::write(path, &xml).unwrap();
+        }
+        assert!(
+            INTROSPECTION_XML == xml,
+            "{path} is stale: run `UPDATE_XML=1 cargo test -p connectracer-proto introspection`"
+        );
+    }
+
+    #[test]
+    fn errors_keep_their_field_through_the_bus_form() {
+        let e = CallError::InvalidArgument {
+            field: "address".into(),
+            reason: "`x` is not an IP address or ADDRESS:PORT".into(),
+        };
+        let back = TracerError::from(e.clone()).into_call_error().unwrap();
+        assert_eq!(back, e);
+        let e = CallError::ConfigInvalid {
+            errors: vec!["a:1:1: x".into(), "b:2:3: y".into()],
+        };
+        assert_eq!(TracerError::from(e.clone()).into_call_error().unwrap(), e);
+        assert_eq!(
+            zbus::DBusError::name(&TracerError::AccessDenied("r".into())).as_str(),
+            "org.connectracer.Tracer1.Error.AccessDenied"
+        );
+    }
+}

@@ -364,7 +364,7 @@ mod tests {
 
     #[test]
     fn signatures_are_structs_not_strings() {
-        assert_eq!(ProcessInfo::SIGNATURE.to_string(), "(uuauuasasastasasasasasasas)");
+        assert_eq!(ProcessInfo::SIGNATURE.to_string(), "(uuauuassasastasasasasasasas)");
         assert!(ConnectionInfo::SIGNATURE.to_string().starts_with("(ttssasssasauuasasta"));
     }
 }
