@@ -3,7 +3,7 @@
 //! types so that output, `--json` and exit codes do not depend on the
 //! transport.
 
-use connectracer_proto::dbus::{ConnectionInfo, TracerError, TracerProxy};
+use connectracer_proto::dbus::{error_reply, ConnectionInfo, TracerError, TracerProxy};
 use connectracer_proto::varlink::{
     AddHostParams, CallError, ConnectionsParams, ConnectionsReply, HostsReply, ReloadReply, StatsReply,
     VersionReply, WatchParams, WatchReply, WhoParams,
@@ -21,17 +21,16 @@ pub struct BusClient {
 
 /// Bus-level failures: whoever answered, it was not connectracerd.
 fn bus_error(e: zbus::Error) -> ClientError {
-    if let zbus::Error::MethodError(name, detail, _) = &e {
-        let detail = detail.clone().unwrap_or_default();
-        match name.as_str() {
-            "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
-                return ClientError::NotOnBus;
-            }
-            "org.freedesktop.DBus.Error.AccessDenied" => return ClientError::BusDenied(detail),
-            _ => {}
+    match error_reply(&e) {
+        Some((name, _))
+            if name == "org.freedesktop.DBus.Error.ServiceUnknown"
+                || name == "org.freedesktop.DBus.Error.NameHasNoOwner" =>
+        {
+            ClientError::NotOnBus
         }
+        Some((name, detail)) if name == "org.freedesktop.DBus.Error.AccessDenied" => ClientError::BusDenied(detail),
+        _ => ClientError::Bus(e),
     }
-    ClientError::Bus(e)
 }
 
 fn tracer_error(e: TracerError) -> ClientError {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use connectracer_proto::dbus::MANAGE_ACTION;
+use connectracer_proto::dbus::{error_reply, MANAGE_ACTION};
 use connectracer_proto::varlink::CallError;
 use zbus::message::{Flags, Header};
 use zbus::Connection;
@@ -24,15 +24,14 @@ fn denied(reason: String) -> CallError {
 
 /// polkit is not running (or not allowed to be reached) on this bus.
 fn absent(e: &zbus::Error) -> bool {
-    let zbus::Error::MethodError(name, _, _) = e else {
-        return false;
-    };
-    matches!(
-        name.as_str(),
-        "org.freedesktop.DBus.Error.ServiceUnknown"
-            | "org.freedesktop.DBus.Error.NameHasNoOwner"
-            | "org.freedesktop.DBus.Error.Spawn.ServiceNotFound"
-    )
+    error_reply(e).is_some_and(|(name, _)| {
+        matches!(
+            name.as_str(),
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+                | "org.freedesktop.DBus.Error.NameHasNoOwner"
+                | "org.freedesktop.DBus.Error.Spawn.ServiceNotFound"
+        )
+    })
 }
 
 pub async fn authorize(conn: &Connection, header: &Header<'_>, caller: &Caller) -> Result<(), CallError> {

@@ -97,6 +97,19 @@ impl TracerError {
     }
 }
 
+/// The D-Bus error name and message of an error reply, whether zbus kept it
+/// as a standard `org.freedesktop.DBus.Error.*` or as another name.
+pub fn error_reply(e: &zbus::Error) -> Option<(String, String)> {
+    match e {
+        zbus::Error::MethodError(name, detail, _) => Some((name.to_string(), detail.clone().unwrap_or_default())),
+        zbus::Error::FDO(fdo) => Some((
+            fdo.name().to_string(),
+            fdo.description().unwrap_or_default().to_string(),
+        )),
+        _ => None,
+    }
+}
+
 /// An operation of the varlink interface, as the D-Bus methods ask for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
