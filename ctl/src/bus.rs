@@ -28,7 +28,9 @@ fn bus_error(e: zbus::Error) -> ClientError {
         {
             ClientError::NotOnBus
         }
-        Some((name, detail)) if name == "org.freedesktop.DBus.Error.AccessDenied" => ClientError::BusDenied(detail),
+        Some((name, detail)) if name == "org.freedesktop.DBus.Error.AccessDenied" => {
+            ClientError::BusDenied(detail)
+        }
         _ => ClientError::Bus(e),
     }
 }
@@ -81,7 +83,9 @@ impl BusClient {
 
     pub fn stats(&self) -> Result<StatsReply, ClientError> {
         let stats = self.rt.block_on(self.proxy.get_stats()).map_err(tracer_error)?;
-        Ok(StatsReply { stats: stats.0.into() })
+        Ok(StatsReply {
+            stats: stats.0.into(),
+        })
     }
 
     pub fn who(&self, p: &WhoParams) -> Result<ConnectionsReply, ClientError> {
@@ -121,27 +125,45 @@ impl BusClient {
 
     pub fn add_host(&self, p: &AddHostParams) -> Result<ReloadReply, ClientError> {
         let label = p.label.as_deref().unwrap_or("");
-        let r = self.rt.block_on(self.proxy.add_host(&p.name, p.ports.clone(), label, p.runtime));
+        let r = self
+            .rt
+            .block_on(self.proxy.add_host(&p.name, p.ports.clone(), label, p.runtime));
         Ok(reload(r.map_err(tracer_error)?))
     }
 
     pub fn remove_host(&self, name: &str) -> Result<ReloadReply, ClientError> {
-        Ok(reload(self.rt.block_on(self.proxy.remove_host(name)).map_err(tracer_error)?))
+        Ok(reload(
+            self.rt
+                .block_on(self.proxy.remove_host(name))
+                .map_err(tracer_error)?,
+        ))
     }
 
     pub fn reload(&self) -> Result<ReloadReply, ClientError> {
-        Ok(reload(self.rt.block_on(self.proxy.reload()).map_err(tracer_error)?))
+        Ok(reload(
+            self.rt.block_on(self.proxy.reload()).map_err(tracer_error)?,
+        ))
     }
 
     /// Follows the ConnectionEvent and Denied signals until `each` returns
     /// false. A denied connection to a watched host raises both signals; it
     /// is shown once.
-    pub fn watch(&self, filter: &WatchParams, mut each: impl FnMut(WatchReply) -> bool) -> Result<(), ClientError> {
+    pub fn watch(
+        &self,
+        filter: &WatchParams,
+        mut each: impl FnMut(WatchReply) -> bool,
+    ) -> Result<(), ClientError> {
         self.rt.block_on(async {
             let events = self.proxy.receive_connection_event().await.map_err(bus_error)?;
             let denials = self.proxy.receive_denied().await.map_err(bus_error)?;
-            let events = events.map(|s| s.args().map(|a| (a.event.to_string(), a.connection.clone(), false)));
-            let denials = denials.map(|s| s.args().map(|a| (a.event.to_string(), a.connection.clone(), true)));
+            let events = events.map(|s| {
+                s.args()
+                    .map(|a| (a.event.to_string(), a.connection.clone(), false))
+            });
+            let denials = denials.map(|s| {
+                s.args()
+                    .map(|a| (a.event.to_string(), a.connection.clone(), true))
+            });
             let mut all = futures_util::stream::select(events, denials);
             while let Some(args) = all.next().await {
                 let (event, info, denial) = args.map_err(bus_error)?;
@@ -197,20 +219,15 @@ mod tests {
 
     #[test]
     fn no_owner_is_not_running_and_policy_denial_is_access_denied() {
-        let err = |name: &str| {
-            zbus::Error::MethodError(
-                zbus::names::OwnedErrorName::try_from(name.to_string()).unwrap(),
-                Some("detail".into()),
-                zbus::Message::method_call("/", "Ping").unwrap().build(&()).unwrap(),
-            )
-        };
+        // zbus hands the standard org.freedesktop.DBus.Error names over as fdo errors.
+        let fdo = |e: zbus::fdo::Error| zbus::Error::FDO(Box::new(e));
         assert!(matches!(
-            bus_error(err("org.freedesktop.DBus.Error.ServiceUnknown")),
+            bus_error(fdo(zbus::fdo::Error::ServiceUnknown("no .service file".into()))),
             ClientError::NotOnBus
         ));
         assert!(matches!(
-            bus_error(err("org.freedesktop.DBus.Error.AccessDenied")),
-            ClientError::BusDenied(d) if d == "detail"
+            bus_error(fdo(zbus::fdo::Error::AccessDenied("policy".into()))),
+            ClientError::BusDenied(d) if d == "policy"
         ));
         assert!(matches!(
             tracer_error(TracerError::AccessDenied("needs root".into())),

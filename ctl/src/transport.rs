@@ -87,7 +87,11 @@ impl Transport {
         }
     }
 
-    pub fn watch(&mut self, filter: &WatchParams, each: impl FnMut(WatchReply) -> bool) -> Result<(), ClientError> {
+    pub fn watch(
+        &mut self,
+        filter: &WatchParams,
+        each: impl FnMut(WatchReply) -> bool,
+    ) -> Result<(), ClientError> {
         match self {
             Self::Socket(c) => c.stream(&m("Watch"), filter, each),
             Self::Bus(b) => b.watch(filter, each),

@@ -7,9 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use connectracer_tests::{
-    bin_path, output, tcp_server, Daemon, PrivateBus, TestCgroup, TestGroup, TestUser,
-};
+use connectracer_tests::{bin_path, output, tcp_server, Daemon, PrivateBus, TestCgroup, TestGroup, TestUser};
 use serde_json::Value;
 
 const NAME: &str = "org.connectracer.Tracer1";
@@ -90,7 +88,15 @@ fn every_operation_answers_the_same_over_the_bus_as_over_the_socket() {
         vec!["who", "--local-port", lport],
         vec!["ps", &pid_s],
         vec!["connections"],
-        vec!["connections", "--state", "established", "--protocol", "tcp", "--limit", "5"],
+        vec![
+            "connections",
+            "--state",
+            "established",
+            "--protocol",
+            "tcp",
+            "--limit",
+            "5",
+        ],
         vec!["hosts"],
         vec!["version"],
     ] {
@@ -129,12 +135,26 @@ fn every_operation_answers_the_same_over_the_bus_as_over_the_socket() {
     let (_, _, err) = dbus_send(&bus, "Connections", &["string:asleep", "string:", "uint32:0"]);
     assert!(err.contains("Error.InvalidArgument: state:"), "{err}");
     let (_, _, err) = dbus_send(&bus, "RemoveHost", &["string:never.added"]);
-    assert!(err.contains("org.connectracer.Tracer1.Error.HostNotFound"), "{err}");
+    assert!(
+        err.contains("org.connectracer.Tracer1.Error.HostNotFound"),
+        "{err}"
+    );
 
     // Mutations as root: add, list, remove, reload.
-    let (code, out, err) = bus.tracectl(&["add-host", "127.0.0.7", "--port", "443", "--label", "viabus", "--runtime"]);
+    let (code, out, err) = bus.tracectl(&[
+        "add-host",
+        "127.0.0.7",
+        "--port",
+        "443",
+        "--label",
+        "viabus",
+        "--runtime",
+    ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("watching 127.0.0.7 (configuration epoch 2)"), "{out}");
+    assert!(
+        out.starts_with("watching 127.0.0.7 (configuration epoch 2)"),
+        "{out}"
+    );
     let hosts = json(&bus.tracectl(&["--json", "hosts"]).1);
     assert!(hosts["hosts"]
         .as_array()
@@ -163,7 +183,18 @@ fn every_operation_answers_the_same_over_the_bus_as_over_the_socket() {
         assert!(Instant::now() < deadline, "Mode still {out}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (code, out, _) = busctl(&bus, &["get-property", NAME, PATH, NAME, "Version", "Events", "ConnectionsTotal"]);
+    let (code, out, _) = busctl(
+        &bus,
+        &[
+            "get-property",
+            NAME,
+            PATH,
+            NAME,
+            "Version",
+            "Events",
+            "ConnectionsTotal",
+        ],
+    );
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], format!("s \"{}\"", env!("CARGO_PKG_VERSION")));
@@ -173,10 +204,30 @@ fn every_operation_answers_the_same_over_the_bus_as_over_the_socket() {
     // busctl understands the types: fields, not JSON.
     let (code, out, err) = busctl(&bus, &["call", NAME, PATH, NAME, "Ps", "u", &pid_s]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("a(ttss") && out.contains("\"ct-probe\"") && out.contains(&format!("\"{local}\"")), "{out}");
+    assert!(
+        out.starts_with("a(ttss") && out.contains("\"ct-probe\"") && out.contains(&format!("\"{local}\"")),
+        "{out}"
+    );
     let (code, out, _) = busctl(&bus, &["introspect", NAME, PATH]);
     assert_eq!(code, 0);
-    for member in ["GetVersion", "GetStats", "Who", "WhoLocalPort", "Ps", "Connections", "Hosts", "AddHost", "RemoveHost", "Reload", "ConnectionEvent", "Denied", "Mode", "Version", "Events", "Drops"] {
+    for member in [
+        "GetVersion",
+        "GetStats",
+        "Who",
+        "WhoLocalPort",
+        "Ps",
+        "Connections",
+        "Hosts",
+        "AddHost",
+        "RemoveHost",
+        "Reload",
+        "ConnectionEvent",
+        "Denied",
+        "Mode",
+        "Version",
+        "Events",
+        "Drops",
+    ] {
         assert!(out.contains(&format!(".{member} ")), "{member} not in:\n{out}");
     }
 
@@ -199,11 +250,20 @@ fn served_introspection_is_the_shipped_xml() {
             .arg("org.freedesktop.DBus.Introspectable.Introspect"),
     );
     assert_eq!(code, 0, "{err}");
-    let shipped = std::fs::read_to_string(connectracer_tests::repo_root().join("packaging/dbus/org.connectracer.Tracer1.xml")).unwrap();
+    let shipped = std::fs::read_to_string(
+        connectracer_tests::repo_root().join("packaging/dbus/org.connectracer.Tracer1.xml"),
+    )
+    .unwrap();
     let iface = |xml: &str| -> String {
-        let start = xml.find("<interface name=\"org.connectracer.Tracer1\">").expect("our interface");
+        let start = xml
+            .find("<interface name=\"org.connectracer.Tracer1\">")
+            .expect("our interface");
         let end = start + xml[start..].find("</interface>").unwrap();
-        xml[start..end].lines().map(str::trim).collect::<Vec<_>>().join("\n")
+        xml[start..end]
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     assert_eq!(iface(&out), iface(&shipped));
 }
@@ -234,7 +294,13 @@ fn without_a_bus_the_daemon_runs_on() {
         None => d.wait_log("D-Bus:", Duration::from_secs(10)).unwrap(),
     };
     assert_eq!(line["level"], "WARN", "{line}");
-    assert!(line["message"].as_str().unwrap().contains("continuing without D-Bus"), "{line}");
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("continuing without D-Bus"),
+        "{line}"
+    );
     let (code, _, err) = d.tracectl(&["stats"]);
     assert_eq!(code, 0, "{err}");
 }
@@ -246,7 +312,10 @@ fn watch_over_the_bus_follows_the_signals() {
     let bus = PrivateBus::start().unwrap();
     let cg = TestCgroup::new("dbus-watch");
     let server = tcp_server("127.0.0.1:0", 1, 1);
-    let config = format!("trace = \"watched\"\n[[host]]\nname = \"127.0.0.1\"\nports = [{}]\nlabel = \"local\"\n", server.port());
+    let config = format!(
+        "trace = \"watched\"\n[[host]]\nname = \"127.0.0.1\"\nports = [{}]\nlabel = \"local\"\n",
+        server.port()
+    );
     let _d = Daemon::start_on_bus(&cg, &config, &bus).unwrap();
     let mut watch = bus
         .command(bin_path("tracectl"))
@@ -287,7 +356,10 @@ fn watch_over_the_bus_follows_the_signals() {
     }
     let _ = watch.kill();
     let _ = watch.wait();
-    assert!(seen.starts_with(&["connect".to_string()]) && seen.contains(&"established".to_string()), "{seen:?}");
+    assert!(
+        seen.starts_with(&["connect".to_string()]) && seen.contains(&"established".to_string()),
+        "{seen:?}"
+    );
 }
 
 /// Real users: a member of group connectracer, a stranger, and root.
@@ -321,10 +393,17 @@ fn authorization_follows_the_bus_sender() {
     assert!(pids(&json(&out)).is_empty(), "{out}");
     // ... and may change nothing.
     let hosts_before = bus.tracectl(&["--json", "hosts"]).1;
-    for args in [vec!["add-host", "127.0.0.8", "--runtime"], vec!["reload"], vec!["remove-host", "x"]] {
+    for args in [
+        vec!["add-host", "127.0.0.8", "--runtime"],
+        vec!["reload"],
+        vec!["remove-host", "x"],
+    ] {
         let (code, _, err) = bus.tracectl_as(&stranger, &args);
         assert_eq!(code, 3, "{args:?}: {err}");
-        assert!(err.contains("access denied") && err.contains("group connectracer"), "{err}");
+        assert!(
+            err.contains("access denied") && err.contains("group connectracer"),
+            "{err}"
+        );
     }
     assert_eq!(bus.tracectl(&["--json", "hosts"]).1, hosts_before);
     let (code, _, err) = bus.tracectl_as(&stranger, &["watch"]);
@@ -353,9 +432,15 @@ fn authorization_follows_the_bus_sender() {
     // ... over D-Bus only with polkit's consent: without polkit, no.
     let (code, _, err) = bus.tracectl_as(&member, &["add-host", "127.0.0.12", "--runtime"]);
     assert_eq!(code, 3, "{err}");
-    assert!(err.contains("polkit (org.freedesktop.PolicyKit1) is not running"), "{err}");
+    assert!(
+        err.contains("polkit (org.freedesktop.PolicyKit1) is not running"),
+        "{err}"
+    );
     let hosts = bus.tracectl(&["--json", "hosts"]).1;
-    assert!(hosts.contains("127.0.0.11") && !hosts.contains("127.0.0.12"), "{hosts}");
+    assert!(
+        hosts.contains("127.0.0.11") && !hosts.contains("127.0.0.12"),
+        "{hosts}"
+    );
 
     // With polkitd running our action and rules, the rules file lets the
     // member in without a prompt, and still not the stranger.
@@ -367,7 +452,10 @@ fn authorization_follows_the_bus_sender() {
     let (code, _, err) = bus.tracectl_as(&stranger, &["add-host", "127.0.0.13", "--runtime"]);
     assert_eq!(code, 3, "{err}");
     let hosts = bus.tracectl(&["--json", "hosts"]).1;
-    assert!(hosts.contains("127.0.0.12") && !hosts.contains("127.0.0.13"), "{hosts}");
+    assert!(
+        hosts.contains("127.0.0.12") && !hosts.contains("127.0.0.13"),
+        "{hosts}"
+    );
 
     // Root needs neither the group nor polkit.
     let (code, _, err) = bus.tracectl(&["remove-host", "127.0.0.12"]);
@@ -393,8 +481,14 @@ impl Polkitd {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("actions"))?;
         std::fs::create_dir_all(dir.join("rules.d"))?;
-        std::fs::copy(root.join("packaging/polkit/org.connectracer.policy"), dir.join("actions/org.connectracer.policy"))?;
-        std::fs::copy(root.join("packaging/polkit/50-connectracer.rules"), dir.join("rules.d/50-connectracer.rules"))?;
+        std::fs::copy(
+            root.join("packaging/polkit/org.connectracer.policy"),
+            dir.join("actions/org.connectracer.policy"),
+        )?;
+        std::fs::copy(
+            root.join("packaging/polkit/50-connectracer.rules"),
+            dir.join("rules.d/50-connectracer.rules"),
+        )?;
         let script = format!(
             "mount --bind {d}/actions /usr/share/polkit-1/actions && \
              mount --bind {d}/rules.d /usr/share/polkit-1/rules.d && \

@@ -59,7 +59,11 @@ fn unavailable(reason: String) -> CallError {
 }
 
 /// Sends a request to the state owner and waits for its answer.
-pub async fn ask(requests: &mpsc::Sender<Request>, method: Method, caller: Caller) -> Result<Map<String, Value>, CallError> {
+pub async fn ask(
+    requests: &mpsc::Sender<Request>,
+    method: Method,
+    caller: Caller,
+) -> Result<Map<String, Value>, CallError> {
     let (tx, rx) = oneshot::channel();
     let gone = || unavailable("the daemon is shutting down".into());
     requests
@@ -91,7 +95,9 @@ impl Backend for DaemonBackend {
             // about the group rather than about polkit.
             if !caller.privileged {
                 return Err(CallError::AccessDenied {
-                    reason: format!("changing the configuration needs root or membership in group {ADMIN_GROUP}"),
+                    reason: format!(
+                        "changing the configuration needs root or membership in group {ADMIN_GROUP}"
+                    ),
                 });
             }
             polkit::authorize(conn, header, &caller).await?;

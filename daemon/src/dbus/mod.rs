@@ -31,7 +31,10 @@ type Iface = InterfaceRef<Tracer<DaemonBackend>>;
 /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` or the standard
 /// socket), takes the name and serves until aborted. Dropping the connection
 /// with the task releases the name.
-pub fn spawn(requests: mpsc::Sender<Request>, watchers: broadcast::Sender<Arc<WatchEvent>>) -> JoinHandle<()> {
+pub fn spawn(
+    requests: mpsc::Sender<Request>,
+    watchers: broadcast::Sender<Arc<WatchEvent>>,
+) -> JoinHandle<()> {
     // Subscribed before the (slow) bus handshake so no event is lost.
     let events = watchers.subscribe();
     tokio::spawn(async move {
@@ -50,7 +53,11 @@ pub fn spawn(requests: mpsc::Sender<Request>, watchers: broadcast::Sender<Arc<Wa
                 return;
             }
         };
-        let iface = match conn.object_server().interface::<_, Tracer<DaemonBackend>>(PATH).await {
+        let iface = match conn
+            .object_server()
+            .interface::<_, Tracer<DaemonBackend>>(PATH)
+            .await
+        {
             Ok(i) => i,
             Err(e) => {
                 warn!("D-Bus: {PATH} not registered ({e}); continuing without D-Bus");

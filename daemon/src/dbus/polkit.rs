@@ -40,7 +40,8 @@ pub async fn authorize(conn: &Connection, header: &Header<'_>, caller: &Caller) 
     if caller.uid == 0 {
         return Ok(());
     }
-    let subject = Subject::new_for_message_header(header).map_err(|e| denied(format!("polkit subject: {e}")))?;
+    let subject =
+        Subject::new_for_message_header(header).map_err(|e| denied(format!("polkit subject: {e}")))?;
     // Prompt only when the client said it can wait for a password dialog.
     let flags = if header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH) {
         CheckAuthorizationFlags::ALLOW_USER_INTERACTION

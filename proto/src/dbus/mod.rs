@@ -61,9 +61,13 @@ impl From<CallError> for TracerError {
         match e {
             CallError::AccessDenied { reason } => Self::AccessDenied(reason),
             CallError::HostNotFound { name } => Self::HostNotFound(name),
-            CallError::InvalidArgument { field, reason } => Self::InvalidArgument(format!("{field}: {reason}")),
+            CallError::InvalidArgument { field, reason } => {
+                Self::InvalidArgument(format!("{field}: {reason}"))
+            }
             CallError::ConfigInvalid { errors } => Self::ConfigInvalid(errors.join("\n")),
-            CallError::InvalidParameter { parameter } => Self::InvalidArgument(format!("{parameter}: invalid")),
+            CallError::InvalidParameter { parameter } => {
+                Self::InvalidArgument(format!("{parameter}: invalid"))
+            }
             e @ (CallError::MethodNotFound { .. } | CallError::InterfaceNotFound { .. }) => {
                 Self::Unavailable(e.to_string())
             }
@@ -101,7 +105,9 @@ impl TracerError {
 /// as a standard `org.freedesktop.DBus.Error.*` or as another name.
 pub fn error_reply(e: &zbus::Error) -> Option<(String, String)> {
     match e {
-        zbus::Error::MethodError(name, detail, _) => Some((name.to_string(), detail.clone().unwrap_or_default())),
+        zbus::Error::MethodError(name, detail, _) => {
+            Some((name.to_string(), detail.clone().unwrap_or_default()))
+        }
         zbus::Error::FDO(fdo) => Some((
             fdo.name().to_string(),
             fdo.description().unwrap_or_default().to_string(),
@@ -216,7 +222,9 @@ fn parse_filter<T: DeserializeOwned>(field: &str, v: &str) -> Result<Option<T>, 
 
 async fn peer(conn: &Connection, header: &Header<'_>) -> Result<Peer, TracerError> {
     let denied = |why: &str| TracerError::AccessDenied(format!("cannot identify the caller: {why}"));
-    let sender = header.sender().ok_or_else(|| denied("the message has no sender"))?;
+    let sender = header
+        .sender()
+        .ok_or_else(|| denied("the message has no sender"))?;
     let creds = DBusProxy::new(conn)
         .await?
         .get_connection_credentials(sender.clone().into())
@@ -233,7 +241,12 @@ async fn peer(conn: &Connection, header: &Header<'_>) -> Result<Peer, TracerErro
 }
 
 impl<B: Backend> Tracer<B> {
-    async fn run(&self, conn: &Connection, header: &Header<'_>, op: Operation) -> Result<Map<String, Value>, TracerError> {
+    async fn run(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+        op: Operation,
+    ) -> Result<Map<String, Value>, TracerError> {
         let peer = peer(conn, header).await?;
         Ok(self.backend.call(conn, header, &peer, op).await?)
     }
@@ -337,8 +350,7 @@ impl<B: Backend> Tracer<B> {
         #[zbus(header)] header: Header<'_>,
         pid: u32,
     ) -> Result<Vec<ConnectionInfo>, TracerError> {
-        self.list(conn, &header, Operation::Ps(PsParams { pid }))
-            .await
+        self.list(conn, &header, Operation::Ps(PsParams { pid })).await
     }
 
     /// Connections in the table, newest first. state: connecting,
@@ -402,7 +414,9 @@ impl<B: Backend> Tracer<B> {
         #[zbus(header)] header: Header<'_>,
         name: &str,
     ) -> Result<(u32, Vec<String>), TracerError> {
-        let p = RemoveHostParams { name: name.to_string() };
+        let p = RemoveHostParams {
+            name: name.to_string(),
+        };
         self.reload_like(conn, &header, Operation::RemoveHost(p)).await
     }
 
@@ -466,7 +480,11 @@ impl<B: Backend> Tracer<B> {
     /// A connection the egress policy denied (verdict deny) or would deny in
     /// audit mode (would_deny). Same delivery as ConnectionEvent.
     #[zbus(signal)]
-    pub async fn denied(emitter: &SignalEmitter<'_>, event: &str, connection: ConnectionInfo) -> zbus::Result<()>;
+    pub async fn denied(
+        emitter: &SignalEmitter<'_>,
+        event: &str,
+        connection: ConnectionInfo,
+    ) -> zbus::Result<()>;
 }
 
 /// Introspection needs an instance; this one is never called.
@@ -507,7 +525,10 @@ mod tests {
     #[test]
     fn shipped_introspection_matches_the_interface() {
         let xml = introspection();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/dbus/org.connectracer.Tracer1.xml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/dbus/org.connectracer.Tracer1.xml"
+        );
         if std::env::var_os("UPDATE_XML").is_some() {
             std::fs::write(path, &xml).unwrap();
         }

@@ -182,7 +182,8 @@ impl From<&Connection> for ConnectionInfo {
 
 /// The enums travel as the same lowercase names as in JSON; serde parses them.
 fn parse_name<T: serde::de::DeserializeOwned>(field: &'static str, v: String) -> Result<T, ConversionError> {
-    serde_json::from_value(serde_json::Value::String(v.clone())).map_err(|_| ConversionError { field, value: v })
+    serde_json::from_value(serde_json::Value::String(v.clone()))
+        .map_err(|_| ConversionError { field, value: v })
 }
 
 fn parse_addr(field: &'static str, v: String) -> Result<SocketAddr, ConversionError> {
@@ -364,7 +365,12 @@ mod tests {
 
     #[test]
     fn signatures_are_structs_not_strings() {
-        assert_eq!(ProcessInfo::SIGNATURE.to_string(), "(uuauuassasastasasasasasasas)");
-        assert!(ConnectionInfo::SIGNATURE.to_string().starts_with("(ttssasssasauuasasta"));
+        assert_eq!(
+            ProcessInfo::SIGNATURE.to_string(),
+            "(uuauuassasastasasasasasasas)"
+        );
+        assert!(ConnectionInfo::SIGNATURE
+            .to_string()
+            .starts_with("(ttssasssasauuasasta"));
     }
 }
