@@ -371,9 +371,13 @@ fn authorization_follows_the_bus_sender() {
     let stranger = TestUser::create(&format!("ctstr{tag}"), &[]).unwrap();
     let bus = PrivateBus::start().unwrap();
     let cg = TestCgroup::new("dbus-authz");
-    // The socket is chowned to the group at start: the group exists first.
-    let mut d = Daemon::start_on_bus(&cg, "trace = \"all\"\n", &bus).unwrap();
     let server = tcp_server("127.0.0.1:0", 1, 1);
+    let config = format!(
+        "trace = \"all\"\n[[host]]\nname = \"127.0.0.1\"\nports = [{}]\n",
+        server.port()
+    );
+    // The socket is chowned to the group at start: the group exists first.
+    let mut d = Daemon::start_on_bus(&cg, &config, &bus).unwrap();
     let (mut mine, my_pid, _) = hold(&cg, &server.to_string(), Some(stranger.uid));
     let (mut roots, root_pid, _) = hold(&cg, &server.to_string(), None);
     d.wait_for(Duration::from_secs(15), |s| {
@@ -457,6 +461,34 @@ fn authorization_follows_the_bus_sender() {
         "{hosts}"
     );
 
+    // Signals carry everyone's connections: the bus policy delivers them to
+    // root and group members only.
+    let listeners: Vec<(&str, Listener)> = [
+        ("root", None),
+        ("member", Some(&member)),
+        ("stranger", Some(&stranger)),
+    ]
+    .into_iter()
+    .map(|(who, user)| (who, Listener::start(&bus, user)))
+    .collect();
+    let (mut c, pid, _) = hold(&cg, &server.to_string(), None);
+    d.wait_for(Duration::from_secs(15), |s| {
+        s.iter()
+            .any(|e| e["event"] == "established" && e["process"]["pid"] == pid)
+    })
+    .unwrap();
+    let _ = c.kill();
+    let _ = c.wait();
+    for (who, l) in listeners {
+        let members = l.finish();
+        let events = members.iter().filter(|m| *m == "ConnectionEvent").count();
+        if who == "stranger" {
+            assert!(members.is_empty(), "{who} received {members:?}");
+        } else {
+            assert!(events >= 2, "{who} received {members:?}");
+        }
+    }
+
     // Root needs neither the group nor polkit.
     let (code, _, err) = bus.tracectl(&["remove-host", "127.0.0.12"]);
     assert_eq!(code, 0, "{err}");
@@ -464,6 +496,58 @@ fn authorization_follows_the_bus_sender() {
     for c in [&mut mine, &mut roots] {
         let _ = c.kill();
         let _ = c.wait();
+    }
+}
+
+/// ct-bus listening as `user` (root if None) for 3 seconds.
+struct Listener {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Listener {
+    /// Returns once the listener's match rule is in place.
+    fn start(bus: &PrivateBus, user: Option<&TestUser>) -> Self {
+        let mut cmd = bus.command("setpriv");
+        match user {
+            Some(u) => cmd
+                .arg(format!("--reuid={}", u.uid))
+                .arg(format!("--regid={}", u.gid))
+                .arg("--init-groups"),
+            None => cmd.arg("--reuid=0"),
+        };
+        let mut child = cmd
+            .arg(bin_path("ct-bus"))
+            .args(["listen", "3"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let ready = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(ready, r#"{"ready":true}"#);
+        Self { child, lines }
+    }
+
+    /// Waits for the listener to end; the signal members it received.
+    fn finish(mut self) -> Vec<String> {
+        let _ = self.child.wait();
+        self.lines
+            .try_iter()
+            .map(|l| json(&l)["member"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -524,5 +608,26 @@ impl Drop for Polkitd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A measurement more than a check: per-call latency of GetVersion through
+/// the proxy (with the per-call GetConnectionCredentials) next to the
+/// varlink socket. Fails only if calls fail or take absurdly long.
+#[test]
+fn call_latency_over_the_bus_and_the_socket() {
+    let bus = PrivateBus::start().unwrap();
+    let cg = TestCgroup::new("dbus-latency");
+    let d = Daemon::start_on_bus(&cg, "", &bus).unwrap();
+    let (code, out, err) = output(
+        bus.command(bin_path("ct-bus"))
+            .args(["latency", "1000"])
+            .arg(&d.socket),
+    );
+    assert_eq!(code, 0, "{err}");
+    eprintln!("latency: {out}");
+    let v = json(&out);
+    for t in ["dbus", "varlink"] {
+        assert!(v[t]["p50_us"].as_f64().unwrap() < 20_000.0, "{out}");
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use connectracer_proto::dbus::{ConnectionInfo, Status, Tracer, TracerSignals, NAME, PATH};
 use connectracer_proto::varlink::StatsReply;
-use connectracer_proto::Verdict;
+use connectracer_proto::{Connection, Verdict};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -70,6 +70,22 @@ pub fn spawn(
     })
 }
 
+/// Which signals an event raises.
+#[derive(Debug, PartialEq, Eq)]
+struct Signals {
+    /// ConnectionEvent: the destination is a watched host.
+    watched: bool,
+    /// Denied: the policy denied it, or would have in audit mode.
+    denied: bool,
+}
+
+fn signals_for(c: &Connection) -> Signals {
+    Signals {
+        watched: c.host.is_some(),
+        denied: matches!(c.verdict, Verdict::Deny | Verdict::WouldDeny),
+    }
+}
+
 /// Signals for watched-host events and for denials, from the same stream
 /// the varlink Watch reads. Who may receive them is the bus policy's job:
 /// a broadcast cannot be filtered per listener here.
@@ -84,8 +100,7 @@ async fn forward_signals(iface: &Iface, mut events: broadcast::Receiver<Arc<Watc
             Err(RecvError::Closed) => return,
         };
         let c = &ev.connection;
-        let watched = c.host.is_some();
-        let denied = c.verdict != Verdict::Allow;
+        let Signals { watched, denied } = signals_for(c);
         if !watched && !denied {
             continue;
         }
@@ -141,5 +156,35 @@ async fn refresh_status(iface: &Iface, requests: &mpsc::Sender<Request>) {
         if old.config_epoch != new.config_epoch {
             let _ = tracer.config_epoch_changed(emitter).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_hosts_and_denials_raise_their_signals() {
+        let mut c = crate::table::test_connection(1, 1, 0, "10.0.0.1:443");
+        c.host = None;
+        c.verdict = Verdict::Allow;
+        assert_eq!(
+            signals_for(&c),
+            Signals {
+                watched: false,
+                denied: false
+            }
+        );
+        c.verdict = Verdict::WouldDeny;
+        assert!(signals_for(&c).denied && !signals_for(&c).watched);
+        c.verdict = Verdict::Deny;
+        c.host = Some("api.test".into());
+        assert_eq!(
+            signals_for(&c),
+            Signals {
+                watched: true,
+                denied: true
+            }
+        );
     }
 }

@@ -48,7 +48,9 @@ pub async fn authorize(conn: &Connection, header: &Header<'_>, caller: &Caller) 
     } else {
         CheckAuthorizationFlags::empty()
     };
-    let authority = AuthorityProxy::new(conn)
+    let authority = AuthorityProxy::builder(conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
         .await
         .map_err(|e| denied(format!("polkit: {e}")))?;
     let result = authority

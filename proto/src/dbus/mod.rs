@@ -9,6 +9,7 @@
 
 mod types;
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use serde::de::DeserializeOwned;
@@ -176,13 +177,21 @@ pub struct Status {
 pub struct Tracer<B> {
     backend: B,
     status: Status,
+    /// Credentials by unique name. The bus never reuses a unique name and
+    /// a connection's credentials are fixed when it connects, so an entry
+    /// cannot go stale; it saves a bus round trip per call.
+    peers: std::sync::Mutex<HashMap<OwnedUniqueName, Peer>>,
 }
+
+/// Cached callers before the cache is emptied and starts over.
+const MAX_PEERS: usize = 1024;
 
 impl<B> Tracer<B> {
     pub fn new(backend: B) -> Self {
         Self {
             backend,
             status: Status::default(),
+            peers: std::sync::Mutex::default(),
         }
     }
 
@@ -225,7 +234,10 @@ async fn peer(conn: &Connection, header: &Header<'_>) -> Result<Peer, TracerErro
     let sender = header
         .sender()
         .ok_or_else(|| denied("the message has no sender"))?;
-    let creds = DBusProxy::new(conn)
+    // No property cache: it would cost a GetAll round trip on every call.
+    let creds = DBusProxy::builder(conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
         .await?
         .get_connection_credentials(sender.clone().into())
         .await
@@ -241,13 +253,36 @@ async fn peer(conn: &Connection, header: &Header<'_>) -> Result<Peer, TracerErro
 }
 
 impl<B: Backend> Tracer<B> {
+    async fn peer(&self, conn: &Connection, header: &Header<'_>) -> Result<Peer, TracerError> {
+        let cached = header.sender().and_then(|s| {
+            let peers = self
+                .peers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            peers.get(&OwnedUniqueName::from(s.to_owned())).cloned()
+        });
+        if let Some(p) = cached {
+            return Ok(p);
+        }
+        let p = peer(conn, header).await?;
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if peers.len() >= MAX_PEERS {
+            peers.clear();
+        }
+        peers.insert(p.sender.clone(), p.clone());
+        Ok(p)
+    }
+
     async fn run(
         &self,
         conn: &Connection,
         header: &Header<'_>,
         op: Operation,
     ) -> Result<Map<String, Value>, TracerError> {
-        let peer = peer(conn, header).await?;
+        let peer = self.peer(conn, header).await?;
         Ok(self.backend.call(conn, header, &peer, op).await?)
     }
 
