@@ -170,6 +170,7 @@ fn every_operation_answers_the_same_over_the_bus_as_over_the_socket() {
     // Properties follow a reload; Mode announces its change.
     let (code, out, _) = busctl(&bus, &["get-property", NAME, PATH, NAME, "Mode"]);
     assert_eq!((code, out.as_str()), (0, "s \"all\"\n"));
+    let listener = Listener::start(&bus, None, 4);
     d.config.write("trace = \"watched\"\n");
     let (code, out, err) = bus.tracectl(&["reload"]);
     assert_eq!(code, 0, "{err}");
@@ -183,6 +184,22 @@ fn every_operation_answers_the_same_over_the_bus_as_over_the_socket() {
         assert!(Instant::now() < deadline, "Mode still {out}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Mode and ConfigEpoch announce their change; the counters do not.
+    let changed: Vec<String> = listener
+        .finish()
+        .iter()
+        .filter(|v| v["member"] == "org.freedesktop.DBus.Properties.PropertiesChanged")
+        .flat_map(|v| v["changed"].as_array().unwrap().clone())
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        changed.contains(&"Mode".to_string()) && changed.contains(&"ConfigEpoch".to_string()),
+        "{changed:?}"
+    );
+    assert!(
+        !changed.iter().any(|p| p == "Events" || p == "Drops"),
+        "{changed:?}"
+    );
     let (code, out, _) = busctl(
         &bus,
         &[
@@ -469,7 +486,7 @@ fn authorization_follows_the_bus_sender() {
         ("stranger", Some(&stranger)),
     ]
     .into_iter()
-    .map(|(who, user)| (who, Listener::start(&bus, user)))
+    .map(|(who, user)| (who, Listener::start(&bus, user, 3)))
     .collect();
     let (mut c, pid, _) = hold(&cg, &server.to_string(), None);
     d.wait_for(Duration::from_secs(15), |s| {
@@ -480,12 +497,22 @@ fn authorization_follows_the_bus_sender() {
     let _ = c.kill();
     let _ = c.wait();
     for (who, l) in listeners {
-        let members = l.finish();
-        let events = members.iter().filter(|m| *m == "ConnectionEvent").count();
+        let signals = l.finish();
+        let ours = |v: &&Value| {
+            v["member"]
+                .as_str()
+                .unwrap()
+                .starts_with("org.connectracer.Tracer1.")
+        };
+        let events = signals
+            .iter()
+            .filter(|v| v["member"] == "org.connectracer.Tracer1.ConnectionEvent")
+            .count();
         if who == "stranger" {
-            assert!(members.is_empty(), "{who} received {members:?}");
+            let got: Vec<&Value> = signals.iter().filter(ours).collect();
+            assert!(got.is_empty(), "{who} received {got:?}");
         } else {
-            assert!(events >= 2, "{who} received {members:?}");
+            assert!(events >= 2, "{who} received {signals:?}");
         }
     }
 
@@ -499,7 +526,7 @@ fn authorization_follows_the_bus_sender() {
     }
 }
 
-/// ct-bus listening as `user` (root if None) for 3 seconds.
+/// ct-bus listening as `user` (root if None) for `secs` seconds.
 struct Listener {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
@@ -507,7 +534,7 @@ struct Listener {
 
 impl Listener {
     /// Returns once the listener's match rule is in place.
-    fn start(bus: &PrivateBus, user: Option<&TestUser>) -> Self {
+    fn start(bus: &PrivateBus, user: Option<&TestUser>, secs: u32) -> Self {
         let mut cmd = bus.command("setpriv");
         match user {
             Some(u) => cmd
@@ -518,7 +545,8 @@ impl Listener {
         };
         let mut child = cmd
             .arg(bin_path("ct-bus"))
-            .args(["listen", "3"])
+            .arg("listen")
+            .arg(secs.to_string())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -534,13 +562,11 @@ impl Listener {
         Self { child, lines }
     }
 
-    /// Waits for the listener to end; the signal members it received.
-    fn finish(mut self) -> Vec<String> {
+    /// Waits for the listener to end; the signals it received
+    /// (`{"member": INTERFACE.MEMBER, "changed": [PROPERTY...]}`).
+    fn finish(mut self) -> Vec<Value> {
         let _ = self.child.wait();
-        self.lines
-            .try_iter()
-            .map(|l| json(&l)["member"].as_str().unwrap_or_default().to_string())
-            .collect()
+        self.lines.try_iter().map(|l| json(&l)).collect()
     }
 }
 

@@ -1,16 +1,19 @@
 //! D-Bus client helper for the tests, on the bus in DBUS_SYSTEM_BUS_ADDRESS.
 //!
 //! ct-bus listen SECONDS          print `{"ready":true}` once subscribed, then one
-//!                                JSON line per org.connectracer.Tracer1 signal
+//!                                JSON line per signal from org.connectracer.Tracer1
+//!                                (`member` is INTERFACE.MEMBER; PropertiesChanged
+//!                                also lists the changed properties)
 //! ct-bus latency N SOCKET        N GetVersion calls through the proxy and N over
 //!                                the varlink socket; prints per-call latencies
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use connectracer_proto::dbus::{TracerProxy, INTERFACE, NAME};
+use connectracer_proto::dbus::{TracerProxy, NAME};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -18,15 +21,28 @@ async fn listen(secs: u64) -> anyhow::Result<()> {
     let conn = zbus::Connection::system().await.context("system bus")?;
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
-        .interface(INTERFACE)
+        .sender(NAME)
         .build()?;
     let mut stream = zbus::MessageStream::for_match_rule(rule, &conn, None).await?;
     println!("{}", json!({ "ready": true }));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, stream.next()).await {
         let msg = msg?;
-        let member = msg.header().member().map(|m| m.to_string()).unwrap_or_default();
-        println!("{}", json!({ "member": member }));
+        let h = msg.header();
+        let interface = h.interface().map(|i| i.to_string()).unwrap_or_default();
+        let member = format!(
+            "{interface}.{}",
+            h.member().map(|m| m.to_string()).unwrap_or_default()
+        );
+        let changed: Vec<String> = if interface == "org.freedesktop.DBus.Properties" {
+            msg.body()
+                .deserialize::<(String, HashMap<String, zbus::OwnedVariant>, Vec<String>)>()
+                .map(|(_, props, _)| props.into_keys().collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        println!("{}", json!({ "member": member, "changed": changed }));
         std::io::stdout().flush()?;
     }
     Ok(())
