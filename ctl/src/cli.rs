@@ -23,6 +23,11 @@ pub struct Args {
     )]
     pub socket: PathBuf,
 
+    /// Talk to the daemon over the system bus (org.connectracer.Tracer1)
+    /// instead of the control socket.
+    #[arg(long, global = true)]
+    pub bus: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

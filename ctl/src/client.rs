@@ -30,6 +30,16 @@ pub enum ClientError {
     },
     #[error("unexpected answer from connectracerd: {0}")]
     Protocol(String),
+    #[error("connectracerd is not on the system bus (nobody owns org.connectracer.Tracer1): is it running, and is its D-Bus policy installed?")]
+    NotOnBus,
+    #[error("cannot reach the system bus ({0}): use the control socket (without --bus)")]
+    NoBus(String),
+    #[error("the system bus refused the call: {0}")]
+    BusDenied(String),
+    #[error("D-Bus: {0}")]
+    Bus(zbus::Error),
+    #[error("access denied: connectracerd's signals reach only root and members of group connectracer")]
+    SignalsDenied,
 }
 
 #[derive(Debug)]

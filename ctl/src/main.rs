@@ -1,27 +1,32 @@
+mod bus;
 mod cli;
 mod client;
 mod output;
+mod transport;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use connectracer_proto::varlink::{
-    AddHostParams, CallError, ConnectionsParams, ConnectionsReply, HostsReply, PolicyCheckParams,
-    PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams, StatsReply, VersionReply,
-    WatchParams, WatchReply, WhoParams, INTERFACE,
+    AddHostParams, CallError, ConnectionsParams, ConnectionsReply, PolicyCheckParams, WatchParams,
+    WatchReply, WhoParams,
 };
 use connectracer_proto::{ConnState, Protocol};
 use serde::Serialize;
 
 use cli::{Args, Command, PolicyCommand, ProtocolArg, StateArg};
 use client::{Client, ClientError};
+use transport::Transport;
 
 /// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 access denied, 4 daemon not running.
 fn exit_code(e: &ClientError) -> u8 {
     match e {
-        ClientError::SocketDenied(_) | ClientError::Call(CallError::AccessDenied { .. }) => 3,
-        ClientError::NotRunning(_) => 4,
+        ClientError::SocketDenied(_)
+        | ClientError::BusDenied(_)
+        | ClientError::SignalsDenied
+        | ClientError::Call(CallError::AccessDenied { .. }) => 3,
+        ClientError::NotRunning(_) | ClientError::NotOnBus | ClientError::NoBus(_) => 4,
         _ => 1,
     }
 }
@@ -44,8 +49,14 @@ fn run(args: &Args) -> Result<(), ClientError> {
         let _ = std::io::stdout().write_all(&script);
         return Ok(());
     }
-    let mut c = Client::connect(&args.socket)?;
-    let m = |name: &str| format!("{INTERFACE}.{name}");
+    let mut c = if args.bus {
+        if matches!(args.command, Command::Watch { .. }) && !bus::may_receive_signals() {
+            return Err(ClientError::SignalsDenied);
+        }
+        Transport::Bus(bus::BusClient::connect()?)
+    } else {
+        Transport::Socket(Client::connect(&args.socket)?)
+    };
     let list = |r: &ConnectionsReply| output::connections(&r.connections);
     match &args.command {
         Command::Who { address, local_port } => {
@@ -54,11 +65,11 @@ fn run(args: &Args) -> Result<(), ClientError> {
                 port: None,
                 local_port: *local_port,
             };
-            let r: ConnectionsReply = c.call(&m("Who"), &p)?;
+            let r = c.who(&p)?;
             print(args.json, &r, list);
         }
         Command::Ps { pid } => {
-            let r: ConnectionsReply = c.call(&m("Ps"), &PsParams { pid: *pid })?;
+            let r = c.ps(*pid)?;
             print(args.json, &r, list);
         }
         Command::Connections {
@@ -79,15 +90,15 @@ fn run(args: &Args) -> Result<(), ClientError> {
                 }),
                 limit: Some(*limit),
             };
-            let r: ConnectionsReply = c.call(&m("Connections"), &p)?;
+            let r = c.connections(&p)?;
             print(args.json, &r, list);
         }
         Command::Stats => {
-            let r: StatsReply = c.call(&m("GetStats"), &serde_json::json!({}))?;
+            let r = c.stats()?;
             print(args.json, &r, |r| output::stats(&r.stats));
         }
         Command::Reload => {
-            let r: ReloadReply = c.call(&m("Reload"), &serde_json::json!({}))?;
+            let r = c.reload()?;
             print(args.json, &r, |r| {
                 let mut out = format!("configuration epoch {} in force\n", r.epoch);
                 if !r.needs_restart.is_empty() {
@@ -111,19 +122,19 @@ fn run(args: &Args) -> Result<(), ClientError> {
                 label: label.clone(),
                 runtime: *runtime,
             };
-            let r: ReloadReply = c.call(&m("AddHost"), &p)?;
+            let r = c.add_host(&p)?;
             print(args.json, &r, |r| {
                 format!("watching {name} (configuration epoch {})\n", r.epoch)
             });
         }
         Command::RemoveHost { name } => {
-            let r: ReloadReply = c.call(&m("RemoveHost"), &RemoveHostParams { name: name.clone() })?;
+            let r = c.remove_host(name)?;
             print(args.json, &r, |r| {
                 format!("no longer watching {name} (configuration epoch {})\n", r.epoch)
             });
         }
         Command::Hosts => {
-            let r: HostsReply = c.call(&m("Hosts"), &serde_json::json!({}))?;
+            let r = c.hosts()?;
             print(args.json, &r, |r| output::hosts(&r.hosts));
         }
         Command::Watch { pid, host } => {
@@ -132,7 +143,7 @@ fn run(args: &Args) -> Result<(), ClientError> {
                 host: host.clone(),
             };
             let mut out = std::io::stdout().lock();
-            c.stream(&m("Watch"), &filter, |r: WatchReply| {
+            c.watch(&filter, |r: WatchReply| {
                 let line = if args.json {
                     serde_json::to_string(&r).unwrap_or_default()
                 } else {
@@ -143,7 +154,7 @@ fn run(args: &Args) -> Result<(), ClientError> {
             })?;
         }
         Command::Policy(PolicyCommand::Show) => {
-            let r: PolicyShowReply = c.call(&m("PolicyShow"), &serde_json::json!({}))?;
+            let r = c.policy_show()?;
             print(args.json, &r, output::policy);
         }
         Command::Policy(PolicyCommand::Check {
@@ -167,7 +178,7 @@ fn run(args: &Args) -> Result<(), ClientError> {
                     port: addr.port(),
                     protocol,
                 };
-                let r: PolicyCheckReply = c.call(&m("PolicyCheck"), &p)?;
+                let r = c.policy_check(&p)?;
                 answers.push((addr, r));
             }
             if args.json {
@@ -184,7 +195,7 @@ fn run(args: &Args) -> Result<(), ClientError> {
         }
         Command::Completions { .. } => unreachable!("handled before connecting"),
         Command::Version => {
-            let r: VersionReply = c.call(&m("GetVersion"), &serde_json::json!({}))?;
+            let r = c.version()?;
             print(args.json, &r, |r| {
                 format!(
                     "tracectl {}\nconnectracerd {} on kernel {}\n",

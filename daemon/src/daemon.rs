@@ -270,6 +270,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
 
     let listener = control::server::bind(control_socket).context("control socket")?;
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
+    let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers());
     let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
     info!(socket = %control_socket.display(), "control socket listening");
 
@@ -329,6 +330,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     };
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
+    dbus.abort();
     let _ = std::fs::remove_file(control_socket);
     result
 }
@@ -852,6 +854,7 @@ impl Daemon {
                 reloads: self.reload.reloads,
                 reload_failures: self.reload.failures,
                 last_reload_error: self.reload.last_error.clone(),
+                trace_mode: self.config.trace.as_str().to_string(),
             },
         }))
     }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dbus;
 pub mod dns;
 pub mod event_log;
 pub mod kernel;

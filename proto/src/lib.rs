@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+pub mod dbus;
 pub mod varlink;
 
 /// Transport protocol of a traced connection.

@@ -213,7 +213,7 @@ pub struct VersionReply {
     pub kernel: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, zbus::Type)]
 pub struct KernelCounters {
     pub connects: u64,
     pub sendmsg_new: u64,
@@ -254,6 +254,9 @@ pub struct Stats {
     pub reload_failures: u64,
     /// Why the last reload failed, while the configuration stays unfixed.
     pub last_reload_error: Option<String>,
+    /// `trace` of the configuration in force: "all" or "watched".
+    #[serde(default)]
+    pub trace_mode: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

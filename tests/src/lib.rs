@@ -264,7 +264,35 @@ impl Daemon {
         socket: PathBuf,
         pin_dir: PathBuf,
     ) -> anyhow::Result<Self> {
+        Self::start_on(cg, cfg, socket, pin_dir, NO_BUS)
+    }
+
+    /// Starts the daemon on `cg` with `config`, connected to `bus`, and
+    /// waits until it serves its D-Bus name there.
+    pub fn start_on_bus(cg: &TestCgroup, config: &str, bus: &PrivateBus) -> anyhow::Result<Self> {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("{}-b{}", &cg.rel[1..], SEQ.fetch_add(1, Ordering::Relaxed));
+        let cfg = tempdir_lite::ConfigDir::new(&name, config);
+        let socket = std::env::temp_dir().join(format!("connectracer-test-{name}.sock"));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/connectracer-test-{name}"));
+        let mut d = Self::start_on(cg, cfg, socket, pin_dir, &bus.address)?;
+        // The bus task may log before the control socket does.
+        if d.logged("D-Bus: serving").is_none() {
+            d.wait_log("D-Bus: serving", Duration::from_secs(20))?;
+        }
+        Ok(d)
+    }
+
+    /// `bus`: the system bus address the daemon gets.
+    fn start_on(
+        cg: &TestCgroup,
+        cfg: tempdir_lite::ConfigDir,
+        socket: PathBuf,
+        pin_dir: PathBuf,
+        bus: &str,
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(bin_path("connectracerd"))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
             .args(["--foreground", "--log-format", "json", "--cgroup"])
             .arg(&cg.path)
             .arg("--control-socket")
@@ -416,6 +444,210 @@ impl Drop for Daemon {
         if !self.pin_dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.pin_dir);
         }
+    }
+}
+
+/// The system bus address every daemon started without a private bus gets:
+/// nothing listens there, so tests never touch the machine's own bus.
+pub const NO_BUS: &str = "unix:path=/nonexistent/connectracer-test-no-bus";
+
+/// A private dbus-daemon configured like the system bus (deny by default,
+/// EXTERNAL auth) plus our shipped policy file. Killed and removed on drop.
+#[derive(Debug)]
+pub struct PrivateBus {
+    child: Child,
+    dir: PathBuf,
+    pub address: String,
+}
+
+/// The repository root (the tests crate's parent).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_path_buf()
+}
+
+impl PrivateBus {
+    pub fn start() -> anyhow::Result<Self> {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("connectracer-test-bus-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).context("bus directory")?;
+        // Test users connect too.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let policy = repo_root().join("packaging/dbus/org.connectracer.Tracer1.conf");
+        let config = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={dir}/system_bus_socket</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <!-- polkitd runs as root in the tests. -->
+  <policy user="root">
+    <allow own="org.freedesktop.PolicyKit1"/>
+  </policy>
+  <include ignore_missing="yes">/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf</include>
+  <include>{policy}</include>
+</busconfig>
+"#,
+            dir = dir.display(),
+            policy = policy.display()
+        );
+        let conf = dir.join("bus.conf");
+        std::fs::write(&conf, config)?;
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--print-address"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting dbus-daemon (scripts/install-deps installs it)")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+        let bus = Self {
+            child,
+            dir,
+            address: line.trim().to_string(),
+        };
+        if bus.address.is_empty() {
+            bail!("dbus-daemon printed no address");
+        }
+        Ok(bus)
+    }
+
+    /// A command with this bus as its system bus.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("DBUS_SYSTEM_BUS_ADDRESS", &self.address);
+        c
+    }
+
+    /// tracectl --bus ARGS as root: exit code, stdout, stderr.
+    pub fn tracectl(&self, args: &[&str]) -> (i32, String, String) {
+        output(self.command(bin_path("tracectl")).arg("--bus").args(args))
+    }
+
+    /// tracectl --bus ARGS as `user` (its uid, gid and groups).
+    pub fn tracectl_as(&self, user: &TestUser, args: &[&str]) -> (i32, String, String) {
+        output(
+            self.command("setpriv")
+                .arg(format!("--reuid={}", user.uid))
+                .arg(format!("--regid={}", user.gid))
+                .arg("--init-groups")
+                .arg(bin_path("tracectl"))
+                .arg("--bus")
+                .args(args),
+        )
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a command to completion: exit code, stdout, stderr.
+pub fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("running a command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A group created for a test (or found existing); removed on drop only
+/// if this test created it.
+#[derive(Debug)]
+pub struct TestGroup {
+    pub name: String,
+    pub gid: u32,
+    created: bool,
+}
+
+impl TestGroup {
+    pub fn ensure(name: &str) -> anyhow::Result<Self> {
+        let created = nix::unistd::Group::from_name(name)?.is_none();
+        if created {
+            let st = Command::new("groupadd").arg("--system").arg(name).status()?;
+            if !st.success() {
+                bail!("groupadd {name}: {st}");
+            }
+        }
+        let gid = nix::unistd::Group::from_name(name)?
+            .context("group after groupadd")?
+            .gid
+            .as_raw();
+        Ok(Self {
+            name: name.to_string(),
+            gid,
+            created,
+        })
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = Command::new("groupdel").arg(&self.name).status();
+        }
+    }
+}
+
+/// A user created for a test, deleted on drop, pass or fail.
+#[derive(Debug)]
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl TestUser {
+    /// A new user (with its own group), also in `groups`.
+    pub fn create(name: &str, groups: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("useradd");
+        cmd.args(["--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin"]);
+        if !groups.is_empty() {
+            cmd.arg("--groups").arg(groups.join(","));
+        }
+        let st = cmd.arg(name).status()?;
+        if !st.success() {
+            bail!("useradd {name}: {st}");
+        }
+        let u = nix::unistd::User::from_name(name)?.context("user after useradd")?;
+        Ok(Self {
+            name: name.to_string(),
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        })
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        // userdel also removes the user's own group.
+        let _ = Command::new("userdel").arg(&self.name).status();
     }
 }
 

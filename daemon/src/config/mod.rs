@@ -27,6 +27,16 @@ pub enum TraceMode {
     All,
 }
 
+impl TraceMode {
+    /// As written in the configuration's `trace` key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceMode::Watched => "watched",
+            TraceMode::All => "all",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,

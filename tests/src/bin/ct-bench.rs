@@ -237,7 +237,8 @@ fn reload_under_load(cg: &TestCgroup, dst: &str) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let head = "trace = \"watched\"\nmode = \"audit\"\n[policy]\nallow_loopback = false\n[log]\nformat = \"json\"\n";
+    let head =
+        "trace = \"watched\"\nmode = \"audit\"\n[policy]\nallow_loopback = false\n[log]\nformat = \"json\"\n";
     let config = |a: bool| {
         let (label, extra) = if a {
             ("a", "[[rule]]\naction = \"deny\"\ndest = \"127.0.0.0/8\"\n")
@@ -269,7 +270,8 @@ fn reload_under_load(cg: &TestCgroup, dst: &str) -> anyhow::Result<()> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    load.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    load.join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
     d.stop()?;
     let (mut judged, mut mixed) = (0u64, 0u64);
     let mut epochs = std::collections::BTreeSet::new();
@@ -285,12 +287,18 @@ fn reload_under_load(cg: &TestCgroup, dst: &str) -> anyhow::Result<()> {
     let (p50, _) = percentiles(times.clone());
     let max = times.iter().copied().fold(0.0, f64::max);
     println!();
-    println!("Reload under load (10,000 rules + the watch list, {} reloads during a connect loop):", times.len());
+    println!(
+        "Reload under load (10,000 rules + the watch list, {} reloads during a connect loop):",
+        times.len()
+    );
     println!();
     println!("| measure | value |");
     println!("|---|---|");
     println!("| SIGHUP to applied, median / max | {p50:.1} / {max:.1} ms |");
-    println!("| connects traced across {} configuration epochs | {judged} |", epochs.len());
+    println!(
+        "| connects traced across {} configuration epochs | {judged} |",
+        epochs.len()
+    );
     println!("| connects judged against a mixed state (must be 0) | {mixed} |");
     Ok(())
 }

@@ -1,0 +1,115 @@
+//! One set of typed calls over either transport: the control socket
+//! (varlink) or the system bus (`--bus`).
+
+use connectracer_proto::varlink::{
+    AddHostParams, ConnectionsParams, ConnectionsReply, HostsReply, PolicyCheckParams, PolicyCheckReply,
+    PolicyShowReply, PsParams, ReloadReply, RemoveHostParams, StatsReply, VersionReply, WatchParams,
+    WatchReply, WhoParams, INTERFACE,
+};
+
+use crate::bus::BusClient;
+use crate::client::{Client, ClientError};
+
+#[derive(Debug)]
+pub enum Transport {
+    Socket(Client),
+    Bus(BusClient),
+}
+
+fn m(name: &str) -> String {
+    format!("{INTERFACE}.{name}")
+}
+
+fn none() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+impl Transport {
+    pub fn who(&mut self, p: &WhoParams) -> Result<ConnectionsReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("Who"), p),
+            Self::Bus(b) => b.who(p),
+        }
+    }
+
+    pub fn ps(&mut self, pid: u32) -> Result<ConnectionsReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("Ps"), &PsParams { pid }),
+            Self::Bus(b) => b.ps(pid),
+        }
+    }
+
+    pub fn connections(&mut self, p: &ConnectionsParams) -> Result<ConnectionsReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("Connections"), p),
+            Self::Bus(b) => b.connections(p),
+        }
+    }
+
+    pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("GetStats"), &none()),
+            Self::Bus(b) => b.stats(),
+        }
+    }
+
+    pub fn version(&mut self) -> Result<VersionReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("GetVersion"), &none()),
+            Self::Bus(b) => b.version(),
+        }
+    }
+
+    pub fn reload(&mut self) -> Result<ReloadReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("Reload"), &none()),
+            Self::Bus(b) => b.reload(),
+        }
+    }
+
+    pub fn add_host(&mut self, p: &AddHostParams) -> Result<ReloadReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("AddHost"), p),
+            Self::Bus(b) => b.add_host(p),
+        }
+    }
+
+    pub fn remove_host(&mut self, name: &str) -> Result<ReloadReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("RemoveHost"), &RemoveHostParams { name: name.into() }),
+            Self::Bus(b) => b.remove_host(name),
+        }
+    }
+
+    pub fn hosts(&mut self) -> Result<HostsReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("Hosts"), &none()),
+            Self::Bus(b) => b.hosts(),
+        }
+    }
+
+    pub fn policy_show(&mut self) -> Result<PolicyShowReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("PolicyShow"), &none()),
+            Self::Bus(b) => b.policy_show(),
+        }
+    }
+
+    pub fn policy_check(&mut self, p: &PolicyCheckParams) -> Result<PolicyCheckReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&m("PolicyCheck"), p),
+            Self::Bus(b) => b.policy_check(p),
+        }
+    }
+
+    pub fn watch(
+        &mut self,
+        filter: &WatchParams,
+        each: impl FnMut(WatchReply) -> bool,
+    ) -> Result<(), ClientError> {
+        match self {
+            Self::Socket(c) => c.stream(&m("Watch"), filter, each),
+            Self::Bus(b) => b.watch(filter, each),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Answers D-Bus calls: identify, authorize, then hand the operation to the
+//! task that owns the state, exactly as the control socket does.
+
+use std::time::Duration;
+
+use connectracer_proto::dbus::{Backend, Operation, Peer};
+use connectracer_proto::varlink::CallError;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use zbus::message::Header;
+use zbus::Connection;
+
+use super::polkit;
+use crate::control::authz::ADMIN_GROUP;
+use crate::control::{Caller, Method, Request};
+
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct DaemonBackend {
+    pub requests: mpsc::Sender<Request>,
+}
+
+/// The bus reports every group of the calling process, so membership of
+/// group connectracer counts as it does for SO_PEERCRED plus the group
+/// database.
+pub fn caller(peer: &Peer) -> Caller {
+    let admin_gid = nix::unistd::Group::from_name(ADMIN_GROUP)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    let primary = peer.groups.first().copied().unwrap_or(u32::MAX);
+    let by_database = Caller::from_peer(peer.uid, primary, peer.pid.and_then(|p| i32::try_from(p).ok()));
+    Caller {
+        privileged: by_database.privileged || admin_gid.is_some_and(|g| peer.groups.contains(&g)),
+        ..by_database
+    }
+}
+
+fn method(op: Operation) -> Method {
+    match op {
+        Operation::GetVersion => Method::GetVersion,
+        Operation::GetStats => Method::GetStats,
+        Operation::Who(p) => Method::Who(p),
+        Operation::Ps(p) => Method::Ps(p),
+        Operation::Connections(p) => Method::Connections(p),
+        Operation::Reload => Method::Reload,
+        Operation::AddHost(p) => Method::AddHost(p),
+        Operation::RemoveHost(p) => Method::RemoveHost(p),
+        Operation::Hosts => Method::Hosts,
+        Operation::PolicyShow => Method::PolicyShow,
+        Operation::PolicyCheck(p) => Method::PolicyCheck(p),
+    }
+}
+
+fn unavailable(reason: String) -> CallError {
+    CallError::InvalidArgument {
+        field: "daemon".into(),
+        reason,
+    }
+}
+
+/// Sends a request to the state owner and waits for its answer.
+pub async fn ask(
+    requests: &mpsc::Sender<Request>,
+    method: Method,
+    caller: Caller,
+) -> Result<Map<String, Value>, CallError> {
+    let (tx, rx) = oneshot::channel();
+    let gone = || unavailable("the daemon is shutting down".into());
+    requests
+        .send(Request {
+            method,
+            caller,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| gone())?;
+    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(gone()),
+        Err(_) => Err(unavailable(format!("no answer within {ANSWER_TIMEOUT:?}"))),
+    }
+}
+
+impl Backend for DaemonBackend {
+    async fn call(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+        peer: &Peer,
+        op: Operation,
+    ) -> Result<Map<String, Value>, CallError> {
+        let caller = caller(peer);
+        if op.mutates() {
+            // The same rule as on the socket first, so a non-member is told
+            // about the group rather than about polkit.
+            if !caller.privileged {
+                return Err(CallError::AccessDenied {
+                    reason: format!(
+                        "changing the configuration needs root or membership in group {ADMIN_GROUP}"
+                    ),
+                });
+            }
+            polkit::authorize(conn, header, &caller).await?;
+        }
+        ask(&self.requests, method(op), caller).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, groups: Vec<u32>) -> Peer {
+        Peer {
+            sender: zbus::names::UniqueName::try_from(":1.7").unwrap().into(),
+            uid,
+            pid: Some(42),
+            groups,
+        }
+    }
+
+    #[test]
+    fn root_is_privileged_and_a_stranger_is_not() {
+        let root = caller(&peer(0, vec![0]));
+        assert!(root.privileged);
+        assert_eq!(root.pid, Some(42));
+        // uid and gid 4_000_000 exist in no database.
+        let user = caller(&peer(4_000_000, vec![4_000_000]));
+        assert!(!user.privileged);
+        assert_eq!(user.uid, 4_000_000);
+    }
+}
