@@ -121,10 +121,13 @@ fn bundled_config_examples_are_valid_when_uncommented() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("connectracer.toml");
     std::fs::write(&file, text).unwrap();
+    // Its own state directory: hosts added on this machine are not the bundled file's.
     let out = daemon()
         .arg("--check-config")
         .arg("--config")
         .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
