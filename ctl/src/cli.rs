@@ -60,9 +60,17 @@ pub enum Command {
         /// The local (source) port of the connection.
         #[arg(long, value_name = "PORT")]
         local_port: Option<u16>,
+        /// At most this many, newest first (the daemon caps answers at 100000).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
     },
     /// Open and recently closed connections of a process.
-    Ps { pid: u32 },
+    Ps {
+        pid: u32,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Connections in the daemon's table, newest first.
     Connections {
         #[arg(long, value_enum)]

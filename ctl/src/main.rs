@@ -59,17 +59,22 @@ fn run(args: &Args) -> Result<(), ClientError> {
     };
     let list = |r: &ConnectionsReply| output::connections(&r.connections);
     match &args.command {
-        Command::Who { address, local_port } => {
+        Command::Who {
+            address,
+            local_port,
+            limit,
+        } => {
             let p = WhoParams {
                 address: address.clone(),
                 port: None,
                 local_port: *local_port,
+                limit: Some(*limit),
             };
             let r = c.who(&p)?;
             print(args.json, &r, list);
         }
-        Command::Ps { pid } => {
-            let r = c.ps(*pid)?;
+        Command::Ps { pid, limit } => {
+            let r = c.ps(*pid, *limit)?;
             print(args.json, &r, list);
         }
         Command::Connections {

@@ -24,18 +24,33 @@ fn none() -> serde_json::Value {
     serde_json::json!({})
 }
 
+fn cut(mut r: ConnectionsReply, limit: Option<u32>) -> ConnectionsReply {
+    if let Some(l) = limit {
+        r.connections.truncate(l as usize);
+    }
+    r
+}
+
 impl Transport {
+    /// The bus methods take no limit (the daemon's default applies); the
+    /// client cuts the answer to the same newest-first length.
     pub fn who(&mut self, p: &WhoParams) -> Result<ConnectionsReply, ClientError> {
         match self {
             Self::Socket(c) => c.call(&m("Who"), p),
-            Self::Bus(b) => b.who(p),
+            Self::Bus(b) => b.who(p).map(|r| cut(r, p.limit)),
         }
     }
 
-    pub fn ps(&mut self, pid: u32) -> Result<ConnectionsReply, ClientError> {
+    pub fn ps(&mut self, pid: u32, limit: u32) -> Result<ConnectionsReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("Ps"), &PsParams { pid }),
-            Self::Bus(b) => b.ps(pid),
+            Self::Socket(c) => c.call(
+                &m("Ps"),
+                &PsParams {
+                    pid,
+                    limit: Some(limit),
+                },
+            ),
+            Self::Bus(b) => b.ps(pid).map(|r| cut(r, Some(limit))),
         }
     }
 

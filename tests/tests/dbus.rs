@@ -657,3 +657,117 @@ fn call_latency_over_the_bus_and_the_socket() {
         assert!(v[t]["p50_us"].as_f64().unwrap() < 20_000.0, "{out}");
     }
 }
+
+/// Policy over the bus: show and check answer as on the socket, and a
+/// denied connect raises the Denied signal that `tracectl --bus watch` prints.
+#[test]
+fn policy_over_the_bus_and_the_denied_signal() {
+    let bus = PrivateBus::start().unwrap();
+    let cg = TestCgroup::new("dbus-policy");
+    let config =
+        "[policy]\nallow_loopback = false\n[[rule]]\naction = \"deny\"\ndest = \"127.0.0.2\"\nports = [9]\n";
+    let d = Daemon::start_on_bus(&cg, config, &bus).unwrap();
+    let run = |args: &[&str]| {
+        output(
+            bus.command(bin_path("tracectl"))
+                .arg("--socket")
+                .arg(&d.socket)
+                .args(args),
+        )
+    };
+    for args in [
+        vec!["--json", "policy", "show"],
+        vec![
+            "--json",
+            "policy",
+            "check",
+            "--cgroup",
+            &cg.rel,
+            "--dest",
+            "127.0.0.2:9",
+        ],
+        vec![
+            "--json",
+            "policy",
+            "check",
+            "--uid",
+            "0",
+            "--dest",
+            "127.0.0.2:10/udp",
+        ],
+    ] {
+        let socket = run(&args);
+        let mut over_bus = vec!["--bus"];
+        over_bus.extend_from_slice(&args);
+        let via_bus = run(&over_bus);
+        assert_eq!(socket.0, 0, "{args:?}: {}", socket.2);
+        assert_eq!(via_bus, socket, "{args:?} over the bus");
+    }
+    let check = json(
+        &run(&[
+            "--bus",
+            "--json",
+            "policy",
+            "check",
+            "--cgroup",
+            &cg.rel,
+            "--dest",
+            "127.0.0.2:9",
+        ])
+        .1,
+    );
+    assert_eq!(check[0]["decision"]["verdict"], "deny");
+    assert_eq!(check[0]["decision"]["rule"], 1);
+    let (code, _, err) = run(&[
+        "--bus",
+        "policy",
+        "check",
+        "--cgroup",
+        "x",
+        "--dest",
+        "127.0.0.2:9",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("invalid cgroup: `x` is not an absolute cgroup path"),
+        "{err}"
+    );
+
+    let mut watch = bus
+        .command(bin_path("tracectl"))
+        .args(["--bus", "--json", "watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Retried until the watcher's match rules are in place.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut denied = None;
+    while denied.is_none() && Instant::now() < deadline {
+        let out = connectracer_tests::probe(&cg, &["connect", "127.0.0.2:9"]).unwrap();
+        assert_eq!(out["results"][0]["errno"], 1, "EPERM");
+        let pid = out["pid"].clone();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+            let v = json(&line);
+            if v["connection"]["process"]["pid"] == pid {
+                denied = Some(v);
+                break;
+            }
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let v = denied.expect("a Denied signal");
+    assert_eq!(v["event"], "denied");
+    assert_eq!(v["connection"]["verdict"], "deny");
+    assert_eq!(v["connection"]["policy_rule"], 1);
+    assert_eq!(v["connection"]["dst"], "127.0.0.2:9");
+}

@@ -36,11 +36,22 @@ pub fn parse_address(s: &str) -> Result<(IpAddr, Option<u16>), CallError> {
     ))
 }
 
-fn reply(caller: &Caller, conns: impl Iterator<Item = Connection>, limit: usize) -> Answer {
-    let mut connections: Vec<Connection> = conns.filter(|c| caller.may_see(c)).collect();
-    connections.sort_unstable_by_key(|c| std::cmp::Reverse(c.id));
-    connections.truncate(limit);
+/// Sorted and cut on references: only what is returned is copied and
+/// serialized, so a destination with the whole table behind it answers in
+/// the time of `limit` entries.
+fn reply<'a>(caller: &Caller, conns: impl Iterator<Item = &'a Connection>, limit: usize) -> Answer {
+    let mut seen: Vec<&Connection> = conns.filter(|c| caller.may_see(c)).collect();
+    if seen.len() > limit {
+        seen.select_nth_unstable_by_key(limit, |c| std::cmp::Reverse(c.id));
+        seen.truncate(limit);
+    }
+    seen.sort_unstable_by_key(|c| std::cmp::Reverse(c.id));
+    let connections: Vec<Connection> = seen.into_iter().cloned().collect();
     Ok(to_parameters(&ConnectionsReply { connections }))
+}
+
+fn limit(l: Option<u32>) -> usize {
+    l.map_or(DEFAULT_LIMIT, |l| (l as usize).clamp(1, MAX_CONNECTIONS))
 }
 
 pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams) -> Answer {
@@ -56,9 +67,9 @@ pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams) -> Answer {
                 v4 => v4,
             };
             let port = p.port.or(port_in_address);
-            reply(caller, table.by_destination(ip, port).cloned(), MAX_CONNECTIONS)
+            reply(caller, table.by_destination(ip, port), limit(p.limit))
         }
-        (None, Some(lport)) => reply(caller, table.by_local_port(lport).cloned(), MAX_CONNECTIONS),
+        (None, Some(lport)) => reply(caller, table.by_local_port(lport), limit(p.limit)),
         (Some(_), Some(_)) => Err(invalid(
             "local_port",
             "give either address or local_port, not both",
@@ -68,7 +79,7 @@ pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams) -> Answer {
 }
 
 pub fn ps(table: &ConnTable, caller: &Caller, p: &PsParams) -> Answer {
-    reply(caller, table.by_pid(p.pid).cloned(), MAX_CONNECTIONS)
+    reply(caller, table.by_pid(p.pid), limit(p.limit))
 }
 
 pub fn connections(table: &ConnTable, caller: &Caller, p: &ConnectionsParams) -> Answer {
@@ -77,14 +88,41 @@ pub fn connections(table: &ConnTable, caller: &Caller, p: &ConnectionsParams) ->
         .map_or(DEFAULT_LIMIT, |l| (l as usize).min(MAX_CONNECTIONS));
     let conns = table
         .iter()
-        .filter(|c| p.state.is_none_or(|s| c.state == s) && p.protocol.is_none_or(|pr| c.protocol == pr))
-        .cloned();
+        .filter(|c| p.state.is_none_or(|s| c.state == s) && p.protocol.is_none_or(|pr| c.protocol == pr));
     reply(caller, conns, limit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_keep_the_newest_up_to_the_limit() {
+        let mut t = ConnTable::new(crate::table::TableLimits {
+            max_open: 100,
+            max_closed: 100,
+            closed_retention: std::time::Duration::from_secs(60),
+        });
+        for i in 0..10 {
+            t.insert(crate::table::test_connection(i, 7, 0, "10.0.0.1:443"));
+        }
+        let root = Caller::from_peer(0, 0, None);
+        let p = WhoParams {
+            address: Some("10.0.0.1".into()),
+            limit: Some(3),
+            ..Default::default()
+        };
+        let r = who(&t, &root, &p).unwrap();
+        let ids: Vec<u64> = r["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, [10, 9, 8]);
+        let all = ps(&t, &root, &PsParams { pid: 7, limit: None }).unwrap();
+        assert_eq!(all["connections"].as_array().unwrap().len(), 10);
+    }
 
     #[test]
     fn addresses() {

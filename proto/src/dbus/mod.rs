@@ -360,6 +360,7 @@ impl<B: Backend> Tracer<B> {
             address: Some(address.to_string()),
             port: (port != 0).then_some(port),
             local_port: None,
+            limit: None,
         };
         self.list(conn, &header, Operation::Who(p)).await
     }
@@ -379,6 +380,7 @@ impl<B: Backend> Tracer<B> {
             address: None,
             port: None,
             local_port: Some(local_port),
+            limit: None,
         };
         self.list(conn, &header, Operation::Who(p)).await
     }
@@ -391,7 +393,8 @@ impl<B: Backend> Tracer<B> {
         #[zbus(header)] header: Header<'_>,
         pid: u32,
     ) -> Result<Vec<ConnectionInfo>, TracerError> {
-        self.list(conn, &header, Operation::Ps(PsParams { pid })).await
+        self.list(conn, &header, Operation::Ps(PsParams { pid, limit: None }))
+            .await
     }
 
     /// Connections in the table, newest first. state: connecting,

@@ -524,6 +524,6 @@ mod tests {
         );
         assert!(ConnectionInfo::SIGNATURE
             .to_string()
-            .starts_with("(ttssasssasauuasasta"));
+            .starts_with("(ttssassausasauuasasta"));
     }
 }
