@@ -301,7 +301,13 @@ impl Tracer {
             ("sock_release", &progs.ct_sock_release),
         ] {
             let pinned = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
-            if let Some(mut old) = pinned.as_ref().and_then(|p| Link::open(p).ok()) {
+            // Only pins that exist: libbpf logs every failed open as a
+            // warning, nine of them in the journal at each fresh start.
+            if let Some(mut old) = pinned
+                .as_ref()
+                .filter(|p| p.exists())
+                .and_then(|p| Link::open(p).ok())
+            {
                 let same_cgroup = match old.info().map(|i| i.info) {
                     Ok(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) => {
                         cgroup_id.as_ref().is_ok_and(|id| *id == c.cgroup_id)
@@ -345,7 +351,7 @@ impl Tracer {
                 .attach()
                 .map_err(|source| TracerError::Attach { prog: name, source })?;
             if let Some(p) = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}"))) {
-                if let Ok(mut old) = Link::open(&p) {
+                if let Some(mut old) = p.exists().then(|| Link::open(&p).ok()).flatten() {
                     let _ = old.unpin();
                     let _ = old.detach();
                     self.adoption.links.push(name);

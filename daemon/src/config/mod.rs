@@ -2,6 +2,8 @@
 //! validated model (this module), collecting every error with its file, line
 //! and key so one run of `--check-config` reports them all.
 
+#[cfg(test)]
+mod man_page;
 mod raw;
 mod validate;
 

@@ -67,13 +67,35 @@ pub fn mounts() -> Result<Vec<Mount>, MountError> {
     Ok(parse_mountinfo(&text))
 }
 
-/// The cgroup2 mount point; the first one wins when several exist.
+/// The cgroup2 mount point to attach under.
 pub fn cgroup2_mount() -> Result<PathBuf, MountError> {
-    mounts()?
-        .into_iter()
-        .find(|m| m.fs_type == "cgroup2")
-        .map(|m| m.mount_point)
-        .ok_or(MountError::NoCgroup2)
+    pick_cgroup2(&mounts()?).ok_or(MountError::NoCgroup2)
+}
+
+/// Among the cgroup2 mounts, those still reachable (a later mount on the
+/// same point or on an ancestor hides an earlier one, which mountinfo keeps
+/// listing: its path would now lead into the covering filesystem), and of
+/// those the first rooted at "/" — inside a cgroup namespace, a mount made
+/// outside it shows a root like "/.." and leads to cgroups above the
+/// namespace's root, up to the host's real root. Failing that, the first
+/// reachable one (e.g. a container's bind of its own subtree).
+pub fn pick_cgroup2(mounts: &[Mount]) -> Option<PathBuf> {
+    let visible: Vec<&Mount> = mounts
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| {
+            m.fs_type == "cgroup2"
+                && !mounts[i + 1..]
+                    .iter()
+                    .any(|later| m.mount_point.starts_with(&later.mount_point))
+        })
+        .map(|(_, m)| m)
+        .collect();
+    visible
+        .iter()
+        .find(|m| m.root == "/")
+        .or(visible.first())
+        .map(|m| m.mount_point.clone())
 }
 
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -118,5 +140,34 @@ garbage line\n";
         let cg = m.iter().find(|m| m.fs_type == "cgroup2").unwrap();
         assert_eq!(cg.mount_point, PathBuf::from("/sys/fs/cgroup/unified"));
         assert_eq!(m[3].mount_point, PathBuf::from("/mnt/with space"));
+        assert_eq!(pick_cgroup2(&m), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+    }
+
+    /// A cgroup namespace that mounted its own cgroup2 over the host's
+    /// hierarchy: the host's mount is still listed first (root "/..") but
+    /// hidden; attaching under it would reach the host's root cgroup.
+    #[test]
+    fn skips_hidden_and_foreign_cgroup2_mounts() {
+        let text = "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+41 31 0:38 /.. /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+48 23 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            pick_cgroup2(&parse_mountinfo(text)),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        // Not hidden, but from outside the namespace: the namespace's own wins.
+        let text = "41 31 0:38 /.. /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+48 23 0:38 / /mnt/cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            pick_cgroup2(&parse_mountinfo(text)),
+            Some(PathBuf::from("/mnt/cg"))
+        );
+        // Only a container's bind of its subtree: still used.
+        let text = "41 31 0:38 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            pick_cgroup2(&parse_mountinfo(text)),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(pick_cgroup2(&[]), None);
     }
 }
