@@ -163,6 +163,16 @@ fn start_cgroup_watch(
     }
 }
 
+/// The distinct labels in use, for the reload log line: a few names, not
+/// one entry per host (10,000 hosts made that line 60 KB).
+fn labels_in(c: &Config) -> Vec<&str> {
+    let mut labels: Vec<&str> = c.hosts.iter().filter_map(|h| h.label.as_deref()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    labels.truncate(20);
+    labels
+}
+
 fn log_policy(c: &Config) {
     let p = &c.policy;
     if p.is_active() {
@@ -350,7 +360,7 @@ impl Daemon {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
         // Kept alive for as long as the loop runs.
-        let _watcher = match reload::watch(&config_dir, fs_tx) {
+        let _watcher = match reload::watch(self.source.main(), fs_tx) {
             Ok(w) => Some(w),
             Err(e) => {
                 warn!(
@@ -556,7 +566,7 @@ impl Daemon {
             trigger,
             trace = ?self.config.trace,
             hosts = self.config.hosts.len(),
-            labels = ?self.config.hosts.iter().map(|h| h.label.as_deref().unwrap_or("")).collect::<Vec<_>>(),
+            labels = ?labels_in(&self.config),
             "configuration applied"
         );
         Ok(ReloadReply {

@@ -104,24 +104,101 @@ pub fn keep_restart_only(old: &Config, new: &mut Config) {
     };
 }
 
-/// Watches the configuration directory; each change sends `()` (callers
-/// debounce). The returned watcher stops when dropped.
-pub fn watch(dir: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<RecommendedWatcher> {
+/// Watches the configuration directory; each change to the main file or a
+/// drop-in sends `()` (callers debounce). The returned watcher stops when
+/// dropped.
+pub fn watch(main: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<RecommendedWatcher> {
+    // Events name paths under the watched directory as given; resolved once
+    // so that a relative --config compares equal to them.
+    let dir = main
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let main = dir.join(main.file_name().unwrap_or_default());
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            // Reads (access events) change nothing.
-            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+            if completes_a_change(&ev.kind) && ev.paths.iter().any(|p| is_config_file(&main, p)) {
                 let _ = tx.send(());
             }
         }
     })?;
-    watcher.watch(dir, RecursiveMode::Recursive)?;
+    watcher.watch(&dir, RecursiveMode::Recursive)?;
     Ok(watcher)
+}
+
+/// A file written in place (`cp`, `>`) is complete only when its writer
+/// closes it: reloading on the writes themselves could read it half
+/// written (an empty file is a valid configuration). Renames, creations and
+/// removals are complete as they happen.
+fn completes_a_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Create(_)
+        | EventKind::Remove(_)
+        | EventKind::Modify(ModifyKind::Name(_) | ModifyKind::Any) => true,
+        EventKind::Modify(ModifyKind::Metadata(_) | ModifyKind::Data(_) | ModifyKind::Other)
+        | EventKind::Access(_)
+        | EventKind::Any
+        | EventKind::Other => false,
+    }
+}
+
+/// The main file, `conf.d/` itself (created or removed whole) and
+/// `conf.d/*.toml`; editors' temporary files and anything else that lives
+/// next to them (a state directory, backups) are not configuration.
+fn is_config_file(main: &Path, p: &Path) -> bool {
+    let dir = main.parent().unwrap_or(Path::new("/"));
+    let dropins = dir.join(crate::config::DROPIN_DIR);
+    p == main || p == dropins || (p.parent() == Some(&dropins) && p.extension().is_some_and(|e| e == "toml"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_configuration_files_count() {
+        let main = Path::new("/etc/connectracer/connectracer.toml");
+        assert!(is_config_file(main, main));
+        assert!(is_config_file(main, Path::new("/etc/connectracer/conf.d")));
+        assert!(is_config_file(
+            main,
+            Path::new("/etc/connectracer/conf.d/50-x.toml")
+        ));
+        assert!(!is_config_file(
+            main,
+            Path::new("/etc/connectracer/conf.d/.50-x.toml.swp")
+        ));
+        assert!(!is_config_file(
+            main,
+            Path::new("/etc/connectracer/state/metrics-counters.prom")
+        ));
+        assert!(!is_config_file(
+            main,
+            Path::new("/etc/connectracer/connectracer.toml~")
+        ));
+    }
+
+    #[test]
+    fn in_place_writes_count_when_closed() {
+        use notify::event::{AccessKind, AccessMode, DataChange, ModifyKind, RenameMode};
+        use notify::EventKind;
+        assert!(!completes_a_change(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(completes_a_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(completes_a_change(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(!completes_a_change(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+    }
 
     #[test]
     fn restart_only_settings_are_named_and_kept() {
