@@ -529,6 +529,7 @@ impl Daemon {
     /// An invalid configuration changes nothing.
     async fn reload_config(&mut self, trigger: &str) -> Result<ReloadReply, CallError> {
         self.reload.reloads += 1;
+        let started = Instant::now();
         let mut new = match self.source.load() {
             Ok(c) => c,
             Err(errors) => {
@@ -539,6 +540,7 @@ impl Daemon {
                 return Err(CallError::ConfigInvalid { errors: lines });
             }
         };
+        let loaded = Instant::now();
         let needs_restart = reload::restart_only_changes(&self.config, &new);
         if !needs_restart.is_empty() {
             warn!(
@@ -566,7 +568,10 @@ impl Daemon {
             trigger,
             trace = ?self.config.trace,
             hosts = self.config.hosts.len(),
+            rules = self.config.policy.rules.len(),
             labels = ?labels_in(&self.config),
+            load_ms = loaded.duration_since(started).as_secs_f64() * 1e3,
+            apply_ms = loaded.elapsed().as_secs_f64() * 1e3,
             "configuration applied"
         );
         Ok(ReloadReply {
