@@ -85,11 +85,13 @@ pub fn build(hosts: &[WatchedHost], resolved: &Resolved) -> (Vec<LpmEntry>, Vec<
     }
     let mut out = Vec::with_capacity(order.len());
     let mut errors = Vec::new();
+    let lengths = prefix_lengths(own.keys());
     for (net, host_index) in order {
         let mut rules = own[&net].clone();
-        // Walk the covering prefixes from the next shorter one up to /0: at
-        // most 128 hash lookups, whatever the number of hosts.
-        for len in (0..net.prefix_len()).rev() {
+        // Walk the covering prefixes from the next shorter one up to /0,
+        // only at lengths some entry has: 10,000 single addresses cost no
+        // lookups at all, and never more than 128 each.
+        for &len in lengths(&net).iter().rev() {
             let Ok(wider) = IpNet::new(net.addr(), len) else {
                 continue;
             };
@@ -108,6 +110,22 @@ pub fn build(hosts: &[WatchedHost], resolved: &Resolved) -> (Vec<LpmEntry>, Vec<
         out.push(LpmEntry { net, rules });
     }
     (out, errors)
+}
+
+/// Per family, the prefix lengths present, ascending; the returned closure
+/// gives those shorter than a net's own, in the net's family.
+pub fn prefix_lengths<'a>(nets: impl Iterator<Item = &'a IpNet>) -> impl Fn(&IpNet) -> Vec<u8> {
+    let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
+    for n in nets {
+        match n {
+            IpNet::V4(_) => v4.insert(n.prefix_len()),
+            IpNet::V6(_) => v6.insert(n.prefix_len()),
+        };
+    }
+    move |net: &IpNet| {
+        let set = if net.addr().is_ipv4() { &v4 } else { &v6 };
+        set.range(..net.prefix_len()).copied().collect()
+    }
 }
 
 /// The reference lookup the kernel's must agree with: longest prefix, then

@@ -200,6 +200,8 @@ pub struct Tracer {
     active: Cell<u32>,
     epoch: Cell<u32>,
     written: RefCell<[Written; 2]>,
+    /// A switch happened and its grace period has not been waited for.
+    unsettled: Cell<bool>,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -308,6 +310,7 @@ impl Tracer {
             active: Cell::new(0),
             epoch: Cell::new(0),
             written: RefCell::new(Default::default()),
+            unsettled: Cell::new(false),
         };
         tracer.apply(initial)?;
         let links = tracer.attach()?;
@@ -414,6 +417,16 @@ impl Tracer {
         }
     }
 
+    /// Waits out the RCU grace period the last switch started, after which
+    /// no hook still reads the generation it left. Called before the next
+    /// apply rewrites that generation, and by the kernel thread once it has
+    /// answered, so the wait is usually over before anyone needs it.
+    pub fn settle(&self) {
+        if self.unsettled.replace(false) {
+            wait_for_readers();
+        }
+    }
+
     pub fn epoch(&self) -> u32 {
         self.epoch.get()
     }
@@ -430,6 +443,7 @@ impl Tracer {
     /// scratch, then one write to `active` switches every hook over.
     /// Returns the new epoch, which events judged against it carry.
     pub fn apply(&self, r: &Ruleset) -> Result<u32, TracerError> {
+        self.settle();
         let idle = 1 - self.active.get();
         let maps = &self.skel.maps;
         let (v4, v6): (&dyn MapCore, &dyn MapCore) = if idle == 0 {
@@ -492,9 +506,10 @@ impl Tracer {
         maps.active_gen
             .update(&0u32.to_ne_bytes(), &idle.to_ne_bytes(), MapFlags::ANY)
             .map_err(map_err("active"))?;
-        // Hooks run under RCU; once a grace period has passed none is still
-        // using the old generation, so the next apply may rewrite it.
-        wait_for_readers();
+        // Hooks run under RCU: the old generation may be rewritten only once
+        // a grace period has passed. That wait is owed to the next apply,
+        // not to this one's caller (see `settle`).
+        self.unsettled.set(true);
         self.active.set(idle);
         self.epoch.set(epoch);
         Ok(epoch)

@@ -171,9 +171,10 @@ pub fn compile(policy: &Policy, env: &Environment, ids: &Identities) -> (Compile
         ..Default::default()
     };
     let mut errors = Vec::new();
+    let lengths = crate::watchlist::prefix_lengths(own.keys().map(|(_, n)| n));
     for (scope, net) in order {
         let mut rules = own[&(scope, net)].clone();
-        for len in (0..net.prefix_len()).rev() {
+        for &len in lengths(&net).iter().rev() {
             let Ok(wider) = IpNet::new(net.addr(), len) else {
                 continue;
             };
