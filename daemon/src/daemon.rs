@@ -390,6 +390,9 @@ impl Daemon {
                 _ = tick.tick() => {
                     self.pipeline.housekeeping(Instant::now());
                     self.update_metrics().await;
+                    if let Some(m) = self.pipeline.metrics() {
+                        m.upkeep();
+                    }
                 }
                 _ = textfile_tick.tick() => {
                     self.save_counters();

@@ -394,6 +394,14 @@ impl Metrics {
         restored
     }
 
+    /// Folds the histogram samples recorded since the last call into their
+    /// buckets. The recorder keeps every raw sample until then: with no
+    /// scraper and no textfile, 1,000,000 connections held some 20 MiB of
+    /// them. Called every second.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// Writes the exposition for node_exporter's textfile collector:
     /// temp file and rename in the same directory, so a scrape never sees a
     /// half-written file.

@@ -2,8 +2,14 @@
 //! open connections plus recently closed ones, indexed by socket cookie,
 //! pid, destination and local port.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::hash::Hash;
+
+// Every record inserts into and removes from five of these: SipHash was a
+// tenth of the daemon's CPU under a connect flood. foldhash is seeded per
+// process, which keeps crafted keys from degrading it.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -73,11 +79,11 @@ impl ConnTable {
         Self {
             limits,
             next_id: 1,
-            conns: HashMap::new(),
-            by_cookie: HashMap::new(),
-            by_pid: HashMap::new(),
-            by_dst_ip: HashMap::new(),
-            by_local_port: HashMap::new(),
+            conns: HashMap::default(),
+            by_cookie: HashMap::default(),
+            by_pid: HashMap::default(),
+            by_dst_ip: HashMap::default(),
+            by_local_port: HashMap::default(),
             open: BTreeSet::new(),
             closed: VecDeque::new(),
             evicted_open: 0,

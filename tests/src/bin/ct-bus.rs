@@ -4,8 +4,9 @@
 //!                                JSON line per signal from org.connectracer.Tracer1
 //!                                (`member` is INTERFACE.MEMBER; PropertiesChanged
 //!                                also lists the changed properties)
-//! ct-bus latency N SOCKET        N GetVersion calls through the proxy and N over
-//!                                the varlink socket; prints per-call latencies
+//! ct-bus latency N SOCKET [PORT]  N GetVersion calls (with PORT: `who --local-port
+//!                                PORT` lookups) through the proxy and N over the
+//!                                varlink socket; prints per-call latencies
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -54,7 +55,7 @@ fn percentiles(mut v: Vec<Duration>) -> serde_json::Value {
     json!({ "p50_us": at(0.5), "p99_us": at(0.99), "max_us": at(1.0) })
 }
 
-async fn latency(n: usize, socket: &str) -> anyhow::Result<()> {
+async fn latency(n: usize, socket: &str, local_port: Option<u16>) -> anyhow::Result<()> {
     let conn = zbus::Connection::system().await.context("system bus")?;
     let proxy = TracerProxy::builder(&conn)
         .cache_properties(zbus::proxy::CacheProperties::No)
@@ -63,16 +64,30 @@ async fn latency(n: usize, socket: &str) -> anyhow::Result<()> {
     let mut bus = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        proxy.get_version().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        match local_port {
+            Some(p) => drop(
+                proxy
+                    .who_local_port(p)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            None => drop(proxy.get_version().await.map_err(|e| anyhow::anyhow!("{e}"))?),
+        }
         bus.push(t.elapsed());
     }
+    let call = match local_port {
+        Some(p) => {
+            format!("{{\"method\":\"org.connectracer.Tracer.Who\",\"parameters\":{{\"local_port\":{p}}}}}\0")
+        }
+        None => "{\"method\":\"org.connectracer.Tracer.GetVersion\"}\0".to_string(),
+    };
     let s = UnixStream::connect(socket).context("control socket")?;
     let mut rd = BufReader::new(s.try_clone()?);
     let mut wr = s;
     let mut varlink = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        wr.write_all(b"{\"method\":\"org.connectracer.Tracer.GetVersion\"}\0")?;
+        wr.write_all(call.as_bytes())?;
         let mut buf = Vec::new();
         rd.read_until(0, &mut buf)?;
         varlink.push(t.elapsed());
@@ -91,7 +106,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["listen", secs] => rt.block_on(listen(secs.parse()?)),
-        ["latency", n, socket] => rt.block_on(latency(n.parse()?, socket)),
-        _ => bail!("usage: ct-bus listen SECONDS | ct-bus latency N SOCKET"),
+        ["latency", n, socket] => rt.block_on(latency(n.parse()?, socket, None)),
+        ["latency", n, socket, port] => rt.block_on(latency(n.parse()?, socket, Some(port.parse()?))),
+        _ => bail!("usage: ct-bus listen SECONDS | ct-bus latency N SOCKET [PORT]"),
     }
 }
