@@ -491,3 +491,54 @@ fn policy_show_lists_the_merged_rules() {
     );
     assert!(v["exceptions"][0].as_str().unwrap().starts_with("127.0.0.0/8"));
 }
+
+/// Container and executable scopes: a cgroup named the way Docker names
+/// them, and the probe binary by inode (a copy of it is another file).
+#[test]
+fn container_and_exe_scopes() {
+    let cg = TestCgroup::new("ctr");
+    let id = "4f1c2b3a5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708";
+    let container = cg.child(&format!("docker-{id}.scope"));
+    let copy = std::env::temp_dir().join(format!("ct-probe-copy-{}", std::process::id()));
+    std::fs::copy(bin_path("ct-probe"), &copy).unwrap();
+    let mut d = Daemon::start(
+        &cg,
+        &format!(
+            "{NO_EXCEPTIONS}\n[[scope]]\ncontainer = \"{}\"\ndefault = \"deny\"\n\n[[rule]]\naction = \"deny\"\nexe = \"{}\"\ndest = \"127.0.0.4\"\n",
+            &id[..12],
+            bin_path("ct-probe").display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        connects(&container, None, &["127.0.0.3:9"]),
+        [EPERM],
+        "the container's default"
+    );
+    assert_eq!(
+        connects(&cg, None, &["127.0.0.3:9"]),
+        [REFUSED],
+        "outside the container"
+    );
+    assert_eq!(
+        connects(&cg, None, &["127.0.0.4:9"]),
+        [EPERM],
+        "the probe binary's rule"
+    );
+    let out = cg
+        .command(&copy)
+        .args(["connect", "127.0.0.4:9"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&copy);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["results"][0]["errno"], REFUSED, "a copy is another executable");
+    let decision = check(
+        &d,
+        &["--exe", bin_path("ct-probe").to_str().unwrap()],
+        "127.0.0.4:9",
+    );
+    assert_eq!(decision["verdict"], "deny");
+    assert_eq!(decision["rule"], 1);
+    d.stop().unwrap();
+}

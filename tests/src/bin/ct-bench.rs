@@ -32,6 +32,25 @@ struct Run {
     rate: f64,
     daemon_cpu_ms_per_1k: Option<f64>,
     dropped: Option<u64>,
+    /// Kernel time per connect4 run (BPF_ENABLE_STATS), ns.
+    connect4_ns: Option<f64>,
+}
+
+/// run_time_ns / run_cnt of the newest loaded `ct_connect4` (the running
+/// daemon's), from bpftool; needs kernel.bpf_stats_enabled.
+fn connect4_ns() -> Option<f64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .ok()?;
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let p = progs
+        .as_array()?
+        .iter()
+        .filter(|p| p["name"] == "ct_connect4")
+        .max_by_key(|p| p["id"].as_u64().unwrap_or(0))?;
+    let (t, n) = (p["run_time_ns"].as_f64()?, p["run_cnt"].as_f64()?);
+    (n > 0.0).then(|| t / n)
 }
 
 fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64) -> anyhow::Result<Run> {
@@ -67,6 +86,8 @@ fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64) -> anyhow::Result<
     let cpu = dpid
         .zip(cpu0)
         .map(|(p, c0)| (cpu_ticks(p) - c0) as f64 * tick_ms / (n as f64 / 1000.0));
+    let connect4 = daemon.as_ref().and_then(|_| connect4_ns());
+
     let dropped = match daemon {
         Some(mut d) => d.stop()?["dropped"].as_u64(),
         None => None,
@@ -75,6 +96,7 @@ fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64) -> anyhow::Result<
         rate: n as f64 / secs,
         daemon_cpu_ms_per_1k: cpu,
         dropped,
+        connect4_ns: connect4,
     })
 }
 
@@ -176,14 +198,27 @@ fn main() -> anyhow::Result<()> {
             results[i].push(r);
         }
     }
+    // The programs' own run time, in one more pass: run-time statistics
+    // slow every program down (two clock reads per run), so this pass's
+    // rates are not part of the ratios.
+    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let mut kernel_ns: Vec<Option<f64>> = Vec::new();
+    for s in &scenarios {
+        kernel_ns.push(match s.config {
+            Some(_) => run_once(&cg, s, &dst, n)?.connect4_ns,
+            None => None,
+        });
+    }
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
 
     let mut base_rates: Vec<f64> = results[0].iter().map(|r| r.rate).collect();
     let base = median(&mut base_rates);
-    println!("Loopback connect + RST close (SO_LINGER 0) loop, {n} connects per run, {reps} repetitions, scenarios interleaved.");
+    println!("Loopback connect + RST close (SO_LINGER 0) loop, {n} connects per run, {reps} repetitions, scenarios interleaved. The connect4 column comes from one more pass with kernel.bpf_stats_enabled (which slows programs itself, so that pass is not in the ratios): the program's run_time_ns / run_cnt.");
     println!();
-    println!("| scenario | connects/s (median) | ratio to no daemon (median, min–max) | added µs/connect | daemon CPU ms per 1,000 connects | events dropped |");
-    println!("|---|---|---|---|---|---|");
-    for (s, runs) in scenarios.iter().zip(&results) {
+    println!("| scenario | connects/s (median) | ratio to no daemon (median, min–max) | added µs/connect | connect4 program ns/run | daemon CPU ms per 1,000 connects | events dropped |");
+    println!("|---|---|---|---|---|---|---|");
+    for ((s, runs), kernel) in scenarios.iter().zip(&results).zip(&kernel_ns) {
         // Ratios are taken within each repetition, then summarised.
         let mut ratios: Vec<f64> = runs
             .iter()
@@ -211,8 +246,9 @@ fn main() -> anyhow::Result<()> {
         } else {
             dropped.to_string()
         };
+        let k = kernel.map_or_else(|| "-".to_string(), |ns| format!("{ns:.0}"));
         println!(
-            "| {} | {rate:.0} | {ratio:.3} ({lo:.3}–{hi:.3}) | {added:.2} | {cpu} | {dropped} |",
+            "| {} | {rate:.0} | {ratio:.3} ({lo:.3}–{hi:.3}) | {added:.2} | {k} | {cpu} | {dropped} |",
             s.name
         );
     }
