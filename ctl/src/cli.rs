@@ -48,9 +48,11 @@ pub enum ProtocolArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Who connects to a destination (IP or IP:PORT), or owns a local port.
+    /// Who connects to a destination (IP, IP:PORT, or a hostname the daemon
+    /// follows), or owns a local port.
     Who {
-        /// Destination: 93.184.216.34, 93.184.216.34:443 or [2001:db8::1]:443.
+        /// Destination: 93.184.216.34, 93.184.216.34:443, [2001:db8::1]:443, or
+        /// api.example.com[:443] when it is watched (or named by a policy rule).
         #[arg(
             value_name = "ADDRESS[:PORT]",
             required_unless_present = "local_port",

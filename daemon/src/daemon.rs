@@ -686,7 +686,7 @@ impl Daemon {
                     .unwrap_or_default(),
             })),
             Method::GetStats => self.stats().await,
-            Method::Who(p) => query::who(self.pipeline.table(), caller, p),
+            Method::Who(p) => query::who(self.pipeline.table(), caller, p, &self.resolved),
             Method::Ps(p) => query::ps(self.pipeline.table(), caller, p),
             Method::Connections(p) => query::connections(self.pipeline.table(), caller, p),
             Method::Reload if !caller.privileged => Err(CallError::AccessDenied {

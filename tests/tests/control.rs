@@ -101,11 +101,17 @@ fn who_ps_and_connections_find_an_open_connection() {
     assert_eq!(v["stats"]["kernel"]["connects"], 1);
     assert_eq!(v["stats"]["table_open"], 1);
 
-    let (code, _, err) = tracectl(&d, &["who", "not-an-address"]);
+    let (code, _, err) = tracectl(&d, &["who", "not an address"]);
     assert_eq!(code, 1);
     assert_eq!(
         err,
-        "tracectl: invalid address: `not-an-address` is not an IP address or ADDRESS:PORT\n"
+        "tracectl: invalid address: `not an address` is not an IP address or ADDRESS:PORT\n"
+    );
+    let (code, _, err) = tracectl(&d, &["who", "not-watched.example"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "tracectl: invalid address: `not-watched.example` is not an IP address or a hostname connectracerd follows (add it with `tracectl add-host not-watched.example`)\n"
     );
     child.kill().unwrap();
     child.wait().unwrap();

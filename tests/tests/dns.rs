@@ -61,6 +61,25 @@ fn watched_hostname_follows_dns_with_grace_and_survives_a_dead_server() {
         (e["host"].as_str(), e["label"].as_str()),
         (Some("api.test"), Some("api"))
     );
+    // `who` by the hostname finds it, through the addresses the daemon
+    // resolved; a name it does not follow is refused with what to do.
+    let (code, out, err) = d.tracectl(&["--json", "who", &format!("api.test:{port}")]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["dst"] == format!("127.0.0.5:{port}").as_str()),
+        "{out}"
+    );
+    let (code, _, err) = d.tracectl(&["who", "unknown.test"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("add it with `tracectl add-host unknown.test`"),
+        "{err}"
+    );
 
     // The record moves: the new address is watched within a TTL or two.
     dns.set_records("127.0.0.6 api.test\n");

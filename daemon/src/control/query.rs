@@ -10,6 +10,7 @@ use connectracer_proto::Connection;
 
 use super::{Answer, Caller};
 use crate::table::ConnTable;
+use crate::watchlist::Resolved;
 
 /// Answers larger than this many connections are cut (newest kept).
 pub const MAX_CONNECTIONS: usize = 100_000;
@@ -54,20 +55,63 @@ fn limit(l: Option<u32>) -> usize {
     l.map_or(DEFAULT_LIMIT, |l| (l as usize).clamp(1, MAX_CONNECTIONS))
 }
 
-pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams) -> Answer {
+/// `api.example.com` or `api.example.com:443`: a hostname the daemon
+/// follows (a watched host or a policy rule's), and the port if given.
+fn parse_hostname(s: &str) -> Option<(String, Option<u16>)> {
+    let (name, port) = match s.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p.parse::<u16>().ok()?)),
+        None => (s, None),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    ok.then_some((name, port))
+}
+
+/// Connections to a destination: an address (and port), a hostname the
+/// daemon follows (every address it has resolved it to, plus connections
+/// attributed to the watched host of that name), or from a local port.
+pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams, resolved: &Resolved) -> Answer {
     match (&p.address, p.local_port) {
         (Some(addr), None) => {
-            let (ip, port_in_address) = parse_address(addr)?;
+            let (ips, port_in_address, name) = match parse_address(addr) {
+                Ok((ip, port)) => (vec![ip], port, None),
+                Err(e) => {
+                    let Some((name, port)) = parse_hostname(addr) else {
+                        return Err(e);
+                    };
+                    let Some(ips) = resolved.get(&name) else {
+                        return Err(invalid(
+                            "address",
+                            format!(
+                                "`{name}` is not an IP address or a hostname connectracerd follows (add it with `tracectl add-host {name}`)"
+                            ),
+                        ));
+                    };
+                    (ips.iter().copied().collect(), port, Some(name))
+                }
+            };
             if p.port.is_some() && port_in_address.is_some() {
                 return Err(invalid("port", "given both in address and as port"));
             }
-            // v4-mapped destinations are recorded as IPv4.
-            let ip = match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-                v4 => v4,
-            };
             let port = p.port.or(port_in_address);
-            reply(caller, table.by_destination(ip, port), limit(p.limit))
+            let mut seen = std::collections::HashSet::new();
+            let by_ip = ips.into_iter().flat_map(|ip| {
+                // v4-mapped destinations are recorded as IPv4.
+                let ip = match ip {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                    v4 => v4,
+                };
+                table.by_destination(ip, port)
+            });
+            let by_name = table.iter().filter(|c| {
+                name.as_deref().is_some_and(|n| c.host.as_deref() == Some(n))
+                    && port.is_none_or(|pt| c.dst.port() == pt)
+            });
+            let conns = by_ip.chain(by_name).filter(|c| seen.insert(c.id));
+            reply(caller, conns, limit(p.limit))
         }
         (None, Some(lport)) => reply(caller, table.by_local_port(lport), limit(p.limit)),
         (Some(_), Some(_)) => Err(invalid(
@@ -112,7 +156,7 @@ mod tests {
             limit: Some(3),
             ..Default::default()
         };
-        let r = who(&t, &root, &p).unwrap();
+        let r = who(&t, &root, &p, &Resolved::new()).unwrap();
         let ids: Vec<u64> = r["connections"]
             .as_array()
             .unwrap()
@@ -122,6 +166,26 @@ mod tests {
         assert_eq!(ids, [10, 9, 8]);
         let all = ps(&t, &root, &PsParams { pid: 7, limit: None }).unwrap();
         assert_eq!(all["connections"].as_array().unwrap().len(), 10);
+
+        let mut names = Resolved::new();
+        names.insert(
+            "api.example.com".into(),
+            std::collections::BTreeSet::from(["10.0.0.1".parse().unwrap()]),
+        );
+        let by_name = WhoParams {
+            address: Some("API.example.com:443".into()),
+            ..Default::default()
+        };
+        let r = who(&t, &root, &by_name, &names).unwrap();
+        assert_eq!(r["connections"].as_array().unwrap().len(), 10);
+        let unknown = WhoParams {
+            address: Some("other.example.com".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            who(&t, &root, &unknown, &names).unwrap_err().to_string(),
+            "invalid address: `other.example.com` is not an IP address or a hostname connectracerd follows (add it with `tracectl add-host other.example.com`)"
+        );
     }
 
     #[test]
