@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use super::authz::ADMIN_GROUP;
 use super::{Answer, Caller, Method, Request};
@@ -20,7 +20,6 @@ use crate::pipeline::WatchEvent;
 
 /// Clients served at once; more wait in the accept queue.
 const MAX_CLIENTS: usize = 128;
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SERVICE_DESCRIPTION: &str = "interface org.varlink.service
 method GetInfo() -> (vendor: string, product: string, version: string, url: string, interfaces: []string)
@@ -243,21 +242,7 @@ async fn dispatch(call: &Call, caller: Caller, requests: &mpsc::Sender<Request>)
             })
         }
     };
-    let (tx, rx) = oneshot::channel();
-    let gone = || invalid("daemon", "the daemon is shutting down".into());
-    requests
-        .send(Request {
-            method,
-            caller,
-            reply: tx,
-        })
-        .await
-        .map_err(|_| gone())?;
-    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(_)) => Err(gone()),
-        Err(_) => Err(invalid("daemon", format!("no answer within {ANSWER_TIMEOUT:?}"))),
-    }
+    super::ask(requests, method, caller).await
 }
 
 fn info() -> Map<String, Value> {

@@ -1,12 +1,11 @@
 //! Answers D-Bus calls: identify, authorize, then hand the operation to the
 //! task that owns the state, exactly as the control socket does.
 
-use std::time::Duration;
 
 use connectracer_proto::dbus::{Backend, Operation, Peer};
 use connectracer_proto::varlink::CallError;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use zbus::message::Header;
 use zbus::Connection;
 
@@ -14,7 +13,6 @@ use super::polkit;
 use crate::control::authz::ADMIN_GROUP;
 use crate::control::{Caller, Method, Request};
 
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct DaemonBackend {
@@ -53,36 +51,6 @@ fn method(op: Operation) -> Method {
     }
 }
 
-fn unavailable(reason: String) -> CallError {
-    CallError::InvalidArgument {
-        field: "daemon".into(),
-        reason,
-    }
-}
-
-/// Sends a request to the state owner and waits for its answer.
-pub async fn ask(
-    requests: &mpsc::Sender<Request>,
-    method: Method,
-    caller: Caller,
-) -> Result<Map<String, Value>, CallError> {
-    let (tx, rx) = oneshot::channel();
-    let gone = || unavailable("the daemon is shutting down".into());
-    requests
-        .send(Request {
-            method,
-            caller,
-            reply: tx,
-        })
-        .await
-        .map_err(|_| gone())?;
-    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(_)) => Err(gone()),
-        Err(_) => Err(unavailable(format!("no answer within {ANSWER_TIMEOUT:?}"))),
-    }
-}
-
 impl Backend for DaemonBackend {
     async fn call(
         &self,
@@ -104,7 +72,7 @@ impl Backend for DaemonBackend {
             }
             polkit::authorize(conn, header, &caller).await?;
         }
-        ask(&self.requests, method(op), caller).await
+        crate::control::ask(&self.requests, method(op), caller).await
     }
 }
 

@@ -132,7 +132,7 @@ async fn refresh_status(iface: &Iface, requests: &mpsc::Sender<Request>) {
     let mut tick = tokio::time::interval(STATUS_REFRESH);
     loop {
         tick.tick().await;
-        let stats = match backend::ask(requests, Method::GetStats, me).await {
+        let stats = match crate::control::ask(requests, Method::GetStats, me).await {
             Ok(p) => serde_json::from_value::<StatsReply>(serde_json::Value::Object(p)),
             Err(_) => continue,
         };
