@@ -71,8 +71,9 @@ impl Mode {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Selector {
     /// A systemd unit name or glob (`backup.service`, `docker-*.scope`),
-    /// matched against cgroup directory names.
-    Unit(String),
+    /// matched against cgroup directory names; compiled once, when the
+    /// configuration is read, not at every cgroup it is tried on.
+    Unit(glob::Pattern),
     /// A cgroup path relative to the cgroup2 mount (`/system.slice/foo`) and
     /// everything below it.
     Cgroup(String),
@@ -108,10 +109,7 @@ impl Selector {
     /// mount, starting with `/`) is selected.
     pub fn matches_cgroup(&self, path: &str) -> bool {
         match self {
-            Selector::Unit(glob) => {
-                let name = path.rsplit('/').next().unwrap_or(path);
-                glob::Pattern::new(glob).is_ok_and(|p| p.matches(name))
-            }
+            Selector::Unit(glob) => glob.matches(path.rsplit('/').next().unwrap_or(path)),
             Selector::Cgroup(prefix) => path == prefix,
             Selector::Container(id) => {
                 parse_cgroup_path(path)
@@ -129,7 +127,7 @@ impl Selector {
 impl std::fmt::Display for Selector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Selector::Unit(u) => write!(f, "unit {u}"),
+            Selector::Unit(u) => write!(f, "unit {}", u.as_str()),
             Selector::Cgroup(c) => write!(f, "cgroup {c}"),
             Selector::Container(c) => write!(f, "container {c}"),
             Selector::User { uid, name } => write!(f, "user {name} ({uid})"),

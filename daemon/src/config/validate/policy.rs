@@ -148,11 +148,13 @@ fn selector(ctx: &mut Ctx<'_>, s: &RawSelector<'_>, key: &str) -> Result<Option<
             );
             return Err(());
         }
-        if let Err(e) = glob::Pattern::new(u) {
-            ctx.spanned(v, &format!("{key}.unit"), format!("`{u}`: bad glob: {e}"));
-            return Err(());
-        }
-        return Ok(Some(Selector::Unit(u.to_string())));
+        return match glob::Pattern::new(u) {
+            Ok(p) => Ok(Some(Selector::Unit(p))),
+            Err(e) => {
+                ctx.spanned(v, &format!("{key}.unit"), format!("`{u}`: bad glob: {e}"));
+                Err(())
+            }
+        };
     }
     if let Some(v) = s.cgroup {
         let c = v.get_ref().trim();
