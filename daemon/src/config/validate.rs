@@ -406,25 +406,7 @@ fn host(ctx: &mut Ctx<'_>, h: &RawHost, i: usize) -> Option<WatchedHost> {
     // Everything about the entry is checked even when the name is bad, so
     // one run reports all of its errors.
     let target = parse_target(ctx, &h.name, &format!("{key}.name"));
-    let ports = match &h.ports {
-        None => Some(PortSet::default()),
-        Some(list) if list.is_empty() => {
-            ctx.spanned(
-                &h.name,
-                &format!("{key}.ports"),
-                "empty port list; leave `ports` out to match every port",
-            );
-            None
-        }
-        Some(list) => {
-            let set: Vec<_> = list
-                .iter()
-                .enumerate()
-                .filter_map(|(j, p)| port_range(ctx, p, &format!("{key}.ports[{j}]")))
-                .collect();
-            (set.len() == list.len()).then_some(PortSet(set))
-        }
-    };
+    let ports = port_set(ctx, h.ports.as_deref(), h.name.span(), &key);
     let label = match &h.label {
         Some(l)
             if l.get_ref().is_empty()
@@ -531,6 +513,36 @@ fn fold_v4_mapped(net: IpNet) -> IpNet {
             None => net,
         },
         _ => net,
+    }
+}
+
+/// An entry's `ports`: absent is every port, empty is an error (located at
+/// `anchor`, the entry's first key, since an empty list has nothing to point
+/// at), and every bad item is reported.
+fn port_set(
+    ctx: &mut Ctx<'_>,
+    list: Option<&[Spanned<RawPort>]>,
+    anchor: Range<usize>,
+    key: &str,
+) -> Option<PortSet> {
+    match list {
+        None => Some(PortSet::default()),
+        Some([]) => {
+            ctx.error(
+                Some(anchor),
+                format!("{key}.ports"),
+                "empty port list; leave `ports` out to match every port",
+            );
+            None
+        }
+        Some(list) => {
+            let set: Vec<_> = list
+                .iter()
+                .enumerate()
+                .filter_map(|(j, p)| port_range(ctx, p, &format!("{key}.ports[{j}]")))
+                .collect();
+            (set.len() == list.len()).then_some(PortSet(set))
+        }
     }
 }
 

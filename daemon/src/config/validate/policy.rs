@@ -6,8 +6,8 @@ use connectracer_proto::Protocol;
 use toml::Spanned;
 
 use super::super::raw::{RawConfig, RawRule, RawScope, RawSelector, RawUser};
-use super::super::{HostTarget, PortSet};
-use super::{parse_target, port_range, push, Ctx, Loc, Merge};
+use super::super::HostTarget;
+use super::{parse_target, port_set, push, Ctx, Loc, Merge};
 use crate::policy::{Action, Dest, Mode, Rule, ScopeSettings, Selector};
 
 /// Applies one file's policy keys: scalars override, rules and scopes append.
@@ -303,25 +303,7 @@ fn rule(ctx: &mut Ctx<'_>, r: &RawRule, i: usize) -> Option<Rule> {
         None => Some(vec![Dest::Any]),
         Some(v) => dests(ctx, v, &format!("{key}.dest")),
     };
-    let ports = match &r.ports {
-        None => Some(PortSet::default()),
-        Some(list) if list.is_empty() => {
-            ctx.spanned(
-                &r.action,
-                &format!("{key}.ports"),
-                "empty port list; leave `ports` out to match every port",
-            );
-            None
-        }
-        Some(list) => {
-            let set: Vec<_> = list
-                .iter()
-                .enumerate()
-                .filter_map(|(j, p)| port_range(ctx, p, &format!("{key}.ports[{j}]")))
-                .collect();
-            (set.len() == list.len()).then_some(PortSet(set))
-        }
-    };
+    let ports = port_set(ctx, r.ports.as_deref(), r.action.span(), &key);
     let protocol = match &r.protocol {
         None => Some(None),
         Some(v) => match v.get_ref().as_str() {
