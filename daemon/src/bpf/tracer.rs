@@ -498,10 +498,8 @@ impl Tracer {
             policy: r.policy.flags,
             ..Default::default()
         };
-        // SAFETY: Plain type.
-        let cfg = unsafe { plain::as_bytes(&cfg) };
         maps.gen_config
-            .update(&idle.to_ne_bytes(), cfg, MapFlags::ANY)
+            .update(&idle.to_ne_bytes(), bytes(&cfg), MapFlags::ANY)
             .map_err(map_err("config"))?;
         maps.active_gen
             .update(&0u32.to_ne_bytes(), &idle.to_ne_bytes(), MapFlags::ANY)
