@@ -99,7 +99,7 @@ fn table_limits(c: &Config) -> TableLimits {
 
 /// The kernel's view of a configuration; prefixes that do not fit are
 /// logged and left out rather than failing the whole apply.
-fn ruleset(epoch: u32, c: &Config, env: &Environment, ids: &Identities) -> Ruleset {
+fn ruleset(epoch: u32, c: &Config, env: &Environment<'_>, ids: &Identities) -> Ruleset {
     let (watch, too_many) = watchlist::build(&c.hosts, &env.resolved);
     for e in too_many {
         error!("watch list: {} (host `{}`)", e, c.hosts[e.host_index].name);
@@ -124,10 +124,12 @@ fn ruleset(epoch: u32, c: &Config, env: &Environment, ids: &Identities) -> Rules
     }
 }
 
-fn environment(c: &Config, resolved: &Resolved) -> Environment {
+/// The policy's view of names and DNS servers, borrowed for one apply or
+/// query; `dns` holds the servers (read from resolv.conf unless configured).
+fn environment<'a>(resolved: &'a Resolved, dns: &'a [std::net::IpAddr]) -> Environment<'a> {
     Environment {
-        resolved: resolved.clone(),
-        dns_servers: policy_scopes::dns_servers(&c.dns.nameservers),
+        resolved,
+        dns_servers: dns,
     }
 }
 
@@ -249,7 +251,8 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let (cgroup_tx, cgroup_rx) = mpsc::unbounded_channel();
     let cgroup_watcher = start_cgroup_watch(&config.policy, &cgroup_dir, &cgroup_tx, None);
     let ids = policy_scopes::discover(&config.policy, &mount, &cgroup_dir);
-    let initial = ruleset(1, &config, &environment(&config, &resolved), &ids);
+    let dns = policy_scopes::dns_servers(&config.dns.nameservers);
+    let initial = ruleset(1, &config, &environment(&resolved, &dns), &ids);
     let addresses = initial.watch.len();
     let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
     let a = &kernel.adoption;
@@ -625,7 +628,8 @@ impl Daemon {
             self.cgroup_watcher.take(),
         );
         let ids = policy_scopes::discover(&new.policy, &self.mount, &self.cgroup_dir);
-        let rules = ruleset(epoch, &new, &environment(&new, &self.resolved), &ids);
+        let dns = policy_scopes::dns_servers(&new.dns.nameservers);
+        let rules = ruleset(epoch, &new, &environment(&self.resolved, &dns), &ids);
         let addresses = rules.watch.len();
         let reply = self.kernel.apply(rules);
         self.kernel_reply(reply).await?;
@@ -714,17 +718,20 @@ impl Daemon {
                     reason: "reading the egress policy needs root or membership in group connectracer".into(),
                 })
             }
-            Method::PolicyShow => Ok(to_parameters(&crate::policy::explain::show(
-                &self.config.policy,
-                &environment(&self.config, &self.resolved),
-            ))),
-            Method::PolicyCheck(p) => crate::policy::explain::check(
-                &self.config.policy,
-                &environment(&self.config, &self.resolved),
-                p,
-                &self.mount,
-            )
-            .map(|r| to_parameters(&r)),
+            Method::PolicyShow => {
+                let dns = policy_scopes::dns_servers(&self.config.dns.nameservers);
+                let env = environment(&self.resolved, &dns);
+                Ok(to_parameters(&crate::policy::explain::show(
+                    &self.config.policy,
+                    &env,
+                )))
+            }
+            Method::PolicyCheck(p) => {
+                let dns = policy_scopes::dns_servers(&self.config.dns.nameservers);
+                let env = environment(&self.resolved, &dns);
+                crate::policy::explain::check(&self.config.policy, &env, p, &self.mount)
+                    .map(|r| to_parameters(&r))
+            }
         }
     }
 

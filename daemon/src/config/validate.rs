@@ -162,7 +162,7 @@ fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
     policy::finish(&mut m, errors);
     let (_, too_many) = crate::policy::compile::compile(
         &m.config.policy,
-        &crate::policy::Environment::default(),
+        &crate::policy::Environment::empty(),
         &crate::policy::scopes::Identities::default(),
     );
     for e in too_many {

@@ -1,7 +1,6 @@
 //! Answers D-Bus calls: identify, authorize, then hand the operation to the
 //! task that owns the state, exactly as the control socket does.
 
-
 use connectracer_proto::dbus::{Backend, Operation, Peer};
 use connectracer_proto::varlink::CallError;
 use serde_json::{Map, Value};
@@ -12,7 +11,6 @@ use zbus::Connection;
 use super::polkit;
 use crate::control::authz::ADMIN_GROUP;
 use crate::control::{Caller, Method, Request};
-
 
 #[derive(Debug, Clone)]
 pub struct DaemonBackend {

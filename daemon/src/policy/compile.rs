@@ -109,7 +109,7 @@ fn port_rules(ports: &crate::config::PortSet, protocol: u8, verdict: u8, rule_id
 }
 
 /// The networks a destination stands for now.
-fn nets(d: &Dest, env: &Environment) -> Vec<IpNet> {
+fn nets(d: &Dest, env: &Environment<'_>) -> Vec<IpNet> {
     match d {
         Dest::Any => vec![
             "0.0.0.0/0".parse().expect("literal"),
@@ -126,7 +126,11 @@ fn nets(d: &Dest, env: &Environment) -> Vec<IpNet> {
     }
 }
 
-pub fn compile(policy: &Policy, env: &Environment, ids: &Identities) -> (CompiledPolicy, Vec<TooManyRules>) {
+pub fn compile(
+    policy: &Policy,
+    env: &Environment<'_>,
+    ids: &Identities,
+) -> (CompiledPolicy, Vec<TooManyRules>) {
     if !policy.is_active() {
         return (CompiledPolicy::default(), Vec::new());
     }

@@ -35,7 +35,7 @@ fn rank(sel: Option<&Selector>) -> u8 {
     }
 }
 
-pub fn show(policy: &Policy, env: &Environment) -> PolicyShowReply {
+pub fn show(policy: &Policy, env: &Environment<'_>) -> PolicyShowReply {
     let mut scopes = policy.scopes();
     scopes.sort_by_key(|s| (rank(s.selector.as_ref()), s.id));
     PolicyShowReply {
@@ -215,7 +215,7 @@ fn describe(s: &Subject) -> String {
 
 pub fn check(
     policy: &Policy,
-    env: &Environment,
+    env: &Environment<'_>,
     p: &PolicyCheckParams,
     mount: &Path,
 ) -> Result<PolicyCheckReply, CallError> {

@@ -248,11 +248,24 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// What the built-in exceptions need to know about the host.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Environment {
-    pub resolved: Resolved,
-    pub dns_servers: Vec<IpAddr>,
+/// What the policy is judged against besides itself: hostnames' current
+/// addresses (borrowed from the daemon, not copied per apply or query) and
+/// the DNS servers the built-in exception allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Environment<'a> {
+    pub resolved: &'a Resolved,
+    pub dns_servers: &'a [IpAddr],
+}
+
+impl Environment<'_> {
+    /// No names resolved, no DNS servers: what validation checks against.
+    pub fn empty() -> Environment<'static> {
+        static NONE: std::sync::LazyLock<Resolved> = std::sync::LazyLock::new(Resolved::new);
+        Environment {
+            resolved: &NONE,
+            dns_servers: &[],
+        }
+    }
 }
 
 impl Policy {
@@ -309,7 +322,7 @@ impl Policy {
     }
 
     /// The built-in exceptions as (network, ports, why).
-    pub fn exceptions(&self, env: &Environment) -> Vec<(IpNet, PortSet, &'static str)> {
+    pub fn exceptions(&self, env: &Environment<'_>) -> Vec<(IpNet, PortSet, &'static str)> {
         let mut out = Vec::new();
         if self.allow_loopback {
             for n in ["127.0.0.0/8", "::1/128"] {
@@ -317,7 +330,7 @@ impl Policy {
             }
         }
         if self.allow_dns {
-            for ip in &env.dns_servers {
+            for ip in env.dns_servers {
                 out.push((
                     IpNet::from(ip.to_canonical()),
                     PortSet(vec![53..=53]),
@@ -329,7 +342,7 @@ impl Policy {
     }
 
     /// The reference decision for one connection.
-    pub fn judge(&self, who: &Subject, to: &Target, env: &Environment) -> Decision {
+    pub fn judge(&self, who: &Subject, to: &Target, env: &Environment<'_>) -> Decision {
         let addr = to.addr.to_canonical();
         if self.is_active() {
             for (net, ports, why) in self.exceptions(env) {
@@ -386,7 +399,13 @@ impl Policy {
         out
     }
 
-    fn judge_scope(&self, scope: &Scope, addr: IpAddr, to: &Target, env: &Environment) -> Option<Decision> {
+    fn judge_scope(
+        &self,
+        scope: &Scope,
+        addr: IpAddr,
+        to: &Target,
+        env: &Environment<'_>,
+    ) -> Option<Decision> {
         let name = scope
             .selector
             .as_ref()

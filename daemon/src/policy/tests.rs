@@ -18,19 +18,24 @@ fn policy(text: &str) -> Policy {
         .policy
 }
 
-fn env() -> Environment {
-    let mut resolved = Resolved::new();
-    resolved.insert(
-        "s3.example.com".into(),
-        BTreeSet::from(["192.0.2.10".parse().unwrap(), "2001:db8::10".parse().unwrap()]),
-    );
-    resolved.insert(
-        "tracker.example.net".into(),
-        BTreeSet::from(["198.51.100.7".parse::<IpAddr>().unwrap()]),
-    );
+fn env() -> Environment<'static> {
+    static NAMES: std::sync::LazyLock<Resolved> = std::sync::LazyLock::new(|| {
+        let mut resolved = Resolved::new();
+        resolved.insert(
+            "s3.example.com".into(),
+            BTreeSet::from(["192.0.2.10".parse().unwrap(), "2001:db8::10".parse().unwrap()]),
+        );
+        resolved.insert(
+            "tracker.example.net".into(),
+            BTreeSet::from(["198.51.100.7".parse::<IpAddr>().unwrap()]),
+        );
+        resolved
+    });
+    static DNS: std::sync::LazyLock<[IpAddr; 1]> =
+        std::sync::LazyLock::new(|| ["10.0.0.53".parse().unwrap()]);
     Environment {
-        resolved,
-        dns_servers: vec!["10.0.0.53".parse().unwrap()],
+        resolved: &NAMES,
+        dns_servers: &*DNS,
     }
 }
 
