@@ -100,7 +100,7 @@ fn table_limits(c: &Config) -> TableLimits {
 /// The kernel's view of a configuration; prefixes that do not fit are
 /// logged and left out rather than failing the whole apply.
 fn ruleset(epoch: u32, c: &Config, env: &Environment<'_>, ids: &Identities) -> Ruleset {
-    let (watch, too_many) = watchlist::build(&c.hosts, &env.resolved);
+    let (watch, too_many) = watchlist::build(&c.hosts, env.resolved);
     for e in too_many {
         error!("watch list: {} (host `{}`)", e, c.hosts[e.host_index].name);
     }

@@ -431,7 +431,7 @@ impl Policy {
             .rules
             .iter()
             .filter(|r| r.selector == scope.selector)
-            .filter_map(|r| r.dest_prefix(addr, &env.resolved).map(|len| (len, r)))
+            .filter_map(|r| r.dest_prefix(addr, env.resolved).map(|len| (len, r)))
             .collect();
         candidates.sort_by_key(|(len, r)| (std::cmp::Reverse(*len), r.id));
         for (_, r) in candidates {
