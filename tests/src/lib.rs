@@ -136,6 +136,29 @@ impl Drop for TestCgroup {
     }
 }
 
+/// A client in the cgroup that holds a connection open, as `uid`; returns
+/// it with its pid and local address once connected.
+pub fn hold(cg: &TestCgroup, dst: &str, uid: Option<u32>) -> (Child, u64, String) {
+    let mut child = cg
+        .command_as(&bin_path("ct-probe"), uid)
+        .args(["hold", dst, "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning ct-probe hold");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("ct-probe hold's line");
+    let v: Value = serde_json::from_str(&line).expect("ct-probe hold's JSON");
+    (
+        child,
+        v["pid"].as_u64().expect("pid"),
+        v["local"].as_str().expect("local address").to_string(),
+    )
+}
+
 /// Runs ct-probe in the cgroup, waits for it, returns its JSON output.
 pub fn probe(cg: &TestCgroup, args: &[&str]) -> anyhow::Result<Value> {
     probe_as(cg, args, None)

@@ -6,32 +6,11 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use connectracer_tests::{bin_path, tcp_server, Daemon, TestCgroup};
+use connectracer_tests::{bin_path, hold, tcp_server, Daemon, TestCgroup};
 use serde_json::{json, Value};
 
 fn tracectl(d: &Daemon, args: &[&str]) -> (i32, String, String) {
     d.tracectl(args)
-}
-
-/// A client in the cgroup that holds a connection open; returns its pid and
-/// local address once connected.
-fn hold(cg: &TestCgroup, dst: &str) -> (std::process::Child, u64, String) {
-    let mut child = cg
-        .command(&bin_path("ct-probe"))
-        .args(["hold", dst, "30"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
-    (
-        child,
-        v["pid"].as_u64().unwrap(),
-        v["local"].as_str().unwrap().to_string(),
-    )
 }
 
 #[test]
@@ -39,7 +18,7 @@ fn who_ps_and_connections_find_an_open_connection() {
     let cg = TestCgroup::new("who");
     let mut d = Daemon::start(&cg, "trace = \"all\"\n").unwrap();
     let server = tcp_server("127.0.0.1:0", 1, 1);
-    let (mut child, pid, local) = hold(&cg, &server.to_string());
+    let (mut child, pid, local) = hold(&cg, &server.to_string(), None);
     d.wait_for(Duration::from_secs(15), |s| {
         s.iter()
             .any(|e| e["event"] == "established" && e["process"]["pid"] == pid)

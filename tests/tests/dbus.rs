@@ -7,32 +7,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use connectracer_tests::{bin_path, output, tcp_server, Daemon, PrivateBus, TestCgroup, TestGroup, TestUser};
+use connectracer_tests::{
+    bin_path, hold, output, tcp_server, Daemon, PrivateBus, TestCgroup, TestGroup, TestUser,
+};
 use serde_json::Value;
 
 const NAME: &str = "org.connectracer.Tracer1";
 const PATH: &str = "/org/connectracer/Tracer1";
-
-/// A client in the cgroup that holds a connection open, as `uid`; returns
-/// it with its pid and local address once connected.
-fn hold(cg: &TestCgroup, dst: &str, uid: Option<u32>) -> (Child, u64, String) {
-    let mut child = cg
-        .command_as(&bin_path("ct-probe"), uid)
-        .args(["hold", dst, "30"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
-    (
-        child,
-        v["pid"].as_u64().unwrap(),
-        v["local"].as_str().unwrap().to_string(),
-    )
-}
 
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
