@@ -83,29 +83,24 @@ pub struct RawScope {
     pub block_ipv6: Option<Spanned<bool>>,
 }
 
-impl RawRule {
-    pub fn selector(&self) -> RawSelector<'_> {
-        RawSelector {
-            unit: self.unit.as_ref(),
-            cgroup: self.cgroup.as_ref(),
-            container: self.container.as_ref(),
-            user: self.user.as_ref(),
-            exe: self.exe.as_ref(),
+/// Both tables carry the same selector keys; one view of them.
+macro_rules! selector_view {
+    ($($t:ty),*) => {$(
+        impl $t {
+            pub fn selector(&self) -> RawSelector<'_> {
+                RawSelector {
+                    unit: self.unit.as_ref(),
+                    cgroup: self.cgroup.as_ref(),
+                    container: self.container.as_ref(),
+                    user: self.user.as_ref(),
+                    exe: self.exe.as_ref(),
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl RawScope {
-    pub fn selector(&self) -> RawSelector<'_> {
-        RawSelector {
-            unit: self.unit.as_ref(),
-            cgroup: self.cgroup.as_ref(),
-            container: self.container.as_ref(),
-            user: self.user.as_ref(),
-            exe: self.exe.as_ref(),
-        }
-    }
-}
+selector_view!(RawRule, RawScope);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
