@@ -40,7 +40,7 @@ struct {
 /* One generation of the watch list; see struct ct_config. */
 struct watch_v4_trie {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 65536);
+	__uint(max_entries, CT_WATCH_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ct_lpm_v4_key);
 	__type(value, struct ct_watch_val);
@@ -48,7 +48,7 @@ struct watch_v4_trie {
 
 struct watch_v6_trie {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 65536);
+	__uint(max_entries, CT_WATCH_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ct_lpm_v6_key);
 	__type(value, struct ct_watch_val);
@@ -94,7 +94,7 @@ struct {
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 131072);
+	__uint(max_entries, CT_POLICY_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ct_policy_v4_key);
 	__type(value, struct ct_policy_val);
@@ -102,7 +102,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 131072);
+	__uint(max_entries, CT_POLICY_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ct_policy_v6_key);
 	__type(value, struct ct_policy_val);
@@ -110,7 +110,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 131072);
+	__uint(max_entries, CT_SCOPE_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ct_scope_key);
 	__type(value, struct ct_scope_val);
@@ -153,6 +153,7 @@ enum ct_proto _ct_proto = 0;
 enum ct_scope_kind _ct_scope_kind = 0;
 enum ct_scope_id _ct_scope_id = 0;
 enum ct_policy_flag _ct_policy_flag = 0;
+enum ct_capacity _ct_capacity = 0;
 struct ct_policy_v4_key _ct_policy_v4_key = {};
 struct ct_policy_v6_key _ct_policy_v6_key = {};
 struct ct_policy_val _ct_policy_val = {};

@@ -13,6 +13,17 @@
 /* Port rules one LPM entry can carry, own and inherited from shorter prefixes. */
 #define CT_MAX_PORT_RULES 16
 
+/*
+ * Capacities of the maps a configuration is written to. The daemon checks
+ * every configuration against them before its first kernel write (and
+ * --check-config does too), so an apply never fails halfway for lack of room.
+ */
+enum ct_capacity {
+	CT_WATCH_ENTRIES = 65536,	/* per family; one trie per generation */
+	CT_POLICY_ENTRIES = 131072,	/* per family; both generations share the trie */
+	CT_SCOPE_ENTRIES = 131072,	/* both generations share the map */
+};
+
 enum ct_event_kind {
 	CT_EV_CONNECT = 1,	/* connect4/6: TCP, or UDP connect() */
 	CT_EV_SENDMSG = 2,	/* first datagram from one socket to one destination */

@@ -30,6 +30,16 @@ struct HostsFile {
 pub struct AddedHosts {
     path: PathBuf,
     runtime: Vec<AddedHost>,
+    /// A change being tried: what the sources say while its reload runs.
+    /// Only `commit` (after the reload applied it) writes it to disk; a
+    /// refused change is dropped and leaves no trace.
+    staged: Option<Staged>,
+}
+
+#[derive(Debug, Clone)]
+struct Staged {
+    persisted: Vec<AddedHost>,
+    runtime: Vec<AddedHost>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +68,7 @@ impl AddedHosts {
         Self {
             path: state_dir.join(FILE),
             runtime: Vec::new(),
+            staged: None,
         }
     }
 
@@ -84,51 +95,81 @@ impl AddedHosts {
     }
 
     /// Extra configuration sources, after /etc's: the persisted file (as
-    /// written, so errors point into it) and the run-time hosts.
+    /// written, so errors point into it) and the run-time hosts; with a
+    /// change staged, what they will be once it is committed.
     pub fn sources(&self) -> Vec<(PathBuf, String)> {
         let mut out = Vec::new();
-        if let Ok(text) = std::fs::read_to_string(&self.path) {
-            out.push((self.path.clone(), text));
-        }
-        if !self.runtime.is_empty() {
-            out.push((PathBuf::from(RUNTIME_SOURCE), render(&self.runtime)));
+        let runtime = match &self.staged {
+            Some(s) => {
+                if !s.persisted.is_empty() {
+                    out.push((self.path.clone(), render(&s.persisted)));
+                }
+                &s.runtime
+            }
+            None => {
+                if let Ok(text) = std::fs::read_to_string(&self.path) {
+                    out.push((self.path.clone(), text));
+                }
+                &self.runtime
+            }
+        };
+        if !runtime.is_empty() {
+            out.push((PathBuf::from(RUNTIME_SOURCE), render(runtime)));
         }
         out
     }
 
-    pub fn add(&mut self, host: AddedHost, runtime: bool) -> Result<(), AddedHostsError> {
+    /// Stages `host`: the sources include it, nothing is written yet.
+    pub fn stage_add(&mut self, host: AddedHost, runtime: bool) -> Result<(), AddedHostsError> {
+        let mut staged = Staged {
+            persisted: self.persisted()?,
+            runtime: self.runtime.clone(),
+        };
         if runtime {
-            self.runtime.push(host);
-            return Ok(());
+            staged.runtime.push(host);
+        } else {
+            staged.persisted.push(host);
         }
-        let mut hosts = self.persisted()?;
-        hosts.push(host);
-        self.save(&hosts)
+        self.staged = Some(staged);
+        Ok(())
     }
 
-    /// Removes every added host named `name`; returns how many.
-    pub fn remove(&mut self, name: &str) -> Result<usize, AddedHostsError> {
-        let before = self.runtime.len();
-        self.runtime.retain(|h| h.name != name);
-        let mut removed = before - self.runtime.len();
-        let mut hosts = self.persisted()?;
-        let before = hosts.len();
-        hosts.retain(|h| h.name != name);
-        if hosts.len() != before {
-            removed += before - hosts.len();
-            self.save(&hosts)?;
+    /// Stages the removal of every added host named `name`; returns how many.
+    pub fn stage_remove(&mut self, name: &str) -> Result<usize, AddedHostsError> {
+        let mut staged = Staged {
+            persisted: self.persisted()?,
+            runtime: self.runtime.clone(),
+        };
+        let before = staged.persisted.len() + staged.runtime.len();
+        staged.persisted.retain(|h| h.name != name);
+        staged.runtime.retain(|h| h.name != name);
+        let removed = before - staged.persisted.len() - staged.runtime.len();
+        if removed > 0 {
+            self.staged = Some(staged);
         }
         Ok(removed)
     }
 
-    /// Puts back exactly this state (undo of a change a reload rejected).
-    pub fn restore(
-        &mut self,
-        persisted: &[AddedHost],
-        runtime: Vec<AddedHost>,
-    ) -> Result<(), AddedHostsError> {
-        self.runtime = runtime;
-        self.save(persisted)
+    /// The staged change was applied: make it what is kept. If the file
+    /// cannot be written, the change stays in force for this run only.
+    pub fn commit(&mut self) -> Result<(), AddedHostsError> {
+        let Some(s) = self.staged.take() else {
+            return Ok(());
+        };
+        let saved = self.save(&s.persisted);
+        self.runtime = s.runtime;
+        if saved.is_err() {
+            // Keep in memory what is in force so the next reload agrees.
+            let on_disk = self.persisted().unwrap_or_default();
+            self.runtime
+                .extend(s.persisted.into_iter().filter(|h| !on_disk.contains(h)));
+        }
+        saved
+    }
+
+    /// The staged change was refused: forget it.
+    pub fn discard(&mut self) {
+        self.staged = None;
     }
 
     fn save(&self, hosts: &[AddedHost]) -> Result<(), AddedHostsError> {
@@ -159,7 +200,7 @@ mod tests {
     fn round_trips_through_the_config_parser() {
         let dir = std::env::temp_dir().join(format!("connectracer-added-{}", std::process::id()));
         let mut a = AddedHosts::new(&dir);
-        a.add(
+        a.stage_add(
             AddedHost {
                 name: "api.example.com".into(),
                 ports: vec![toml::Value::Integer(443), toml::Value::String("8000-8100".into())],
@@ -168,7 +209,8 @@ mod tests {
             false,
         )
         .unwrap();
-        a.add(
+        a.commit().unwrap();
+        a.stage_add(
             AddedHost {
                 name: "10.0.0.1".into(),
                 ports: vec![],
@@ -177,13 +219,41 @@ mod tests {
             true,
         )
         .unwrap();
+        a.commit().unwrap();
         let c = crate::config::parse_files(&a.sources()).unwrap();
         assert_eq!(c.hosts.len(), 2);
         assert_eq!(c.hosts[0].label.as_deref(), Some("with \"quotes\""));
         assert_eq!(c.hosts[0].ports.0, vec![443..=443, 8000..=8100]);
-        assert_eq!(a.remove("api.example.com").unwrap(), 1);
-        assert_eq!(a.remove("10.0.0.1").unwrap(), 1);
+        assert_eq!(a.stage_remove("api.example.com").unwrap(), 1);
+        a.commit().unwrap();
+        assert_eq!(a.stage_remove("10.0.0.1").unwrap(), 1);
+        a.commit().unwrap();
         assert!(a.persisted().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_discarded_change_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("connectracer-staged-{}", std::process::id()));
+        let mut a = AddedHosts::new(&dir);
+        let host = |name: &str| AddedHost {
+            name: name.into(),
+            ports: vec![],
+            label: None,
+        };
+        a.stage_add(host("10.0.0.1"), false).unwrap();
+        assert_eq!(crate::config::parse_files(&a.sources()).unwrap().hosts.len(), 1);
+        a.discard();
+        assert!(a.sources().is_empty());
+        assert!(!dir.join(FILE).exists(), "nothing written before commit");
+        a.stage_add(host("10.0.0.2"), true).unwrap();
+        a.discard();
+        assert!(a.runtime().is_empty());
+        a.stage_add(host("10.0.0.3"), false).unwrap();
+        a.commit().unwrap();
+        assert_eq!(a.stage_remove("10.0.0.3").unwrap(), 1);
+        a.discard();
+        assert_eq!(a.persisted().unwrap(), vec![host("10.0.0.3")]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -97,16 +97,21 @@ fn table_limits(c: &Config) -> TableLimits {
     }
 }
 
-/// The kernel's view of a configuration; prefixes that do not fit are
-/// logged and left out rather than failing the whole apply.
-fn ruleset(epoch: u32, c: &Config, env: &Environment<'_>, ids: &Identities) -> Ruleset {
+/// The kernel's view of a configuration, or every reason it cannot be
+/// held: a prefix with more port rules than an entry carries, or more
+/// entries than a map holds. Nothing is left out silently: what is in force
+/// is always exactly what `policy show` and `hosts` report.
+fn ruleset(epoch: u32, c: &Config, env: &Environment<'_>, ids: &Identities) -> Result<Ruleset, Vec<String>> {
+    let mut errors = Vec::new();
     let (watch, too_many) = watchlist::build(&c.hosts, env.resolved);
     for e in too_many {
-        error!("watch list: {} (host `{}`)", e, c.hosts[e.host_index].name);
+        errors.push(format!("watch list: {} (host `{}`)", e, c.hosts[e.host_index].name));
     }
     let (policy, too_many) = crate::policy::compile::compile(&c.policy, env, ids);
-    for e in too_many {
-        error!("policy: {e}; that prefix is left out");
+    errors.extend(too_many.into_iter().map(|e| format!("policy: {e}")));
+    errors.extend(crate::capacity::check(&watch, &policy).iter().map(ToString::to_string));
+    if !errors.is_empty() {
+        return Err(errors);
     }
     for (path, id) in &ids.exes {
         if id.is_none() {
@@ -116,12 +121,12 @@ fn ruleset(epoch: u32, c: &Config, env: &Environment<'_>, ids: &Identities) -> R
             );
         }
     }
-    Ruleset {
+    Ok(Ruleset {
         epoch,
         trace_all: c.trace == TraceMode::All,
         watch,
         policy,
-    }
+    })
 }
 
 /// The policy's view of names and DNS servers, borrowed for one apply or
@@ -192,6 +197,13 @@ fn log_policy(c: &Config) {
     }
 }
 
+fn state_error(e: crate::added_hosts::AddedHostsError) -> CallError {
+    CallError::InvalidArgument {
+        field: "state".into(),
+        reason: format!("{:#}", anyhow::Error::from(e)),
+    }
+}
+
 /// Paths the daemon uses besides its configuration.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -252,7 +264,9 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let cgroup_watcher = start_cgroup_watch(&config.policy, &cgroup_dir, &cgroup_tx, None);
     let ids = policy_scopes::discover(&config.policy, &mount, &cgroup_dir);
     let dns = policy_scopes::dns_servers(&config.dns.nameservers);
-    let initial = ruleset(1, &config, &environment(&resolved, &dns), &ids);
+    let initial = ruleset(1, &config, &environment(&resolved, &dns), &ids)
+        .map_err(|errors| anyhow::anyhow!("{}", errors.join("; ")))
+        .context("laying out the configuration for the kernel")?;
     let addresses = initial.watch.len();
     let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
     let a = &kernel.adoption;
@@ -532,7 +546,21 @@ impl Daemon {
         result
     }
 
-    /// An invalid configuration changes nothing.
+    /// Every failed apply, whatever asked for it (SIGHUP, a file change,
+    /// tracectl reload, add-host, remove-host, a DNS update), is reported the
+    /// same way: logged, counted, and kept as `last_reload_error`.
+    fn reload_failed(&mut self, trigger: &str, e: &CallError) {
+        let reason = match e {
+            CallError::ConfigInvalid { errors } => errors.join("; "),
+            CallError::InvalidArgument { reason, .. } => reason.clone(),
+            other => format!("{other:?}"),
+        };
+        self.reload.failures += 1;
+        error!(trigger, "reload ({trigger}): {reason}; the running configuration stays in force");
+        self.reload.last_error = Some(reason);
+    }
+
+    /// An invalid configuration, or one the kernel cannot hold, changes nothing.
     async fn reload_config(&mut self, trigger: &str) -> Result<ReloadReply, CallError> {
         self.reload.reloads += 1;
         let started = Instant::now();
@@ -541,7 +569,7 @@ impl Daemon {
             Err(errors) => {
                 self.reload.failures += 1;
                 let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-                error!("reload ({trigger}): {errors}; the running configuration stays in force");
+                error!(trigger, "reload ({trigger}): {errors}; the running configuration stays in force");
                 self.reload.last_error = Some(lines.join("; "));
                 return Err(CallError::ConfigInvalid { errors: lines });
             }
@@ -555,20 +583,20 @@ impl Daemon {
             );
         }
         reload::keep_restart_only(&self.config, &mut new);
-        self.reload.last_error = None;
         if new == self.config {
+            self.reload.last_error = None;
             info!("reload ({trigger}): configuration unchanged");
             return Ok(ReloadReply {
                 epoch: self.epoch,
                 needs_restart,
             });
         }
-        self.apply(new)
-            .await
-            .map_err(|reason| CallError::InvalidArgument {
-                field: "kernel".into(),
-                reason,
-            })?;
+        let resolved = self.resolved_for(&new);
+        if let Err(e) = self.apply(new, resolved).await {
+            self.reload_failed(trigger, &e);
+            return Err(e);
+        }
+        self.reload.last_error = None;
         info!(
             epoch = self.epoch,
             trigger,
@@ -586,55 +614,84 @@ impl Daemon {
         })
     }
 
+    /// The resolved addresses a configuration keeps: those of names it still
+    /// follows (forgotten names' addresses leave with its switch).
+    fn resolved_for(&self, new: &Config) -> Resolved {
+        let names = new.hostnames();
+        let mut resolved = self.resolved.clone();
+        resolved.retain(|name, _| names.contains(name));
+        resolved
+    }
+
     /// A hostname's addresses changed: the kernel watch list follows, by the
     /// same atomic switch as a reload. Updates queued meanwhile are folded
-    /// into one switch.
+    /// into one switch. An update the kernel cannot hold keeps the previous
+    /// addresses in force (and in `tracectl hosts`).
     async fn on_dns(&mut self, first: DnsUpdate) {
+        let mut resolved = self.resolved.clone();
+        let mut names = Vec::new();
         let mut update = Some(first);
         while let Some(u) = update {
+            names.push(u.name.clone());
             if u.addresses.is_empty() {
-                self.resolved.remove(&u.name);
+                resolved.remove(&u.name);
             } else {
-                self.resolved.insert(u.name, u.addresses);
+                resolved.insert(u.name, u.addresses);
             }
             update = self.dns_updates.try_recv().ok();
         }
+        names.sort_unstable();
+        names.dedup();
         let config = self.config.clone();
-        match self.apply(config).await {
+        match self.apply(config, resolved).await {
             Ok(()) => info!(
                 epoch = self.epoch,
                 addresses = self.addresses,
                 "watch list updated from DNS"
             ),
-            Err(e) => error!("applying DNS changes: {e}"),
+            Err(e) => {
+                let trigger = format!("DNS update for {}; their previous addresses stay in force", names.join(", "));
+                self.reload_failed(&trigger, &e);
+            }
         }
     }
 
-    /// Puts a validated configuration in force, kernel side first.
-    async fn apply(&mut self, new: Config) -> Result<(), String> {
-        let names = new.hostnames();
-        if names != self.config.hostnames() {
-            // Forgotten names' addresses leave with this switch.
-            self.resolved.retain(|name, _| names.contains(name));
-        }
-        // Records of the new epoch may arrive while the reply is awaited:
-        // the pipeline must already know the epoch's host names.
+    /// Puts a validated configuration with these resolved names in force,
+    /// kernel side first; nothing of the daemon's state changes unless the
+    /// kernel took it.
+    async fn apply(&mut self, new: Config, resolved: Resolved) -> Result<(), CallError> {
         let epoch = self.epoch + 1;
+        let ids = policy_scopes::discover(&new.policy, &self.mount, &self.cgroup_dir);
+        let dns = policy_scopes::dns_servers(&new.dns.nameservers);
+        let rules = ruleset(epoch, &new, &environment(&resolved, &dns), &ids)
+            .map_err(|errors| CallError::ConfigInvalid { errors })?;
+        let addresses = rules.watch.len();
+        // Records of the new epoch may arrive while the reply is awaited:
+        // the pipeline must already know the epoch's host names (a refused
+        // epoch is never carried by a record, and the next one replaces it).
         self.pipeline.set_hosts(epoch, &new.hosts);
+        let reply = self.kernel.apply(rules);
+        self.kernel_reply(reply)
+            .await
+            .map_err(|reason| CallError::InvalidArgument {
+                field: "kernel".into(),
+                reason,
+            })?;
+        self.resolved = resolved;
+        self.addresses = addresses;
+        self.epoch = epoch;
         self.cgroup_watcher = start_cgroup_watch(
             &new.policy,
             &self.cgroup_dir,
             &self.cgroup_tx,
             self.cgroup_watcher.take(),
         );
-        let ids = policy_scopes::discover(&new.policy, &self.mount, &self.cgroup_dir);
-        let dns = policy_scopes::dns_servers(&new.dns.nameservers);
-        let rules = ruleset(epoch, &new, &environment(&self.resolved, &dns), &ids);
-        let addresses = rules.watch.len();
-        let reply = self.kernel.apply(rules);
-        self.kernel_reply(reply).await?;
-        self.addresses = addresses;
-        self.epoch = epoch;
+        self.after_apply(new).await;
+        Ok(())
+    }
+
+    /// What follows a configuration once the kernel holds it.
+    async fn after_apply(&mut self, new: Config) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -645,6 +702,7 @@ impl Daemon {
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline
             .set_log(EventLog::new(new.log.format, new.log.events, self.journal));
+        let names = new.hostnames();
         if let Some(dns) = &self.dns {
             if new.dns != self.config.dns {
                 if let Err(e) = dns.set_config(new.dns.clone()).await {
@@ -660,7 +718,6 @@ impl Daemon {
         if policy_changed {
             log_policy(&self.config);
         }
-        Ok(())
     }
 
     fn on_new_cgroup(&mut self, dir: &Path) {
@@ -735,15 +792,10 @@ impl Daemon {
         }
     }
 
-    /// Adds a host through the reload path; a host the configuration
-    /// rejects (bad name, duplicate) is taken back out and the error named.
+    /// Adds a host through the reload path. The host is written to the
+    /// state directory only once the kernel holds it: a host the
+    /// configuration or the kernel refuses leaves no trace.
     async fn add_host(&mut self, p: &AddHostParams, uid: u32) -> Result<ReloadReply, CallError> {
-        let io = |e: crate::added_hosts::AddedHostsError| CallError::InvalidArgument {
-            field: "state".into(),
-            reason: format!("{:#}", anyhow::Error::from(e)),
-        };
-        let persisted = self.source.added.persisted().map_err(io)?;
-        let runtime = self.source.added.runtime().to_vec();
         let host = AddedHost {
             name: p.name.clone(),
             ports: p
@@ -756,30 +808,38 @@ impl Daemon {
                 .collect(),
             label: p.label.clone(),
         };
-        self.source.added.add(host, p.runtime).map_err(io)?;
-        match self.reload(&format!("add-host {} by uid {uid}", p.name)).await {
-            Err(CallError::ConfigInvalid { errors }) => {
-                self.source.added.restore(&persisted, runtime).map_err(io)?;
-                // The rejected attempt is not the configuration's fault.
-                self.reload.last_error = None;
-                Err(CallError::InvalidArgument {
-                    field: "name".into(),
-                    reason: errors.join("; "),
-                })
-            }
+        self.source.added.stage_add(host, p.runtime).map_err(state_error)?;
+        let result = self.reload(&format!("add-host {} by uid {uid}", p.name)).await;
+        self.settle_added(result).map_err(|e| match e {
+            CallError::ConfigInvalid { errors } => CallError::InvalidArgument {
+                field: "name".into(),
+                reason: errors.join("; "),
+            },
             other => other,
+        })
+    }
+
+    /// Commits the staged change to the added hosts if its reload applied
+    /// it, drops it otherwise.
+    fn settle_added(&mut self, result: Result<ReloadReply, CallError>) -> Result<ReloadReply, CallError> {
+        match result {
+            Ok(reply) => {
+                self.source.added.commit().map_err(|e| {
+                    let e = state_error(e);
+                    error!("{e:?}; the change is in force until restart only");
+                    e
+                })?;
+                Ok(reply)
+            }
+            Err(e) => {
+                self.source.added.discard();
+                Err(e)
+            }
         }
     }
 
     async fn remove_host(&mut self, name: &str, uid: u32) -> Result<ReloadReply, CallError> {
-        let removed = self
-            .source
-            .added
-            .remove(name)
-            .map_err(|e| CallError::InvalidArgument {
-                field: "state".into(),
-                reason: format!("{:#}", anyhow::Error::from(e)),
-            })?;
+        let removed = self.source.added.stage_remove(name).map_err(state_error)?;
         if removed == 0 {
             if let Some(h) = self.config.hosts.iter().find(|h| h.name == name) {
                 return Err(CallError::InvalidArgument {
@@ -791,7 +851,8 @@ impl Daemon {
                 name: name.to_string(),
             });
         }
-        self.reload(&format!("remove-host {name} by uid {uid}")).await
+        let result = self.reload(&format!("remove-host {name} by uid {uid}")).await;
+        self.settle_added(result)
     }
 
     async fn hosts(&mut self) -> Vec<HostInfo> {

@@ -4,6 +4,7 @@
 pub mod added_hosts;
 pub mod attribution;
 pub mod bpf;
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod control;

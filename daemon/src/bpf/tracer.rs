@@ -3,77 +3,22 @@
 //! detaches everything).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use ipnet::IpNet;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
+use super::layout::{bytes, scope_key, scope_val, write_generation, Generation, GenerationMaps};
 use super::skel::{ConnectracerSkel, ConnectracerSkelBuilder};
-use super::types::{
-    ct_config, ct_lpm_v4_key, ct_lpm_v6_key, ct_policy_rule, ct_policy_v4_key, ct_policy_v6_key,
-    ct_policy_val, ct_port_rule, ct_scope_key, ct_scope_kind, ct_scope_val, ct_watch_val,
-};
+use super::types::ct_config;
 use crate::policy::compile::{CompiledPolicy, ScopeKey, ScopeVal};
-use crate::watchlist::{LpmEntry, MAX_RULES};
+use crate::watchlist::LpmEntry;
 
-// SAFETY: plain integer/byte-array structs generated from connectracer.h.
-unsafe impl plain::Plain for ct_lpm_v4_key {}
-// SAFETY: as above.
-unsafe impl plain::Plain for ct_lpm_v6_key {}
-// SAFETY: as above.
-unsafe impl plain::Plain for ct_watch_val {}
-// SAFETY: as above.
+// SAFETY: plain integer struct generated from connectracer.h.
 unsafe impl plain::Plain for ct_config {}
-// SAFETY: as above.
-unsafe impl plain::Plain for ct_policy_v4_key {}
-// SAFETY: as above.
-unsafe impl plain::Plain for ct_policy_v6_key {}
-// SAFETY: as above.
-unsafe impl plain::Plain for ct_policy_val {}
-// SAFETY: as above.
-unsafe impl plain::Plain for ct_scope_key {}
-// SAFETY: as above.
-unsafe impl plain::Plain for ct_scope_val {}
-
-fn bytes<T: plain::Plain>(v: &T) -> &[u8] {
-    // SAFETY: Plain types are integers and byte arrays without padding
-    // the kernel would misread; every one here is generated from the header.
-    unsafe { plain::as_bytes(v) }
-}
-
-fn scope_key(gen: u32, k: ScopeKey) -> ct_scope_key {
-    let (kind, id, dev) = match k {
-        ScopeKey::Cgroup(id) => (ct_scope_kind::CT_SCOPE_KIND_CGROUP, id, 0),
-        ScopeKey::Uid(uid) => (ct_scope_kind::CT_SCOPE_KIND_UID, u64::from(uid), 0),
-        ScopeKey::Exe { ino, dev } => (ct_scope_kind::CT_SCOPE_KIND_EXE, ino, dev),
-        ScopeKey::Scope(s) => (ct_scope_kind::CT_SCOPE_KIND_SCOPE, u64::from(s), 0),
-    };
-    ct_scope_key {
-        gen,
-        kind: kind.0,
-        id,
-        dev,
-    }
-}
-
-fn scope_val(v: ScopeVal) -> ct_scope_val {
-    ct_scope_val {
-        scope: v.scope,
-        default_verdict: v.default_verdict,
-        ipv6_verdict: v.ipv6_verdict,
-        ..Default::default()
-    }
-}
-
-/// Generation in the top byte, scope below, big-endian: the LPM prefix's first 32 bits.
-fn scope_tag(gen: u32, scope: u32) -> [u8; 4] {
-    ((gen << 24) | (scope & 0x00ff_ffff)).to_be_bytes()
-}
 
 /// What one configuration generation holds in the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,46 +29,6 @@ pub struct Ruleset {
     pub trace_all: bool,
     pub watch: Vec<LpmEntry>,
     pub policy: CompiledPolicy,
-}
-
-/// What one generation holds in each map it owns (key bytes to value
-/// bytes). The next apply to that generation writes only the difference:
-/// a reload that changes a few entries of 10,000 costs a few syscalls, not
-/// 20,000.
-#[derive(Debug, Default)]
-struct Written {
-    watch_v4: HashMap<Vec<u8>, Vec<u8>>,
-    watch_v6: HashMap<Vec<u8>, Vec<u8>>,
-    policy_v4: HashMap<Vec<u8>, Vec<u8>>,
-    policy_v6: HashMap<Vec<u8>, Vec<u8>>,
-    scopes: HashMap<Vec<u8>, Vec<u8>>,
-}
-
-/// Makes `map` hold `want` where it held `had`: deletes what went, writes
-/// what is new or changed, and remembers `want` as what it holds.
-fn sync_map(
-    map: &dyn MapCore,
-    name: &'static str,
-    had: &mut HashMap<Vec<u8>, Vec<u8>>,
-    want: HashMap<Vec<u8>, Vec<u8>>,
-) -> Result<(), TracerError> {
-    let map_err = |source| TracerError::Map { map: name, source };
-    for k in had.keys() {
-        if !want.contains_key(k) {
-            match map.delete(k) {
-                Ok(()) => {}
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-                Err(e) => return Err(map_err(e)),
-            }
-        }
-    }
-    for (k, v) in &want {
-        if had.get(k) != Some(v) {
-            map.update(k, v, MapFlags::ANY).map_err(map_err)?;
-        }
-    }
-    *had = want;
-    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -165,7 +70,14 @@ pub enum TracerError {
     },
     #[error("opening the BPF object")]
     Open(#[source] libbpf_rs::Error),
-    #[error("setting up map {map}")]
+    #[error("kernel map {map} has room for {limit} entries: this configuration needs {needed}, beside {in_use} of the one in force")]
+    Capacity {
+        map: &'static str,
+        needed: usize,
+        in_use: usize,
+        limit: usize,
+    },
+    #[error("writing kernel map {map}")]
     Map {
         map: &'static str,
         #[source]
@@ -199,7 +111,8 @@ pub struct Tracer {
     /// buffer reader holds a shared borrow for the tracer's whole life.
     active: Cell<u32>,
     epoch: Cell<u32>,
-    written: RefCell<[Written; 2]>,
+    /// What each generation holds in the maps, always equal to them.
+    written: RefCell<[Generation; 2]>,
     /// A switch happened and its grace period has not been waited for.
     unsettled: Cell<bool>,
 }
@@ -446,51 +359,14 @@ impl Tracer {
         self.settle();
         let idle = 1 - self.active.get();
         let maps = &self.skel.maps;
-        let (v4, v6): (&dyn MapCore, &dyn MapCore) = if idle == 0 {
-            (&maps.watch_v4_0, &maps.watch_v6_0)
-        } else {
-            (&maps.watch_v4_1, &maps.watch_v6_1)
-        };
         let map_err = |map| move |source| TracerError::Map { map, source };
-        let mut want_v4 = HashMap::new();
-        let mut want_v6 = HashMap::new();
-        for e in &r.watch {
-            let mut val = ct_watch_val {
-                nrules: e.rules.len().min(MAX_RULES) as u32,
-                ..Default::default()
-            };
-            for (slot, rule) in val.rules.iter_mut().zip(&e.rules) {
-                *slot = ct_port_rule {
-                    lo: rule.lo,
-                    hi: rule.hi,
-                    host_id: rule.host_id,
-                };
-            }
-            let val = bytes(&val).to_vec();
-            match e.net {
-                IpNet::V4(n) => {
-                    let key = ct_lpm_v4_key {
-                        prefixlen: u32::from(n.prefix_len()),
-                        addr: n.network().octets(),
-                    };
-                    want_v4.insert(bytes(&key).to_vec(), val);
-                }
-                IpNet::V6(n) => {
-                    let key = ct_lpm_v6_key {
-                        prefixlen: u32::from(n.prefix_len()),
-                        addr: n.network().octets(),
-                    };
-                    want_v6.insert(bytes(&key).to_vec(), val);
-                }
-            }
-        }
+        let want = Generation::of(idle, r);
         {
             let mut written = self.written.borrow_mut();
-            let w = &mut written[idle as usize];
-            sync_map(v4, "watch_v4", &mut w.watch_v4, want_v4)?;
-            sync_map(v6, "watch_v6", &mut w.watch_v6, want_v6)?;
+            let [g0, g1] = &mut *written;
+            let (had, other) = if idle == 0 { (g0, &*g1) } else { (g1, &*g0) };
+            write_generation(&self.generation_maps(idle), had, &want, other)?;
         }
-        self.write_policy(idle, &r.policy)?;
         let epoch = r.epoch;
         let cfg = ct_config {
             epoch,
@@ -515,59 +391,17 @@ impl Tracer {
 }
 
 impl Tracer {
-    /// Makes generation `gen` of the policy maps hold `p`, with `gen` in
-    /// every key.
-    fn write_policy(&self, gen: u32, p: &CompiledPolicy) -> Result<(), TracerError> {
+    fn generation_maps(&self, gen: u32) -> GenerationMaps<'_> {
         let maps = &self.skel.maps;
-        let (mut v4, mut v6, mut scopes) = (HashMap::new(), HashMap::new(), HashMap::new());
-        for e in &p.entries {
-            let mut val = ct_policy_val {
-                nrules: e.rules.len().min(MAX_RULES) as u32,
-                ..Default::default()
-            };
-            for (slot, r) in val.rules.iter_mut().zip(&e.rules) {
-                *slot = ct_policy_rule {
-                    lo: r.lo,
-                    hi: r.hi,
-                    protocol: r.protocol,
-                    verdict: r.verdict,
-                    rule_id: r.rule_id,
-                    ..Default::default()
-                };
-            }
-            let scope = scope_tag(gen, e.scope);
-            let val = bytes(&val).to_vec();
-            match e.net {
-                IpNet::V4(n) => {
-                    let key = ct_policy_v4_key {
-                        prefixlen: 32 + u32::from(n.prefix_len()),
-                        scope,
-                        addr: n.network().octets(),
-                    };
-                    v4.insert(bytes(&key).to_vec(), val);
-                }
-                IpNet::V6(n) => {
-                    let key = ct_policy_v6_key {
-                        prefixlen: 32 + u32::from(n.prefix_len()),
-                        scope,
-                        addr: n.network().octets(),
-                    };
-                    v6.insert(bytes(&key).to_vec(), val);
-                }
-            }
+        let (v4, v6): (&dyn MapCore, &dyn MapCore) = if gen == 0 {
+            (&maps.watch_v4_0, &maps.watch_v6_0)
+        } else {
+            (&maps.watch_v4_1, &maps.watch_v6_1)
+        };
+        GenerationMaps {
+            maps: [v4, v6, &maps.policy_v4, &maps.policy_v6, &maps.policy_scopes],
+            shared: [false, false, true, true, true],
         }
-        for (k, v) in &p.scopes {
-            scopes.insert(
-                bytes(&scope_key(gen, *k)).to_vec(),
-                bytes(&scope_val(*v)).to_vec(),
-            );
-        }
-        let mut written = self.written.borrow_mut();
-        let w = &mut written[gen as usize];
-        sync_map(&maps.policy_v4, "policy_v4", &mut w.policy_v4, v4)?;
-        sync_map(&maps.policy_v6, "policy_v6", &mut w.policy_v6, v6)?;
-        sync_map(&maps.policy_scopes, "policy_scopes", &mut w.scopes, scopes)?;
-        Ok(())
     }
 
     /// A cgroup created after the policy was applied joins its scope in the
@@ -636,6 +470,9 @@ mod tests {
 
     #[test]
     fn port_rule_capacity_matches_the_header() {
-        assert_eq!(ct_watch_val::default().rules.len(), MAX_RULES);
+        assert_eq!(
+            super::super::types::ct_watch_val::default().rules.len(),
+            crate::watchlist::MAX_RULES
+        );
     }
 }

@@ -20,6 +20,15 @@ use crate::watchlist;
 const PAGE_SIZE: u64 = 4096;
 const MAX_LABEL_LEN: usize = 64;
 
+/// Where rule `id` (1-based) was written, for errors about it.
+fn rule_loc(c: &Config, id: Option<u32>) -> Loc {
+    let rule = id.and_then(|id| c.policy.rules.get((id as usize).wrapping_sub(1)));
+    let (file, line) = rule
+        .and_then(|r| r.origin.rsplit_once(':'))
+        .map_or((PathBuf::new(), 0), |(f, l)| (PathBuf::from(f), l.parse().unwrap_or(0)));
+    Loc { file, line, column: 1 }
+}
+
 /// Where a value was set, for problems found only once all files are merged.
 #[derive(Debug, Clone)]
 struct Loc {
@@ -153,38 +162,32 @@ fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
         });
         locs.push((loc, key));
     }
-    let (_, too_many) = watchlist::build(&hosts, &HashMap::new());
+    let (watch, too_many) = watchlist::build(&hosts, &HashMap::new());
     for e in too_many {
         let (loc, key) = &locs[e.host_index];
         push(errors, loc, key.clone(), e.to_string());
     }
     m.config.hosts = hosts;
     policy::finish(&mut m, errors);
-    let (_, too_many) = crate::policy::compile::compile(
+    let (compiled, too_many) = crate::policy::compile::compile(
         &m.config.policy,
         &crate::policy::Environment::empty(),
         &crate::policy::scopes::Identities::default(),
     );
     for e in too_many {
-        let rule = e.rule.and_then(|id| m.config.policy.rules.get(id as usize - 1));
-        let (file, line) = rule
-            .and_then(|r| r.origin.rsplit_once(':'))
-            .map_or((PathBuf::new(), 0), |(f, l)| {
-                (PathBuf::from(f), l.parse().unwrap_or(0))
-            });
         let key = e
             .rule
             .map_or_else(|| "rule".to_string(), |id| format!("rule {id}"));
-        push(
-            errors,
-            &Loc {
-                file,
-                line,
-                column: 1,
-            },
-            key,
-            e.to_string(),
-        );
+        push(errors, &rule_loc(&m.config, e.rule), key, e.to_string());
+    }
+    // Hostnames count once resolved: every apply checks again with them.
+    for o in crate::capacity::check(&watch, &compiled) {
+        let (loc, key) = match o.culprit {
+            crate::capacity::Culprit::Host(i) if i < locs.len() => locs[i].clone(),
+            crate::capacity::Culprit::Rule(id) => (rule_loc(&m.config, Some(id)), format!("rule {id}")),
+            _ => (rule_loc(&m.config, None), "scope".to_string()),
+        };
+        push(errors, &loc, key, o.to_string());
     }
     let bpf = &m.config.bpf;
     if bpf.wakeup_threshold >= u64::from(bpf.ring_buffer_size) {
