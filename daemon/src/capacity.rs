@@ -61,10 +61,17 @@ fn watch_overflow(watch: &[LpmEntry], v4: bool) -> Option<Overflow> {
     if family.len() <= WATCH_ENTRIES {
         return None;
     }
-    let first_host = family[WATCH_ENTRIES].rules.first().map_or(0, |r| r.host_id as usize);
+    let first_host = family[WATCH_ENTRIES]
+        .rules
+        .first()
+        .map_or(0, |r| r.host_id as usize);
     Some(Overflow {
         map: if v4 { "watch_v4" } else { "watch_v6" },
-        what: format!("watched hosts: {} {} prefixes", group(family.len()), if v4 { "IPv4" } else { "IPv6" }),
+        what: format!(
+            "watched hosts: {} {} prefixes",
+            group(family.len()),
+            if v4 { "IPv4" } else { "IPv6" }
+        ),
         needed: family.len(),
         limit: WATCH_ENTRIES,
         hint: "; watch CIDRs instead of single addresses".into(),
@@ -115,7 +122,11 @@ pub fn check(watch: &[LpmEntry], policy: &CompiledPolicy) -> Vec<Overflow> {
         .into_iter()
         .filter_map(|v4| watch_overflow(watch, v4))
         .collect();
-    out.extend([true, false].into_iter().filter_map(|v4| policy_overflow(policy, v4)));
+    out.extend(
+        [true, false]
+            .into_iter()
+            .filter_map(|v4| policy_overflow(policy, v4)),
+    );
     if policy.scopes.len() > SCOPE_ENTRIES {
         out.push(Overflow {
             map: "policy_scopes",
@@ -136,7 +147,9 @@ mod tests {
     use crate::watchlist::PortRule;
 
     fn v4(i: usize) -> IpNet {
-        IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i as u32)))
+        IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(
+            0x0a00_0000 + i as u32,
+        )))
     }
 
     #[test]

@@ -105,11 +105,18 @@ fn ruleset(epoch: u32, c: &Config, env: &Environment<'_>, ids: &Identities) -> R
     let mut errors = Vec::new();
     let (watch, too_many) = watchlist::build(&c.hosts, env.resolved);
     for e in too_many {
-        errors.push(format!("watch list: {} (host `{}`)", e, c.hosts[e.host_index].name));
+        errors.push(format!(
+            "watch list: {} (host `{}`)",
+            e, c.hosts[e.host_index].name
+        ));
     }
     let (policy, too_many) = crate::policy::compile::compile(&c.policy, env, ids);
     errors.extend(too_many.into_iter().map(|e| format!("policy: {e}")));
-    errors.extend(crate::capacity::check(&watch, &policy).iter().map(ToString::to_string));
+    errors.extend(
+        crate::capacity::check(&watch, &policy)
+            .iter()
+            .map(ToString::to_string),
+    );
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -556,7 +563,10 @@ impl Daemon {
             other => format!("{other:?}"),
         };
         self.reload.failures += 1;
-        error!(trigger, "reload ({trigger}): {reason}; the running configuration stays in force");
+        error!(
+            trigger,
+            "reload ({trigger}): {reason}; the running configuration stays in force"
+        );
         self.reload.last_error = Some(reason);
     }
 
@@ -569,7 +579,10 @@ impl Daemon {
             Err(errors) => {
                 self.reload.failures += 1;
                 let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-                error!(trigger, "reload ({trigger}): {errors}; the running configuration stays in force");
+                error!(
+                    trigger,
+                    "reload ({trigger}): {errors}; the running configuration stays in force"
+                );
                 self.reload.last_error = Some(lines.join("; "));
                 return Err(CallError::ConfigInvalid { errors: lines });
             }
@@ -650,7 +663,10 @@ impl Daemon {
                 "watch list updated from DNS"
             ),
             Err(e) => {
-                let trigger = format!("DNS update for {}; their previous addresses stay in force", names.join(", "));
+                let trigger = format!(
+                    "DNS update for {}; their previous addresses stay in force",
+                    names.join(", ")
+                );
                 self.reload_failed(&trigger, &e);
             }
         }
@@ -808,7 +824,10 @@ impl Daemon {
                 .collect(),
             label: p.label.clone(),
         };
-        self.source.added.stage_add(host, p.runtime).map_err(state_error)?;
+        self.source
+            .added
+            .stage_add(host, p.runtime)
+            .map_err(state_error)?;
         let result = self.reload(&format!("add-host {} by uid {uid}", p.name)).await;
         self.settle_added(result).map_err(|e| match e {
             CallError::ConfigInvalid { errors } => CallError::InvalidArgument {

@@ -208,7 +208,12 @@ impl std::fmt::Debug for GenerationMaps<'_> {
 /// Makes `map` hold `want` where it held `had`: deletes what went, then
 /// writes what is new or changed. `had` follows every successful kernel
 /// write, so on failure it still says exactly what the map holds.
-fn sync_map(map: &dyn MapCore, name: &'static str, had: &mut Entries, want: &Entries) -> Result<(), TracerError> {
+fn sync_map(
+    map: &dyn MapCore,
+    name: &'static str,
+    had: &mut Entries,
+    want: &Entries,
+) -> Result<(), TracerError> {
     let map_err = |source| TracerError::Map { map: name, source };
     let gone: Vec<Vec<u8>> = had.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
     for k in gone {

@@ -25,8 +25,14 @@ fn rule_loc(c: &Config, id: Option<u32>) -> Loc {
     let rule = id.and_then(|id| c.policy.rules.get((id as usize).wrapping_sub(1)));
     let (file, line) = rule
         .and_then(|r| r.origin.rsplit_once(':'))
-        .map_or((PathBuf::new(), 0), |(f, l)| (PathBuf::from(f), l.parse().unwrap_or(0)));
-    Loc { file, line, column: 1 }
+        .map_or((PathBuf::new(), 0), |(f, l)| {
+            (PathBuf::from(f), l.parse().unwrap_or(0))
+        });
+    Loc {
+        file,
+        line,
+        column: 1,
+    }
 }
 
 /// Where a value was set, for problems found only once all files are merged.

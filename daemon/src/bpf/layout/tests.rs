@@ -108,7 +108,10 @@ fn a_write_failing_partway_is_undone() {
     let mut bad = generation(20..30, 300..320);
     bad.policy_v6.insert(entry(400).0, vec![0; 3]);
     let err = write_generation(&maps.view(1), &mut g1, &bad, &g0).unwrap_err();
-    assert!(matches!(err, TracerError::Map { map: "policy_v6", .. }), "{err:?}");
+    assert!(
+        matches!(err, TracerError::Map { map: "policy_v6", .. }),
+        "{err:?}"
+    );
     assert_eq!(g1, second, "the record says what the generation held before");
     maps.assert_match([&g0, &g1]);
 

@@ -1,0 +1,197 @@
+//! A configuration the kernel cannot hold changes nothing, on every path
+//! that applies one, and says so the same way on each: the rules in force
+//! stay exactly the ones the daemon reports. Runs as root, loopback only.
+
+use std::time::Duration;
+
+use connectracer_tests::{probe, Daemon, Dnsmasq, TestCgroup};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+const EPERM: i64 = 1;
+const REFUSED: i64 = 111;
+/// Loopback is a built-in exception; these tests need it judged by rules.
+const NO_EXCEPTIONS: &str = "[policy]\nallow_loopback = false\n";
+
+fn deny(dests: &str, port: u16) -> String {
+    format!("[[rule]]\naction = \"deny\"\ndest = [{dests}]\nports = [{port}]\n")
+}
+
+/// 140,000 single addresses in one rule: twice what a policy trie gives one
+/// configuration.
+fn overflowing() -> String {
+    let dests: Vec<String> = (0..140_000u32)
+        .map(|i| format!("\"127.{}.{}.{}\"", 10 + (i >> 16), (i >> 8) & 255, i & 255))
+        .collect();
+    format!(
+        "mode = \"enforce\"\n{NO_EXCEPTIONS}{}{}",
+        deny("\"127.2.0.1\"", 80),
+        deny(&dests.join(","), 80)
+    )
+}
+
+fn errno(cg: &TestCgroup, dst: &str) -> i64 {
+    let out = probe(cg, &["connect", dst]).unwrap();
+    out["results"][0]["errno"].as_i64().unwrap_or(0)
+}
+
+fn stats(d: &Daemon) -> Value {
+    let (code, out, err) = d.tracectl(&["--json", "stats"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str::<Value>(&out).unwrap()["stats"].clone()
+}
+
+/// The kernel's answer and `policy check`'s agree for `dst`, and are `expected`.
+fn assert_verdict(d: &Daemon, cg: &TestCgroup, dst: &str, expected: i64) {
+    let got = errno(cg, dst);
+    assert_eq!(got, expected, "connect to {dst}");
+    let (code, out, err) = d.tracectl(&["--json", "policy", "check", "--cgroup", &cg.rel, "--dest", dst]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let verdict = if expected == EPERM { "deny" } else { "allow" };
+    assert_eq!(v[0]["decision"]["verdict"], verdict, "policy check {dst}: {out}");
+}
+
+#[test]
+fn an_overflowing_reload_changes_nothing_and_is_reported_on_every_path() {
+    let cg = TestCgroup::new("overflow");
+    let valid = |addr: &str| {
+        format!(
+            "mode = \"enforce\"\n{NO_EXCEPTIONS}{}",
+            deny(&format!("\"{addr}\""), 80)
+        )
+    };
+    let mut d = Daemon::start(&cg, &valid("127.2.0.1")).unwrap();
+    assert_verdict(&d, &cg, "127.2.0.1:80", EPERM);
+
+    d.config.write(&overflowing());
+    let logged = d.wait_log("reload (configuration files changed)", WAIT).unwrap();
+    let message = logged["message"].as_str().unwrap();
+    assert!(
+        message.contains("kernel map policy_v4 holds at most 65,536") && message.contains("stays in force"),
+        "{message}"
+    );
+    d.signal(Signal::SIGHUP);
+    let logged = d.wait_log("reload (SIGHUP)", WAIT).unwrap();
+    assert!(
+        logged["message"].as_str().unwrap().contains("policy_v4"),
+        "{logged}"
+    );
+    let (code, _, err) = d.tracectl(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("rule 2") && err.contains("policy_v4"), "{err}");
+    let s = stats(&d);
+    assert_eq!(s["reload_failures"], 3, "{s}");
+    assert!(
+        s["last_reload_error"].as_str().unwrap().contains("policy_v4"),
+        "{s}"
+    );
+    assert_verdict(&d, &cg, "127.10.0.5:80", REFUSED);
+
+    // Valid reloads flip through both generations; what the kernel does is
+    // exactly what `policy check` says, address by address.
+    for addr in ["127.2.0.2", "127.2.0.3", "127.2.0.4"] {
+        d.config.write(&valid(addr));
+        let (code, out, err) = d.tracectl(&["reload"]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    for i in 0..8 {
+        let dst = format!("127.2.0.{i}:80");
+        assert_verdict(&d, &cg, &dst, if i == 4 { EPERM } else { REFUSED });
+    }
+    for dst in ["127.10.0.1:80", "127.10.1.7:80", "127.11.2.0:80"] {
+        assert_verdict(&d, &cg, dst, REFUSED);
+    }
+    assert!(stats(&d)["last_reload_error"].is_null());
+}
+
+/// 65,536 watched addresses fill the IPv4 watch trie of one configuration.
+fn full_watch_list() -> String {
+    let mut s = String::from("trace = \"watched\"\n");
+    for i in 0..65_536u32 {
+        s.push_str(&format!(
+            "[[host]]\nname = \"10.{}.{}.{}\"\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    s
+}
+
+#[test]
+fn an_add_host_that_does_not_fit_is_neither_applied_nor_kept() {
+    let cg = TestCgroup::new("addfull");
+    let mut d = Daemon::start(&cg, &full_watch_list()).unwrap();
+    for runtime in [false, true] {
+        let mut args = vec!["add-host", "10.200.0.1"];
+        if runtime {
+            args.push("--runtime");
+        }
+        let (code, _, err) = d.tracectl(&args);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("watch_v4 holds at most 65,536"), "{err}");
+    }
+    let state = d.config.dir().join("state/hosts.toml");
+    assert!(
+        !std::fs::read_to_string(&state)
+            .unwrap_or_default()
+            .contains("10.200.0.1"),
+        "a refused host is not persisted"
+    );
+    let s = stats(&d);
+    assert_eq!(s["reload_failures"], 2, "{s}");
+    assert!(
+        s["last_reload_error"].as_str().unwrap().contains("watch_v4"),
+        "{s}"
+    );
+    // A refused --runtime add does not linger and break later reloads.
+    d.config
+        .write(&full_watch_list().replace("\"watched\"", "\"all\""));
+    let (code, out, err) = d.tracectl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    d.stop().unwrap();
+    let (cfg, socket, pin_dir) = d.crash();
+    let d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
+    let (code, out, err) = d.tracectl(&["--json", "hosts"]);
+    assert_eq!(code, 0, "{err}");
+    let hosts: Value = serde_json::from_str(&out).unwrap();
+    let hosts = hosts["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 65_536);
+    assert!(hosts.iter().all(|h| h["name"] != "10.200.0.1"));
+}
+
+#[test]
+fn a_failed_reload_keeps_resolved_addresses_in_force() {
+    let dns = Dnsmasq::start("127.0.0.5 api.test\n", 3600);
+    let cg = TestCgroup::new("keepaddr");
+    let dns_conf = format!("[dns]\nnameservers = [\"127.0.0.1:{}\"]\n", dns.port);
+    let config = |extra: &str| {
+        format!(
+            "mode = \"enforce\"\n{NO_EXCEPTIONS}[[host]]\nname = \"api.test\"\n{}{extra}{dns_conf}",
+            deny("\"api.test\"", 81)
+        )
+    };
+    let mut d = Daemon::start(&cg, &config("")).unwrap();
+    d.wait_log("watch list updated from DNS", WAIT).unwrap();
+    assert_verdict(&d, &cg, "127.0.0.5:81", EPERM);
+
+    // A configuration without the name, refused: the name's addresses stay.
+    d.config.write(&overflowing());
+    d.wait_log("reload (configuration files changed)", WAIT).unwrap();
+    let (code, out, err) = d.tracectl(&["--json", "hosts"]);
+    assert_eq!(code, 0, "{err}");
+    let hosts: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hosts["hosts"][0]["addresses"][0], "127.0.0.5", "{out}");
+    assert_verdict(&d, &cg, "127.0.0.5:81", EPERM);
+
+    // The next change that applies still enforces the hostname rule at once
+    // (the answer's TTL is an hour: no new lookup comes to the rescue).
+    d.config.write(&config(&deny("\"127.2.0.9\"", 80)));
+    let (code, out, err) = d.tracectl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_verdict(&d, &cg, "127.0.0.5:81", EPERM);
+    assert_verdict(&d, &cg, "127.2.0.9:80", EPERM);
+}
