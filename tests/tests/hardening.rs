@@ -195,3 +195,120 @@ fn a_failed_reload_keeps_resolved_addresses_in_force() {
     assert_verdict(&d, &cg, "127.0.0.5:81", EPERM);
     assert_verdict(&d, &cg, "127.2.0.9:80", EPERM);
 }
+
+/// Opens `n` connections to `socket` as `user` and, after a moment, reports
+/// what each got: nothing (held open, idle) or the refusal sent at once.
+const HOLDER: &str = r#"
+import json, select, socket, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+socks = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    socks.append(s)
+time.sleep(1)
+refused = []
+for s in socks:
+    if select.select([s], [], [], 0)[0]:
+        data = s.recv(65536).rstrip(b"\0")
+        refused.append(json.loads(data) if data else None)
+print(json.dumps({"held": n - len(refused), "refused": refused}), flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn idle_member_connections_cannot_lock_out_root() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let group = connectracer_tests::TestGroup::ensure("connectracer").unwrap();
+    let member = connectracer_tests::TestUser::create(
+        &format!("ctidle{}", std::process::id() % 100_000),
+        &[&group.name],
+    )
+    .unwrap();
+    let cg = TestCgroup::new("idle");
+    let d = Daemon::start(&cg, "trace = \"watched\"\n").unwrap();
+    let socket = d.socket.clone();
+    let mut holder = Command::new("setpriv")
+        .args([
+            format!("--reuid={}", member.uid),
+            format!("--regid={}", member.gid),
+            "--init-groups".into(),
+        ])
+        .args(["/usr/bin/python3", "-c", HOLDER])
+        .arg(&socket)
+        .arg("200")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(report["held"], 32, "{report}");
+    let refused = report["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 168);
+    let reason = refused[0]["parameters"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("already holds 32 control connections"),
+        "{report}"
+    );
+
+    // Root (and anyone else) is still answered while they sit there.
+    for _ in 0..3 {
+        let (code, _, err) = d.tracectl(&["stats"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn clients_asking_for_the_whole_table_and_not_reading_stay_bounded() {
+    use std::io::Write;
+    let cg = TestCgroup::new("flood");
+    let mut d = Daemon::start(
+        &cg,
+        "trace = \"all\"\n[log]\nevents = false\n[table]\nmax_closed = 100000\nclosed_retention = \"1h\"\n",
+    )
+    .unwrap();
+    let port = connectracer_tests::closed_port("127.0.0.1:0").port();
+    let dst = format!("127.0.0.1:{port}");
+    for _ in 0..3 {
+        probe(&cg, &["flood", &dst, "10000"]).unwrap();
+    }
+    // Connections reach the table through the ring buffer: wait for them.
+    let deadline = std::time::Instant::now() + WAIT;
+    while stats(&d)["table_closed"].as_u64().unwrap_or(0) < 30_000 {
+        assert!(std::time::Instant::now() < deadline, "{}", stats(&d));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    };
+    let before = rss(d.pid());
+    let call = b"{\"method\":\"org.connectracer.Tracer.Connections\",\"parameters\":{\"limit\":100000}}\0";
+    let clients: Vec<std::os::unix::net::UnixStream> = (0..64)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+            s.write_all(call).unwrap();
+            s
+        })
+        .collect();
+    let mut peak = before;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(250));
+        peak = peak.max(rss(d.pid()));
+    }
+    let (code, _, err) = d.tracectl(&["stats"]);
+    assert_eq!(code, 0, "root is answered during the flood: {err}");
+    drop(clients);
+    eprintln!("RSS before {before} MiB, peak {peak} MiB with 64 unread 30,000-row answers");
+    // Unbounded, 64 answers of 30,000 rows each came to well over a GiB.
+    assert!(peak < before + 400, "RSS grew from {before} to {peak} MiB");
+    d.stop().unwrap();
+}

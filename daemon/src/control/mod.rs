@@ -1,6 +1,7 @@
 //! The control socket: varlink over a Unix socket. The server only parses
 //! and authorizes; every answer comes from the task that owns the state.
 
+pub mod admission;
 pub mod authz;
 pub mod query;
 pub mod server;

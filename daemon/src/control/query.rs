@@ -14,7 +14,7 @@ use crate::watchlist::Resolved;
 
 /// Answers larger than this many connections are cut (newest kept).
 pub const MAX_CONNECTIONS: usize = 100_000;
-const DEFAULT_LIMIT: usize = 1000;
+pub const DEFAULT_LIMIT: usize = 1000;
 
 fn invalid(field: &str, reason: impl Into<String>) -> CallError {
     CallError::InvalidArgument {

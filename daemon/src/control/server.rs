@@ -12,14 +12,19 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
+use super::admission::Admission;
 use super::authz::ADMIN_GROUP;
 use super::{Answer, Caller, Method, Request};
 use crate::pipeline::WatchEvent;
 
-/// Clients served at once; more wait in the accept queue.
-const MAX_CLIENTS: usize = 128;
+/// A connection with no request for this long is closed: idle connections
+/// must not hold slots for ever.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A reply the client does not read within this long closes the
+/// connection, releasing what the reply held.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SERVICE_DESCRIPTION: &str = "interface org.varlink.service
 method GetInfo() -> (vendor: string, product: string, version: string, url: string, interfaces: []string)
@@ -78,12 +83,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watchers: Watchers) {
-    let slots = std::sync::Arc::new(Semaphore::new(MAX_CLIENTS));
+    let admission = std::sync::Arc::new(Admission::default());
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, _) = match listener.accept().await {
+        let (mut stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("control socket accept: {e}");
@@ -91,21 +93,53 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watc
                 continue;
             }
         };
+        let Ok(cred) = stream.peer_cred() else {
+            continue;
+        };
+        let slot = match admission.admit(cred.uid()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                // Told why, off the accept loop: a refused client that does
+                // not read must not hold up the next one.
+                tokio::spawn(async move {
+                    let e = CallError::InvalidArgument {
+                        field: "connection".into(),
+                        reason,
+                    };
+                    let _ = write(&mut stream, &e.into_reply()).await;
+                });
+                continue;
+            }
+        };
         let requests = requests.clone();
         let watchers = watchers.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
-            if let Err(e) = client(stream, requests, watchers).await {
+            if let Err(e) = client(stream, requests, watchers, &admission).await {
                 tracing::debug!("control client: {e}");
             }
-            drop(permit);
+            drop(slot);
         });
     }
+}
+
+/// Rows a call may return, for the answer budget.
+fn rows_asked(call: &Call) -> Option<usize> {
+    let name = call.method.strip_prefix(INTERFACE)?.strip_prefix('.')?;
+    if !matches!(name, "Who" | "Ps" | "Connections") {
+        return None;
+    }
+    let limit = call.parameters.get("limit").and_then(Value::as_u64);
+    Some(limit.map_or(super::query::DEFAULT_LIMIT, |l| {
+        (l as usize).min(super::query::MAX_CONNECTIONS)
+    }))
 }
 
 async fn client(
     stream: UnixStream,
     requests: mpsc::Sender<Request>,
     watchers: Watchers,
+    admission: &Admission,
 ) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let caller = Caller::from_peer(cred.uid(), cred.gid(), cred.pid());
@@ -113,10 +147,12 @@ async fn client(
     let mut rd = BufReader::new(rd);
     loop {
         let mut buf = Vec::new();
-        let n = (&mut rd)
-            .take(MAX_MESSAGE as u64 + 1)
-            .read_until(0, &mut buf)
-            .await?;
+        let mut limited = (&mut rd).take(MAX_MESSAGE as u64 + 1);
+        let Ok(n) = tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(0, &mut buf)).await else {
+            let e = invalid("connection", format!("idle for {IDLE_TIMEOUT:?}: closed"));
+            return write(&mut wr, &e.into_reply()).await;
+        };
+        let n = n?;
         if n == 0 {
             return Ok(());
         }
@@ -129,7 +165,7 @@ async fn client(
             return Ok(());
         }
         buf.pop();
-        let (reply, oneway) = match serde_json::from_slice::<Call>(&buf) {
+        let (reply, oneway, _budget) = match serde_json::from_slice::<Call>(&buf) {
             Ok(call) if call.method == format!("{INTERFACE}.Watch") => {
                 // A stream takes over the connection until the client leaves.
                 return match (call.more, params::<WatchParams>(&call)) {
@@ -141,8 +177,27 @@ async fn client(
                     (_, Err(e)) => write(&mut wr, &e.into_reply()).await,
                 };
             }
-            Ok(call) => (dispatch(&call, caller, &requests).await, call.oneway),
-            Err(e) => (Err(invalid("message", format!("not a varlink call: {e}"))), false),
+            Ok(call) => {
+                // Held until the answer is written (or the client is dropped).
+                let budget = match rows_asked(&call) {
+                    Some(rows) => match admission.rows(caller.uid, rows).await {
+                        Some(permit) => Some(permit),
+                        None => {
+                            let e = invalid("daemon", "too many large answers in flight; try again".into());
+                            write(&mut wr, &e.into_reply()).await?;
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                let answer = dispatch(&call, caller, &requests).await;
+                (answer, call.oneway, budget)
+            }
+            Err(e) => (
+                Err(invalid("message", format!("not a varlink call: {e}"))),
+                false,
+                None,
+            ),
         };
         if !oneway {
             let reply = match reply {
@@ -200,7 +255,9 @@ async fn watch(
 async fn write(wr: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     bytes.push(0);
-    wr.write_all(&bytes).await
+    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&bytes))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?
 }
 
 fn invalid(field: &str, reason: String) -> CallError {
