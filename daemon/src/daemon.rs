@@ -275,6 +275,16 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         .map_err(|errors| anyhow::anyhow!("{}", errors.join("; ")))
         .context("laying out the configuration for the kernel")?;
     let addresses = initial.watch.len();
+    // Everything that can fail for reasons of its own (a socket in use, a
+    // port taken) is done before the programs are attached: a start that
+    // fails leaves nothing attached, pinned or bound behind it.
+    let listener = control::server::bind(control_socket).context("control socket")?;
+    let _socket_file = RemoveOnDrop(control_socket.to_path_buf());
+    let metrics =
+        Metrics::install(config.metrics.listen, config.metrics.max_series_per_metric).context("metrics")?;
+    if let Some(addr) = config.metrics.listen {
+        info!(%addr, "serving Prometheus metrics on /metrics");
+    }
     let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
     let a = &kernel.adoption;
     if !a.maps.is_empty() || !a.links.is_empty() {
@@ -302,17 +312,11 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     // The kernel thread put the first configuration in force as epoch 1.
     pipeline.set_hosts(1, &config.hosts);
 
-    let listener = control::server::bind(control_socket).context("control socket")?;
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
     let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers());
     let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
     info!(socket = %control_socket.display(), "control socket listening");
 
-    let metrics =
-        Metrics::install(config.metrics.listen, config.metrics.max_series_per_metric).context("metrics")?;
-    if let Some(addr) = config.metrics.listen {
-        info!(%addr, "serving Prometheus metrics on /metrics");
-    }
     let counters_file = paths.state_dir.join(COUNTERS_FILE);
     let mut metrics = metrics;
     if let Err(e) = std::fs::create_dir_all(&paths.state_dir) {
@@ -365,8 +369,16 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
     dbus.abort();
-    let _ = std::fs::remove_file(control_socket);
     result
+}
+
+/// The control socket's file, removed however `run` ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl Daemon {

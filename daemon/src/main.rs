@@ -8,6 +8,19 @@ use connectracerd::reload::ConfigSource;
 /// sysexits.h EX_CONFIG: the configuration is invalid.
 const EX_CONFIG: u8 = 78;
 
+/// The metrics address must be free to bind, unless a running daemon
+/// (which may be the one holding it) answers on the control socket.
+fn check_listen(config: &connectracerd::config::Config, socket: &std::path::Path) -> Result<(), String> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(());
+    };
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(_) if std::os::unix::net::UnixStream::connect(socket).is_ok() => Ok(()),
+        Err(e) => Err(format!("metrics.listen: cannot bind {addr}: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let source = ConfigSource::from_args(&args);
@@ -29,6 +42,10 @@ fn main() -> ExitCode {
         } else {
             files.join(", ")
         };
+        if let Err(e) = check_listen(&config, &args.control_socket) {
+            eprintln!("connectracerd: {shown}: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
         println!(
             "{shown}: configuration is valid ({} watched hosts)",
             config.hosts.len()

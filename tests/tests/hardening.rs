@@ -312,3 +312,63 @@ fn clients_asking_for_the_whole_table_and_not_reading_stay_bounded() {
     assert!(peak < before + 400, "RSS grew from {before} to {peak} MiB");
     d.stop().unwrap();
 }
+
+#[test]
+fn a_start_that_fails_leaves_nothing_attached_pinned_or_bound() {
+    use std::process::Command;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cg = TestCgroup::new("failstart");
+    let tag = format!("failstart-{}", std::process::id());
+    let cfg = connectracer_tests::tempdir_lite::ConfigDir::new(&tag, "trace = \"all\"\n");
+    // After the test drop-in that turns metrics off.
+    cfg.write_dropin(
+        "50-metrics.toml",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let socket = std::env::temp_dir().join(format!("connectracer-{tag}.sock"));
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/connectracer-{tag}"));
+    let daemon = |extra: &[&str]| {
+        let out = Command::new(connectracer_tests::bin_path("connectracerd"))
+            .args(extra)
+            .arg("--cgroup")
+            .arg(&cg.path)
+            .arg("--control-socket")
+            .arg(&socket)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .arg("--state-dir")
+            .arg(cfg.dir().join("state"))
+            .arg("--config")
+            .arg(cfg.main())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = daemon(&["--check-config"]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains(&format!("metrics.listen: cannot bind 127.0.0.1:{port}")),
+        "{err}"
+    );
+
+    let (code, err) = daemon(&["--foreground"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("metrics"), "{err}");
+    assert!(!socket.exists(), "control socket left behind");
+    let pins: Vec<_> = std::fs::read_dir(&pin_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(pins.is_empty(), "pins left behind: {pins:?}");
+    let attached = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&cg.path)
+        .output()
+        .unwrap();
+    let attached = String::from_utf8_lossy(&attached.stdout);
+    assert!(attached.trim().is_empty(), "programs left attached: {attached}");
+    drop(taken);
+}

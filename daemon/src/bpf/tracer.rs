@@ -225,14 +225,43 @@ impl Tracer {
             written: RefCell::new(Default::default()),
             unsettled: Cell::new(false),
         };
-        tracer.apply(initial)?;
-        let links = tracer.attach()?;
+        if let Err(e) = tracer.apply(initial) {
+            tracer.undo_failed_start(Vec::new());
+            return Err(e);
+        }
+        let mut links = Vec::new();
+        if let Err(e) = tracer.attach(&mut links) {
+            tracer.undo_failed_start(links);
+            return Err(e);
+        }
         tracer.links = RefCell::new(links);
         Ok(tracer)
     }
 
-    fn attach(&mut self) -> Result<Vec<Link>, TracerError> {
-        let mut links = Vec::new();
+    /// A start that failed partway: what this start attached and pinned
+    /// goes; what it adopted from an earlier instance stays as it was found.
+    fn undo_failed_start(&self, links: Vec<Link>) {
+        for mut link in links {
+            let adopted = link
+                .pin_path()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .is_some_and(|n| self.adoption.links.iter().any(|a| n == format!("link_{a}")));
+            if !adopted {
+                let _ = link.unpin();
+                let _ = link.detach();
+            }
+        }
+        if let Some(dir) = &self.pin_dir {
+            for name in PINNED_MAPS {
+                if !self.adoption.maps.contains(&name) {
+                    let _ = std::fs::remove_file(dir.join(name));
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
+    fn attach(&mut self, links: &mut Vec<Link>) -> Result<(), TracerError> {
         let fd = self.cgroup.as_raw_fd();
         let cgroup_id = std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|m| {
             use std::os::unix::fs::MetadataExt;
@@ -311,7 +340,7 @@ impl Tracer {
             }
             links.push(link);
         }
-        Ok(links)
+        Ok(())
     }
 
     /// Detaches everything and removes the pins: the clean stop. Without
