@@ -14,7 +14,7 @@ use connectracer_proto::varlink::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::added_hosts::AddedHost;
 use crate::attribution::Attributor;
@@ -68,6 +68,9 @@ struct Daemon {
     addresses: usize,
     /// Kernel drop count when last read, for the status line.
     drops: u64,
+    drop_warnings: crate::downtime::DropWarnings,
+    /// Kernel counters as last read, for the next instance's downtime report.
+    snapshot_file: PathBuf,
     reload: ReloadState,
     started: Instant,
     journal: bool,
@@ -356,6 +359,8 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         epoch: 1,
         addresses,
         drops: 0,
+        drop_warnings: crate::downtime::DropWarnings::new(0),
+        snapshot_file: paths.state_dir.join(crate::downtime::SNAPSHOT_FILE),
         reload: ReloadState::default(),
         started: Instant::now(),
         journal: paths.journal,
@@ -412,6 +417,7 @@ impl Daemon {
         // Pinged from this loop, so a stuck loop stops the pings.
         let watchdog = service::watchdog_interval();
         let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        self.report_downtime().await;
         service::ready(&self.summary());
         let debounce = tokio::time::sleep(Duration::MAX);
         tokio::pin!(debounce);
@@ -441,6 +447,9 @@ impl Daemon {
                     let reply = self.kernel.stats();
                     if let Ok(k) = self.kernel_reply(reply).await {
                         self.drops = k.drops;
+                        if let Err(e) = crate::downtime::Snapshot::of(&k).save(&self.snapshot_file) {
+                            debug!("saving {}: {e}", self.snapshot_file.display());
+                        }
                     }
                     service::status(&self.summary());
                 }
@@ -475,6 +484,32 @@ impl Daemon {
         }
     }
 
+    /// At start: what the kernel counted while no instance was reading
+    /// (pinned counters adopted from the previous one), once.
+    async fn report_downtime(&mut self) {
+        let reply = self.kernel.stats();
+        let Ok(k) = self.kernel_reply(reply).await else {
+            return;
+        };
+        self.drops = k.drops;
+        let adopted = self.kernel.adoption.maps.contains(&"stats");
+        // Fresh counters count only this start's drops: the next warning
+        // reports them. Adopted ones are reported below, up to now.
+        self.drop_warnings = crate::downtime::DropWarnings::new(if adopted { k.drops } else { 0 });
+        let prev = crate::downtime::Snapshot::load(&self.snapshot_file).filter(|_| adopted);
+        // From now on a crash is reported against this start, not an older one.
+        if let Err(e) = crate::downtime::Snapshot::of(&k).save(&self.snapshot_file) {
+            warn!("saving {}: {e}", self.snapshot_file.display());
+        }
+        if let Some((message, lost)) = prev.and_then(|p| Some((p.since(&k)?, k.drops - p.drops))) {
+            if lost > 0 {
+                warn!(dropped = lost, "{message}");
+            } else {
+                info!("{message}");
+            }
+        }
+    }
+
     /// Gauges and kernel-side counters, refreshed every second. The
     /// kernel counters come from the pinned stats map, so they continue
     /// across restarts.
@@ -482,6 +517,14 @@ impl Daemon {
         let reply = self.kernel.stats();
         if let Ok(k) = self.kernel_reply(reply).await {
             self.drops = k.drops;
+            if let Some(n) = self.drop_warnings.check(k.drops, Instant::now()) {
+                warn!(
+                    dropped = n,
+                    total = k.drops,
+                    "ring buffer full: {n} events lost since the last warning ({} in all); raise [bpf] ring_buffer_size or trace fewer connections",
+                    k.drops
+                );
+            }
             metrics::counter!("connectracer_kernel_connects_total").absolute(k.connects);
             metrics::counter!("connectracer_kernel_unwatched_total").absolute(k.unwatched);
             metrics::counter!("connectracer_events_submitted_total").absolute(k.events);
@@ -991,7 +1034,11 @@ impl Daemon {
         }
         self.kernel.join();
         let (pipe, table, processes) = self.pipeline.stats();
-        match final_stats.await {
+        let final_stats = final_stats.await;
+        if let Ok(Ok(k)) = &final_stats {
+            let _ = crate::downtime::Snapshot::of(k).save(&self.snapshot_file);
+        }
+        match final_stats {
             Ok(Ok(k)) => info!(
                 connects = k.connects,
                 sendmsg_new = k.sendmsg_new,

@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod dbus;
 pub mod dns;
+pub mod downtime;
 pub mod event_log;
 pub mod kernel;
 pub mod logging;

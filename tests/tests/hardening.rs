@@ -372,3 +372,43 @@ fn a_start_that_fails_leaves_nothing_attached_pinned_or_bound() {
     assert!(attached.trim().is_empty(), "programs left attached: {attached}");
     drop(taken);
 }
+
+#[test]
+fn drops_are_logged_and_a_restart_says_what_happened_while_down() {
+    let cg = TestCgroup::new("drops");
+    let config = format!(
+        "trace = \"all\"\nmode = \"enforce\"\n{NO_EXCEPTIONS}{}[log]\nevents = false\n[bpf]\nring_buffer_size = \"64KiB\"\nwakeup_threshold = 4096\n",
+        deny("\"127.2.0.1\"", 80)
+    );
+    let mut d = Daemon::start(&cg, &config).unwrap();
+    let port = connectracer_tests::closed_port("127.0.0.1:0").port();
+    let dst = format!("127.0.0.1:{port}");
+
+    // Nobody reads while the daemon is stopped: the small ring overflows.
+    d.signal(Signal::SIGSTOP);
+    probe(&cg, &["flood", &dst, "20000"]).unwrap();
+    d.signal(Signal::SIGCONT);
+    let warning = d
+        .wait_log("ring buffer full", WAIT)
+        .unwrap_or_else(|e| panic!("{e}: {}", stats(&d)));
+    let dropped = warning["dropped"].as_u64().unwrap();
+    assert!(dropped > 0, "{warning}");
+    assert_eq!(
+        stats(&d)["kernel"]["drops"].as_u64().unwrap(),
+        dropped,
+        "{warning}"
+    );
+
+    // Down (killed; the pinned programs go on): connects, denials, drops.
+    let (cfg, socket, pin_dir) = d.crash();
+    probe(&cg, &["flood", &dst, "5000"]).unwrap();
+    for _ in 0..10 {
+        assert_eq!(errno(&cg, "127.2.0.1:80"), EPERM);
+    }
+    let mut d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
+    let report = d.wait_log("while no daemon was reading", WAIT).unwrap();
+    let message = report["message"].as_str().unwrap();
+    assert!(message.contains("10 connects denied"), "{message}");
+    assert!(report["dropped"].as_u64().unwrap() > 0, "{report}");
+    d.stop().unwrap();
+}

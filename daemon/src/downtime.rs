@@ -1,0 +1,154 @@
+//! What the kernel counted while nobody was reading: ring-buffer drops are
+//! logged as they happen (at most every `DROP_WARNING_INTERVAL`), and a start
+//! that adopts the pinned counters of an earlier instance says what happened
+//! between that instance's last snapshot and now.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bpf::stats::KernelStats;
+
+/// In the state directory; rewritten at every status refresh and at stop.
+pub const SNAPSHOT_FILE: &str = "kernel-counters.json";
+pub const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The kernel counters as last read, and when.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub unix_seconds: u64,
+    pub events: u64,
+    pub drops: u64,
+    pub denied: u64,
+    pub would_deny: u64,
+    pub connects: u64,
+}
+
+impl Snapshot {
+    pub fn of(k: &KernelStats) -> Self {
+        Self {
+            unix_seconds: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            events: k.events,
+            drops: k.drops,
+            denied: k.denied,
+            would_deny: k.would_deny,
+            connects: k.connects,
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    pub fn load(path: &Path) -> Option<Self> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// What changed since `self` was taken, as a log message, if anything
+    /// went unseen. Counters that went backwards mean the pinned map is not
+    /// the one the snapshot was taken from.
+    pub fn since(&self, now: &KernelStats) -> Option<String> {
+        if now.events < self.events || now.drops < self.drops {
+            return None;
+        }
+        let dropped = now.drops - self.drops;
+        let connects = now.connects.saturating_sub(self.connects);
+        if dropped == 0 && connects == 0 {
+            return None;
+        }
+        let ago = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .saturating_sub(self.unix_seconds);
+        Some(format!(
+            "while no daemon was reading (last snapshot {ago} s ago): {connects} connects, {} events queued, {dropped} events dropped with the ring buffer full, {} connects denied, {} would have been denied",
+            now.events - self.events,
+            now.denied.saturating_sub(self.denied),
+            now.would_deny.saturating_sub(self.would_deny),
+        ))
+    }
+}
+
+/// Turns the kernel's drop counter into warnings no more often than every
+/// `DROP_WARNING_INTERVAL`, each with the count since the last one.
+#[derive(Debug)]
+pub struct DropWarnings {
+    reported: u64,
+    last: Option<Instant>,
+}
+
+impl DropWarnings {
+    /// Starts counting from `drops` (already reported at start).
+    pub fn new(drops: u64) -> Self {
+        Self {
+            reported: drops,
+            last: None,
+        }
+    }
+
+    /// The warning due now, if any: drops since the last one.
+    pub fn check(&mut self, drops: u64, now: Instant) -> Option<u64> {
+        if drops <= self.reported {
+            return None;
+        }
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < DROP_WARNING_INTERVAL)
+        {
+            return None;
+        }
+        let new = drops - self.reported;
+        self.reported = drops;
+        self.last = Some(now);
+        Some(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_warnings_are_rate_limited_and_lose_no_count() {
+        let t0 = Instant::now();
+        let mut w = DropWarnings::new(5);
+        assert_eq!(w.check(5, t0), None);
+        assert_eq!(w.check(8, t0), Some(3));
+        assert_eq!(w.check(20, t0 + Duration::from_secs(3)), None);
+        assert_eq!(w.check(25, t0 + Duration::from_secs(11)), Some(17));
+    }
+
+    #[test]
+    fn downtime_is_the_difference() {
+        let then = KernelStats {
+            events: 100,
+            drops: 2,
+            connects: 50,
+            ..Default::default()
+        };
+        let s = Snapshot::of(&then);
+        assert_eq!(s.since(&then), None);
+        let now = KernelStats {
+            events: 150,
+            drops: 12,
+            connects: 80,
+            denied: 10,
+            ..Default::default()
+        };
+        let m = s.since(&now).unwrap();
+        assert!(
+            m.contains("30 connects, 50 events queued, 10 events dropped")
+                && m.contains("10 connects denied"),
+            "{m}"
+        );
+        let other_map = KernelStats::default();
+        assert_eq!(s.since(&other_map), None);
+    }
+}
