@@ -2,6 +2,7 @@
 //! validated model (this module), collecting every error with its file, line
 //! and key so one run of `--check-config` reports them all.
 
+mod decode;
 #[cfg(test)]
 mod man_page;
 mod raw;
@@ -237,20 +238,42 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// The files that make up the configuration: the main file, then
-/// `conf.d/*.toml` beside it in lexical order.
+/// `conf.d/*.toml` beside it in lexical order. Every entry so named counts,
+/// readable or not (a broken link, a looping one, a directory): reading it
+/// then fails with an error naming it, rather than the configuration
+/// quietly going on without that file's rules.
 pub fn sources(main: &Path) -> Vec<PathBuf> {
     let mut files = vec![main.to_path_buf()];
-    let dir = main.parent().unwrap_or(Path::new("/")).join(DROPIN_DIR);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        let mut dropins: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-            .collect();
-        dropins.sort();
+    if let Ok(dropins) = dropins(main) {
         files.extend(dropins);
     }
     files
+}
+
+fn dropins(main: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = main.parent().unwrap_or(Path::new("/")).join(DROPIN_DIR);
+    let mut dropins = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            dropins.push(p);
+        }
+    }
+    dropins.sort();
+    Ok(dropins)
+}
+
+/// Why `file` cannot be read, in words that name symlink trouble.
+fn unreadable(file: &Path, e: &std::io::Error) -> String {
+    let link = std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
+    match (link, e.raw_os_error()) {
+        (true, Some(libc::ELOOP)) => "cannot read file: symbolic link loop".into(),
+        (true, _) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::read_link(file) {
+            Ok(target) => format!("cannot read file: broken symbolic link to {}", target.display()),
+            Err(_) => "cannot read file: broken symbolic link".into(),
+        },
+        _ => format!("cannot read file: {e}"),
+    }
 }
 
 /// Loads the main file and its drop-ins: later files' scalars win, lists
@@ -268,16 +291,29 @@ pub fn read_sources(path: Option<&Path>) -> Result<Vec<(PathBuf, String)>, Confi
     };
     let mut texts = Vec::new();
     let mut errors = Vec::new();
-    for file in sources(main) {
+    let dir = main.parent().unwrap_or(Path::new("/")).join(DROPIN_DIR);
+    let mut files = vec![main.to_path_buf()];
+    match dropins(main) {
+        Ok(d) => files.extend(d),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(ConfigError {
+            file: dir,
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot list drop-in directory: {e}"),
+        }),
+    }
+    for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => texts.push((file, text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit && file == main => {}
             Err(e) => errors.push(ConfigError {
-                file: file.clone(),
+                message: unreadable(&file, &e),
+                file,
                 line: 0,
                 column: 0,
                 key: String::new(),
-                message: format!("cannot read file: {e}"),
             }),
         }
     }
@@ -285,4 +321,38 @@ pub fn read_sources(path: Option<&Path>) -> Result<Vec<(PathBuf, String)>, Confi
         return Err(ConfigErrors(errors));
     }
     Ok(texts)
+}
+
+#[cfg(test)]
+mod sources_tests {
+    use super::*;
+
+    #[test]
+    fn dropins_that_cannot_be_read_are_errors_naming_them() {
+        let dir = std::env::temp_dir().join(format!("connectracer-dropins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = dir.join(DROPIN_DIR);
+        std::fs::create_dir_all(d.join("30-dir.toml")).unwrap();
+        std::fs::write(dir.join("connectracer.toml"), "").unwrap();
+        std::fs::write(d.join("05-ok.toml"), "trace = \"all\"\n").unwrap();
+        std::os::unix::fs::symlink(d.join("missing.toml"), d.join("10-dangling.toml")).unwrap();
+        std::os::unix::fs::symlink(d.join("20-loop.toml"), d.join("20-loop.toml")).unwrap();
+        std::fs::write(d.join("40-not-config.conf"), "junk").unwrap();
+        let errors = read_sources(Some(&dir.join("connectracer.toml"))).unwrap_err();
+        let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(
+            lines[0].contains("10-dangling.toml") && lines[0].contains("broken symbolic link to"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].contains("20-loop.toml") && lines[1].contains("symbolic link loop"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[2].contains("30-dir.toml") && lines[2].contains("cannot read file"),
+            "{lines:#?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -126,9 +126,13 @@ pub fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> 
             line_starts: line_starts(text),
             errors: &mut errors,
         };
-        match toml::from_str::<RawConfig>(text) {
+        match super::decode::parse(text) {
             Ok(raw) => apply(&mut ctx, raw, &mut m),
-            Err(e) => ctx.error(e.span(), "", e.message().trim().replace('\n', "; ")),
+            Err(errors) => {
+                for e in errors {
+                    ctx.error(e.span, e.key, e.message);
+                }
+            }
         }
     }
     let config = finish(m, &mut errors);
@@ -714,11 +718,11 @@ events = false
     fn syntax_and_unknown_keys_name_the_line() {
         assert_eq!(
             errors("trace = \"all\"\ntrcae = 1\n"),
-            ["/etc/connectracer/connectracer.toml:2:1: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`, `mode`, `policy`, `rule`, `scope`"]
+            ["/etc/connectracer/connectracer.toml:2:1: trcae: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`, `mode`, `policy`, `rule`, `scope`"]
         );
         let e = errors("[[host]]\nname = \"10.0.0.1\"\nport = [1]\n");
         assert!(
-            e[0].starts_with("/etc/connectracer/connectracer.toml:3:1: unknown field `port`"),
+            e[0].starts_with("/etc/connectracer/connectracer.toml:3:1: host[0].port: unknown field `port`"),
             "{e:?}"
         );
         let e = errors("trace = \n");
