@@ -717,6 +717,7 @@ static __always_inline struct ct_proc_event *proc_event(__u32 kind, struct task_
 	e->uid = (__u32)uid_gid;
 	e->gid = uid_gid >> 32;
 	e->args_len = 0;
+	e->args_total = 0;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->start_ns = BPF_CORE_READ(p, start_time);
 	e->cgroup_id = bpf_get_current_cgroup_id();
@@ -747,6 +748,7 @@ int BPF_PROG(ct_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	start = BPF_CORE_READ(p, mm, arg_start);
 	end = BPF_CORE_READ(p, mm, arg_end);
 	len = end > start ? end - start : 0;
+	e->args_total = len;
 	if (len > CT_ARGS_LEN)
 		len = CT_ARGS_LEN;
 	barrier_var(len);

@@ -99,6 +99,7 @@ struct ct_proc_event {
 	__u32 uid;
 	__u32 gid;
 	__u32 args_len;		/* bytes of NUL-separated argv in args */
+	__u32 args_total;	/* bytes of the whole argv: more than args_len when cut */
 	__u64 ts_ns;
 	__u64 start_ns;		/* task start time, ns since boot */
 	__u64 cgroup_id;

@@ -12,6 +12,21 @@ use serde::Serialize;
 
 use crate::bpf::event::ProcRecord;
 
+/// Appended to an executable path or the last argument that was cut:
+/// the record holds `CT_PATH_LEN`/`CT_ARGS_LEN` bytes, /proc is read up to
+/// `MAX_ARGV`, and what is cut says so rather than passing for the whole.
+pub const TRUNCATED: &str = "…";
+/// Bytes of argv kept per process (read from /proc when the record's were cut).
+pub const MAX_ARGV: usize = 4096;
+
+fn mark_cut(mut argv: Vec<String>) -> Vec<String> {
+    match argv.last_mut() {
+        Some(last) => last.push_str(TRUNCATED),
+        None => argv.push(TRUNCATED.to_string()),
+    }
+    argv
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Process {
     pub pid: u32,
@@ -99,14 +114,34 @@ impl ProcessCache {
                 comm,
                 filename,
                 argv,
+                filename_cut,
+                argv_cut,
             } => {
                 // bprm->filename is what was passed to execve(): relative
                 // paths are resolved while the process is (probably) alive.
-                let exe = if filename.starts_with('/') {
+                // So is a path or argv the record had to cut.
+                let exe = if filename.starts_with('/') && !filename_cut {
                     Some(filename.clone())
                 } else {
-                    self.read_exe(*pid)
-                        .or_else(|| Some(filename.clone()).filter(|f| !f.is_empty()))
+                    self.read_exe(*pid).or_else(|| {
+                        Some(filename.clone()).filter(|f| !f.is_empty()).map(|f| {
+                            if *filename_cut {
+                                f + TRUNCATED
+                            } else {
+                                f
+                            }
+                        })
+                    })
+                };
+                let argv = if *argv_cut {
+                    self.read_argv(*pid)
+                        .filter(|full| {
+                            full.len() >= argv.len()
+                                && full.starts_with(&argv[..argv.len().saturating_sub(1)])
+                        })
+                        .unwrap_or_else(|| mark_cut(argv.clone()))
+                } else {
+                    argv.clone()
                 };
                 self.insert(Process {
                     pid: *pid,
@@ -114,7 +149,7 @@ impl ProcessCache {
                     uid: *uid,
                     comm: comm.clone(),
                     exe,
-                    argv: argv.clone(),
+                    argv,
                     start_ns: *start_ns,
                     image: 0,
                 });
@@ -196,6 +231,22 @@ impl ProcessCache {
         p
     }
 
+    /// The whole argv, from /proc (capped by `MAX_ARGV`, then marked).
+    fn read_argv(&self, pid: u32) -> Option<Vec<String>> {
+        use std::io::Read;
+        let f = std::fs::File::open(self.proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+        let mut b = Vec::new();
+        f.take(MAX_ARGV as u64 + 1).read_to_end(&mut b).ok()?;
+        let cut = b.len() > MAX_ARGV;
+        b.truncate(MAX_ARGV);
+        let argv: Vec<String> = b
+            .split(|c| *c == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        Some(if cut { mark_cut(argv) } else { argv })
+    }
+
     fn read_exe(&self, pid: u32) -> Option<String> {
         let exe = std::fs::read_link(self.proc_root.join(pid.to_string()).join("exe")).ok()?;
         Some(exe.to_string_lossy().into_owned())
@@ -215,14 +266,7 @@ impl ProcessCache {
             .lines()
             .find_map(|l| l.strip_prefix("Uid:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
-        let argv = std::fs::read(dir.join("cmdline"))
-            .map(|b| {
-                b.split(|c| *c == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let argv = self.read_argv(pid).unwrap_or_default();
         Some(Process {
             pid,
             ppid,
@@ -247,6 +291,8 @@ pub(crate) fn test_exec(pid: u32, exe: &str) -> ProcRecord {
         comm: "x".into(),
         filename: exe.into(),
         argv: vec![exe.into(), "-v".into()],
+        filename_cut: false,
+        argv_cut: false,
     }
 }
 
@@ -256,6 +302,43 @@ mod tests {
 
     fn exec(pid: u32, exe: &str) -> ProcRecord {
         test_exec(pid, exe)
+    }
+
+    #[test]
+    fn cut_paths_and_argv_are_completed_from_proc_or_marked() {
+        let root = std::env::temp_dir().join(format!("connectracer-proc-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("42")).unwrap();
+        std::fs::write(
+            root.join("42/cmdline"),
+            b"/bin/tool\0--long-option=abcdef\0more\0",
+        )
+        .unwrap();
+        let mut c = ProcessCache::new(&root, 100, Duration::from_secs(1));
+        let cut = |pid| ProcRecord::Exec {
+            pid,
+            ppid: 1,
+            uid: 0,
+            start_ns: 1,
+            comm: "tool".into(),
+            filename: "/very/long/pa".into(),
+            argv: vec!["/bin/tool".into(), "--long-opt".into()],
+            filename_cut: true,
+            argv_cut: true,
+        };
+        let now = Instant::now();
+        c.apply(&cut(42), now);
+        let p = c.get(42).unwrap();
+        assert_eq!(
+            p.argv,
+            ["/bin/tool", "--long-option=abcdef", "more"],
+            "whole, from /proc"
+        );
+        // Gone from /proc: what the record held, marked as cut.
+        c.apply(&cut(43), now);
+        let p = c.get(43).unwrap();
+        assert_eq!(p.exe.as_deref(), Some("/very/long/pa…"));
+        assert_eq!(p.argv, ["/bin/tool", "--long-opt…"]);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub enum ProcRecord {
         comm: String,
         filename: String,
         argv: Vec<String>,
+        /// The path filled the record's buffer: it may go on.
+        filename_cut: bool,
+        /// The argv did not fit in the record.
+        argv_cut: bool,
     },
     Fork {
         pid: u32,
@@ -197,6 +201,8 @@ fn decode_proc(e: &ct_proc_event) -> ProcRecord {
                 comm: c_string(&e.comm),
                 filename: c_string(&e.filename),
                 argv,
+                filename_cut: e.filename_len as usize + 1 >= e.filename.len(),
+                argv_cut: e.args_total > e.args_len,
             }
         }
         ct_event_kind::CT_EV_FORK => ProcRecord::Fork {
