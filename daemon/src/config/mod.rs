@@ -5,6 +5,7 @@
 #[cfg(test)]
 mod man_page;
 mod raw;
+pub mod sink;
 mod validate;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use sink::{FileSink, SinkConfig, SinkFilter, SinkKind};
 pub use validate::{parse_config, parse_files};
 
 /// Where the daemon looks when `--config` is not given.
@@ -137,8 +139,11 @@ pub struct TableConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     pub format: LogFormat,
-    /// One log line per connection event.
+    /// Event lines at all: false turns every sink off.
     pub events: bool,
+    /// `[[event_sink]]` tables in file order; empty: the default sink
+    /// (the journal under systemd, stdout otherwise).
+    pub sinks: Vec<SinkConfig>,
 }
 
 impl Default for Config {
@@ -170,6 +175,7 @@ impl Default for Config {
             log: LogConfig {
                 format: LogFormat::Text,
                 events: true,
+                sinks: Vec::new(),
             },
             policy: crate::policy::Policy::default(),
         }
