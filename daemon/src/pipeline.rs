@@ -6,14 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-
 use connectracer_proto::{ConnState, FailReason, Verdict};
 use serde::Serialize;
 
 use crate::attribution::Attributor;
 use crate::bpf::event::{ConnKind, ConnRecord, Record};
-use crate::config::WatchedHost;
 use crate::config::LogConfig;
+use crate::config::WatchedHost;
 use crate::metrics::Metrics;
 use crate::sinks::{EventKind, Sinks};
 use crate::table::{ConnTable, Connection, Ending, TableLimits, TableStats};

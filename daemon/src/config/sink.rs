@@ -25,7 +25,9 @@ pub struct SinkConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkKind {
     /// `None`: `[log] format` (and `--log-format`).
-    Stdout { format: Option<LogFormat> },
+    Stdout {
+        format: Option<LogFormat>,
+    },
     Journal,
     File(FileSink),
     /// Counts what it is given and writes nothing.

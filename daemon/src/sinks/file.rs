@@ -79,8 +79,14 @@ impl RotatingFile {
         if self.file.is_some() {
             return Ok(());
         }
-        if self.failed_open.is_some_and(|t| now.duration_since(t) < RETRY_OPEN) {
-            return Err(format!("{} is not open (retrying every second)", self.cfg.path.display()));
+        if self
+            .failed_open
+            .is_some_and(|t| now.duration_since(t) < RETRY_OPEN)
+        {
+            return Err(format!(
+                "{} is not open (retrying every second)",
+                self.cfg.path.display()
+            ));
         }
         self.open().inspect_err(|_| self.failed_open = Some(now))?;
         self.failed_open = None;
@@ -125,10 +131,7 @@ impl RotatingFile {
             start = ends[j - 1];
             i = j;
         }
-        Outcome {
-            written,
-            error: None,
-        }
+        Outcome { written, error: None }
     }
 
     /// Appends a run of whole lines; on failure (a full disk) cuts the file
@@ -292,7 +295,10 @@ mod tests {
         let o = f.write_lines(&bytes, &ends);
         assert_eq!(o.written, 0);
         assert!(
-            o.error.as_deref().unwrap().contains("/proc/connectracer-nonexistent/events.jsonl"),
+            o.error
+                .as_deref()
+                .unwrap()
+                .contains("/proc/connectracer-nonexistent/events.jsonl"),
             "{o:?}",
             o = o.error
         );

@@ -70,15 +70,26 @@ mod tests {
             container: None,
             exe: Some(glob::Pattern::new("/usr/bin/*").unwrap()),
         };
-        let c = conn(Verdict::Deny, Some("backup-daily.service"), Some("/usr/bin/rsync"));
+        let c = conn(
+            Verdict::Deny,
+            Some("backup-daily.service"),
+            Some("/usr/bin/rsync"),
+        );
         assert!(matches(&f, EventKind::Denied, &c));
         assert!(!matches(&f, EventKind::Closed, &c), "kind");
-        let allowed = conn(Verdict::Allow, Some("backup-daily.service"), Some("/usr/bin/rsync"));
+        let allowed = conn(
+            Verdict::Allow,
+            Some("backup-daily.service"),
+            Some("/usr/bin/rsync"),
+        );
         assert!(!matches(&f, EventKind::Connect, &allowed), "verdict");
         let other = conn(Verdict::Deny, Some("cron.service"), Some("/usr/bin/rsync"));
         assert!(!matches(&f, EventKind::Connect, &other), "unit");
         let no_exe = conn(Verdict::Deny, Some("backup.service"), None);
-        assert!(!matches(&f, EventKind::Connect, &no_exe), "a glob never matches a missing value");
+        assert!(
+            !matches(&f, EventKind::Connect, &no_exe),
+            "a glob never matches a missing value"
+        );
         assert!(matches(&SinkFilter::default(), EventKind::Closed, &no_exe));
     }
 }

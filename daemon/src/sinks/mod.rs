@@ -166,7 +166,9 @@ impl Sinks {
 
     /// Whether any sink takes this event (so the owner builds it only then).
     pub fn wants(&self, kind: EventKind, c: &Connection) -> bool {
-        self.sinks.iter().any(|s| filter::matches(&s.config.filter, kind, c))
+        self.sinks
+            .iter()
+            .any(|s| filter::matches(&s.config.filter, kind, c))
     }
 
     /// Queues an event for every sink whose filter takes it.
@@ -205,7 +207,8 @@ impl Sinks {
             let name = st.name.clone();
             metrics::counter!("connectracer_event_lines_written_total", "sink" => name.clone())
                 .absolute(st.written);
-            metrics::counter!("connectracer_event_lines_lost_total", "sink" => name.clone()).absolute(st.lost);
+            metrics::counter!("connectracer_event_lines_lost_total", "sink" => name.clone())
+                .absolute(st.lost);
             metrics::gauge!("connectracer_event_lines_queued", "sink" => name).set(st.queued as f64);
             let (warned_at, when) = s.warned;
             let due = when.is_none_or(|t| now.duration_since(t) >= LOST_WARNING_INTERVAL);

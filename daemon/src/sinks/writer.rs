@@ -52,7 +52,13 @@ impl Output {
         let n = events.len() as u64;
         match self {
             Output::Stdout(format) => {
-                batch(f, *format == LogFormat::Json, events, &mut buf.bytes, &mut buf.ends);
+                batch(
+                    f,
+                    *format == LogFormat::Json,
+                    events,
+                    &mut buf.bytes,
+                    &mut buf.ends,
+                );
                 let mut out = std::io::stdout().lock();
                 match out.write_all(&buf.bytes).and_then(|()| out.flush()) {
                     Ok(()) => Outcome {
@@ -161,7 +167,10 @@ fn write(
         Some(e) => {
             c.errors.fetch_add(1, Ordering::Relaxed);
             if reported.as_ref() != Some(&e) {
-                error!(sink = name, "event sink {name}: {e}; its lines are lost until it recovers");
+                error!(
+                    sink = name,
+                    "event sink {name}: {e}; its lines are lost until it recovers"
+                );
                 *reported = Some(e.clone());
             }
             c.set_error(Some(e));

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use zbus::Type;
 
 use crate::varlink::{
-    HostInfo, KernelCounters, PolicyCheckReply, PolicyRuleInfo, PolicyScopeInfo, PolicyShowReply, SinkStats, Stats,
+    HostInfo, KernelCounters, PolicyCheckReply, PolicyRuleInfo, PolicyScopeInfo, PolicyShowReply, SinkStats,
+    Stats,
 };
 use crate::{Connection, Process};
 

@@ -57,7 +57,11 @@ pub(super) fn finish(m: &mut Merge, errors: &mut Vec<crate::config::ConfigError>
             }
             SinkKind::File(f) => {
                 if let Some(first) = paths.get(&f.path) {
-                    let msg = format!("{} is already written by a sink ({})", f.path.display(), earlier(first));
+                    let msg = format!(
+                        "{} is already written by a sink ({})",
+                        f.path.display(),
+                        earlier(first)
+                    );
                     push(errors, &loc, format!("{key}.path"), msg);
                     continue;
                 }
@@ -142,7 +146,9 @@ fn kind(ctx: &mut Ctx<'_>, r: &RawEventSink, key: &str) -> Option<SinkKind> {
         "none" => Some(SinkKind::Discard),
         "file" => file(ctx, r, key).map(SinkKind::File),
         other => {
-            let msg = format!("unknown sink type `{other}`; expected \"stdout\", \"journal\", \"file\" or \"none\"");
+            let msg = format!(
+                "unknown sink type `{other}`; expected \"stdout\", \"journal\", \"file\" or \"none\""
+            );
             ctx.spanned(&r.kind, &format!("{key}.type"), msg);
             None
         }
@@ -203,18 +209,29 @@ fn filter(ctx: &mut Ctx<'_>, r: &RawEventSink, key: &str) -> Option<SinkFilter> 
         })
     });
     let verdicts = r.verdicts.as_ref().map(|list| {
-        list_of(ctx, r.kind.span(), list, &format!("{key}.verdicts"), &mut ok, |s| {
-            [Verdict::Allow, Verdict::WouldDeny, Verdict::Deny]
-                .into_iter()
-                .find(|v| v.as_str() == s)
-        })
+        list_of(
+            ctx,
+            r.kind.span(),
+            list,
+            &format!("{key}.verdicts"),
+            &mut ok,
+            |s| {
+                [Verdict::Allow, Verdict::WouldDeny, Verdict::Deny]
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+            },
+        )
     });
     let mut pattern = |v: &Option<Spanned<String>>, k: &str| {
         let v = v.as_ref()?;
         match glob::Pattern::new(v.get_ref()) {
             Ok(p) => Some(p),
             Err(e) => {
-                ctx.spanned(v, &format!("{key}.{k}"), format!("`{}` is not a glob: {e}", v.get_ref()));
+                ctx.spanned(
+                    v,
+                    &format!("{key}.{k}"),
+                    format!("`{}` is not a glob: {e}", v.get_ref()),
+                );
                 ok = false;
                 None
             }
@@ -243,7 +260,11 @@ fn list_of<T: PartialEq + Copy + NamedValue>(
 ) -> Vec<T> {
     if list.is_empty() {
         // An empty list has no span of its own: point at the table's type.
-        ctx.error(Some(anchor), key, "empty list; leave the key out to take every value");
+        ctx.error(
+            Some(anchor),
+            key,
+            "empty list; leave the key out to take every value",
+        );
         *ok = false;
     }
     let mut out = Vec::new();
@@ -334,8 +355,14 @@ queue = 10
         assert!(s[0].filter.is_empty());
         assert_eq!(s[1].name, "denials");
         assert_eq!(s[1].filter.events, Some(vec![EventKind::Denied]));
-        assert_eq!(s[1].filter.verdicts, Some(vec![Verdict::Deny, Verdict::WouldDeny]));
-        assert_eq!(s[1].filter.unit, Some(glob::Pattern::new("backup*.service").unwrap()));
+        assert_eq!(
+            s[1].filter.verdicts,
+            Some(vec![Verdict::Deny, Verdict::WouldDeny])
+        );
+        assert_eq!(
+            s[1].filter.unit,
+            Some(glob::Pattern::new("backup*.service").unwrap())
+        );
         assert_eq!(
             s[2].kind,
             SinkKind::Stdout {
