@@ -255,7 +255,7 @@ pub(super) mod tests {
         }
     }
 
-    fn event(kind: EventKind) -> WatchEvent {
+    pub fn event(kind: EventKind) -> WatchEvent {
         WatchEvent {
             kind,
             at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123),

@@ -311,3 +311,93 @@ fn stats_of(config: &SinkConfig, c: &Counters) -> SinkStats {
         last_error: c.last_error.lock().ok().and_then(|e| e.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogFormat;
+
+    fn log(sinks: Vec<SinkConfig>) -> LogConfig {
+        LogConfig {
+            format: LogFormat::Json,
+            events: true,
+            sinks,
+        }
+    }
+
+    fn discard(name: &str, queue: usize, events: Option<Vec<EventKind>>) -> SinkConfig {
+        SinkConfig {
+            name: name.into(),
+            kind: SinkKind::Discard,
+            queue,
+            filter: SinkFilter {
+                events,
+                ..SinkFilter::default()
+            },
+        }
+    }
+
+    fn event(kind: EventKind) -> Arc<WatchEvent> {
+        Arc::new(format::tests::event(kind))
+    }
+
+    fn settled(s: &Sinks, name: &str) -> SinkStats {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let st = s.stats().into_iter().find(|s| s.name == name).unwrap();
+            if st.queued == 0 || Instant::now() > deadline {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_full_queue_loses_lines_and_counts_them_exactly() {
+        let mut s = Sinks::new(&log(vec![discard("tiny", 3, None)]), false);
+        for _ in 0..10 {
+            s.push(&event(EventKind::Connect));
+        }
+        s.flush();
+        let st = settled(&s, "tiny");
+        assert_eq!((st.events, st.written, st.lost, st.queued), (10, 3, 7, 0));
+    }
+
+    #[test]
+    fn filters_pick_and_reloads_keep_counters_by_name() {
+        let mut s = Sinks::new(
+            &log(vec![
+                discard("closed", 100, Some(vec![EventKind::Closed])),
+                discard("all", 100, None),
+            ]),
+            false,
+        );
+        for k in [EventKind::Connect, EventKind::Closed, EventKind::Closed] {
+            s.push(&event(k));
+        }
+        s.flush();
+        assert_eq!(settled(&s, "closed").written, 2);
+        // "all" goes, "closed" stays with its counters, "new" comes.
+        s.configure(&log(vec![
+            discard("closed", 100, None),
+            discard("new", 100, None),
+        ]));
+        s.push(&event(EventKind::Connect));
+        s.flush();
+        let names: Vec<String> = s.stats().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["closed", "new"]);
+        assert_eq!(settled(&s, "closed").written, 3);
+        assert_eq!(settled(&s, "new").written, 1);
+    }
+
+    #[test]
+    fn the_default_sink_follows_the_journal_and_events_false_turns_all_off() {
+        let stdout = Sinks::new(&log(Vec::new()), false);
+        assert_eq!(stdout.stats()[0].kind, "stdout");
+        let journal = Sinks::new(&log(Vec::new()), true);
+        assert_eq!(journal.stats()[0].kind, "journal");
+        let mut off = log(vec![discard("x", 1, None)]);
+        off.events = false;
+        assert!(Sinks::new(&off, false).stats().is_empty());
+    }
+}
