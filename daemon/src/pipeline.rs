@@ -70,18 +70,20 @@ fn emit(
     at: SystemTime,
     c: &Connection,
 ) {
-    let watched = watchers.receiver_count() > 0;
-    if !watched && !sinks.wants(kind, c) {
-        return;
-    }
-    let ev = Arc::new(WatchEvent {
-        kind,
-        at,
-        connection: c.clone(),
-    });
-    sinks.push(&ev);
-    if watched {
-        let _ = watchers.send(ev);
+    let mut ev: Option<Arc<WatchEvent>> = None;
+    let mut event = || {
+        ev.get_or_insert_with(|| {
+            Arc::new(WatchEvent {
+                kind,
+                at,
+                connection: c.clone(),
+            })
+        })
+        .clone()
+    };
+    sinks.offer(kind, c, &mut event);
+    if watchers.receiver_count() > 0 {
+        let _ = watchers.send(event());
     }
 }
 

@@ -164,18 +164,13 @@ impl Sinks {
         // sender drops here.
     }
 
-    /// Whether any sink takes this event (so the owner builds it only then).
-    pub fn wants(&self, kind: EventKind, c: &Connection) -> bool {
-        self.sinks
-            .iter()
-            .any(|s| filter::matches(&s.config.filter, kind, c))
-    }
-
-    /// Queues an event for every sink whose filter takes it.
-    pub fn push(&mut self, ev: &Arc<WatchEvent>) {
+    /// Queues an event for every sink whose filter takes it; `event`
+    /// builds it (the caller builds it once, and only if some sink or
+    /// watcher takes it).
+    pub fn offer(&mut self, kind: EventKind, c: &Connection, event: &mut impl FnMut() -> Arc<WatchEvent>) {
         for s in &mut self.sinks {
-            if filter::matches(&s.config.filter, ev.kind, &ev.connection) {
-                s.pending.push(ev.clone());
+            if filter::matches(&s.config.filter, kind, c) {
+                s.pending.push(event());
             }
         }
     }
@@ -337,8 +332,9 @@ mod tests {
         }
     }
 
-    fn event(kind: EventKind) -> Arc<WatchEvent> {
-        Arc::new(format::tests::event(kind))
+    fn offer(s: &mut Sinks, kind: EventKind) {
+        let ev = Arc::new(format::tests::event(kind));
+        s.offer(kind, &ev.connection.clone(), &mut || ev.clone());
     }
 
     fn settled(s: &Sinks, name: &str) -> SinkStats {
@@ -356,7 +352,7 @@ mod tests {
     fn a_full_queue_loses_lines_and_counts_them_exactly() {
         let mut s = Sinks::new(&log(vec![discard("tiny", 3, None)]), false);
         for _ in 0..10 {
-            s.push(&event(EventKind::Connect));
+            offer(&mut s, EventKind::Connect);
         }
         s.flush();
         let st = settled(&s, "tiny");
@@ -373,7 +369,7 @@ mod tests {
             false,
         );
         for k in [EventKind::Connect, EventKind::Closed, EventKind::Closed] {
-            s.push(&event(k));
+            offer(&mut s, k);
         }
         s.flush();
         assert_eq!(settled(&s, "closed").written, 2);
@@ -382,7 +378,7 @@ mod tests {
             discard("closed", 100, None),
             discard("new", 100, None),
         ]));
-        s.push(&event(EventKind::Connect));
+        offer(&mut s, EventKind::Connect);
         s.flush();
         let names: Vec<String> = s.stats().into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["closed", "new"]);
