@@ -387,6 +387,40 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_that_moves_a_file_sink_writes_on_in_the_new_file() {
+        let dir = std::env::temp_dir().join(format!("connectracer-unit-move-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str| SinkConfig {
+            name: "f".into(),
+            kind: SinkKind::File(crate::config::FileSink {
+                path: dir.join(name),
+                max_size: 1 << 20,
+                keep: 1,
+                compress: false,
+            }),
+            queue: 100,
+            filter: SinkFilter::default(),
+        };
+        let mut s = Sinks::new(&log(vec![file("a.jsonl")]), false);
+        offer(&mut s, EventKind::Connect);
+        s.flush();
+        // Queued behind the first line: the move applies after it.
+        s.configure(&log(vec![file("b.jsonl")]));
+        offer(&mut s, EventKind::Closed);
+        s.flush();
+        assert_eq!(settled(&s, "f").written, 2);
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+        assert!(read("a.jsonl").contains("\"event\":\"connect\""));
+        assert!(read("b.jsonl").contains("\"event\":\"closed\""));
+        assert_eq!(
+            read("a.jsonl").lines().count() + read("b.jsonl").lines().count(),
+            2
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn the_default_sink_follows_the_journal_and_events_false_turns_all_off() {
         let stdout = Sinks::new(&log(Vec::new()), false);
         assert_eq!(stdout.stats()[0].kind, "stdout");
