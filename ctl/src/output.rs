@@ -91,7 +91,7 @@ pub fn stats(s: &Stats) -> String {
     let mut out = counters(s);
     for sink in &s.sinks {
         out.push_str(&format!(
-            "sink {:<14} {} {} events: {} written, {} lost, {} queued{}\n",
+            "sink {:<14} {:<7} {} events, {} written, {} lost, {} queued{}\n",
             sink.name,
             sink.kind,
             sink.events,
