@@ -88,6 +88,26 @@ pub fn connections(conns: &[Connection]) -> String {
 }
 
 pub fn stats(s: &Stats) -> String {
+    let mut out = counters(s);
+    for sink in &s.sinks {
+        out.push_str(&format!(
+            "sink {:<14} {:<7} {} events, {} written, {} lost, {} queued{}\n",
+            sink.name,
+            sink.kind,
+            sink.events,
+            sink.written,
+            sink.lost,
+            sink.queued,
+            sink.last_error
+                .as_deref()
+                .map(|e| format!(" (failing: {e})"))
+                .unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+fn counters(s: &Stats) -> String {
     let k = &s.kernel;
     format!(
         "uptime              {:.0}s\n\

@@ -23,7 +23,6 @@ use crate::bpf::tracer::{resolve_cgroup_dir, Ruleset, TracerOptions};
 use crate::config::{Config, HostTarget, TraceMode};
 use crate::control::{self, query, Answer, Method, Request};
 use crate::dns::{DnsUpdate, DnsWatcher};
-use crate::event_log::EventLog;
 use crate::kernel::KernelHandle;
 use crate::metrics::{record_process, Metrics};
 use crate::pipeline::Pipeline;
@@ -31,6 +30,7 @@ use crate::policy::scopes::{self as policy_scopes, Identities};
 use crate::policy::Environment;
 use crate::reload::{self, ConfigSource};
 use crate::service;
+use crate::sinks::{human_duration, Sinks};
 use crate::sys::{mounts, preflight, privileges};
 use crate::table::{ConnTable, TableLimits};
 use crate::watchlist::{self, Resolved};
@@ -41,6 +41,8 @@ const RECORD_QUEUE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_PROCESSES: usize = 65536;
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
+/// How long the sinks' writers get to finish their queues at stop.
+const SINK_DRAIN: Duration = Duration::from_secs(3);
 /// Per-label counters saved for the next instance, in the state directory.
 const COUNTERS_FILE: &str = "metrics-counters.prom";
 
@@ -73,7 +75,6 @@ struct Daemon {
     snapshot_file: PathBuf,
     reload: ReloadState,
     started: Instant,
-    journal: bool,
     counters_file: PathBuf,
     /// cgroup2 mount and the directory the programs are attached to.
     mount: PathBuf,
@@ -310,7 +311,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let mut pipeline = Pipeline::new(
         attributor,
         ConnTable::new(table_limits(&config)),
-        EventLog::new(config.log.format, config.log.events, paths.journal),
+        Sinks::new(&config.log, paths.journal),
     );
     // The kernel thread put the first configuration in force as epoch 1.
     pipeline.set_hosts(1, &config.hosts);
@@ -363,7 +364,6 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         snapshot_file: paths.state_dir.join(crate::downtime::SNAPSHOT_FILE),
         reload: ReloadState::default(),
         started: Instant::now(),
-        journal: paths.journal,
         counters_file,
         mount,
         cgroup_dir,
@@ -431,6 +431,7 @@ impl Daemon {
                 }
                 _ = tick.tick() => {
                     self.pipeline.housekeeping(Instant::now());
+                    self.pipeline.sinks().upkeep(Instant::now());
                     self.update_metrics().await;
                     if let Some(m) = self.pipeline.metrics() {
                         m.upkeep();
@@ -462,6 +463,9 @@ impl Daemon {
                     let _ = self.reload("configuration files changed").await;
                 }
                 _ = sighup.recv() => {
+                    // logrotate's postrotate: files reopen, and the
+                    // configuration is read again as always.
+                    self.pipeline.sinks().reopen();
                     let _ = self.reload("SIGHUP").await;
                 }
                 _ = sigterm.recv() => break,
@@ -672,8 +676,8 @@ impl Daemon {
             hosts = self.config.hosts.len(),
             rules = self.config.policy.rules.len(),
             labels = ?labels_in(&self.config),
-            load_ms = loaded.duration_since(started).as_secs_f64() * 1e3,
-            apply_ms = loaded.elapsed().as_secs_f64() * 1e3,
+            load = %human_duration(loaded.duration_since(started)),
+            apply = %human_duration(loaded.elapsed()),
             "configuration applied"
         );
         Ok(ReloadReply {
@@ -771,8 +775,7 @@ impl Daemon {
             m.set_max_series(new.metrics.max_series_per_metric);
         }
         self.pipeline.set_limits(table_limits(&new));
-        self.pipeline
-            .set_log(EventLog::new(new.log.format, new.log.events, self.journal));
+        self.pipeline.set_log(&new.log);
         let names = new.hostnames();
         if let Some(dns) = &self.dns {
             if new.dns != self.config.dns {
@@ -1015,6 +1018,7 @@ impl Daemon {
                 reload_failures: self.reload.failures,
                 last_reload_error: self.reload.last_error.clone(),
                 trace_mode: self.config.trace.as_str().to_string(),
+                sinks: self.pipeline.sinks().stats(),
             },
         }))
     }
@@ -1033,6 +1037,19 @@ impl Daemon {
             self.pipeline.handle_batch(batch);
         }
         self.kernel.join();
+        // A stalled sink (a stdout nobody reads) must not hold up the stop.
+        for s in self.pipeline.sinks().shutdown(Instant::now() + SINK_DRAIN) {
+            info!(
+                sink = %s.name,
+                events = s.events,
+                written = s.written,
+                lost = s.lost,
+                "event sink {}: {} lines written, {} lost",
+                s.name,
+                s.written,
+                s.lost
+            );
+        }
         let (pipe, table, processes) = self.pipeline.stats();
         let final_stats = final_stats.await;
         if let Ok(Ok(k)) = &final_stats {

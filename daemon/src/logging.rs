@@ -2,6 +2,7 @@
 //! structured fields, when systemd connected our stderr to the journal
 //! (JOURNAL_STREAM names that stream); stderr/stdout otherwise.
 
+use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
 
 use crate::config::LogFormat;
@@ -26,6 +27,13 @@ fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
     d.parse() == Ok(dev) && i.parse() == Ok(ino)
 }
 
+/// Terminal colours only for a person at a terminal: never in a file, a
+/// pipe or the journal, and not when NO_COLOR (https://no-color.org) is set
+/// to anything but the empty string.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Sets up diagnostics; returns whether they (and event lines) go to the
 /// journal.
 pub fn init(format: LogFormat) -> bool {
@@ -46,6 +54,10 @@ pub fn init(format: LogFormat) -> bool {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -57,6 +69,14 @@ pub fn init(format: LogFormat) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_at_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
+    }
 
     #[test]
     fn journal_stream_must_name_our_stderr() {

@@ -73,8 +73,9 @@ fn main() -> ExitCode {
     match runtime.block_on(daemon::run(source, config, &paths)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("connectracerd: {e:#}");
+            // Once: diagnostics already go to stderr (or the journal, which
+            // is stderr too under systemd); a second eprintln doubled it.
+            tracing::error!("connectracerd: {e:#}");
             ExitCode::FAILURE
         }
     }

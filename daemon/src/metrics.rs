@@ -172,6 +172,18 @@ fn describe() {
         "connectracer_process_open_fds",
         "File descriptors open in the daemon"
     );
+    describe_counter!(
+        "connectracer_event_lines_written_total",
+        "Event lines an event sink wrote"
+    );
+    describe_counter!(
+        "connectracer_event_lines_lost_total",
+        "Event lines an event sink lost: its queue was full or writing failed"
+    );
+    describe_gauge!(
+        "connectracer_event_lines_queued",
+        "Event lines waiting for an event sink's writer"
+    );
 }
 
 /// A shared attribution, compared by identity: connections from the same

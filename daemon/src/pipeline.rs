@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use crate::attribution::Attributor;
 use crate::bpf::event::{ConnKind, ConnRecord, Record};
+use crate::config::LogConfig;
 use crate::config::WatchedHost;
-use crate::event_log::{EventKind, EventLog};
 use crate::metrics::Metrics;
+use crate::sinks::{EventKind, Sinks};
 use crate::table::{ConnTable, Connection, Ending, TableLimits, TableStats};
 
 type HostNames = HashMap<u32, (String, Option<String>)>;
@@ -34,7 +35,7 @@ pub struct PipelineStats {
 pub struct Pipeline {
     attributor: Attributor,
     table: ConnTable,
-    log: EventLog,
+    sinks: Sinks,
     /// Per configuration epoch, watched-host id to (name, label): events
     /// carry the epoch they were judged in, and ids change between epochs.
     /// With the time each epoch was superseded, None for the current one.
@@ -52,24 +53,37 @@ pub struct Pipeline {
 #[derive(Debug)]
 pub struct WatchEvent {
     pub kind: EventKind,
+    /// When it happened, from the kernel's timestamp.
+    pub at: SystemTime,
     pub connection: Connection,
 }
 
 /// Events buffered per watcher before it is told it missed some.
 const WATCH_QUEUE: usize = 4096;
 
+/// Hands an event to the sinks that take it and to watchers: built (one
+/// clone of the connection) only when someone takes it.
 fn emit(
-    log: &EventLog,
+    sinks: &mut Sinks,
     watchers: &tokio::sync::broadcast::Sender<Arc<WatchEvent>>,
     kind: EventKind,
+    at: SystemTime,
     c: &Connection,
 ) {
-    log.log(kind, c);
+    let mut ev: Option<Arc<WatchEvent>> = None;
+    let mut event = || {
+        ev.get_or_insert_with(|| {
+            Arc::new(WatchEvent {
+                kind,
+                at,
+                connection: c.clone(),
+            })
+        })
+        .clone()
+    };
+    sinks.offer(kind, c, &mut event);
     if watchers.receiver_count() > 0 {
-        let _ = watchers.send(Arc::new(WatchEvent {
-            kind,
-            connection: c.clone(),
-        }));
+        let _ = watchers.send(event());
     }
 }
 
@@ -82,11 +96,11 @@ fn monotonic_epoch() -> SystemTime {
 }
 
 impl Pipeline {
-    pub fn new(attributor: Attributor, table: ConnTable, log: EventLog) -> Self {
+    pub fn new(attributor: Attributor, table: ConnTable, sinks: Sinks) -> Self {
         Self {
             attributor,
             table,
-            log,
+            sinks,
             hosts: BTreeMap::new(),
             boot_wall: monotonic_epoch(),
             stats: PipelineStats::default(),
@@ -124,8 +138,12 @@ impl Pipeline {
         self.metrics.as_mut()
     }
 
-    pub fn set_log(&mut self, log: EventLog) {
-        self.log = log;
+    pub fn set_log(&mut self, log: &LogConfig) {
+        self.sinks.configure(log);
+    }
+
+    pub fn sinks(&mut self) -> &mut Sinks {
+        &mut self.sinks
     }
 
     pub fn set_limits(&mut self, limits: TableLimits) {
@@ -140,9 +158,10 @@ impl Pipeline {
         for rec in batch {
             self.handle(rec);
         }
+        self.sinks.flush();
     }
 
-    pub fn handle(&mut self, rec: Record) {
+    fn handle(&mut self, rec: Record) {
         let now = Instant::now();
         self.stats.records += 1;
         match rec {
@@ -153,6 +172,11 @@ impl Pipeline {
                 ConnKind::Failed | ConnKind::Closed => self.on_end(&c, now),
             },
         }
+    }
+
+    /// Wall-clock time of a kernel (CLOCK_MONOTONIC) timestamp.
+    fn kernel_time(&self, ts_ns: u64) -> SystemTime {
+        self.boot_wall + Duration::from_nanos(ts_ns)
     }
 
     pub fn housekeeping(&mut self, now: Instant) {
@@ -187,7 +211,7 @@ impl Pipeline {
             config_epoch: c.epoch,
             host: host.map(|h| h.0.clone()),
             label: host.and_then(|h| h.1.clone()),
-            started: self.boot_wall + Duration::from_nanos(c.ts_ns),
+            started: self.kernel_time(c.ts_ns),
             duration_ns: denied.then_some(0),
             bytes_sent: None,
             bytes_received: None,
@@ -201,8 +225,9 @@ impl Pipeline {
         } else {
             EventKind::Connect
         };
+        let at = conn.started;
         let conn = self.table.insert(conn);
-        emit(&self.log, &self.watchers, kind, conn);
+        emit(&mut self.sinks, &self.watchers, kind, at, conn);
         if c.verdict != Verdict::Allow {
             if let Some(m) = &mut self.metrics {
                 m.policy_verdict(conn);
@@ -220,9 +245,10 @@ impl Pipeline {
     }
 
     fn on_established(&mut self, c: &ConnRecord) {
+        let at = self.kernel_time(c.ts_ns);
         match self.table.established(c.cookie, c.src) {
             Some(conn) => {
-                emit(&self.log, &self.watchers, EventKind::Established, conn);
+                emit(&mut self.sinks, &self.watchers, EventKind::Established, at, conn);
                 if let Some(m) = &mut self.metrics {
                     m.connection(conn, "established");
                 }
@@ -255,9 +281,10 @@ impl Pipeline {
         } else {
             EventKind::Closed
         };
+        let at = self.kernel_time(c.ts_ns);
         for id in ids {
             if let Some(conn) = self.table.get(id) {
-                emit(&self.log, &self.watchers, kind, conn);
+                emit(&mut self.sinks, &self.watchers, kind, at, conn);
                 if let Some(m) = &mut self.metrics {
                     if failed {
                         m.connection(conn, "failed");

@@ -263,6 +263,28 @@ pub struct Stats {
     /// `trace` of the configuration in force: "all" or "watched".
     #[serde(default)]
     pub trace_mode: String,
+    /// Event sinks: lines handed over, written and lost, per sink.
+    #[serde(default)]
+    pub sinks: Vec<SinkStats>,
+}
+
+/// One event sink's counters: `events` = `written` + `lost` + `queued`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkStats {
+    pub name: String,
+    /// "stdout", "journal", "file" or "none".
+    pub kind: String,
+    /// Events its filter took.
+    pub events: u64,
+    pub written: u64,
+    /// Lines lost: its queue was full, or writing failed.
+    pub lost: u64,
+    /// Waiting for its writer now.
+    pub queued: u64,
+    /// Failed writes (each may lose a batch).
+    pub errors: u64,
+    /// The error it is failing with, until it writes again.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -191,6 +191,8 @@ pub struct Daemon {
     pub config: tempdir_lite::ConfigDir,
     /// bpffs directory of this daemon's pins, private to the test.
     pub pin_dir: PathBuf,
+    /// Event lines not read yet: a stdout nobody reads (see `start_stalled`).
+    stdout: Option<ChildStdout>,
 }
 
 pub mod tempdir_lite {
@@ -279,6 +281,44 @@ impl Daemon {
         Self::start_with(cg, cfg, socket, pin_dir)
     }
 
+    /// Like `start`, but nothing reads the daemon's stdout until
+    /// `read_stdout`: a pipe that fills up and stalls its writer.
+    pub fn start_stalled(cg: &TestCgroup, config: &str) -> anyhow::Result<Self> {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("{}-s{}", &cg.rel[1..], SEQ.fetch_add(1, Ordering::Relaxed));
+        let cfg = tempdir_lite::ConfigDir::new(&name, config);
+        let socket = std::env::temp_dir().join(format!("connectracer-test-{name}.sock"));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/connectracer-test-{name}"));
+        Self::spawn(cg, cfg, socket, pin_dir, NO_BUS, false)
+    }
+
+    /// Starts reading the event lines of a daemon from `start_stalled`.
+    pub fn read_stdout(&mut self) {
+        if let Some(out) = self.stdout.take() {
+            let (etx, events) = mpsc::channel();
+            json_lines(out, etx, false);
+            self.events = events;
+        }
+    }
+
+    /// `tracectl --json stats`, parsed: the `stats` object.
+    pub fn stats(&self) -> Value {
+        let (code, out, err) = self.tracectl(&["--json", "stats"]);
+        assert_eq!(code, 0, "tracectl stats: {err}");
+        let v: Value = serde_json::from_str(&out).expect("stats JSON");
+        v["stats"].clone()
+    }
+
+    /// The counters of the sink named `name` in `tracectl stats`.
+    pub fn sink_stats(&self, name: &str) -> Value {
+        let stats = self.stats();
+        stats["sinks"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no sink `{name}` in {stats}"))
+    }
+
     /// Starts a daemon on an existing configuration directory and pin
     /// directory: what a restart of the same service does.
     pub fn start_with(
@@ -314,6 +354,18 @@ impl Daemon {
         pin_dir: PathBuf,
         bus: &str,
     ) -> anyhow::Result<Self> {
+        Self::spawn(cg, cfg, socket, pin_dir, bus, true)
+    }
+
+    /// `read_stdout`: collect event lines from the start.
+    fn spawn(
+        cg: &TestCgroup,
+        cfg: tempdir_lite::ConfigDir,
+        socket: PathBuf,
+        pin_dir: PathBuf,
+        bus: &str,
+        read_stdout: bool,
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(bin_path("connectracerd"))
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
             .args(["--foreground", "--log-format", "json", "--cgroup"])
@@ -332,7 +384,13 @@ impl Daemon {
             .context("spawning connectracerd")?;
         let (etx, events) = mpsc::channel();
         let (stx, stderr) = mpsc::channel();
-        json_lines(child.stdout.take().expect("stdout"), etx, false);
+        let stdout = child.stdout.take().expect("stdout");
+        let stdout = if read_stdout {
+            json_lines(stdout, etx, false);
+            None
+        } else {
+            Some(stdout)
+        };
         json_lines(child.stderr.take().expect("stderr"), stx, true);
         let mut d = Self {
             child,
@@ -343,6 +401,7 @@ impl Daemon {
             socket,
             config: cfg,
             pin_dir,
+            stdout,
         };
         d.wait_log("control socket listening", Duration::from_secs(20))?;
         Ok(d)

@@ -102,6 +102,29 @@ fn a_cgroup_that_does_not_exist_is_named() {
         err.contains(&format!("{} is not a cgroup v2 directory", missing.display())),
         "{err}"
     );
+    assert_eq!(
+        err.matches("is not a cgroup v2 directory").count(),
+        1,
+        "a fatal error is printed once: {err}"
+    );
+    assert!(!err.contains('\x1b'), "escape codes in a pipe: {err:?}");
+}
+
+#[test]
+fn diagnostics_written_to_a_file_carry_no_escape_codes() {
+    let cg = TestCgroup::new("cli");
+    let log = std::env::temp_dir().join(format!("connectracer-diagnostics-{}.log", std::process::id()));
+    let status = daemon()
+        .args(["--foreground", "--config", "/dev/null", "--cgroup"])
+        .arg(cg.path.join("no-such-child"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(status.code(), Some(1));
+    assert!(text.contains("ERROR"), "{text}");
+    assert!(!text.contains('\x1b'), "escape codes in a file: {text:?}");
 }
 
 /// Every commented-out example in the bundled configuration is valid too.

@@ -6,6 +6,7 @@ mod decode;
 #[cfg(test)]
 mod man_page;
 mod raw;
+pub mod sink;
 mod validate;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use sink::{FileSink, SinkConfig, SinkFilter, SinkKind};
 pub use validate::{parse_config, parse_files};
 
 /// Where the daemon looks when `--config` is not given.
@@ -138,8 +140,11 @@ pub struct TableConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     pub format: LogFormat,
-    /// One log line per connection event.
+    /// Event lines at all: false turns every sink off.
     pub events: bool,
+    /// `[[event_sink]]` tables in file order; empty: the default sink
+    /// (the journal under systemd, stdout otherwise).
+    pub sinks: Vec<SinkConfig>,
 }
 
 impl Default for Config {
@@ -171,6 +176,7 @@ impl Default for Config {
             log: LogConfig {
                 format: LogFormat::Text,
                 events: true,
+                sinks: Vec::new(),
             },
             policy: crate::policy::Policy::default(),
         }

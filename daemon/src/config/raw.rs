@@ -16,6 +16,8 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub table: Option<RawTable>,
     pub log: Option<RawLog>,
+    #[serde(default)]
+    pub event_sink: Vec<RawEventSink>,
     /// Egress policy mode: "audit" or "enforce".
     pub mode: Option<Spanned<String>>,
     pub policy: Option<RawPolicy>,
@@ -149,6 +151,27 @@ pub struct RawTable {
 pub struct RawLog {
     pub format: Option<Spanned<String>>,
     pub events: Option<Spanned<bool>>,
+}
+
+/// One `[[event_sink]]`: the keys of every type, checked against `type`
+/// in validation (serde's internally tagged enums lose the spans).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventSink {
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub name: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub max_size: Option<Spanned<RawSize>>,
+    pub keep: Option<Spanned<i64>>,
+    pub compress: Option<Spanned<bool>>,
+    pub queue: Option<Spanned<i64>>,
+    pub events: Option<Vec<Spanned<String>>>,
+    pub verdicts: Option<Vec<Spanned<String>>>,
+    pub unit: Option<Spanned<String>>,
+    pub container: Option<Spanned<String>>,
+    pub exe: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

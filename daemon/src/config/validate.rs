@@ -1,6 +1,7 @@
 //! Stage two: raw values to the validated model, every error collected.
 
 mod policy;
+mod sinks;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -107,6 +108,7 @@ struct Merge {
     dns_loc: Option<Loc>,
     rules: Vec<crate::policy::Rule>,
     scopes: Vec<(crate::policy::ScopeSettings, Loc, String)>,
+    sinks: Vec<(super::SinkConfig, Loc, String)>,
 }
 
 /// Parses and validates one configuration text that came from `file`.
@@ -179,6 +181,7 @@ fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
     }
     m.config.hosts = hosts;
     policy::finish(&mut m, errors);
+    sinks::finish(&mut m, errors);
     let (compiled, too_many) = crate::policy::compile::compile(
         &m.config.policy,
         &crate::policy::Environment::empty(),
@@ -231,6 +234,7 @@ fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
 /// Applies one file's values on top of what earlier files set.
 fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
     policy::apply(ctx, &raw, m);
+    sinks::apply(ctx, &raw.event_sink, m);
     if let Some(d) = &raw.dns {
         let first = [&d.min_ttl, &d.max_ttl, &d.retry_min, &d.retry_max, &d.grace]
             .into_iter()
@@ -718,7 +722,7 @@ events = false
     fn syntax_and_unknown_keys_name_the_line() {
         assert_eq!(
             errors("trace = \"all\"\ntrcae = 1\n"),
-            ["/etc/connectracer/connectracer.toml:2:1: trcae: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`, `mode`, `policy`, `rule`, `scope`"]
+            ["/etc/connectracer/connectracer.toml:2:1: trcae: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`, `event_sink`, `mode`, `policy`, `rule`, `scope`"]
         );
         let e = errors("[[host]]\nname = \"10.0.0.1\"\nport = [1]\n");
         assert!(

@@ -22,7 +22,7 @@ use zbus::{interface, Connection, DBusError};
 
 pub use types::{
     ConnectionInfo, ConversionError, HostEntry, PolicyDecision, PolicyRuleEntry, PolicyScopeEntry,
-    PolicyShowInfo, ProcessInfo, StatsInfo,
+    PolicyShowInfo, ProcessInfo, SinkStatsInfo, StatsInfo,
 };
 
 use crate::varlink::{

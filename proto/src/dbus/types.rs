@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use zbus::Type;
 
 use crate::varlink::{
-    HostInfo, KernelCounters, PolicyCheckReply, PolicyRuleInfo, PolicyScopeInfo, PolicyShowReply, Stats,
+    HostInfo, KernelCounters, PolicyCheckReply, PolicyRuleInfo, PolicyScopeInfo, PolicyShowReply, SinkStats,
+    Stats,
 };
 use crate::{Connection, Process};
 
@@ -257,6 +258,50 @@ pub struct StatsInfo {
     pub reload_failures: u64,
     pub last_reload_error: Vec<String>,
     pub trace_mode: String,
+    pub sinks: Vec<SinkStatsInfo>,
+}
+
+/// One event sink's counters (`varlink::SinkStats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
+pub struct SinkStatsInfo {
+    pub name: String,
+    pub kind: String,
+    pub events: u64,
+    pub written: u64,
+    pub lost: u64,
+    pub queued: u64,
+    pub errors: u64,
+    pub last_error: Vec<String>,
+}
+
+impl From<&SinkStats> for SinkStatsInfo {
+    fn from(s: &SinkStats) -> Self {
+        Self {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            events: s.events,
+            written: s.written,
+            lost: s.lost,
+            queued: s.queued,
+            errors: s.errors,
+            last_error: opt(s.last_error.clone()),
+        }
+    }
+}
+
+impl From<SinkStatsInfo> for SinkStats {
+    fn from(s: SinkStatsInfo) -> Self {
+        Self {
+            name: s.name,
+            kind: s.kind,
+            events: s.events,
+            written: s.written,
+            lost: s.lost,
+            queued: s.queued,
+            errors: s.errors,
+            last_error: one(s.last_error),
+        }
+    }
 }
 
 impl From<&Process> for ProcessInfo {
@@ -423,6 +468,7 @@ impl From<&Stats> for StatsInfo {
             reload_failures: s.reload_failures,
             last_reload_error: opt(s.last_reload_error.clone()),
             trace_mode: s.trace_mode.clone(),
+            sinks: s.sinks.iter().map(SinkStatsInfo::from).collect(),
         }
     }
 }
@@ -446,6 +492,7 @@ impl From<StatsInfo> for Stats {
             reload_failures: s.reload_failures,
             last_reload_error: one(s.last_reload_error),
             trace_mode: s.trace_mode,
+            sinks: s.sinks.into_iter().map(SinkStats::from).collect(),
         }
     }
 }

@@ -1,0 +1,73 @@
+//! The validated model of `[[event_sink]]`: where event lines go, and which.
+
+use std::path::PathBuf;
+
+use connectracer_proto::Verdict;
+
+use super::LogFormat;
+use crate::sinks::EventKind;
+
+/// Lines buffered per sink before new ones are counted as lost.
+pub const DEFAULT_QUEUE: usize = 65536;
+pub const DEFAULT_MAX_SIZE: u64 = 100 << 20;
+pub const DEFAULT_KEEP: u32 = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// Unique among the sinks; names the sink in stats, metrics and warnings.
+    pub name: String,
+    pub kind: SinkKind,
+    /// Lines waiting for the writer at most; beyond it lines are lost (counted).
+    pub queue: usize,
+    pub filter: SinkFilter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkKind {
+    /// `None`: `[log] format` (and `--log-format`).
+    Stdout {
+        format: Option<LogFormat>,
+    },
+    Journal,
+    File(FileSink),
+    /// Counts what it is given and writes nothing.
+    Discard,
+}
+
+impl SinkKind {
+    /// As written in the configuration's `type` key.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SinkKind::Stdout { .. } => "stdout",
+            SinkKind::Journal => "journal",
+            SinkKind::File(_) => "file",
+            SinkKind::Discard => "none",
+        }
+    }
+}
+
+/// A JSON Lines file rotated by size: `path`, then `path.1` (newest) to
+/// `path.KEEP`, each `.gz` when compressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSink {
+    pub path: PathBuf,
+    pub max_size: u64,
+    pub keep: u32,
+    pub compress: bool,
+}
+
+/// Which events a sink takes; `None` in a field: any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkFilter {
+    pub events: Option<Vec<EventKind>>,
+    pub verdicts: Option<Vec<Verdict>>,
+    pub unit: Option<glob::Pattern>,
+    pub container: Option<glob::Pattern>,
+    pub exe: Option<glob::Pattern>,
+}
+
+impl SinkFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}

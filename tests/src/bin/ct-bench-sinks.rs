@@ -1,0 +1,227 @@
+//! Event-sink benchmark: the loopback connect loop with trace=all and
+//! event lines to each sink (a JSON Lines file, stdout piped to a reader,
+//! the journal, none), interleaved with the no-daemon baseline in every
+//! repetition and reported as ratios; then a stalled sink (a stdout nobody
+//! reads): GetStats latency over the control socket under the loop, and
+//! lines written + lost against events. Reports; never asserts.
+//!
+//! ct-bench-sinks [CONNECTS] [REPETITIONS]   (run as root)
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use connectracer_tests::{bin_path, Daemon, TestCgroup};
+use serde_json::Value;
+
+struct Scenario {
+    name: &'static str,
+    /// None: no daemon. `{dir}` is replaced by a scratch directory.
+    config: Option<&'static str>,
+}
+
+const SCENARIOS: [Scenario; 5] = [
+    Scenario {
+        name: "no daemon",
+        config: None,
+    },
+    Scenario {
+        name: "trace=all, no sink ([log] events = false)",
+        config: Some("trace = \"all\"\n[log]\nevents = false\n"),
+    },
+    Scenario {
+        name: "trace=all, file sink (JSON Lines)",
+        config: Some(
+            "trace = \"all\"\n[[event_sink]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\nmax_size = \"64MiB\"\nkeep = 1\n",
+        ),
+    },
+    Scenario {
+        name: "trace=all, stdout (JSON) piped to a reader",
+        config: Some("trace = \"all\"\n[[event_sink]]\ntype = \"stdout\"\nformat = \"json\"\n"),
+    },
+    Scenario {
+        name: "trace=all, journal sink",
+        config: Some("trace = \"all\"\n[[event_sink]]\ntype = \"journal\"\n"),
+    },
+];
+
+struct Run {
+    rate: f64,
+    cpu_ms_per_1k: Option<f64>,
+    /// (written, lost) of the scenario's sink.
+    lines: Option<(u64, u64)>,
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the comm.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn flood(cg: &TestCgroup, dst: &str, n: u64) -> anyhow::Result<()> {
+    let out = cg
+        .command(&bin_path("ct-probe"))
+        .args(["flood", dst, &n.to_string(), "rst"])
+        .output()
+        .context("ct-probe")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ct-probe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Waits until the sink has every event it took written or lost.
+fn settle(d: &Daemon) -> Option<(u64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sinks = d.stats()["sinks"].clone();
+        let s = sinks.get(0)?;
+        if s["queued"] == 0 || Instant::now() > deadline {
+            return Some((s["written"].as_u64()?, s["lost"].as_u64()?));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64, dir: &Path) -> anyhow::Result<Run> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let config = s.config.map(|c| c.replace("{dir}", &dir.display().to_string()));
+    let daemon = config.as_deref().map(|c| Daemon::start(cg, c)).transpose()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu0 = daemon.as_ref().map(|d| cpu_ticks(d.pid()));
+    let t0 = Instant::now();
+    flood(cg, dst, n)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let tick_ms = 1000.0 / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    let lines = daemon.as_ref().and_then(settle);
+    let cpu = daemon
+        .as_ref()
+        .zip(cpu0)
+        .map(|(d, c0)| (cpu_ticks(d.pid()) - c0) as f64 * tick_ms / (n as f64 / 1000.0));
+    Ok(Run {
+        rate: n as f64 / secs,
+        cpu_ms_per_1k: cpu,
+        lines,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn get_stats(s: &mut UnixStream) -> anyhow::Result<()> {
+    s.write_all(b"{\"method\":\"org.connectracer.Tracer.GetStats\"}\0")?;
+    let mut byte = [0u8; 1];
+    loop {
+        s.read_exact(&mut byte)?;
+        if byte[0] == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// A stdout nobody reads: stats latency under the loop, and the books.
+fn stalled(cg: &TestCgroup, dst: &str, n: u64) -> anyhow::Result<()> {
+    let config = "trace = \"all\"\n[[event_sink]]\ntype = \"stdout\"\nformat = \"json\"\n";
+    let d = Daemon::start_stalled(cg, config)?;
+    let mut client = cg
+        .command(&bin_path("ct-probe"))
+        .args(["flood", dst, &n.to_string(), "rst"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let mut sock = UnixStream::connect(&d.socket)?;
+    let mut lat = Vec::new();
+    while client.try_wait()?.is_none() {
+        let t = Instant::now();
+        get_stats(&mut sock)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lat.sort_by(f64::total_cmp);
+    let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or(f64::NAN);
+    std::thread::sleep(Duration::from_secs(1));
+    let s: Value = d.stats()["sinks"][0].clone();
+    let get = |k: &str| s[k].as_u64().unwrap_or(0);
+    println!();
+    println!("Stalled sink (stdout nobody reads), {n} connects:");
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| GetStats over the socket during the loop, p50 / p99 / max | {:.2} / {p99:.2} / {:.2} ms |",
+        median(lat.clone()),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "| events / written / lost / queued | {} / {} / {} / {} |",
+        get("events"),
+        get("written"),
+        get("lost"),
+        get("queued")
+    );
+    println!(
+        "| written + lost + queued = events | {} |",
+        get("written") + get("lost") + get("queued") == get("events")
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: u64 = args.first().map_or(Ok(20_000), |a| a.parse())?;
+    let reps: usize = args.get(1).map_or(Ok(5), |a| a.parse())?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)?;
+    let dst = listener.local_addr()?.to_string();
+    std::thread::spawn(move || listener.incoming().for_each(drop));
+    let cg = TestCgroup::new("bench-sinks");
+    let dir = std::env::temp_dir().join(format!("connectracer-bench-sinks-{}", std::process::id()));
+    let mut runs: Vec<Vec<Run>> = SCENARIOS.iter().map(|_| Vec::new()).collect();
+    for rep in 0..reps {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            let r = run_once(&cg, s, &dst, n, &dir)?;
+            eprintln!("rep {rep} {:<45} {:>9.0} connects/s", s.name, r.rate);
+            runs[i].push(r);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!();
+    println!("Event sinks: loopback connect + RST close loop, trace=all (3 event lines per connect), {n} connects per run, {reps} repetitions, interleaved. Journal: to journald's socket where one runs (lost otherwise, and counted).");
+    println!();
+    println!("| scenario | connects/s (median) | ratio to no daemon (median, min-max) | daemon CPU ms / 1,000 connects | lines written / lost (last run) |");
+    println!("|---|---|---|---|---|");
+    let base: Vec<f64> = runs[0].iter().map(|r| r.rate).collect();
+    for (s, rs) in SCENARIOS.iter().zip(&runs) {
+        let ratios: Vec<f64> = rs.iter().zip(&base).map(|(r, b)| r.rate / b).collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+        let cpu: Vec<f64> = rs.iter().filter_map(|r| r.cpu_ms_per_1k).collect();
+        let lines = rs
+            .last()
+            .and_then(|r| r.lines)
+            .map_or("-".into(), |(w, l)| format!("{w} / {l}"));
+        let cpu = if cpu.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.2}", median(cpu))
+        };
+        println!(
+            "| {} | {:.0} | {:.3} ({lo:.3}-{hi:.3}) | {cpu} | {lines} |",
+            s.name,
+            median(rs.iter().map(|r| r.rate).collect()),
+            median(ratios.clone()),
+        );
+    }
+    stalled(&cg, &dst, n)
+}
