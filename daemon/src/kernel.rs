@@ -209,7 +209,6 @@ fn run(
                             .apply(&ruleset)
                             .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
                     );
-                    tracer.settle();
                 }
                 Ok(Command::AddCgroupScope { cgroup_id, scope }) => {
                     if let Err(e) = tracer.add_cgroup_scope(cgroup_id, scope) {

@@ -114,7 +114,10 @@ pub struct Tracer {
     /// What each generation holds in the maps, always equal to them.
     written: RefCell<[Generation; 2]>,
     /// A switch happened and its grace period has not been waited for.
-    unsettled: Cell<bool>,
+    /// The grace period is waited for on a thread of its own, so the
+    /// kernel thread goes on draining the ring meanwhile (a reload under a
+    /// connect flood would otherwise stall it for a synchronize_rcu each).
+    unsettled: Cell<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -223,7 +226,7 @@ impl Tracer {
             active: Cell::new(0),
             epoch: Cell::new(0),
             written: RefCell::new(Default::default()),
-            unsettled: Cell::new(false),
+            unsettled: Cell::new(None),
         };
         if let Err(e) = tracer.apply(initial) {
             tracer.undo_failed_start(Vec::new());
@@ -361,11 +364,13 @@ impl Tracer {
 
     /// Waits out the RCU grace period the last switch started, after which
     /// no hook still reads the generation it left. Called before the next
-    /// apply rewrites that generation, and by the kernel thread once it has
-    /// answered, so the wait is usually over before anyone needs it.
+    /// apply rewrites that generation; the wait itself started on its own
+    /// thread at the switch, so it is usually over before anyone needs it.
     pub fn settle(&self) {
-        if self.unsettled.replace(false) {
-            wait_for_readers();
+        if let Some(waiter) = self.unsettled.take() {
+            if waiter.join().is_err() {
+                wait_for_readers();
+            }
         }
     }
 
@@ -412,7 +417,14 @@ impl Tracer {
         // Hooks run under RCU: the old generation may be rewritten only once
         // a grace period has passed. That wait is owed to the next apply,
         // not to this one's caller (see `settle`).
-        self.unsettled.set(true);
+        let waiter = std::thread::Builder::new()
+            .name("rcu-wait".into())
+            .spawn(wait_for_readers);
+        match waiter {
+            Ok(w) => self.unsettled.set(Some(w)),
+            // No thread: the wait is done here, now.
+            Err(_) => wait_for_readers(),
+        }
         self.active.set(idle);
         self.epoch.set(epoch);
         Ok(epoch)
