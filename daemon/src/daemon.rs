@@ -284,8 +284,12 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     // fails leaves nothing attached, pinned or bound behind it.
     let listener = control::server::bind(control_socket).context("control socket")?;
     let _socket_file = RemoveOnDrop(control_socket.to_path_buf());
-    let metrics =
-        Metrics::install(config.metrics.listen, config.metrics.max_series_per_metric).context("metrics")?;
+    let metrics = Metrics::install(
+        config.metrics.listen,
+        config.metrics.max_series_per_metric,
+        config.metrics.http_detail,
+    )
+    .context("metrics")?;
     if let Some(addr) = config.metrics.listen {
         info!(%addr, "serving Prometheus metrics on /metrics");
     }
@@ -773,6 +777,7 @@ impl Daemon {
         metrics::gauge!("connectracer_config_last_reload_success_timestamp_seconds").set(now.as_secs_f64());
         if let Some(m) = self.pipeline.metrics() {
             m.set_max_series(new.metrics.max_series_per_metric);
+            m.set_http_detail(new.metrics.http_detail);
         }
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline.set_log(&new.log);

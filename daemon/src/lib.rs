@@ -15,6 +15,7 @@ pub mod downtime;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_http;
 pub mod pipeline;
 pub mod policy;
 pub mod reload;

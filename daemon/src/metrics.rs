@@ -20,6 +20,12 @@ const OTHER: &str = "other";
 pub enum MetricsError {
     #[error("setting up the Prometheus exporter")]
     Build(#[source] metrics_exporter_prometheus::BuildError),
+    #[error("binding the /metrics listener on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("installing the metrics recorder")]
     Install(#[source] metrics::SetRecorderError<metrics_exporter_prometheus::PrometheusRecorder>),
 }
@@ -66,6 +72,10 @@ const RECEIVED: &str = "connectracer_connection_received_bytes";
 const VERDICTS: &str = "connectracer_policy_verdicts_total";
 
 fn describe() {
+    describe_counter!(
+        "connectracer_connection_outcomes_total",
+        "Connections by protocol and outcome, with no label that names a process (served on HTTP)"
+    );
     describe_counter!(
         "connectracer_dns_lookups_total",
         "DNS lookups of a watched hostname (answered or failed)"
@@ -217,12 +227,18 @@ pub struct Metrics {
     handle: PrometheusHandle,
     budget: Budget,
     counters: HashMap<ConnKey, metrics::Counter>,
+    /// Whether HTTP serves the per-process families (see metrics_http).
+    http_detail: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Metrics {
     /// Installs the global recorder; with `listen`, also serves /metrics.
     /// Must run inside the tokio runtime.
-    pub fn install(listen: Option<SocketAddr>, max_series: usize) -> Result<Self, MetricsError> {
+    pub fn install(
+        listen: Option<SocketAddr>,
+        max_series: usize,
+        http_detail: bool,
+    ) -> Result<Self, MetricsError> {
         let buckets_seconds = [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0];
         let buckets_bytes = [
             64.0,
@@ -245,28 +261,14 @@ impl Metrics {
                 )
             })
             .map_err(MetricsError::Build)?;
-        let handle = match listen {
-            Some(addr) => {
-                let (recorder, exporter) = builder
-                    .with_http_listener(addr)
-                    .build()
-                    .map_err(MetricsError::Build)?;
-                let handle = recorder.handle();
-                metrics::set_global_recorder(recorder).map_err(MetricsError::Install)?;
-                tokio::spawn(async move {
-                    if let Err(e) = exporter.await {
-                        tracing::error!("metrics HTTP listener on {addr}: {e:?}");
-                    }
-                });
-                handle
-            }
-            None => {
-                let recorder = builder.build_recorder();
-                let handle = recorder.handle();
-                metrics::set_global_recorder(recorder).map_err(MetricsError::Install)?;
-                handle
-            }
-        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let detail = Arc::new(std::sync::atomic::AtomicBool::new(http_detail));
+        if let Some(addr) = listen {
+            crate::metrics_http::spawn(addr, handle.clone(), detail.clone())
+                .map_err(|source| MetricsError::Bind { addr, source })?;
+        }
+        metrics::set_global_recorder(recorder).map_err(MetricsError::Install)?;
         describe();
         let kernel = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
@@ -282,7 +284,13 @@ impl Metrics {
             handle,
             budget: Budget::new(max_series),
             counters: HashMap::new(),
+            http_detail: detail,
         })
+    }
+
+    /// `metrics.http_detail`, reloadable.
+    pub fn set_http_detail(&self, on: bool) {
+        self.http_detail.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_max_series(&mut self, max: usize) {
@@ -299,6 +307,12 @@ impl Metrics {
             outcome,
             ByIdentity(c.process.clone()),
         );
+        counter!(
+            "connectracer_connection_outcomes_total",
+            "protocol" => c.protocol.as_str(),
+            "outcome" => outcome
+        )
+        .increment(1);
         if let Some(counter) = self.counters.get(&key) {
             counter.increment(1);
             return;

@@ -137,10 +137,39 @@ fn exact_counts_over_http_and_textfile_checked_by_promtool_and_node_exporter() {
     };
     // Kernel-side counters are refreshed once a second.
     let kernel = |t: &str| sample(t, "connectracer_kernel_connects_total", &[]).unwrap_or(0.0);
+    // HTTP, readable by any local user, has aggregates only by default.
+    let outcomes = |t: &str| {
+        sample(
+            t,
+            "connectracer_connection_outcomes_total",
+            &[("protocol", "tcp"), ("outcome", "failed")],
+        )
+        .unwrap_or(0.0)
+    };
     let text = eventually(Duration::from_secs(15), || {
-        http_get(http, "/metrics").filter(|t| total(t) == 500.0 && kernel(t) == 500.0)
+        http_get(http, "/metrics").filter(|t| outcomes(t) == 500.0 && kernel(t) == 500.0)
     })
     .unwrap_or_else(|| panic!("500 connects never showed up: {:?}", http_get(http, "/metrics")));
+    assert!(
+        !text.contains("comm=") && !text.contains("connectracer_connections_total"),
+        "per-process series on HTTP without http_detail: {text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "connectracer_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ) == Some(1.0)
+    );
+    promtool_ok(&text);
+
+    // The textfile: every series, and valid on its own.
+    let file = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&textfile)
+            .ok()
+            .filter(|t| total(t) == 500.0)
+    })
+    .expect("textfile with the 500 connects");
     for (comm, p, n) in plan {
         let labels = [
             ("host", "127.0.0.1"),
@@ -152,28 +181,21 @@ fn exact_counts_over_http_and_textfile_checked_by_promtool_and_node_exporter() {
             ("container", ""),
         ];
         assert_eq!(
-            sample(&text, "connectracer_connections_total", &labels),
+            sample(&file, "connectracer_connections_total", &labels),
             Some(n as f64),
             "{comm} port {p}"
         );
     }
-    assert!(
-        sample(
-            &text,
-            "connectracer_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))]
-        ) == Some(1.0)
-    );
-    promtool_ok(&text);
-
-    // The textfile: the same series, and valid on its own.
-    let file = eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(&textfile)
-            .ok()
-            .filter(|t| total(t) == 500.0)
-    })
-    .expect("textfile with the 500 connects");
     promtool_ok(&file);
+
+    // http_detail (reloadable) serves them on HTTP too.
+    d.config
+        .write_dropin("98-detail.toml", "[metrics]\nhttp_detail = true\n");
+    let (code, _, err) = d.tracectl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    let detailed = http_get(http, "/metrics").unwrap_or_default();
+    assert_eq!(total(&detailed), 500.0, "{detailed}");
+    promtool_ok(&detailed);
 
     // A real node_exporter serves it, with no textfile scrape error.
     let ne_port = free_port();

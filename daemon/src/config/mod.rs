@@ -126,6 +126,9 @@ pub struct MetricsConfig {
     pub remove_textfile_on_stop: bool,
     /// Label sets per metric before new values collapse into "other".
     pub max_series_per_metric: usize,
+    /// Serve per-process series (comm, unit, container, port, rule) on
+    /// HTTP too; off, HTTP shows only aggregates.
+    pub http_detail: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +168,7 @@ impl Default for Config {
                 textfile: Some(PathBuf::from(DEFAULT_TEXTFILE)),
                 textfile_interval: Duration::from_secs(15),
                 remove_textfile_on_stop: true,
+                http_detail: false,
                 max_series_per_metric: 2000,
             },
             table: TableConfig {

@@ -195,4 +195,5 @@ pub struct RawMetrics {
     pub textfile_interval: Option<Spanned<String>>,
     pub remove_textfile_on_stop: Option<Spanned<bool>>,
     pub max_series_per_metric: Option<Spanned<i64>>,
+    pub http_detail: Option<Spanned<bool>>,
 }

@@ -374,6 +374,9 @@ fn metrics(ctx: &mut Ctx<'_>, r: &RawMetrics, out: &mut MetricsConfig) {
             }
         }
     }
+    if let Some(v) = &r.http_detail {
+        out.http_detail = *v.get_ref();
+    }
     if let Some(v) = &r.remove_textfile_on_stop {
         out.remove_textfile_on_stop = *v.get_ref();
     }
