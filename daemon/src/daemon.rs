@@ -637,7 +637,7 @@ impl Daemon {
     async fn reload_config(&mut self, trigger: &str) -> Result<ReloadReply, CallError> {
         self.reload.reloads += 1;
         let started = Instant::now();
-        let mut new = match self.source.load() {
+        let mut new = match self.load_config().await {
             Ok(c) => c,
             Err(errors) => {
                 self.reload.failures += 1;
@@ -688,6 +688,34 @@ impl Daemon {
             epoch: self.epoch,
             needs_restart,
         })
+    }
+
+    /// Parses the configuration on a blocking thread while records keep
+    /// being taken (a 50 MB file must not stall the ring buffer's reader);
+    /// the memory a refused large file took is handed back to the system.
+    async fn load_config(&mut self) -> Result<Config, crate::config::ConfigErrors> {
+        let job = self.source.job();
+        let load = tokio::task::spawn_blocking(move || job.run());
+        tokio::pin!(load);
+        let result = loop {
+            tokio::select! {
+                r = &mut load => break r,
+                Some(batch) = self.records.recv() => self.pipeline.handle_batch(batch),
+            }
+        };
+        let result = result.unwrap_or_else(|e| {
+            Err(crate::config::ConfigErrors(vec![crate::config::ConfigError {
+                file: self.source.main().to_path_buf(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("loading the configuration failed: {e}"),
+            }]))
+        });
+        if result.is_err() {
+            crate::sys::memory::give_back();
+        }
+        result
     }
 
     /// The resolved addresses a configuration keeps: those of names it still

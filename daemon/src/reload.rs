@@ -54,11 +54,39 @@ impl ConfigSource {
     }
 
     pub fn load(&self) -> Result<Config, ConfigErrors> {
+        self.job().run()
+    }
+
+    /// What a load needs, owned: it can run on another thread while the
+    /// state owner goes on (a large configuration takes a while to parse).
+    pub fn job(&self) -> LoadJob {
+        LoadJob {
+            path: self.path.clone(),
+            added: self.added.sources(),
+            cgroup: self.cgroup.clone(),
+            trace: self.trace,
+            log_format: self.log_format,
+        }
+    }
+}
+
+/// One load of the configuration, detached from the daemon's state.
+#[derive(Debug)]
+pub struct LoadJob {
+    path: Option<PathBuf>,
+    added: Vec<(PathBuf, String)>,
+    cgroup: Option<PathBuf>,
+    trace: Option<TraceMode>,
+    log_format: Option<LogFormat>,
+}
+
+impl LoadJob {
+    pub fn run(self) -> Result<Config, ConfigErrors> {
         let mut sources = crate::config::read_sources(self.path.as_deref())?;
-        sources.extend(self.added.sources());
+        sources.extend(self.added);
         let mut config = crate::config::parse_files(&sources)?;
-        if let Some(cg) = &self.cgroup {
-            config.cgroup = Some(cg.clone());
+        if let Some(cg) = self.cgroup {
+            config.cgroup = Some(cg);
         }
         if let Some(t) = self.trace {
             config.trace = t;

@@ -273,6 +273,25 @@ fn dropins(main: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(dropins)
 }
 
+/// Largest configuration file read: far above what the kernel maps can
+/// hold (65,536 hosts take about 2 MiB), far below what would stall a
+/// reload for seconds.
+pub const MAX_FILE_SIZE: u64 = 16 << 20;
+
+fn read_bounded(file: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(file)?;
+    let mut text = String::new();
+    f.take(MAX_FILE_SIZE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_SIZE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB, the most a configuration file may be",
+            MAX_FILE_SIZE >> 20
+        )));
+    }
+    Ok(text)
+}
+
 /// Why `file` cannot be read, in words that name symlink trouble.
 fn unreadable(file: &Path, e: &std::io::Error) -> String {
     let link = std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
@@ -315,7 +334,7 @@ pub fn read_sources(path: Option<&Path>) -> Result<Vec<(PathBuf, String)>, Confi
         }),
     }
     for file in files {
-        match std::fs::read_to_string(&file) {
+        match read_bounded(&file) {
             Ok(text) => texts.push((file, text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit && file == main => {}
             Err(e) => errors.push(ConfigError {
@@ -348,9 +367,14 @@ mod sources_tests {
         std::os::unix::fs::symlink(d.join("missing.toml"), d.join("10-dangling.toml")).unwrap();
         std::os::unix::fs::symlink(d.join("20-loop.toml"), d.join("20-loop.toml")).unwrap();
         std::fs::write(d.join("40-not-config.conf"), "junk").unwrap();
+        std::fs::write(d.join("50-huge.toml"), vec![b'#'; MAX_FILE_SIZE as usize + 1]).unwrap();
         let errors = read_sources(Some(&dir.join("connectracer.toml"))).unwrap_err();
         let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[3].contains("50-huge.toml") && lines[3].contains("larger than 16 MiB"),
+            "{lines:#?}"
+        );
         assert!(
             lines[0].contains("10-dangling.toml") && lines[0].contains("broken symbolic link to"),
             "{lines:#?}"
