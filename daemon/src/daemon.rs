@@ -774,16 +774,18 @@ impl Daemon {
             .map_err(|errors| CallError::ConfigInvalid { errors })?;
         let addresses = rules.watch.len();
         // Records of the new epoch may arrive while the reply is awaited:
-        // the pipeline must already know the epoch's host names (a refused
-        // epoch is never carried by a record, and the next one replaces it).
-        self.pipeline.set_hosts(epoch, &new.hosts);
+        // the pipeline must already know the epoch's host names. The epoch
+        // in force stays current until the kernel has switched.
+        self.pipeline.stage_hosts(epoch, &new.hosts);
         let reply = self.kernel.apply(rules);
-        self.kernel_reply(reply)
-            .await
-            .map_err(|reason| CallError::InvalidArgument {
+        if let Err(reason) = self.kernel_reply(reply).await {
+            self.pipeline.drop_hosts(epoch);
+            return Err(CallError::InvalidArgument {
                 field: "kernel".into(),
                 reason,
-            })?;
+            });
+        }
+        self.pipeline.commit_hosts(epoch);
         self.resolved = resolved;
         self.addresses = addresses;
         self.epoch = epoch;

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod dns;
 pub mod downtime;
+pub mod epochs;
 pub mod kernel;
 pub mod logging;
 pub mod metrics;

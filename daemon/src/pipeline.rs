@@ -1,7 +1,6 @@
 //! Kernel records in, attributed connections out: the process cache and the
 //! connection table are updated here, and every connection event is logged.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,12 +16,6 @@ use crate::metrics::Metrics;
 use crate::sinks::{EventKind, Sinks};
 use crate::table::{ConnTable, Connection, Ending, TableLimits, TableStats};
 
-type HostNames = HashMap<u32, (String, Option<String>)>;
-
-/// How long a superseded epoch's host names are kept for records of it
-/// still in flight (the ring buffer and the queue can lag behind reloads).
-const EPOCH_RETENTION: Duration = Duration::from_secs(60);
-
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct PipelineStats {
     pub records: u64,
@@ -36,10 +29,8 @@ pub struct Pipeline {
     attributor: Attributor,
     table: ConnTable,
     sinks: Sinks,
-    /// Per configuration epoch, watched-host id to (name, label): events
-    /// carry the epoch they were judged in, and ids change between epochs.
-    /// With the time each epoch was superseded, None for the current one.
-    hosts: BTreeMap<u32, (Arc<HostNames>, Option<Instant>)>,
+    /// Per configuration epoch, watched-host id to (name, label).
+    hosts: crate::epochs::EpochHosts,
     /// CLOCK_MONOTONIC to wall clock, for the kernel's timestamps.
     boot_wall: SystemTime,
     stats: PipelineStats,
@@ -101,7 +92,7 @@ impl Pipeline {
             attributor,
             table,
             sinks,
-            hosts: BTreeMap::new(),
+            hosts: crate::epochs::EpochHosts::default(),
             boot_wall: monotonic_epoch(),
             stats: PipelineStats::default(),
             metrics: None,
@@ -114,16 +105,23 @@ impl Pipeline {
     }
 
     /// Records the host names of a newly applied configuration epoch.
+    /// See `EpochHosts`: staged before the kernel switches, committed once
+    /// it has, dropped if it refused.
+    pub fn stage_hosts(&mut self, epoch: u32, hosts: &[WatchedHost]) {
+        self.hosts.stage(epoch, hosts);
+    }
+
+    pub fn commit_hosts(&mut self, epoch: u32) {
+        self.hosts.commit(epoch, Instant::now());
+    }
+
+    pub fn drop_hosts(&mut self, epoch: u32) {
+        self.hosts.drop_epoch(epoch);
+    }
+
     pub fn set_hosts(&mut self, epoch: u32, hosts: &[WatchedHost]) {
-        let now = Instant::now();
-        for (_, superseded) in self.hosts.values_mut() {
-            superseded.get_or_insert(now);
-        }
-        let names = hosts
-            .iter()
-            .map(|h| (h.id, (h.name.clone(), h.label.clone())))
-            .collect();
-        self.hosts.insert(epoch, (Arc::new(names), None));
+        self.stage_hosts(epoch, hosts);
+        self.commit_hosts(epoch);
     }
 
     pub fn watchers(&self) -> tokio::sync::broadcast::Sender<Arc<WatchEvent>> {
@@ -180,8 +178,7 @@ impl Pipeline {
     }
 
     pub fn housekeeping(&mut self, now: Instant) {
-        self.hosts
-            .retain(|_, (_, superseded)| superseded.is_none_or(|t| now.duration_since(t) < EPOCH_RETENTION));
+        self.hosts.prune(now);
         self.attributor.prune(now);
         self.table.expire(now);
     }
@@ -189,7 +186,7 @@ impl Pipeline {
     fn on_new(&mut self, c: &ConnRecord) {
         let process = self.attributor.attribute_shared(c);
         let host_id = c.host_id.map(|h| h.get());
-        let host = host_id.and_then(|id| self.hosts.get(&c.epoch)?.0.get(&id));
+        let host = host_id.and_then(|id| self.hosts.get(c.epoch, id));
         let denied = c.verdict == Verdict::Deny;
         let conn = Connection {
             id: 0,
