@@ -506,44 +506,27 @@ pub fn record_process() {
 mod tests {
     use super::*;
 
-    fn rss_bytes() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap();
-        kb * 1024
-    }
-
     /// 100,000 distinct label sets through the budget into a real
-    /// recorder: the series stay at the cap, the rest is counted as
-    /// overflow, and memory stays flat.
+    /// recorder: the series stay at the cap and the rest is counted as
+    /// overflow. (Memory is the benchmark's to measure: this process runs
+    /// other tests in its threads.)
     #[test]
     fn a_burst_of_distinct_labels_stays_within_the_budget() {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let mut budget = Budget::new(1000);
-        let before = rss_bytes();
         metrics::with_local_recorder(&recorder, || {
             for i in 0..100_000u32 {
                 let v = budget.admit(CONNECTIONS, vec![format!("comm-{i}"), "443".into()]);
                 counter!(CONNECTIONS, "comm" => v[0].clone(), "port" => v[1].clone()).increment(1);
             }
         });
-        let after = rss_bytes();
         let text = handle.render();
         let series = text.lines().filter(|l| l.starts_with(CONNECTIONS)).count();
         assert_eq!(series, 1001, "1000 admitted label sets plus \"other\"");
         assert!(text.contains(&format!("{CONNECTIONS}{{comm=\"other\",port=\"other\"}} 99000")));
         assert!(text
             .contains("connectracer_series_overflow_total{metric=\"connectracer_connections_total\"} 99000"));
-        eprintln!("RSS before {} KiB, after {} KiB", before / 1024, after / 1024);
-        assert!(
-            after.saturating_sub(before) < 16 << 20,
-            "RSS grew by {} bytes",
-            after - before
-        );
     }
 
     #[test]

@@ -620,7 +620,9 @@ impl Drop for Polkitd {
 
 /// A measurement more than a check: per-call latency of GetVersion through
 /// the proxy (with the per-call GetConnectionCredentials) next to the
-/// varlink socket. Fails only if calls fail or take absurdly long.
+/// varlink socket, printed for the record. It fails only if calls fail:
+/// latency targets belong in scripts/bench, not in a test on a shared
+/// machine.
 #[test]
 fn call_latency_over_the_bus_and_the_socket() {
     let bus = PrivateBus::start().unwrap();
@@ -634,8 +636,17 @@ fn call_latency_over_the_bus_and_the_socket() {
     assert_eq!(code, 0, "{err}");
     eprintln!("latency: {out}");
     let v = json(&out);
+    assert_eq!(v["calls"], 1000, "{out}");
     for t in ["dbus", "varlink"] {
-        assert!(v[t]["p50_us"].as_f64().unwrap() < 20_000.0, "{out}");
+        let p = &v[t];
+        assert!(
+            p["p50_us"].as_f64().unwrap() <= p["p99_us"].as_f64().unwrap(),
+            "{out}"
+        );
+        assert!(
+            p["p99_us"].as_f64().unwrap() <= p["max_us"].as_f64().unwrap(),
+            "{out}"
+        );
     }
 }
 
