@@ -1,0 +1,228 @@
+//! Answers to control requests (socket and D-Bus alike), from the state
+//! the owner holds.
+
+use super::*;
+
+pub(super) fn state_error(e: crate::added_hosts::AddedHostsError) -> CallError {
+    CallError::InvalidArgument {
+        field: "state".into(),
+        reason: format!("{:#}", anyhow::Error::from(e)),
+    }
+}
+
+impl Daemon {
+    pub(super) async fn answer(&mut self, req: &Request) -> Answer {
+        let caller = &req.caller;
+        match &req.method {
+            Method::GetVersion => Ok(to_parameters(&VersionReply {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                kernel: nix::sys::utsname::uname()
+                    .map(|u| u.release().to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            })),
+            Method::GetStats => self.stats().await,
+            Method::Who(p) => query::who(self.pipeline.table(), caller, p, &self.resolved),
+            Method::Ps(p) => query::ps(self.pipeline.table(), caller, p),
+            Method::Connections(p) => query::connections(self.pipeline.table(), caller, p),
+            Method::Reload if !caller.privileged => Err(CallError::AccessDenied {
+                reason: "reloading needs root or membership in group connectracer".into(),
+            }),
+            Method::Reload => {
+                let trigger = format!("control request from uid {}", caller.uid);
+                self.reload(&trigger).await.map(|r| to_parameters(&r))
+            }
+            Method::AddHost(_) | Method::RemoveHost(_) if !caller.privileged => {
+                Err(CallError::AccessDenied {
+                    reason: "changing watched hosts needs root or membership in group connectracer".into(),
+                })
+            }
+            Method::AddHost(p) => self.add_host(p, caller.uid).await.map(|r| to_parameters(&r)),
+            Method::RemoveHost(p) => self
+                .remove_host(&p.name, caller.uid)
+                .await
+                .map(|r| to_parameters(&r)),
+            Method::Hosts => Ok(to_parameters(&HostsReply {
+                hosts: self.hosts().await,
+            })),
+            Method::PolicyShow | Method::PolicyCheck(_) if !caller.privileged => {
+                Err(CallError::AccessDenied {
+                    reason: "reading the egress policy needs root or membership in group connectracer".into(),
+                })
+            }
+            Method::PolicyShow => {
+                let dns = policy_scopes::dns_servers(&self.config.dns.nameservers);
+                let env = environment(&self.resolved, &dns);
+                Ok(to_parameters(&crate::policy::explain::show(
+                    &self.config.policy,
+                    &env,
+                )))
+            }
+            Method::PolicyCheck(p) => {
+                let dns = policy_scopes::dns_servers(&self.config.dns.nameservers);
+                let env = environment(&self.resolved, &dns);
+                crate::policy::explain::check(&self.config.policy, &env, p, &self.mount)
+                    .map(|r| to_parameters(&r))
+            }
+        }
+    }
+
+    /// Adds a host through the reload path. The host is written to the
+    /// state directory only once the kernel holds it: a host the
+    /// configuration or the kernel refuses leaves no trace.
+    pub(super) async fn add_host(&mut self, p: &AddHostParams, uid: u32) -> Result<ReloadReply, CallError> {
+        let host = AddedHost {
+            name: p.name.clone(),
+            ports: p
+                .ports
+                .iter()
+                .map(|port| {
+                    port.parse::<i64>()
+                        .map_or_else(|_| toml::Value::String(port.clone()), toml::Value::Integer)
+                })
+                .collect(),
+            label: p.label.clone(),
+        };
+        self.source
+            .added
+            .stage_add(host, p.runtime)
+            .map_err(state_error)?;
+        let result = self.reload(&format!("add-host {} by uid {uid}", p.name)).await;
+        self.settle_added(result).map_err(|e| match e {
+            CallError::ConfigInvalid { errors } => CallError::InvalidArgument {
+                field: "name".into(),
+                reason: errors.join("; "),
+            },
+            other => other,
+        })
+    }
+
+    /// Commits the staged change to the added hosts if its reload applied
+    /// it, drops it otherwise.
+    pub(super) fn settle_added(
+        &mut self,
+        result: Result<ReloadReply, CallError>,
+    ) -> Result<ReloadReply, CallError> {
+        match result {
+            Ok(reply) => {
+                self.source.added.commit().map_err(|e| {
+                    let e = state_error(e);
+                    error!("{e:?}; the change is in force until restart only");
+                    e
+                })?;
+                Ok(reply)
+            }
+            Err(e) => {
+                self.source.added.discard();
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn remove_host(&mut self, name: &str, uid: u32) -> Result<ReloadReply, CallError> {
+        let removed = self.source.added.stage_remove(name).map_err(state_error)?;
+        if removed == 0 {
+            if let Some(h) = self.config.hosts.iter().find(|h| h.name == name) {
+                return Err(CallError::InvalidArgument {
+                    field: "name".into(),
+                    reason: format!("`{name}` is configured in {}: edit that file", h.origin.display()),
+                });
+            }
+            return Err(CallError::HostNotFound {
+                name: name.to_string(),
+            });
+        }
+        let result = self.reload(&format!("remove-host {name} by uid {uid}")).await;
+        self.settle_added(result)
+    }
+
+    pub(super) async fn hosts(&mut self) -> Vec<HostInfo> {
+        let dns: HashMap<String, crate::dns::HostStatus> = match &self.dns {
+            Some(d) => d
+                .status()
+                .await
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect(),
+            None => HashMap::new(),
+        };
+        self.config
+            .hosts
+            .iter()
+            .map(|h| {
+                let ports = h
+                    .ports
+                    .0
+                    .iter()
+                    .map(|r| {
+                        if r.start() == r.end() {
+                            r.start().to_string()
+                        } else {
+                            format!("{}-{}", r.start(), r.end())
+                        }
+                    })
+                    .collect();
+                let (kind, addresses, status) = match &h.target {
+                    HostTarget::Net(n) if n.prefix_len() == n.max_prefix_len() => {
+                        ("address", vec![n.addr().to_string()], None)
+                    }
+                    HostTarget::Net(n) => ("cidr", vec![n.to_string()], None),
+                    HostTarget::Name(name) => (
+                        "hostname",
+                        self.resolved
+                            .get(name)
+                            .into_iter()
+                            .flatten()
+                            .map(ToString::to_string)
+                            .collect(),
+                        dns.get(name),
+                    ),
+                };
+                HostInfo {
+                    id: h.id,
+                    name: h.name.clone(),
+                    kind: kind.to_string(),
+                    ports,
+                    label: h.label.clone(),
+                    source: h.origin.display().to_string(),
+                    addresses,
+                    ttl_seconds: status.and_then(|s| s.ttl_seconds),
+                    consecutive_failures: status.map(|s| s.consecutive_failures),
+                    last_error: status.and_then(|s| s.last_error.clone()),
+                }
+            })
+            .collect()
+    }
+
+    pub(super) async fn stats(&mut self) -> Answer {
+        let reply = self.kernel.stats();
+        let kernel = self
+            .kernel_reply(reply)
+            .await
+            .map_err(|reason| CallError::InvalidArgument {
+                field: "kernel".into(),
+                reason,
+            })?;
+        let (pipe, t, processes) = self.pipeline.stats();
+        Ok(to_parameters(&StatsReply {
+            stats: Stats {
+                kernel,
+                records: pipe.records,
+                connections: pipe.connections,
+                orphan_state_events: pipe.orphan_state_events,
+                decode_errors: self.kernel.decode_errors(),
+                table_open: t.open as u64,
+                table_closed: t.closed as u64,
+                evicted_open: t.evicted_open,
+                evicted_closed: t.evicted_closed,
+                processes: processes as u64,
+                uptime_seconds: self.started.elapsed().as_secs_f64(),
+                config_epoch: self.epoch,
+                reloads: self.reload.reloads,
+                reload_failures: self.reload.failures,
+                last_reload_error: self.reload.last_error.clone(),
+                trace_mode: self.config.trace.as_str().to_string(),
+                sinks: self.pipeline.sinks().stats(),
+            },
+        }))
+    }
+}

@@ -1,0 +1,449 @@
+//! The daemon's life: preflight, attach, serve; reload on SIGHUP, file
+//! changes and control requests through one path; drain and detach on stop.
+
+mod answer;
+mod apply;
+mod upkeep;
+
+use apply::{environment, log_policy, ruleset, start_cgroup_watch};
+
+use std::path::{Path, PathBuf};
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use std::collections::HashMap;
+
+use connectracer_proto::varlink::{
+    to_parameters, AddHostParams, CallError, HostInfo, HostsReply, ReloadReply, Stats, StatsReply,
+    VersionReply,
+};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::added_hosts::AddedHost;
+use crate::attribution::Attributor;
+use crate::bpf::event::Record;
+use crate::bpf::tracer::{resolve_cgroup_dir, Ruleset, TracerOptions};
+use crate::config::{Config, HostTarget, TraceMode};
+use crate::control::{self, query, Answer, Method, Request};
+use crate::dns::{DnsUpdate, DnsWatcher};
+use crate::kernel::KernelHandle;
+use crate::metrics::{record_process, Metrics};
+use crate::pipeline::Pipeline;
+use crate::policy::scopes::{self as policy_scopes, Identities};
+use crate::policy::Environment;
+use crate::reload::{self, ConfigSource};
+use crate::service;
+use crate::sinks::{human_duration, Sinks};
+use crate::sys::{mounts, preflight, privileges};
+use crate::table::{ConnTable, TableLimits};
+use crate::watchlist::{self, Resolved};
+
+/// Batches of records in flight between the kernel thread and the pipeline;
+/// when full, the kernel thread waits and the ring buffer absorbs the burst.
+const RECORD_QUEUE: usize = 64;
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+const MAX_PROCESSES: usize = 65536;
+const STATUS_REFRESH: Duration = Duration::from_secs(10);
+/// How long the sinks' writers get to finish their queues at stop.
+const SINK_DRAIN: Duration = Duration::from_secs(3);
+/// Per-label counters saved for the next instance, in the state directory.
+const COUNTERS_FILE: &str = "metrics-counters.prom";
+
+/// What one reload did, or why it changed nothing.
+#[derive(Debug, Default)]
+struct ReloadState {
+    reloads: u64,
+    failures: u64,
+    last_error: Option<String>,
+}
+
+/// The one owner of the daemon's state; everything else sends it requests.
+struct Daemon {
+    source: ConfigSource,
+    config: Config,
+    resolved: Resolved,
+    kernel: KernelHandle,
+    records: mpsc::Receiver<Vec<Record>>,
+    /// None when DNS could not start (the error is logged and in status).
+    dns: Option<DnsWatcher>,
+    dns_updates: mpsc::Receiver<DnsUpdate>,
+    pipeline: Pipeline,
+    epoch: u32,
+    /// Prefixes in the kernel watch list now.
+    addresses: usize,
+    /// Kernel drop count when last read, for the status line.
+    drops: u64,
+    drop_warnings: crate::downtime::DropWarnings,
+    /// Kernel counters as last read, for the next instance's downtime report.
+    snapshot_file: PathBuf,
+    reload: ReloadState,
+    started: Instant,
+    counters_file: PathBuf,
+    /// cgroup2 mount and the directory the programs are attached to.
+    mount: PathBuf,
+    cgroup_dir: PathBuf,
+    /// New cgroup directories, while the policy selects by cgroup.
+    cgroup_tx: mpsc::UnboundedSender<PathBuf>,
+    cgroup_rx: mpsc::UnboundedReceiver<PathBuf>,
+    cgroup_watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn table_limits(c: &Config) -> TableLimits {
+    TableLimits {
+        max_open: c.table.max_open,
+        max_closed: c.table.max_closed,
+        closed_retention: c.table.closed_retention,
+    }
+}
+
+/// Paths the daemon uses besides its configuration.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub control_socket: PathBuf,
+    pub pin_dir: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// Event lines go to the journal, with structured fields.
+    pub journal: bool,
+}
+
+/// Signal streams, installed before anything else so that a SIGHUP or
+/// SIGTERM during start-up is queued rather than fatal.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+}
+
+pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
+    let control_socket = paths.control_socket.as_path();
+    preflight::check()?;
+    if mounts::ensure_bpffs()? {
+        info!("mounted bpffs at {}", mounts::BPFFS);
+    }
+    let mount = mounts::cgroup2_mount()?;
+    let cgroup_dir = resolve_cgroup_dir(&mount, config.cgroup.as_deref());
+    if !cgroup_dir.join("cgroup.procs").exists() {
+        bail!(
+            "{} is not a cgroup v2 directory (cgroup2 is mounted at {})",
+            cgroup_dir.display(),
+            mount.display()
+        );
+    }
+    let opts = TracerOptions {
+        ring_buffer_size: config.bpf.ring_buffer_size,
+        wakeup_threshold: config.bpf.wakeup_threshold,
+        udp_dedup_entries: config.bpf.udp_dedup_entries,
+        cgroup_is_root: cgroup_dir == mount,
+        cgroup_dir: cgroup_dir.clone(),
+        pin_dir: paths.pin_dir.clone(),
+    };
+    let resolved = Resolved::new();
+    let (tx, rx) = mpsc::channel(RECORD_QUEUE);
+    // Watching before the tree is walked: a cgroup created in between is
+    // then reported rather than missed.
+    let (cgroup_tx, cgroup_rx) = mpsc::unbounded_channel();
+    let cgroup_watcher = start_cgroup_watch(&config.policy, &cgroup_dir, &cgroup_tx, None);
+    let ids = policy_scopes::discover(&config.policy, &mount, &cgroup_dir);
+    let dns = policy_scopes::dns_servers(&config.dns.nameservers);
+    let initial = ruleset(1, &config, &environment(&resolved, &dns), &ids)
+        .map_err(|errors| anyhow::anyhow!("{}", errors.join("; ")))
+        .context("laying out the configuration for the kernel")?;
+    let addresses = initial.watch.len();
+    // Everything that can fail for reasons of its own (a socket in use, a
+    // port taken) is done before the programs are attached: a start that
+    // fails leaves nothing attached, pinned or bound behind it.
+    let listener = control::server::bind(control_socket).context("control socket")?;
+    let _socket_file = RemoveOnDrop(control_socket.to_path_buf());
+    let metrics = Metrics::install(
+        config.metrics.listen,
+        config.metrics.max_series_per_metric,
+        config.metrics.http_detail,
+    )
+    .context("metrics")?;
+    if let Some(addr) = config.metrics.listen {
+        info!(%addr, "serving Prometheus metrics on /metrics");
+    }
+    let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
+    let a = &kernel.adoption;
+    if !a.maps.is_empty() || !a.links.is_empty() {
+        info!(maps = ?a.maps, links = ?a.links, "re-adopted pinned state of an earlier instance");
+    }
+    for d in &a.discarded {
+        warn!("pinned state not reused: {d}");
+    }
+    info!(
+        cgroup = %cgroup_dir.display(),
+        trace = ?config.trace,
+        hosts = config.hosts.len(),
+        ring_buffer = config.bpf.ring_buffer_size,
+        "tracing outbound connections"
+    );
+    log_policy(&config);
+
+    let mut attributor = Attributor::new(&mount, MAX_PROCESSES, config.table.process_retention);
+    attributor.processes.scan();
+    let mut pipeline = Pipeline::new(
+        attributor,
+        ConnTable::new(table_limits(&config)),
+        Sinks::new(&config.log, paths.journal),
+    );
+    // The kernel thread put the first configuration in force as epoch 1.
+    pipeline.set_hosts(1, &config.hosts);
+
+    let (ctl_tx, ctl_rx) = mpsc::channel(256);
+    let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers());
+    let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
+    info!(socket = %control_socket.display(), "control socket listening");
+
+    let counters_file = paths.state_dir.join(COUNTERS_FILE);
+    let mut metrics = metrics;
+    if let Err(e) = std::fs::create_dir_all(&paths.state_dir) {
+        warn!("state directory {}: {e}", paths.state_dir.display());
+    }
+    let restored = metrics.restore_counters(&counters_file);
+    if restored > 0 {
+        info!(
+            series = restored,
+            "continued connection counters of the previous instance"
+        );
+    }
+    pipeline.set_metrics(metrics);
+    // Everything that needs privileges is done: programs attached, pins
+    // adopted, /proc scanned, the control socket bound and chowned.
+    match privileges::drop_to_steady_state() {
+        Ok(kept) => info!(kept = ?kept, "dropped all other capabilities"),
+        Err(e) => warn!("{:#}", anyhow::Error::from(e)),
+    }
+    let (dns_tx, dns_updates) = mpsc::channel(256);
+    let dns = match DnsWatcher::spawn(config.dns.clone(), config.hostnames(), dns_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            error!("DNS watcher: {e}; hostnames will not be resolved until a reload fixes it");
+            None
+        }
+    };
+    let mut daemon = Daemon {
+        source,
+        config,
+        resolved,
+        kernel,
+        records: rx,
+        dns,
+        dns_updates,
+        pipeline,
+        epoch: 1,
+        addresses,
+        drops: 0,
+        drop_warnings: crate::downtime::DropWarnings::new(0),
+        snapshot_file: paths.state_dir.join(crate::downtime::SNAPSHOT_FILE),
+        reload: ReloadState::default(),
+        started: Instant::now(),
+        counters_file,
+        mount,
+        cgroup_dir,
+        cgroup_tx,
+        cgroup_rx,
+        cgroup_watcher,
+    };
+    let result = daemon.serve(ctl_rx, signals).await;
+    server.abort();
+    dbus.abort();
+    result
+}
+
+/// The control socket's file, removed however `run` ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Daemon {
+    pub(super) async fn serve(
+        &mut self,
+        mut requests: mpsc::Receiver<Request>,
+        signals: Signals,
+    ) -> anyhow::Result<()> {
+        let Signals {
+            term: mut sigterm,
+            int: mut sigint,
+            hup: mut sighup,
+        } = signals;
+        let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
+        let config_dir = self
+            .source
+            .main()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        // Kept alive for as long as the loop runs.
+        let _watcher = match reload::watch(self.source.main(), fs_tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(
+                    "not watching {} for changes ({e}); reload with SIGHUP",
+                    config_dir.display()
+                );
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
+        let mut status_tick = tokio::time::interval(STATUS_REFRESH);
+        let mut textfile_tick = tokio::time::interval(self.config.metrics.textfile_interval);
+        // Pinged from this loop, so a stuck loop stops the pings.
+        let watchdog = service::watchdog_interval();
+        let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        self.report_downtime().await;
+        service::ready(&self.summary());
+        let debounce = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(debounce);
+        let mut pending_fs_reload = false;
+        loop {
+            tokio::select! {
+                Some(batch) = self.records.recv() => self.pipeline.handle_batch(batch),
+                Some(req) = requests.recv() => {
+                    let answer = self.answer(&req).await;
+                    let _ = req.reply.send(answer);
+                }
+                _ = tick.tick() => {
+                    self.pipeline.housekeeping(Instant::now());
+                    self.pipeline.sinks().upkeep(Instant::now());
+                    self.update_metrics().await;
+                    if let Some(m) = self.pipeline.metrics() {
+                        m.upkeep();
+                    }
+                }
+                _ = textfile_tick.tick() => {
+                    self.save_counters();
+                    self.write_textfile();
+                }
+                Some(update) = self.dns_updates.recv() => self.on_dns(update).await,
+                Some(dir) = self.cgroup_rx.recv() => self.on_new_cgroup(&dir),
+                _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
+                _ = status_tick.tick() => {
+                    let reply = self.kernel.stats();
+                    if let Ok(k) = self.kernel_reply(reply).await {
+                        self.drops = k.drops;
+                        if let Err(e) = crate::downtime::Snapshot::of(&k).save(&self.snapshot_file) {
+                            debug!("saving {}: {e}", self.snapshot_file.display());
+                        }
+                    }
+                    service::status(&self.summary());
+                }
+                Some(()) = fs_rx.recv() => {
+                    pending_fs_reload = true;
+                    debounce.as_mut().reset(tokio::time::Instant::now() + reload::DEBOUNCE);
+                }
+                () = &mut debounce, if pending_fs_reload => {
+                    pending_fs_reload = false;
+                    let _ = self.reload("configuration files changed").await;
+                }
+                _ = sighup.recv() => {
+                    // logrotate's postrotate: files reopen, and the
+                    // configuration is read again as always.
+                    self.pipeline.sinks().reopen();
+                    let _ = self.reload("SIGHUP").await;
+                }
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Waits for a reply from the kernel thread while still taking records:
+    /// the thread may itself be waiting for room in the record queue.
+    pub(super) async fn kernel_reply<T>(
+        &mut self,
+        reply: oneshot::Receiver<Result<T, String>>,
+    ) -> Result<T, String> {
+        tokio::pin!(reply);
+        loop {
+            tokio::select! {
+                r = &mut reply => return r.map_err(|_| "the kernel thread is gone".to_string())?,
+                Some(batch) = self.records.recv() => self.pipeline.handle_batch(batch),
+            }
+        }
+    }
+
+    pub(super) async fn shutdown(&mut self) {
+        service::stopping();
+        self.save_counters();
+        if let Some(path) = &self.config.metrics.textfile {
+            if self.config.metrics.remove_textfile_on_stop {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        info!("stopping: draining events and detaching");
+        let final_stats = self.kernel.shutdown(self.config.bpf.keep_pinned_on_stop);
+        while let Some(batch) = self.records.recv().await {
+            self.pipeline.handle_batch(batch);
+        }
+        self.kernel.join();
+        // A stalled sink (a stdout nobody reads) must not hold up the stop.
+        for s in self.pipeline.sinks().shutdown(Instant::now() + SINK_DRAIN) {
+            info!(
+                sink = %s.name,
+                events = s.events,
+                written = s.written,
+                lost = s.lost,
+                "event sink {}: {} lines written, {} lost",
+                s.name,
+                s.written,
+                s.lost
+            );
+        }
+        let (pipe, table, processes) = self.pipeline.stats();
+        let final_stats = final_stats.await;
+        if let Ok(Ok(k)) = &final_stats {
+            let _ = crate::downtime::Snapshot::of(k).save(&self.snapshot_file);
+        }
+        match final_stats {
+            Ok(Ok(k)) => info!(
+                connects = k.connects,
+                sendmsg_new = k.sendmsg_new,
+                sendmsg_dup = k.sendmsg_dup,
+                unwatched = k.unwatched,
+                kernel_events = k.events,
+                dropped = k.drops,
+                dropped_per_cpu = ?k.drops_per_cpu,
+                proc_events = k.proc_events,
+                records = pipe.records,
+                connections = pipe.connections,
+                orphan_state_events = pipe.orphan_state_events,
+                decode_errors = self.kernel.decode_errors(),
+                table_open = table.open,
+                table_closed = table.closed,
+                processes,
+                "final counters"
+            ),
+            Ok(Err(e)) => warn!("reading final kernel counters: {e}"),
+            Err(_) => warn!("kernel thread ended without final counters"),
+        }
+    }
+}
