@@ -58,19 +58,14 @@ impl Backend for DaemonBackend {
         op: Operation,
     ) -> Result<Map<String, Value>, CallError> {
         let caller = caller(peer);
-        if op.mutates() {
-            // The same rule as on the socket first, so a non-member is told
-            // about the group rather than about polkit.
-            if !caller.privileged {
-                return Err(CallError::AccessDenied {
-                    reason: format!(
-                        "changing the configuration needs root or membership in group {ADMIN_GROUP}"
-                    ),
-                });
-            }
+        let method = method(op);
+        // The same rule as on the socket first, so a non-member is told
+        // about the group rather than about polkit.
+        crate::control::authz::authorize(&caller, &method)?;
+        if crate::control::authz::mutates(&method) {
             polkit::authorize(conn, header, &caller).await?;
         }
-        crate::control::ask(&self.requests, method(op), caller).await
+        crate::control::ask(&self.requests, method, caller).await
     }
 }
 
