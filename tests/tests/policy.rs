@@ -161,7 +161,7 @@ fn audit_reports_would_deny_counts_and_lets_through() {
         .port();
     cfg.write_dropin(
         "50-metrics.toml",
-        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\nhttp_detail = true\n"),
     );
     let socket = std::env::temp_dir().join(format!("connectracer-test-audit-{}.sock", std::process::id()));
     let pins = format!("/sys/fs/bpf/connectracer-test-audit-{}", std::process::id());
