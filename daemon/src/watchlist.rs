@@ -58,12 +58,99 @@ fn own_rules(h: &WatchedHost) -> Vec<PortRule> {
         .collect()
 }
 
+/// Prefixes of an LPM trie (per scope), each with its own rules, in
+/// first-seen order. An LPM lookup returns only the longest matching
+/// prefix, so `flatten` gives each entry the rules of the wider prefixes of
+/// its scope that cover it, most specific first. The watch list (one scope)
+/// and the policy (per-scope tries) are both laid out by it.
+#[derive(Debug)]
+pub struct Prefixes<S, R> {
+    order: Vec<(S, IpNet)>,
+    own: HashMap<(S, IpNet), Vec<R>>,
+}
+
+/// A flattened entry, or one that needs more rules than an entry holds.
+#[derive(Debug)]
+pub enum Flat<S, R> {
+    Entry {
+        scope: S,
+        net: IpNet,
+        rules: Vec<R>,
+    },
+    TooMany {
+        scope: S,
+        net: IpNet,
+        needed: usize,
+        first_own: Option<R>,
+    },
+}
+
+impl<S: Copy + Eq + std::hash::Hash, R: Clone> Default for Prefixes<S, R> {
+    fn default() -> Self {
+        Self {
+            order: Vec::new(),
+            own: HashMap::new(),
+        }
+    }
+}
+
+impl<S: Copy + Eq + std::hash::Hash, R: Clone> Prefixes<S, R> {
+    /// Adds rules to (scope, net); returns whether the prefix is new.
+    pub fn add(&mut self, scope: S, net: IpNet, rules: impl IntoIterator<Item = R>) -> bool {
+        let mut new = false;
+        self.own
+            .entry((scope, net))
+            .or_insert_with(|| {
+                new = true;
+                self.order.push((scope, net));
+                Vec::new()
+            })
+            .extend(rules);
+        new
+    }
+
+    pub fn flatten(self) -> Vec<Flat<S, R>> {
+        let lengths = prefix_lengths(self.own.keys().map(|(_, n)| n));
+        let mut out = Vec::with_capacity(self.order.len());
+        for (scope, net) in &self.order {
+            let own = &self.own[&(*scope, *net)];
+            let mut rules = own.clone();
+            // Walk the covering prefixes from the next shorter one up to /0,
+            // only at lengths some entry has: 10,000 single addresses cost
+            // no lookups at all, and never more than 128 each.
+            for &len in lengths(net).iter().rev() {
+                let Ok(wider) = IpNet::new(net.addr(), len) else {
+                    continue;
+                };
+                if let Some(r) = self.own.get(&(*scope, wider.trunc())) {
+                    rules.extend_from_slice(r);
+                }
+            }
+            out.push(if rules.len() > MAX_RULES {
+                Flat::TooMany {
+                    scope: *scope,
+                    net: *net,
+                    needed: rules.len(),
+                    first_own: own.first().cloned(),
+                }
+            } else {
+                Flat::Entry {
+                    scope: *scope,
+                    net: *net,
+                    rules,
+                }
+            });
+        }
+        out
+    }
+}
+
 /// One entry per distinct prefix, in first-seen order. A hostname stands
 /// for its resolved addresses. Prefixes that would need more rules than the
-/// kernel holds are left out and reported.
+/// kernel holds are reported (and the configuration refused).
 pub fn build(hosts: &[WatchedHost], resolved: &Resolved) -> (Vec<LpmEntry>, Vec<TooManyRules>) {
-    let mut order: Vec<(IpNet, usize)> = Vec::new();
-    let mut own: HashMap<IpNet, Vec<PortRule>> = HashMap::new();
+    let mut prefixes: Prefixes<(), PortRule> = Prefixes::default();
+    let mut first_host: HashMap<IpNet, usize> = HashMap::new();
     for (i, h) in hosts.iter().enumerate() {
         let nets: Vec<IpNet> = match &h.target {
             HostTarget::Net(n) => vec![*n],
@@ -75,39 +162,22 @@ pub fn build(hosts: &[WatchedHost], resolved: &Resolved) -> (Vec<LpmEntry>, Vec<
                 .collect(),
         };
         for net in nets {
-            own.entry(net)
-                .or_insert_with(|| {
-                    order.push((net, i));
-                    Vec::new()
-                })
-                .extend(own_rules(h));
-        }
-    }
-    let mut out = Vec::with_capacity(order.len());
-    let mut errors = Vec::new();
-    let lengths = prefix_lengths(own.keys());
-    for (net, host_index) in order {
-        let mut rules = own[&net].clone();
-        // Walk the covering prefixes from the next shorter one up to /0,
-        // only at lengths some entry has: 10,000 single addresses cost no
-        // lookups at all, and never more than 128 each.
-        for &len in lengths(&net).iter().rev() {
-            let Ok(wider) = IpNet::new(net.addr(), len) else {
-                continue;
-            };
-            if let Some(r) = own.get(&wider.trunc()) {
-                rules.extend_from_slice(r);
+            if prefixes.add((), net, own_rules(h)) {
+                first_host.insert(net, i);
             }
         }
-        if rules.len() > MAX_RULES {
-            errors.push(TooManyRules {
-                host_index,
+    }
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for flat in prefixes.flatten() {
+        match flat {
+            Flat::Entry { net, rules, .. } => out.push(LpmEntry { net, rules }),
+            Flat::TooMany { net, needed, .. } => errors.push(TooManyRules {
+                host_index: first_host[&net],
                 net,
-                needed: rules.len(),
-            });
-            continue;
+                needed,
+            }),
         }
-        out.push(LpmEntry { net, rules });
     }
     (out, errors)
 }

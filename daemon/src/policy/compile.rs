@@ -2,15 +2,13 @@
 //! its covering prefixes' rules, like the watch list) and the map from
 //! kernel-visible identities (cgroup ids, uids, executable inodes) to scopes.
 
-use std::collections::HashMap;
-
 use connectracer_proto::Protocol;
 use ipnet::IpNet;
 
 use super::scopes::Identities;
 use super::{Action, Dest, Environment, Mode, Policy, Scope, Selector, SCOPE_BUILTIN};
 use crate::bpf::types::{ct_policy_flag, ct_verdict};
-use crate::watchlist::MAX_RULES;
+use crate::watchlist::{Flat, Prefixes, MAX_RULES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelRule {
@@ -143,25 +141,16 @@ pub fn compile(
     };
 
     // Own rules per (scope, prefix), declaration order kept.
-    let mut order: Vec<(u32, IpNet)> = Vec::new();
-    let mut own: HashMap<(u32, IpNet), Vec<KernelRule>> = HashMap::new();
-    let mut add = |scope: u32, net: IpNet, rules: Vec<KernelRule>| {
-        own.entry((scope, net))
-            .or_insert_with(|| {
-                order.push((scope, net));
-                Vec::new()
-            })
-            .extend(rules);
-    };
+    let mut prefixes: Prefixes<u32, KernelRule> = Prefixes::default();
     for (net, ports, _) in policy.exceptions(env) {
-        add(SCOPE_BUILTIN, net, port_rules(&ports, 0, 0, 0));
+        prefixes.add(SCOPE_BUILTIN, net, port_rules(&ports, 0, 0, 0));
     }
     for r in &policy.rules {
         let scope = scope_of(&r.selector);
         let verdict = verdict_code(r.action, scope.mode);
         for d in &r.dest {
             for net in nets(d, env) {
-                add(
+                prefixes.add(
                     scope.id,
                     net,
                     port_rules(&r.ports, protocol_code(r.protocol), verdict, r.id),
@@ -175,35 +164,28 @@ pub fn compile(
         ..Default::default()
     };
     let mut errors = Vec::new();
-    let lengths = crate::watchlist::prefix_lengths(own.keys().map(|(_, n)| n));
-    for (scope, net) in order {
-        let mut rules = own[&(scope, net)].clone();
-        for &len in lengths(&net).iter().rev() {
-            let Ok(wider) = IpNet::new(net.addr(), len) else {
-                continue;
-            };
-            if let Some(r) = own.get(&(scope, wider.trunc())) {
-                rules.extend_from_slice(r);
+    for flat in prefixes.flatten() {
+        match flat {
+            Flat::Entry { scope, net, rules } => out.entries.push(PolicyEntry { scope, net, rules }),
+            Flat::TooMany {
+                scope,
+                net,
+                needed,
+                first_own,
+            } => {
+                let name = scopes
+                    .iter()
+                    .find(|s| s.id == scope)
+                    .and_then(|s| s.selector.as_ref())
+                    .map_or_else(|| "the global scope".to_string(), |s| s.to_string());
+                errors.push(TooManyRules {
+                    scope: name,
+                    net,
+                    needed,
+                    rule: first_own.map(|r| r.rule_id).filter(|id| *id != 0),
+                });
             }
         }
-        if rules.len() > MAX_RULES {
-            let name = scopes
-                .iter()
-                .find(|s| s.id == scope)
-                .and_then(|s| s.selector.as_ref())
-                .map_or_else(|| "the global scope".to_string(), |s| s.to_string());
-            errors.push(TooManyRules {
-                scope: name,
-                net,
-                needed: rules.len(),
-                rule: own[&(scope, net)]
-                    .first()
-                    .map(|r| r.rule_id)
-                    .filter(|id| *id != 0),
-            });
-            continue;
-        }
-        out.entries.push(PolicyEntry { scope, net, rules });
     }
 
     out.scopes.push((
