@@ -1,6 +1,7 @@
 mod bus;
 mod cli;
 mod client;
+mod commands;
 mod output;
 mod transport;
 
@@ -8,14 +9,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use connectracer_proto::varlink::{
-    AddHostParams, CallError, ConnectionsParams, ConnectionsReply, PolicyCheckParams, WatchParams,
-    WatchReply, WhoParams,
-};
-use connectracer_proto::{ConnState, Protocol};
+use connectracer_proto::varlink::{AddHostParams, CallError, ConnectionsReply, WhoParams};
 use serde::Serialize;
 
-use cli::{Args, Command, PolicyCommand, ProtocolArg, StateArg};
+use cli::{Args, Command, PolicyCommand};
 use client::{Client, ClientError};
 use transport::Transport;
 
@@ -31,7 +28,7 @@ fn exit_code(e: &ClientError) -> u8 {
     }
 }
 
-fn print<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T) -> String) {
+pub(crate) fn print<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T) -> String) {
     if json {
         println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
     } else {
@@ -82,20 +79,7 @@ fn run(args: &Args) -> Result<(), ClientError> {
             protocol,
             limit,
         } => {
-            let p = ConnectionsParams {
-                state: state.map(|s| match s {
-                    StateArg::Connecting => ConnState::Connecting,
-                    StateArg::Established => ConnState::Established,
-                    StateArg::Failed => ConnState::Failed,
-                    StateArg::Closed => ConnState::Closed,
-                }),
-                protocol: protocol.map(|p| match p {
-                    ProtocolArg::Tcp => Protocol::Tcp,
-                    ProtocolArg::Udp => Protocol::Udp,
-                }),
-                limit: Some(*limit),
-            };
-            let r = c.connections(&p)?;
+            let r = c.connections(&commands::connections_params(*state, *protocol, *limit))?;
             print(args.json, &r, list);
         }
         Command::Stats => {
@@ -104,16 +88,7 @@ fn run(args: &Args) -> Result<(), ClientError> {
         }
         Command::Reload => {
             let r = c.reload()?;
-            print(args.json, &r, |r| {
-                let mut out = format!("configuration epoch {} in force\n", r.epoch);
-                if !r.needs_restart.is_empty() {
-                    out.push_str(&format!(
-                        "changed but applied only at restart: {}\n",
-                        r.needs_restart.join(", ")
-                    ));
-                }
-                out
-            });
+            print(args.json, &r, commands::reload_text);
         }
         Command::AddHost {
             name,
@@ -142,73 +117,18 @@ fn run(args: &Args) -> Result<(), ClientError> {
             let r = c.hosts()?;
             print(args.json, &r, |r| output::hosts(&r.hosts));
         }
-        Command::Watch { pid, host } => {
-            let filter = WatchParams {
-                pid: *pid,
-                host: host.clone(),
-            };
-            let mut out = std::io::stdout().lock();
-            c.watch(&filter, |r: WatchReply| {
-                let line = if args.json {
-                    serde_json::to_string(&r).unwrap_or_default()
-                } else {
-                    output::watch_line(&r)
-                };
-                // Stop when stdout is gone (e.g. piped into head).
-                writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
-            })?;
-        }
+        Command::Watch { pid, host } => commands::watch(&mut c, args.json, *pid, host.clone())?,
         Command::Policy(PolicyCommand::Show) => {
             let r = c.policy_show()?;
             print(args.json, &r, output::policy);
         }
-        Command::Policy(PolicyCommand::Check {
-            unit,
-            pid,
-            uid,
-            cgroup,
-            exe,
-            dest,
-        }) => {
-            let protocol = dest.protocol;
-            let mut answers = Vec::new();
-            for addr in dest.addrs.iter().copied() {
-                let p = PolicyCheckParams {
-                    unit: unit.clone(),
-                    pid: *pid,
-                    uid: *uid,
-                    cgroup: cgroup.clone(),
-                    exe: exe.clone(),
-                    address: addr.ip().to_string(),
-                    port: addr.port(),
-                    protocol,
-                };
-                let r = c.policy_check(&p)?;
-                answers.push((addr, r));
-            }
-            if args.json {
-                let v: Vec<_> = answers
-                    .iter()
-                    .map(|(a, r)| serde_json::json!({ "destination": a.to_string(), "decision": r }))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                for (a, r) in &answers {
-                    print!("{}", output::policy_check(*a, r));
-                }
-            }
+        Command::Policy(check @ PolicyCommand::Check { .. }) => {
+            commands::policy_check(&mut c, args.json, check)?
         }
         Command::Completions { .. } => unreachable!("handled before connecting"),
         Command::Version => {
             let r = c.version()?;
-            print(args.json, &r, |r| {
-                format!(
-                    "tracectl {}\nconnectracerd {} on kernel {}\n",
-                    env!("CARGO_PKG_VERSION"),
-                    r.version,
-                    r.kernel
-                )
-            });
+            print(args.json, &r, commands::version_text);
         }
     }
     Ok(())
