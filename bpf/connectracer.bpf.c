@@ -195,6 +195,26 @@ static __always_inline void submit(void *e)
 	count(CT_STAT_EVENTS);
 }
 
+/*
+ * A connection record reserved and zeroed, with what every kind carries;
+ * NULL when the ring is full (counted as a drop by reserve()).
+ */
+static __always_inline struct ct_conn_event *conn_event(__u32 kind, __u8 protocol, __u64 cookie,
+							 __u64 now, __u32 host_id)
+{
+	struct ct_conn_event *e = reserve(sizeof(*e));
+
+	if (!e)
+		return NULL;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = kind;
+	e->protocol = protocol;
+	e->ts_ns = now;
+	e->cookie = cookie;
+	e->host_id = host_id;
+	return e;
+}
+
 static __always_inline bool in_scope(void)
 {
 	if (!filter_scope)
@@ -488,18 +508,12 @@ static __always_inline int on_egress(struct bpf_sock_addr *ctx, const struct des
 		}
 	}
 
-	e = reserve(sizeof(*e));
+	e = conn_event(kind, protocol, cookie, now, host_id);
 	if (e) {
-		__builtin_memset(e, 0, sizeof(*e));
-		e->kind = kind;
 		e->family = d->family;
-		e->protocol = protocol;
 		e->verdict = j.verdict;
-		e->ts_ns = now;
-		e->cookie = cookie;
 		__builtin_memcpy(e->daddr, d->addr, 16);
 		e->dport = d->port;
-		e->host_id = host_id;
 		e->policy_rule = j.rule;
 		e->epoch = cfg->epoch;
 		fill_current(e, ctx);
@@ -623,14 +637,8 @@ int BPF_PROG(ct_state, const struct sock *sk, const int oldstate, const int news
 	count(CT_STAT_STATE_CHANGES);
 	now = bpf_ktime_get_ns();
 
-	e = reserve(sizeof(*e));
+	e = conn_event(kind, IPPROTO_TCP, cookie, now, s->host_id);
 	if (e) {
-		__builtin_memset(e, 0, sizeof(*e));
-		e->kind = kind;
-		e->protocol = IPPROTO_TCP;
-		e->ts_ns = now;
-		e->cookie = cookie;
-		e->host_id = s->host_id;
 		e->old_state = oldstate;
 		e->new_state = newstate;
 		fill_from_sock(e, sk);
@@ -683,15 +691,9 @@ int ct_sock_release(struct bpf_sock *ctx)
 		return 1;
 	cookie = s->cookie;
 	now = bpf_ktime_get_ns();
-	e = reserve(sizeof(*e));
+	e = conn_event(kind, ctx->protocol, cookie, now, s->host_id);
 	if (e) {
-		__builtin_memset(e, 0, sizeof(*e));
-		e->kind = kind;
-		e->protocol = ctx->protocol;
 		e->family = ctx->family;
-		e->ts_ns = now;
-		e->cookie = cookie;
-		e->host_id = s->host_id;
 		e->duration_ns = now - s->start_ns;
 		fill_current(e, ctx);
 		submit(e);
