@@ -63,6 +63,9 @@ struct ReloadState {
 /// The one owner of the daemon's state; everything else sends it requests.
 struct Daemon {
     source: ConfigSource,
+    /// Counters and state published for readers that must not wait on the
+    /// owner (the D-Bus properties).
+    status: tokio::sync::watch::Sender<connectracer_proto::dbus::Status>,
     config: Config,
     resolved: Resolved,
     kernel: KernelHandle,
@@ -213,7 +216,10 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     pipeline.set_hosts(1, &config.hosts);
 
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
-    let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers());
+    // The owner publishes its counters here every second; the D-Bus
+    // properties read them instead of asking it.
+    let (status_tx, status_rx) = tokio::sync::watch::channel(connectracer_proto::dbus::Status::default());
+    let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers(), status_rx);
     let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
     info!(socket = %control_socket.display(), "control socket listening");
 
@@ -246,6 +252,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     };
     let mut daemon = Daemon {
         source,
+        status: status_tx,
         config,
         resolved,
         kernel,

@@ -35,8 +35,10 @@ impl Daemon {
     /// across restarts.
     pub(super) async fn update_metrics(&mut self) {
         let reply = self.kernel.stats();
+        let mut kernel_events = None;
         if let Ok(k) = self.kernel_reply(reply).await {
             self.drops = k.drops;
+            kernel_events = Some(k.events);
             if let Some(n) = self.drop_warnings.check(k.drops, Instant::now()) {
                 warn!(
                     dropped = n,
@@ -57,6 +59,18 @@ impl Daemon {
             }
         }
         let (pipe, table, processes) = self.pipeline.stats();
+        self.status.send_if_modified(|s| {
+            let new = connectracer_proto::dbus::Status {
+                mode: self.config.trace.as_str().to_string(),
+                config_epoch: self.epoch,
+                events: kernel_events.unwrap_or(s.events),
+                drops: self.drops,
+                connections: pipe.connections,
+            };
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
         metrics::counter!("connectracer_events_read_total").absolute(pipe.records);
         metrics::gauge!("connectracer_connection_table_entries", "state" => "open").set(table.open as f64);
         metrics::gauge!("connectracer_connection_table_entries", "state" => "closed")

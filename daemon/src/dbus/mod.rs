@@ -7,10 +7,8 @@ mod backend;
 mod polkit;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use connectracer_proto::dbus::{ConnectionInfo, Status, Tracer, TracerSignals, NAME, PATH};
-use connectracer_proto::varlink::StatsReply;
 use connectracer_proto::{Connection, Verdict};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
@@ -20,11 +18,8 @@ use zbus::object_server::InterfaceRef;
 
 pub use backend::{caller, DaemonBackend};
 
-use crate::control::{Caller, Method, Request};
+use crate::control::Request;
 use crate::pipeline::WatchEvent;
-
-/// How often the properties are refreshed from the daemon's counters.
-const STATUS_REFRESH: Duration = Duration::from_secs(1);
 
 type Iface = InterfaceRef<Tracer<DaemonBackend>>;
 
@@ -34,6 +29,7 @@ type Iface = InterfaceRef<Tracer<DaemonBackend>>;
 pub fn spawn(
     requests: mpsc::Sender<Request>,
     watchers: broadcast::Sender<Arc<WatchEvent>>,
+    status: tokio::sync::watch::Receiver<Status>,
 ) -> JoinHandle<()> {
     // Subscribed before the (slow) bus handshake so no event is lost.
     let events = watchers.subscribe();
@@ -65,7 +61,7 @@ pub fn spawn(
             }
         };
         info!(name = NAME, path = PATH, "D-Bus: serving on the system bus");
-        tokio::join!(forward_signals(&iface, events), refresh_status(&iface, &requests));
+        tokio::join!(forward_signals(&iface, events), refresh_status(&iface, status));
         drop(conn);
     })
 }
@@ -122,30 +118,11 @@ async fn forward_signals(iface: &Iface, mut events: broadcast::Receiver<Arc<Watc
 }
 
 /// Keeps the properties current; Mode and ConfigEpoch announce changes.
-async fn refresh_status(iface: &Iface, requests: &mpsc::Sender<Request>) {
-    // The daemon itself asks: counters are not per-caller data.
-    let me = Caller {
-        uid: 0,
-        pid: None,
-        privileged: true,
-    };
-    let mut tick = tokio::time::interval(STATUS_REFRESH);
-    loop {
-        tick.tick().await;
-        let stats = match crate::control::ask(requests, Method::GetStats, me).await {
-            Ok(p) => serde_json::from_value::<StatsReply>(serde_json::Value::Object(p)),
-            Err(_) => continue,
-        };
-        let Ok(StatsReply { stats }) = stats else {
-            continue;
-        };
-        let new = Status {
-            mode: stats.trace_mode,
-            config_epoch: stats.config_epoch,
-            events: stats.kernel.events,
-            drops: stats.kernel.drops,
-            connections: stats.connections,
-        };
+/// Follows the status the owner publishes; PropertiesChanged for the
+/// properties that announce their changes.
+async fn refresh_status(iface: &Iface, mut status: tokio::sync::watch::Receiver<Status>) {
+    while status.changed().await.is_ok() {
+        let new = status.borrow_and_update().clone();
         let mut tracer = iface.get_mut().await;
         let old = tracer.status().clone();
         tracer.set_status(new.clone());
