@@ -269,6 +269,38 @@ fn json_lines(r: impl Read + Send + 'static, tx: mpsc::Sender<Value>, echo: bool
     });
 }
 
+/// connectracerd on `cg` with its own configuration, socket, pins and state
+/// directory: the arguments every test daemon runs with.
+pub fn daemon_command(
+    cg: &TestCgroup,
+    cfg: &tempdir_lite::ConfigDir,
+    socket: &Path,
+    pin_dir: &Path,
+) -> Command {
+    let mut cmd = Command::new(bin_path("connectracerd"));
+    cmd.arg("--cgroup")
+        .arg(&cg.path)
+        .arg("--control-socket")
+        .arg(socket)
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .arg("--state-dir")
+        .arg(cfg.dir().join("state"))
+        .arg("--config")
+        .arg(cfg.main());
+    cmd
+}
+
+/// utime + stime of `pid`, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
 impl Daemon {
     /// Starts the daemon on `cg` with `config` (TOML) and waits until it
     /// says it is tracing.
@@ -366,18 +398,9 @@ impl Daemon {
         bus: &str,
         read_stdout: bool,
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin_path("connectracerd"))
+        let mut child = daemon_command(cg, &cfg, &socket, &pin_dir)
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
-            .args(["--foreground", "--log-format", "json", "--cgroup"])
-            .arg(&cg.path)
-            .arg("--control-socket")
-            .arg(&socket)
-            .arg("--pin-dir")
-            .arg(&pin_dir)
-            .arg("--state-dir")
-            .arg(cfg.dir().join("state"))
-            .arg("--config")
-            .arg(cfg.main())
+            .args(["--foreground", "--log-format", "json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -329,18 +329,8 @@ fn a_start_that_fails_leaves_nothing_attached_pinned_or_bound() {
     let socket = std::env::temp_dir().join(format!("connectracer-{tag}.sock"));
     let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/connectracer-{tag}"));
     let daemon = |extra: &[&str]| {
-        let out = Command::new(connectracer_tests::bin_path("connectracerd"))
+        let out = connectracer_tests::daemon_command(&cg, &cfg, &socket, &pin_dir)
             .args(extra)
-            .arg("--cgroup")
-            .arg(&cg.path)
-            .arg("--control-socket")
-            .arg(&socket)
-            .arg("--pin-dir")
-            .arg(&pin_dir)
-            .arg("--state-dir")
-            .arg(cfg.dir().join("state"))
-            .arg("--config")
-            .arg(cfg.main())
             .output()
             .unwrap();
         (

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use connectracer_tests::{bin_path, Daemon, TestCgroup};
+use connectracer_tests::{bin_path, cpu_ticks, Daemon, TestCgroup};
 use serde_json::Value;
 
 struct Scenario {
@@ -53,15 +53,6 @@ struct Run {
     cpu_ms_per_1k: Option<f64>,
     /// (written, lost) of the scenario's sink.
     lines: Option<(u64, u64)>,
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split(' ').collect();
-    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the comm.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn flood(cg: &TestCgroup, dst: &str, n: u64) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use connectracer_tests::{bin_path, Daemon, TestCgroup};
+use connectracer_tests::{bin_path, cpu_ticks, Daemon, TestCgroup};
 
 struct Scenario {
     name: &'static str,
@@ -17,15 +17,6 @@ struct Scenario {
     config: Option<String>,
     /// Run the client under strace (the peer method), not a daemon.
     strace: bool,
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split(' ').collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 struct Run {
