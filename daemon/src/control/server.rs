@@ -343,3 +343,91 @@ fn describe(call: &Call) -> Answer {
     };
     Ok(to_parameters(&serde_json::json!({ "description": description })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(name: &str) -> Call {
+        Call {
+            method: format!("{INTERFACE}.{name}"),
+            parameters: Map::new(),
+            more: false,
+            oneway: false,
+        }
+    }
+
+    /// The varlink name of each operation the owner answers; the match is
+    /// exhaustive, so a new operation must be named (and declared) here.
+    fn name(m: &Method) -> &'static str {
+        match m {
+            Method::GetVersion => "GetVersion",
+            Method::GetStats => "GetStats",
+            Method::Who(_) => "Who",
+            Method::Ps(_) => "Ps",
+            Method::Connections(_) => "Connections",
+            Method::Reload => "Reload",
+            Method::AddHost(_) => "AddHost",
+            Method::RemoveHost(_) => "RemoveHost",
+            Method::Hosts => "Hosts",
+            Method::PolicyShow => "PolicyShow",
+            Method::PolicyCheck(_) => "PolicyCheck",
+        }
+    }
+
+    /// The shipped IDL and the server agree: every declared method is
+    /// served (Watch by the streaming path), under its own name, and a name
+    /// the IDL does not declare is refused.
+    #[test]
+    fn every_method_in_the_idl_is_served_and_no_other() {
+        let declared: Vec<&str> = DESCRIPTION
+            .lines()
+            .filter_map(|l| l.strip_prefix("method ")?.split('(').next())
+            .collect();
+        assert_eq!(declared.len(), 12, "{declared:?}");
+        for m in declared.iter().filter(|m| **m != "Watch") {
+            match parse_call(&call(m)) {
+                Parsed::Method(method) => assert_eq!(name(&method), *m),
+                // Methods with required parameters fail on the empty call,
+                // but as a bad parameter of a known method.
+                Parsed::Answered(Err(CallError::InvalidArgument { field, .. })) => {
+                    assert_eq!(field, "parameters", "{m}")
+                }
+                other => panic!("{m} is declared but not served: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse_call(&call("Undeclared")),
+            Parsed::Answered(Err(CallError::MethodNotFound { .. }))
+        ));
+        // And every operation is declared.
+        use connectracer_proto::varlink::{
+            AddHostParams, ConnectionsParams, PolicyCheckParams, PsParams, RemoveHostParams, WhoParams,
+        };
+        let all = [
+            Method::GetVersion,
+            Method::GetStats,
+            Method::Who(WhoParams::default()),
+            Method::Ps(PsParams { pid: 1, limit: None }),
+            Method::Connections(ConnectionsParams::default()),
+            Method::Reload,
+            Method::AddHost(AddHostParams::default()),
+            Method::RemoveHost(RemoveHostParams { name: "x".into() }),
+            Method::Hosts,
+            Method::PolicyShow,
+            Method::PolicyCheck(PolicyCheckParams::default()),
+        ];
+        for m in &all {
+            assert!(
+                declared.contains(&name(m)),
+                "{} is served but not declared",
+                name(m)
+            );
+        }
+        assert_eq!(
+            all.len() + 1,
+            declared.len(),
+            "every declared method but Watch is an operation"
+        );
+    }
+}
