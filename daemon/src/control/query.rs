@@ -14,7 +14,7 @@ use crate::watchlist::Resolved;
 
 /// Answers larger than this many connections are cut (newest kept).
 pub const MAX_CONNECTIONS: usize = 100_000;
-pub const DEFAULT_LIMIT: usize = 1000;
+const DEFAULT_LIMIT: usize = 1000;
 
 fn invalid(field: &str, reason: impl Into<String>) -> CallError {
     CallError::InvalidArgument {
@@ -126,10 +126,24 @@ pub fn ps(table: &ConnTable, caller: &Caller, p: &PsParams) -> Answer {
     reply(caller, table.by_pid(p.pid), limit(p.limit))
 }
 
+fn connections_limit(p: &ConnectionsParams) -> usize {
+    p.limit
+        .map_or(DEFAULT_LIMIT, |l| (l as usize).min(MAX_CONNECTIONS))
+}
+
+/// Rows a method may answer with, for the control socket's answer budget.
+pub fn rows(m: &super::Method) -> Option<usize> {
+    use super::Method;
+    match m {
+        Method::Who(p) => Some(limit(p.limit)),
+        Method::Ps(p) => Some(limit(p.limit)),
+        Method::Connections(p) => Some(connections_limit(p)),
+        _ => None,
+    }
+}
+
 pub fn connections(table: &ConnTable, caller: &Caller, p: &ConnectionsParams) -> Answer {
-    let limit = p
-        .limit
-        .map_or(DEFAULT_LIMIT, |l| (l as usize).min(MAX_CONNECTIONS));
+    let limit = connections_limit(p);
     let conns = table
         .iter()
         .filter(|c| p.state.is_none_or(|s| c.state == s) && p.protocol.is_none_or(|pr| c.protocol == pr));

@@ -123,18 +123,6 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watc
     }
 }
 
-/// Rows a call may return, for the answer budget.
-fn rows_asked(call: &Call) -> Option<usize> {
-    let name = call.method.strip_prefix(INTERFACE)?.strip_prefix('.')?;
-    if !matches!(name, "Who" | "Ps" | "Connections") {
-        return None;
-    }
-    let limit = call.parameters.get("limit").and_then(Value::as_u64);
-    Some(limit.map_or(super::query::DEFAULT_LIMIT, |l| {
-        (l as usize).min(super::query::MAX_CONNECTIONS)
-    }))
-}
-
 async fn client(
     stream: UnixStream,
     requests: mpsc::Sender<Request>,
@@ -177,22 +165,26 @@ async fn client(
                     (_, Err(e)) => write(&mut wr, &e.into_reply()).await,
                 };
             }
-            Ok(call) => {
-                // Held until the answer is written (or the client is dropped).
-                let budget = match rows_asked(&call) {
-                    Some(rows) => match admission.rows(caller.uid, rows).await {
-                        Some(permit) => Some(permit),
-                        None => {
-                            let e = invalid("daemon", "too many large answers in flight; try again".into());
-                            write(&mut wr, &e.into_reply()).await?;
-                            continue;
-                        }
-                    },
-                    None => None,
-                };
-                let answer = dispatch(&call, caller, &requests).await;
-                (answer, call.oneway, budget)
-            }
+            Ok(call) => match parse_call(&call) {
+                Parsed::Answered(answer) => (answer, call.oneway, None),
+                Parsed::Method(method) => {
+                    // Held until the answer is written (or the client is dropped).
+                    let budget = match super::query::rows(&method) {
+                        Some(rows) => match admission.rows(caller.uid, rows).await {
+                            Some(permit) => Some(permit),
+                            None => {
+                                let e =
+                                    invalid("daemon", "too many large answers in flight; try again".into());
+                                write(&mut wr, &e.into_reply()).await?;
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    let answer = super::ask(&requests, method, caller).await;
+                    (answer, call.oneway, budget)
+                }
+            },
             Err(e) => (
                 Err(invalid("message", format!("not a varlink call: {e}"))),
                 false,
@@ -306,13 +298,6 @@ pub fn parse_call(call: &Call) -> Parsed {
     match method {
         Ok(m) => Parsed::Method(m),
         Err(e) => Parsed::Answered(Err(e)),
-    }
-}
-
-async fn dispatch(call: &Call, caller: Caller, requests: &mpsc::Sender<Request>) -> Answer {
-    match parse_call(call) {
-        Parsed::Answered(answer) => answer,
-        Parsed::Method(method) => super::ask(requests, method, caller).await,
     }
 }
 
