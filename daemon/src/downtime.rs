@@ -1,10 +1,9 @@
-//! What the kernel counted while nobody was reading: ring-buffer drops are
-//! logged as they happen (at most every `DROP_WARNING_INTERVAL`), and a start
-//! that adopts the pinned counters of an earlier instance says what happened
-//! between that instance's last snapshot and now.
+//! What the kernel counted while nobody was reading: a start that adopts
+//! the pinned counters of an earlier instance says what happened between
+//! that instance's last snapshot and now.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +11,6 @@ use crate::bpf::stats::KernelStats;
 
 /// In the state directory; rewritten at every status refresh and at stop.
 pub const SNAPSHOT_FILE: &str = "kernel-counters.json";
-pub const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The kernel counters as last read, and when.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,54 +74,9 @@ impl Snapshot {
     }
 }
 
-/// Turns the kernel's drop counter into warnings no more often than every
-/// `DROP_WARNING_INTERVAL`, each with the count since the last one.
-#[derive(Debug)]
-pub struct DropWarnings {
-    reported: u64,
-    last: Option<Instant>,
-}
-
-impl DropWarnings {
-    /// Starts counting from `drops` (already reported at start).
-    pub fn new(drops: u64) -> Self {
-        Self {
-            reported: drops,
-            last: None,
-        }
-    }
-
-    /// The warning due now, if any: drops since the last one.
-    pub fn check(&mut self, drops: u64, now: Instant) -> Option<u64> {
-        if drops <= self.reported {
-            return None;
-        }
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < DROP_WARNING_INTERVAL)
-        {
-            return None;
-        }
-        let new = drops - self.reported;
-        self.reported = drops;
-        self.last = Some(now);
-        Some(new)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn drop_warnings_are_rate_limited_and_lose_no_count() {
-        let t0 = Instant::now();
-        let mut w = DropWarnings::new(5);
-        assert_eq!(w.check(5, t0), None);
-        assert_eq!(w.check(8, t0), Some(3));
-        assert_eq!(w.check(20, t0 + Duration::from_secs(3)), None);
-        assert_eq!(w.check(25, t0 + Duration::from_secs(11)), Some(17));
-    }
 
     #[test]
     fn downtime_is_the_difference() {

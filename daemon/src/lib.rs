@@ -8,6 +8,7 @@ pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod count_warning;
 pub mod daemon;
 pub mod dbus;
 pub mod dns;

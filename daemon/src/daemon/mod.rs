@@ -79,7 +79,7 @@ struct Daemon {
     addresses: usize,
     /// Kernel drop count when last read, for the status line.
     drops: u64,
-    drop_warnings: crate::downtime::DropWarnings,
+    drop_warnings: crate::count_warning::CountWarning,
     /// Kernel counters as last read, for the next instance's downtime report.
     snapshot_file: PathBuf,
     reload: ReloadState,
@@ -263,7 +263,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         epoch: 1,
         addresses,
         drops: 0,
-        drop_warnings: crate::downtime::DropWarnings::new(0),
+        drop_warnings: crate::count_warning::CountWarning::new(0),
         snapshot_file: paths.state_dir.join(crate::downtime::SNAPSHOT_FILE),
         reload: ReloadState::default(),
         started: Instant::now(),

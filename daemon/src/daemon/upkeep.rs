@@ -15,7 +15,7 @@ impl Daemon {
         let adopted = self.kernel.adoption.maps.contains(&"stats");
         // Fresh counters count only this start's drops: the next warning
         // reports them. Adopted ones are reported below, up to now.
-        self.drop_warnings = crate::downtime::DropWarnings::new(if adopted { k.drops } else { 0 });
+        self.drop_warnings = crate::count_warning::CountWarning::new(if adopted { k.drops } else { 0 });
         let prev = crate::downtime::Snapshot::load(&self.snapshot_file).filter(|_| adopted);
         // From now on a crash is reported against this start, not an older one.
         if let Err(e) = crate::downtime::Snapshot::of(&k).save(&self.snapshot_file) {

@@ -17,14 +17,12 @@ use connectracer_proto::varlink::SinkStats;
 use tracing::warn;
 
 use crate::config::{LogConfig, SinkConfig, SinkFilter, SinkKind};
+use crate::count_warning::CountWarning;
 use crate::pipeline::WatchEvent;
 use crate::table::Connection;
 use writer::Msg;
 
 pub use format::human_duration;
-
-/// Lost lines are reported at most this often per sink.
-const LOST_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -88,8 +86,8 @@ struct Sink {
     tx: mpsc::Sender<Msg>,
     counters: Arc<Counters>,
     writer: std::thread::JoinHandle<()>,
-    /// Lost count at the last warning, and when it was given.
-    warned: (u64, Option<Instant>),
+    /// Lost lines warned about, at most every 10 s.
+    warned: CountWarning,
 }
 
 /// Every configured sink, owned by the pipeline.
@@ -205,18 +203,15 @@ impl Sinks {
             metrics::counter!("connectracer_event_lines_lost_total", "sink" => name.clone())
                 .absolute(st.lost);
             metrics::gauge!("connectracer_event_lines_queued", "sink" => name).set(st.queued as f64);
-            let (warned_at, when) = s.warned;
-            let due = when.is_none_or(|t| now.duration_since(t) >= LOST_WARNING_INTERVAL);
-            if st.lost > warned_at && due {
+            if let Some(lost) = s.warned.check(st.lost, now) {
                 warn!(
                     sink = %st.name,
-                    lost = st.lost - warned_at,
+                    lost,
                     lost_total = st.lost,
                     "event sink {} lost {} lines (its writer cannot keep up or fails); see tracectl stats",
                     st.name,
-                    st.lost - warned_at
+                    lost
                 );
-                s.warned = (st.lost, Some(now));
             }
         }
     }
@@ -259,7 +254,7 @@ impl Sink {
             tx,
             counters,
             writer,
-            warned: (0, None),
+            warned: CountWarning::new(0),
         }
     }
 
