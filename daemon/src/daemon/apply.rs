@@ -136,10 +136,15 @@ impl Daemon {
             CallError::InvalidArgument { reason, .. } => reason.clone(),
             other => format!("{other:?}"),
         };
+        self.record_failure(trigger, &reason, reason.clone());
+    }
+
+    /// Logs (as `shown`), counts and keeps (as `reason`) a failed apply.
+    fn record_failure(&mut self, trigger: &str, shown: &dyn std::fmt::Display, reason: String) {
         self.reload.failures += 1;
         error!(
             trigger,
-            "reload ({trigger}): {reason}; the running configuration stays in force"
+            "reload ({trigger}): {shown}; the running configuration stays in force"
         );
         self.reload.last_error = Some(reason);
     }
@@ -151,13 +156,8 @@ impl Daemon {
         let mut new = match self.load_config().await {
             Ok(c) => c,
             Err(errors) => {
-                self.reload.failures += 1;
                 let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-                error!(
-                    trigger,
-                    "reload ({trigger}): {errors}; the running configuration stays in force"
-                );
-                self.reload.last_error = Some(lines.join("; "));
+                self.record_failure(trigger, &errors, lines.join("; "));
                 return Err(CallError::ConfigInvalid { errors: lines });
             }
         };
