@@ -8,12 +8,11 @@
 //! ct-bench-sinks [CONNECTS] [REPETITIONS]   (run as root)
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use connectracer_tests::bench::{draining_listener, flood, median};
 use connectracer_tests::{bin_path, cpu_ticks, Daemon, TestCgroup};
 use serde_json::Value;
 
@@ -55,20 +54,6 @@ struct Run {
     lines: Option<(u64, u64)>,
 }
 
-fn flood(cg: &TestCgroup, dst: &str, n: u64) -> anyhow::Result<()> {
-    let out = cg
-        .command(&bin_path("ct-probe"))
-        .args(["flood", dst, &n.to_string(), "rst"])
-        .output()
-        .context("ct-probe")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ct-probe: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// Waits until the sink has every event it took written or lost.
 fn settle(d: &Daemon) -> Option<(u64, u64)> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -103,11 +88,6 @@ fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64, dir: &Path) -> any
         cpu_ms_per_1k: cpu,
         lines,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn get_stats(s: &mut UnixStream) -> anyhow::Result<()> {
@@ -150,7 +130,7 @@ fn stalled(cg: &TestCgroup, dst: &str, n: u64) -> anyhow::Result<()> {
     println!("|---|---|");
     println!(
         "| GetStats over the socket during the loop, p50 / p99 / max | {:.2} / {p99:.2} / {:.2} ms |",
-        median(lat.clone()),
+        median(&mut lat.clone()),
         lat.last().copied().unwrap_or(f64::NAN)
     );
     println!(
@@ -171,10 +151,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: u64 = args.first().map_or(Ok(20_000), |a| a.parse())?;
     let reps: usize = args.get(1).map_or(Ok(5), |a| a.parse())?;
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)?;
-    let dst = listener.local_addr()?.to_string();
-    std::thread::spawn(move || listener.incoming().for_each(drop));
+    let dst = draining_listener()?;
     let cg = TestCgroup::new("bench-sinks");
     let dir = std::env::temp_dir().join(format!("connectracer-bench-sinks-{}", std::process::id()));
     let mut runs: Vec<Vec<Run>> = SCENARIOS.iter().map(|_| Vec::new()).collect();
@@ -197,7 +174,7 @@ fn main() -> anyhow::Result<()> {
         let (lo, hi) = ratios
             .iter()
             .fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
-        let cpu: Vec<f64> = rs.iter().filter_map(|r| r.cpu_ms_per_1k).collect();
+        let mut cpu: Vec<f64> = rs.iter().filter_map(|r| r.cpu_ms_per_1k).collect();
         let lines = rs
             .last()
             .and_then(|r| r.lines)
@@ -205,13 +182,13 @@ fn main() -> anyhow::Result<()> {
         let cpu = if cpu.is_empty() {
             "-".into()
         } else {
-            format!("{:.2}", median(cpu))
+            format!("{:.2}", median(&mut cpu))
         };
         println!(
             "| {} | {:.0} | {:.3} ({lo:.3}-{hi:.3}) | {cpu} | {lines} |",
             s.name,
-            median(rs.iter().map(|r| r.rate).collect()),
-            median(ratios.clone()),
+            median(&mut rs.iter().map(|r| r.rate).collect::<Vec<_>>()),
+            median(&mut ratios.clone()),
         );
     }
     stalled(&cg, &dst, n)

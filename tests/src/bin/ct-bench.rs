@@ -4,11 +4,11 @@
 //!
 //! ct-bench [CONNECTS] [REPETITIONS]   (run as root, from the workspace's target dir)
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
+use connectracer_tests::bench::{draining_listener, flood, median};
 use connectracer_tests::{bin_path, cpu_ticks, Daemon, TestCgroup};
 
 struct Scenario {
@@ -91,27 +91,12 @@ fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64) -> anyhow::Result<
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: u64 = args.first().map_or(Ok(20_000), |a| a.parse())?;
     let reps: usize = args.get(1).map_or(Ok(5), |a| a.parse())?;
 
-    // The listener lives outside the test cgroup: only the client connects.
-    // A full accept queue drops SYNs and the client stalls a whole second on
-    // the retransmit, so the backlog is far deeper than std's 128.
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)?;
-    let dst = listener.local_addr()?.to_string();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            drop(s);
-        }
-    });
+    let dst = draining_listener()?;
     let port = listener_port(&dst);
     let quiet = "[log]\nevents = false\n";
     // 10,000 deny rules the loop's destination does not match, loopback
@@ -357,15 +342,6 @@ fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
     (at(0.5), at(0.99))
-}
-
-fn flood(cg: &TestCgroup, dst: &str, n: u64) -> anyhow::Result<()> {
-    let out = cg
-        .command(&bin_path("ct-probe"))
-        .args(["flood", dst, &n.to_string(), "rst"])
-        .output()?;
-    anyhow::ensure!(out.status.success(), "ct-probe flood failed");
-    Ok(())
 }
 
 /// Memory after 100,000 and 1,000,000 traced connections, query latency
