@@ -226,7 +226,8 @@ const MAX_CACHED_COUNTERS: usize = 8192;
 pub struct Metrics {
     handle: PrometheusHandle,
     budget: Budget,
-    counters: HashMap<ConnKey, metrics::Counter>,
+    /// The per-process counter and the aggregate one, per key.
+    counters: HashMap<ConnKey, (metrics::Counter, metrics::Counter)>,
     /// Whether HTTP serves the per-process families (see metrics_http).
     http_detail: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -307,14 +308,9 @@ impl Metrics {
             outcome,
             ByIdentity(c.process.clone()),
         );
-        counter!(
-            "connectracer_connection_outcomes_total",
-            "protocol" => c.protocol.as_str(),
-            "outcome" => outcome
-        )
-        .increment(1);
-        if let Some(counter) = self.counters.get(&key) {
+        if let Some((counter, outcomes)) = self.counters.get(&key) {
             counter.increment(1);
+            outcomes.increment(1);
             return;
         }
         let p = &c.process;
@@ -339,10 +335,18 @@ impl Metrics {
             .collect();
         let counter = counter!(CONNECTIONS, labels);
         counter.increment(1);
+        // Registered with the per-process counter, so a repeated connection
+        // costs no label lookup for the aggregate either.
+        let outcomes = counter!(
+            "connectracer_connection_outcomes_total",
+            "protocol" => c.protocol.as_str(),
+            "outcome" => outcome
+        );
+        outcomes.increment(1);
         if self.counters.len() >= MAX_CACHED_COUNTERS {
             self.counters.clear();
         }
-        self.counters.insert(key, counter);
+        self.counters.insert(key, (counter, outcomes));
     }
 
     /// The policy refused a connection, or would have in audit mode.
