@@ -228,8 +228,20 @@ pub struct Metrics {
     budget: Budget,
     /// The per-process counter and the aggregate one, per key.
     counters: HashMap<ConnKey, (metrics::Counter, metrics::Counter)>,
+    /// Histogram handles per host label, for closed connections.
+    closed: HashMap<Option<String>, ClosedHistograms>,
     /// Whether HTTP serves the per-process families (see metrics_http).
     http_detail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Duration, sent and received of one host label, looked up once; an
+/// entry over the label budget keeps counting its overflow per event.
+#[derive(Debug)]
+struct ClosedHistograms {
+    duration: metrics::Histogram,
+    sent: metrics::Histogram,
+    received: metrics::Histogram,
+    overflow: Option<metrics::Counter>,
 }
 
 impl Metrics {
@@ -285,6 +297,7 @@ impl Metrics {
             handle,
             budget: Budget::new(max_series),
             counters: HashMap::new(),
+            closed: HashMap::new(),
             http_detail: detail,
         })
     }
@@ -370,16 +383,37 @@ impl Metrics {
 
     /// A TCP connection closed: its duration and byte counts.
     pub fn closed(&mut self, c: &Connection) {
-        let host = self
-            .budget
-            .admit(DURATION, vec![c.host.clone().unwrap_or_default()])
-            .remove(0);
+        let fresh = !self.closed.contains_key(&c.host);
+        if fresh {
+            let h = self.closed_histograms(c.host.clone().unwrap_or_default());
+            if self.closed.len() >= MAX_CACHED_COUNTERS {
+                self.closed.clear();
+            }
+            self.closed.insert(c.host.clone(), h);
+        }
+        let h = &self.closed[&c.host];
+        if let (false, Some(o)) = (fresh, &h.overflow) {
+            // admit() counted the first one.
+            o.increment(1);
+        }
         if let Some(ns) = c.duration_ns {
-            histogram!(DURATION, "host" => host.clone()).record(ns as f64 / 1e9);
+            h.duration.record(ns as f64 / 1e9);
         }
         if let (Some(tx), Some(rx)) = (c.bytes_sent, c.bytes_received) {
-            histogram!(SENT, "host" => host.clone()).record(tx as f64);
-            histogram!(RECEIVED, "host" => host).record(rx as f64);
+            h.sent.record(tx as f64);
+            h.received.record(rx as f64);
+        }
+    }
+
+    fn closed_histograms(&mut self, host: String) -> ClosedHistograms {
+        let admitted = self.budget.admit(DURATION, vec![host.clone()]).remove(0);
+        let overflow =
+            (admitted != host).then(|| counter!("connectracer_series_overflow_total", "metric" => DURATION));
+        ClosedHistograms {
+            duration: histogram!(DURATION, "host" => admitted.clone()),
+            sent: histogram!(SENT, "host" => admitted.clone()),
+            received: histogram!(RECEIVED, "host" => admitted),
+            overflow,
         }
     }
 

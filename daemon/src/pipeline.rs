@@ -153,14 +153,16 @@ impl Pipeline {
     }
 
     pub fn handle_batch(&mut self, batch: Vec<Record>) {
+        // One clock read per batch: a batch is drained within milliseconds,
+        // and `now` only ages the caches and the closed connections.
+        let now = Instant::now();
         for rec in batch {
-            self.handle(rec);
+            self.handle(rec, now);
         }
         self.sinks.flush();
     }
 
-    fn handle(&mut self, rec: Record) {
-        let now = Instant::now();
+    fn handle(&mut self, rec: Record, now: Instant) {
         self.stats.records += 1;
         match rec {
             Record::Proc(p) => self.attributor.on_process(&p, now),

@@ -1,21 +1,25 @@
 //! The bounded in-memory connection table every query is answered from:
-//! open connections plus recently closed ones, indexed by socket cookie,
-//! pid, destination and local port.
+//! open connections plus recently closed ones, indexed by socket cookie.
+//!
+//! Only the cookie, which every kernel record carries, is indexed. Queries
+//! by process, destination or local port scan the table instead: a query
+//! is rare and a scan of the largest table takes well under a millisecond,
+//! while every connection would otherwise pay for inserting into and
+//! removing from three more indexes (a quarter of the daemon's CPU under a
+//! connect flood).
 
-use std::collections::{BTreeSet, VecDeque};
-use std::hash::Hash;
+use std::collections::VecDeque;
 
-// Every record inserts into and removes from five of these: SipHash was a
-// tenth of the daemon's CPU under a connect flood. foldhash is seeded per
-// process, which keeps crafted keys from degrading it.
+// SipHash was a tenth of the daemon's CPU under a connect flood. foldhash
+// is seeded per process, which keeps crafted keys from degrading it.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub use connectracer_proto::Connection;
 use connectracer_proto::{ConnState, FailReason};
 use serde::Serialize;
+use smallvec::SmallVec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableLimits {
@@ -42,36 +46,33 @@ pub struct TableStats {
     pub evicted_closed: u64,
 }
 
+/// Where a connection lives in the table; valid until the table changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(u32);
+
+/// The connections of one socket: nearly always one, several for an
+/// unconnected UDP socket (one per destination).
+type CookieSlots = SmallVec<[Slot; 2]>;
+
 #[derive(Debug)]
 pub struct ConnTable {
     limits: TableLimits,
     next_id: u64,
-    conns: HashMap<u64, Connection>,
-    // Hash sets, not vectors or trees: one destination or one busy process
-    // can own most of the table, and every connection is added and removed
-    // once; queries sort what they return anyway.
-    by_cookie: HashMap<u64, HashSet<u64>>,
-    by_pid: HashMap<u32, HashSet<u64>>,
-    by_dst_ip: HashMap<IpAddr, HashSet<u64>>,
-    by_local_port: HashMap<u16, HashSet<u64>>,
-    /// Ids are handed out in increasing order, so the first is the oldest.
-    open: BTreeSet<u64>,
-    closed: VecDeque<(Instant, u64)>,
+    /// Connections in a slab: a slot freed by an expired connection is the
+    /// next one filled, so a flood keeps writing to memory still in cache
+    /// (a hash map keyed by id scattered them over megabytes).
+    slots: Vec<Option<Connection>>,
+    free: Vec<Slot>,
+    by_cookie: HashMap<u64, CookieSlots>,
+    /// Open connections in the order they opened, so the oldest is evicted
+    /// first; entries of ended ones are skipped (the id no longer matches
+    /// or the connection is no longer open) and swept out once they
+    /// outnumber the open ones.
+    open_order: VecDeque<(Slot, u64)>,
+    open: usize,
+    closed: VecDeque<(Instant, Slot)>,
     evicted_open: u64,
     evicted_closed: u64,
-}
-
-fn index_add<K: Hash + Eq>(idx: &mut HashMap<K, HashSet<u64>>, k: K, id: u64) {
-    idx.entry(k).or_default().insert(id);
-}
-
-fn index_remove<K: Hash + Eq>(idx: &mut HashMap<K, HashSet<u64>>, k: K, id: u64) {
-    if let Some(v) = idx.get_mut(&k) {
-        v.remove(&id);
-        if v.is_empty() {
-            idx.remove(&k);
-        }
-    }
 }
 
 impl ConnTable {
@@ -79,12 +80,11 @@ impl ConnTable {
         Self {
             limits,
             next_id: 1,
-            conns: HashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
             by_cookie: HashMap::default(),
-            by_pid: HashMap::default(),
-            by_dst_ip: HashMap::default(),
-            by_local_port: HashMap::default(),
-            open: BTreeSet::new(),
+            open_order: VecDeque::new(),
+            open: 0,
             closed: VecDeque::new(),
             evicted_open: 0,
             evicted_closed: 0,
@@ -98,7 +98,7 @@ impl ConnTable {
 
     pub fn stats(&self) -> TableStats {
         TableStats {
-            open: self.open.len(),
+            open: self.open,
             closed: self.closed.len(),
             evicted_open: self.evicted_open,
             evicted_closed: self.evicted_closed,
@@ -106,11 +106,19 @@ impl ConnTable {
     }
 
     pub fn len(&self) -> usize {
-        self.conns.len()
+        self.slots.len() - self.free.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
+        self.len() == 0
+    }
+
+    fn at(&self, slot: Slot) -> Option<&Connection> {
+        self.slots.get(slot.0 as usize)?.as_ref()
+    }
+
+    fn at_mut(&mut self, slot: Slot) -> Option<&mut Connection> {
+        self.slots.get_mut(slot.0 as usize)?.as_mut()
     }
 
     /// Adds a new connection (its id is assigned here) and returns it.
@@ -118,61 +126,95 @@ impl ConnTable {
         let id = self.next_id;
         self.next_id += 1;
         c.id = id;
+        // Evict before placing, so the slot freed is the one filled.
         if c.state.is_open() {
-            self.open.insert(id);
-        } else {
-            // Born ended (refused by policy): expires like any closed one.
-            self.closed.push_back((Instant::now(), id));
-        }
-        index_add(&mut self.by_cookie, c.cookie, id);
-        index_add(&mut self.by_pid, c.process.pid, id);
-        index_add(&mut self.by_dst_ip, c.dst.ip(), id);
-        if let Some(src) = c.src {
-            index_add(&mut self.by_local_port, src.port(), id);
-        }
-        self.conns.insert(id, c);
-        while self.open.len() > self.limits.max_open {
-            if let Some(oldest) = self.open.pop_first() {
-                self.remove(oldest);
-                self.evicted_open += 1;
+            while self.open >= self.limits.max_open.max(1) {
+                self.evict_oldest_open();
             }
         }
-        &self.conns[&id]
+        let cookie = c.cookie;
+        let open = c.state.is_open();
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s.0 as usize] = Some(c);
+                s
+            }
+            None => {
+                self.slots.push(Some(c));
+                Slot((self.slots.len() - 1) as u32)
+            }
+        };
+        if open {
+            self.open_order.push_back((slot, id));
+            self.open += 1;
+        } else {
+            // Born ended (refused by policy): expires like any closed one.
+            self.closed.push_back((Instant::now(), slot));
+        }
+        self.by_cookie.entry(cookie).or_default().push(slot);
+        self.slots[slot.0 as usize].as_ref().expect("just placed")
+    }
+
+    fn evict_oldest_open(&mut self) {
+        while let Some((slot, id)) = self.open_order.pop_front() {
+            if self.at(slot).is_some_and(|c| c.id == id && c.state.is_open()) {
+                self.open -= 1;
+                self.remove(slot);
+                self.evicted_open += 1;
+                return;
+            }
+        }
+        // The queue holds every open connection; this is unreachable
+        // unless the count is wrong, and then it must not spin.
+        self.open = 0;
+    }
+
+    /// One connection stopped being open; the order queue is swept when
+    /// mostly stale, which keeps it within twice the open count.
+    fn closing(&mut self) {
+        self.open -= 1;
+        if self.open_order.len() > 2 * self.open + 64 {
+            let slots = &self.slots;
+            self.open_order.retain(|(s, id)| {
+                slots[s.0 as usize]
+                    .as_ref()
+                    .is_some_and(|c| c.id == *id && c.state.is_open())
+            });
+        }
     }
 
     /// The TCP handshake completed: the local address is now known.
     pub fn established(&mut self, cookie: u64, src: SocketAddr) -> Option<&Connection> {
         // The socket's latest connection (a UDP socket may connect again).
-        let id = *self.by_cookie.get(&cookie)?.iter().max()?;
-        let c = self.conns.get_mut(&id)?;
+        let slot = *self
+            .by_cookie
+            .get(&cookie)?
+            .iter()
+            .max_by_key(|s| self.at(**s).map_or(0, |c| c.id))?;
+        let c = self.at_mut(slot)?;
         c.state = ConnState::Established;
         if c.src.is_none() {
             c.src = Some(src);
-            index_add(&mut self.by_local_port, src.port(), id);
         }
-        self.conns.get(&id)
+        Some(c)
     }
 
     /// Ends every open connection of the socket (an unconnected UDP socket
-    /// has one per destination) and returns their ids.
-    pub fn end(&mut self, cookie: u64, ending: Ending, now: Instant) -> Vec<u64> {
+    /// has one per destination) and returns where they are, for `get`.
+    pub fn end(&mut self, cookie: u64, ending: Ending, now: Instant) -> SmallVec<[Slot; 2]> {
         // Expire first, so what ends now is still there for the caller to log.
         self.expire(now);
-        let ids: Vec<u64> = self
-            .by_cookie
-            .get(&cookie)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
-        let mut ended = Vec::new();
-        for id in ids {
-            if !self.open.remove(&id) {
-                continue;
-            }
-            let Some(c) = self.conns.get_mut(&id) else {
+        let mut ended = CookieSlots::new();
+        let Some(slots) = self.by_cookie.get(&cookie) else {
+            return ended;
+        };
+        for &slot in slots {
+            let Some(c) = self.slots[slot.0 as usize].as_mut() else {
                 continue;
             };
+            if !c.state.is_open() {
+                continue;
+            }
             c.state = ending.state;
             c.fail_reason = ending.fail_reason;
             c.duration_ns = Some(ending.duration_ns);
@@ -181,66 +223,67 @@ impl ConnTable {
                 c.bytes_received = Some(received);
             }
             if c.src.is_none() {
-                if let Some(src) = ending.src.filter(|s| s.port() != 0) {
-                    c.src = Some(src);
-                    index_add(&mut self.by_local_port, src.port(), id);
-                }
+                c.src = ending.src.filter(|s| s.port() != 0);
             }
-            self.closed.push_back((now, id));
-            ended.push(id);
+            self.closed.push_back((now, slot));
+            ended.push(slot);
+        }
+        for _ in &ended {
+            self.closing();
         }
         ended
     }
 
-    pub fn get(&self, id: u64) -> Option<&Connection> {
-        self.conns.get(&id)
+    /// A connection `end` returned, until the table next changes.
+    pub fn get(&self, slot: Slot) -> Option<&Connection> {
+        self.at(slot)
     }
 
     /// Drops closed connections past the retention or over the limit.
     pub fn expire(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.closed.front() {
+        while let Some(&(at, slot)) = self.closed.front() {
             let too_many = self.closed.len() > self.limits.max_closed;
             if !too_many && now.duration_since(at) < self.limits.closed_retention {
                 break;
             }
             self.closed.pop_front();
-            self.remove(id);
+            self.remove(slot);
             if too_many {
                 self.evicted_closed += 1;
             }
         }
     }
 
-    fn remove(&mut self, id: u64) {
-        let Some(c) = self.conns.remove(&id) else { return };
-        index_remove(&mut self.by_cookie, c.cookie, id);
-        index_remove(&mut self.by_pid, c.process.pid, id);
-        index_remove(&mut self.by_dst_ip, c.dst.ip(), id);
-        if let Some(src) = c.src {
-            index_remove(&mut self.by_local_port, src.port(), id);
+    fn remove(&mut self, slot: Slot) {
+        let Some(c) = self.slots[slot.0 as usize].take() else {
+            return;
+        };
+        self.free.push(slot);
+        if let Some(slots) = self.by_cookie.get_mut(&c.cookie) {
+            slots.retain(|s| *s != slot);
+            if slots.is_empty() {
+                self.by_cookie.remove(&c.cookie);
+            }
         }
     }
 
-    fn collect<'a>(&'a self, ids: Option<&'a HashSet<u64>>) -> impl Iterator<Item = &'a Connection> + 'a {
-        ids.into_iter().flatten().filter_map(|id| self.conns.get(id))
-    }
-
     pub fn by_pid(&self, pid: u32) -> impl Iterator<Item = &Connection> + '_ {
-        self.collect(self.by_pid.get(&pid))
+        self.iter().filter(move |c| c.process.pid == pid)
     }
 
     /// Connections to `ip`, on `port` when given.
     pub fn by_destination(&self, ip: IpAddr, port: Option<u16>) -> impl Iterator<Item = &Connection> + '_ {
-        self.collect(self.by_dst_ip.get(&ip))
-            .filter(move |c| port.is_none_or(|p| c.dst.port() == p))
+        self.iter()
+            .filter(move |c| c.dst.ip() == ip && port.is_none_or(|p| c.dst.port() == p))
     }
 
     pub fn by_local_port(&self, port: u16) -> impl Iterator<Item = &Connection> + '_ {
-        self.collect(self.by_local_port.get(&port))
+        self.iter()
+            .filter(move |c| c.src.is_some_and(|s| s.port() == port))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Connection> + '_ {
-        self.conns.values()
+        self.slots.iter().flatten()
     }
 }
 
@@ -334,6 +377,7 @@ mod tests {
         let ended = t.end(1, closed(5), now);
         assert_eq!(ended.len(), 1);
         let c = t.get(ended[0]).unwrap();
+        assert_eq!(c.id, 1);
         assert_eq!(
             (c.state, c.bytes_sent, c.duration_ns),
             (ConnState::Closed, Some(10), Some(5))
@@ -344,6 +388,26 @@ mod tests {
         assert!(t.is_empty());
         assert_eq!(t.by_pid(100).count(), 0);
         assert_eq!(t.by_local_port(40000).count(), 0);
+    }
+
+    #[test]
+    fn a_reused_slot_is_not_evicted_for_the_connection_it_held_before() {
+        let mut t = ConnTable::new(limits(2, 10));
+        let now = Instant::now();
+        t.insert(conn(1, 1, "10.0.0.1:1"));
+        t.end(1, closed(1), now);
+        t.expire(now + Duration::from_secs(61));
+        // Cookie 2 takes cookie 1's slot; cookie 1's stale queue entry
+        // must not make it look like the oldest.
+        assert_eq!(t.insert(conn(2, 1, "10.0.0.1:1")).id, 2);
+        t.insert(conn(3, 1, "10.0.0.1:1"));
+        t.insert(conn(4, 1, "10.0.0.1:1"));
+        let mut ids: Vec<u64> = t.iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [3, 4]);
+        assert_eq!(t.stats().evicted_open, 1);
+        assert!(t.established(2, "10.0.0.9:1".parse().unwrap()).is_none());
+        assert_eq!(t.established(4, "10.0.0.9:1".parse().unwrap()).unwrap().id, 4);
     }
 
     #[test]
@@ -369,8 +433,10 @@ mod tests {
         assert!(s.open <= 100 && s.closed <= 51, "{s:?}");
         assert_eq!(t.len(), s.open + s.closed);
         assert!(s.evicted_open > 0 && s.evicted_closed > 0);
-        // Indexes hold no more than the table.
-        assert_eq!(t.by_cookie.values().map(HashSet::len).sum::<usize>(), t.len());
-        assert_eq!(t.by_pid.values().map(HashSet::len).sum::<usize>(), t.len());
+        // The index and the open queue hold no more than the table, and
+        // freed slots are reused.
+        assert_eq!(t.by_cookie.values().map(|v| v.len()).sum::<usize>(), t.len());
+        assert!(t.slots.len() <= 100 + 51 + 1, "{}", t.slots.len());
+        assert!(t.open_order.len() <= 2 * s.open + 64, "{}", t.open_order.len());
     }
 }

@@ -227,6 +227,20 @@ pub mod bench {
         Ok(())
     }
 
+    /// CPU time a process's live threads have used, in nanoseconds, from
+    /// the scheduler's own accounting (`stat`'s utime/stime are in 10 ms
+    /// ticks, too coarse for a few hundred ms of daemon CPU).
+    pub fn cpu_ns(pid: u32) -> u64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// The middle value (NaN for none).
     pub fn median(v: &mut [f64]) -> f64 {
         v.sort_by(f64::total_cmp);
@@ -328,16 +342,6 @@ pub fn daemon_command(
         .arg("--config")
         .arg(cfg.main());
     cmd
-}
-
-/// utime + stime of `pid`, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split(' ').collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 impl Daemon {

@@ -12,8 +12,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use connectracer_tests::bench::{draining_listener, flood, median};
-use connectracer_tests::{bin_path, cpu_ticks, Daemon, TestCgroup};
+use connectracer_tests::bench::{cpu_ns, draining_listener, flood, median};
+use connectracer_tests::{bin_path, Daemon, TestCgroup};
 use serde_json::Value;
 
 struct Scenario {
@@ -73,16 +73,15 @@ fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64, dir: &Path) -> any
     let config = s.config.map(|c| c.replace("{dir}", &dir.display().to_string()));
     let daemon = config.as_deref().map(|c| Daemon::start(cg, c)).transpose()?;
     std::thread::sleep(Duration::from_secs(1));
-    let cpu0 = daemon.as_ref().map(|d| cpu_ticks(d.pid()));
+    let cpu0 = daemon.as_ref().map(|d| cpu_ns(d.pid()));
     let t0 = Instant::now();
     flood(cg, dst, n)?;
     let secs = t0.elapsed().as_secs_f64();
-    let tick_ms = 1000.0 / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     let lines = daemon.as_ref().and_then(settle);
     let cpu = daemon
         .as_ref()
         .zip(cpu0)
-        .map(|(d, c0)| (cpu_ticks(d.pid()) - c0) as f64 * tick_ms / (n as f64 / 1000.0));
+        .map(|(d, c0)| cpu_ns(d.pid()).saturating_sub(c0) as f64 / 1e6 / (n as f64 / 1000.0));
     Ok(Run {
         rate: n as f64 / secs,
         cpu_ms_per_1k: cpu,
@@ -154,9 +153,16 @@ fn main() -> anyhow::Result<()> {
     let dst = draining_listener()?;
     let cg = TestCgroup::new("bench-sinks");
     let dir = std::env::temp_dir().join(format!("connectracer-bench-sinks-{}", std::process::id()));
-    let mut runs: Vec<Vec<Run>> = SCENARIOS.iter().map(|_| Vec::new()).collect();
+    // CT_BENCH_ONLY=file: the baseline and the scenarios whose name has
+    // that word, to profile one sink without the others.
+    let only = std::env::var("CT_BENCH_ONLY").ok();
+    let scenarios: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| s.config.is_none() || only.as_deref().is_none_or(|o| s.name.contains(o)))
+        .collect();
+    let mut runs: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
     for rep in 0..reps {
-        for (i, s) in SCENARIOS.iter().enumerate() {
+        for (i, s) in scenarios.iter().enumerate() {
             let r = run_once(&cg, s, &dst, n, &dir)?;
             eprintln!("rep {rep} {:<45} {:>9.0} connects/s", s.name, r.rate);
             runs[i].push(r);
@@ -169,7 +175,7 @@ fn main() -> anyhow::Result<()> {
     println!("| scenario | connects/s (median) | ratio to no daemon (median, min-max) | daemon CPU ms / 1,000 connects | lines written / lost (last run) |");
     println!("|---|---|---|---|---|");
     let base: Vec<f64> = runs[0].iter().map(|r| r.rate).collect();
-    for (s, rs) in SCENARIOS.iter().zip(&runs) {
+    for (s, rs) in scenarios.iter().zip(&runs) {
         let ratios: Vec<f64> = rs.iter().zip(&base).map(|(r, b)| r.rate / b).collect();
         let (lo, hi) = ratios
             .iter()
@@ -190,6 +196,9 @@ fn main() -> anyhow::Result<()> {
             median(&mut rs.iter().map(|r| r.rate).collect::<Vec<_>>()),
             median(&mut ratios.clone()),
         );
+    }
+    if only.is_some() {
+        return Ok(());
     }
     stalled(&cg, &dst, n)
 }

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use connectracer_tests::bench::{draining_listener, flood, median};
-use connectracer_tests::{bin_path, cpu_ticks, Daemon, TestCgroup};
+use connectracer_tests::bench::{cpu_ns, draining_listener, flood, median};
+use connectracer_tests::{bin_path, Daemon, TestCgroup};
 
 struct Scenario {
     name: &'static str,
@@ -50,7 +50,7 @@ fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64) -> anyhow::Result<
     // and this one's start-up settle, for every scenario alike.
     std::thread::sleep(std::time::Duration::from_secs(1));
     let dpid = daemon.as_ref().map(Daemon::pid);
-    let cpu0 = dpid.map(cpu_ticks);
+    let cpu0 = dpid.map(cpu_ns);
     let t0 = Instant::now();
     let probe = bin_path("ct-probe");
     let n_arg = n.to_string();
@@ -73,10 +73,9 @@ fn run_once(cg: &TestCgroup, s: &Scenario, dst: &str, n: u64) -> anyhow::Result<
         "ct-probe failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let tick_ms = 1000.0 / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     let cpu = dpid
         .zip(cpu0)
-        .map(|(p, c0)| (cpu_ticks(p) - c0) as f64 * tick_ms / (n as f64 / 1000.0));
+        .map(|(p, c0)| cpu_ns(p).saturating_sub(c0) as f64 / 1e6 / (n as f64 / 1000.0));
     let connect4 = daemon.as_ref().and_then(|_| connect4_ns());
 
     let dropped = match daemon {

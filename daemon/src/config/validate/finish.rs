@@ -75,6 +75,12 @@ pub(super) fn finish(mut m: Merge, errors: &mut Vec<ConfigError>) -> Config {
         };
         push(errors, &loc, key, o.to_string());
     }
+    if m.wakeup_loc.is_none() {
+        // Unset: a sixteenth of the ring, so that a small ring still gets a
+        // valid threshold and a large one is not woken for a trickle.
+        let bpf = &mut m.config.bpf;
+        bpf.wakeup_threshold = crate::config::default_wakeup_threshold(bpf.ring_buffer_size);
+    }
     let bpf = &m.config.bpf;
     if bpf.wakeup_threshold >= u64::from(bpf.ring_buffer_size) {
         let loc = m.wakeup_loc.or(m.ring_loc).unwrap_or(Loc {
