@@ -40,8 +40,8 @@ pub struct Pipeline {
     watchers: tokio::sync::broadcast::Sender<Arc<WatchEvent>>,
 }
 
-/// An event as streamed to watchers.
-#[derive(Debug)]
+/// An event as streamed to watchers and written by sinks.
+#[derive(Debug, Clone)]
 pub struct WatchEvent {
     pub kind: EventKind,
     /// When it happened, from the kernel's timestamp.
@@ -52,8 +52,8 @@ pub struct WatchEvent {
 /// Events buffered per watcher before it is told it missed some.
 const WATCH_QUEUE: usize = 4096;
 
-/// Hands an event to the sinks that take it and to watchers: built (one
-/// clone of the connection) only when someone takes it.
+/// Hands an event to the sinks that take it and to watchers; a copy of
+/// the connection is made only for those that take it.
 fn emit(
     sinks: &mut Sinks,
     watchers: &tokio::sync::broadcast::Sender<Arc<WatchEvent>>,
@@ -61,20 +61,13 @@ fn emit(
     at: SystemTime,
     c: &Connection,
 ) {
-    let mut ev: Option<Arc<WatchEvent>> = None;
-    let mut event = || {
-        ev.get_or_insert_with(|| {
-            Arc::new(WatchEvent {
-                kind,
-                at,
-                connection: c.clone(),
-            })
-        })
-        .clone()
-    };
-    sinks.offer(kind, c, &mut event);
+    sinks.offer(kind, at, c);
     if watchers.receiver_count() > 0 {
-        let _ = watchers.send(event());
+        let _ = watchers.send(Arc::new(WatchEvent {
+            kind,
+            at,
+            connection: c.clone(),
+        }));
     }
 }
 

@@ -4,7 +4,6 @@
 //! journald blocks this thread only; its queue then sheds, counted.
 
 use std::os::unix::net::UnixDatagram;
-use std::sync::Arc;
 
 use super::format::Formatter;
 use super::writer::Outcome;
@@ -41,7 +40,7 @@ impl Journal {
         }
     }
 
-    pub fn write(&mut self, f: &mut Formatter, events: &[Arc<WatchEvent>]) -> Outcome {
+    pub fn write<'a>(&mut self, f: &mut Formatter, events: impl Iterator<Item = &'a WatchEvent>) -> Outcome {
         let socket = match &self.socket {
             Ok(s) => s,
             Err(e) => {

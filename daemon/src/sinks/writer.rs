@@ -16,9 +16,57 @@ use super::Counters;
 use crate::config::{LogFormat, SinkKind};
 use crate::pipeline::WatchEvent;
 
+/// One sink's events of one drained batch.
+#[derive(Debug)]
+pub(super) struct Chunk {
+    events: Arc<Vec<WatchEvent>>,
+    /// The events taken, by index; None: all of them.
+    picked: Option<Vec<u32>>,
+}
+
+impl Chunk {
+    /// A sink that takes most of a batch shares it; one that takes few
+    /// gets its own copies, so that a queue of sparse picks cannot hold
+    /// whole batches alive (memory stays within twice the queued lines).
+    pub fn new(batch: &Arc<Vec<WatchEvent>>, picked: Vec<u32>) -> Self {
+        if picked.len() == batch.len() {
+            return Self {
+                events: batch.clone(),
+                picked: None,
+            };
+        }
+        if picked.len() * 2 >= batch.len() {
+            return Self {
+                events: batch.clone(),
+                picked: Some(picked),
+            };
+        }
+        let own = picked.iter().map(|&i| batch[i as usize].clone()).collect();
+        Self {
+            events: Arc::new(own),
+            picked: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.picked.as_ref().map_or(self.events.len(), Vec::len)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &WatchEvent> + '_ {
+        let all = self.picked.is_none().then(|| self.events.iter());
+        let some = self.picked.iter().flatten().map(|&i| &self.events[i as usize]);
+        all.into_iter().flatten().chain(some)
+    }
+}
+
+/// The events of several chunks, in order.
+pub(super) fn each(chunks: &[Chunk]) -> impl Iterator<Item = &WatchEvent> + '_ {
+    chunks.iter().flat_map(Chunk::iter)
+}
+
 #[derive(Debug)]
 pub(super) enum Msg {
-    Lines(Vec<Arc<WatchEvent>>),
+    Lines(Chunk),
     /// The output changed in a reload; applied in order with the lines.
     Configure(SinkKind),
     /// SIGHUP: reopen files.
@@ -48,14 +96,14 @@ impl Output {
         }
     }
 
-    fn write(&mut self, f: &mut Formatter, events: &[Arc<WatchEvent>], buf: &mut Buffers) -> Outcome {
-        let n = events.len() as u64;
+    fn write(&mut self, f: &mut Formatter, events: &[Chunk], buf: &mut Buffers) -> Outcome {
+        let n = events.iter().map(Chunk::len).sum::<usize>() as u64;
         match self {
             Output::Stdout(format) => {
                 batch(
                     f,
                     *format == LogFormat::Json,
-                    events,
+                    each(events),
                     &mut buf.bytes,
                     &mut buf.ends,
                 );
@@ -72,10 +120,10 @@ impl Output {
                 }
             }
             Output::File(file) => {
-                batch(f, true, events, &mut buf.bytes, &mut buf.ends);
+                batch(f, true, each(events), &mut buf.bytes, &mut buf.ends);
                 file.write_lines(&buf.bytes, &buf.ends)
             }
-            Output::Journal(j) => j.write(f, events),
+            Output::Journal(j) => j.write(f, each(events)),
             Output::Discard => Outcome {
                 written: n,
                 error: None,
@@ -112,19 +160,15 @@ pub(super) fn spawn(
 fn run(name: &str, mut out: Output, c: &Counters, rx: &mpsc::Receiver<Msg>) {
     let mut f = Formatter::default();
     let mut buf = Buffers::default();
-    let mut lines: Vec<Arc<WatchEvent>> = Vec::new();
+    let mut lines: Vec<Chunk> = Vec::new();
     let mut reported: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         // Everything queued now is one batch; a change of output ends it.
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Lines(mut l) => {
-                    if lines.is_empty() {
-                        lines = l;
-                    } else {
-                        lines.append(&mut l);
-                    }
+                Msg::Lines(chunk) => {
+                    lines.push(chunk);
                     next = rx.try_recv().ok();
                 }
                 Msg::Configure(kind) => {
@@ -149,7 +193,7 @@ fn write(
     name: &str,
     out: &mut Output,
     f: &mut Formatter,
-    lines: &mut Vec<Arc<WatchEvent>>,
+    lines: &mut Vec<Chunk>,
     buf: &mut Buffers,
     c: &Counters,
     reported: &mut Option<String>,
@@ -157,7 +201,7 @@ fn write(
     if lines.is_empty() {
         return;
     }
-    let n = lines.len() as u64;
+    let n = lines.iter().map(Chunk::len).sum::<usize>() as u64;
     let o = out.write(f, lines, buf);
     lines.clear();
     c.written.fetch_add(o.written, Ordering::Relaxed);
@@ -181,5 +225,49 @@ fn write(
             c.set_error(None);
         }
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::format::tests::event;
+    use crate::sinks::EventKind;
+
+    fn batch(n: u64) -> Arc<Vec<WatchEvent>> {
+        Arc::new(
+            (0..n)
+                .map(|i| {
+                    let mut e = event(EventKind::Connect);
+                    e.connection.id = i;
+                    e
+                })
+                .collect(),
+        )
+    }
+
+    fn ids(c: &Chunk) -> Vec<u64> {
+        c.iter().map(|e| e.connection.id).collect()
+    }
+
+    #[test]
+    fn chunks_share_a_batch_they_mostly_take_and_copy_sparse_picks() {
+        let b = batch(10);
+        let all = Chunk::new(&b, (0..10).collect());
+        assert!(Arc::ptr_eq(&all.events, &b) && all.picked.is_none());
+        assert_eq!(ids(&all), (0..10).collect::<Vec<_>>());
+
+        let most = Chunk::new(&b, vec![1, 2, 3, 5, 8]);
+        assert!(Arc::ptr_eq(&most.events, &b));
+        assert_eq!((most.len(), ids(&most)), (5, vec![1, 2, 3, 5, 8]));
+
+        let few = Chunk::new(&b, vec![4, 9]);
+        assert!(!Arc::ptr_eq(&few.events, &b) && few.events.len() == 2);
+        assert_eq!((few.len(), ids(&few)), (2, vec![4, 9]));
+        assert_eq!(
+            each(&[all, most, few]).count(),
+            17,
+            "chunks are written in order, each whole"
+        );
     }
 }

@@ -54,13 +54,15 @@ struct Run {
     lines: Option<(u64, u64)>,
 }
 
-/// Waits until the sink has every event it took written or lost.
+/// Waits until every record the kernel wrote has been taken from the ring
+/// and the sink has each event it took written or lost.
 fn settle(d: &Daemon) -> Option<(u64, u64)> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let sinks = d.stats()["sinks"].clone();
-        let s = sinks.get(0)?;
-        if s["queued"] == 0 || Instant::now() > deadline {
+        let stats = d.stats();
+        let s = stats["sinks"].get(0)?;
+        let drained = stats["records"] == stats["kernel"]["events"];
+        if (drained && s["queued"] == 0) || Instant::now() > deadline {
             return Some((s["written"].as_u64()?, s["lost"].as_u64()?));
         }
         std::thread::sleep(Duration::from_millis(100));
