@@ -11,8 +11,9 @@ use libbpf_rs::RingBufferBuilder;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bpf::event::Record;
+use crate::bpf::layout::Ruleset;
 use crate::bpf::stats::KernelStats;
-use crate::bpf::tracer::{Adoption, Ruleset, Tracer, TracerError, TracerOptions};
+use crate::bpf::tracer::{Adoption, Tracer, TracerError, TracerOptions};
 
 /// The kernel only wakes the reader past a fill threshold; this bounds how
 /// long a trickle of events waits in the ring.

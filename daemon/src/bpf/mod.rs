@@ -7,6 +7,7 @@ mod skel {
 }
 
 pub mod event;
+pub mod generation;
 pub mod layout;
 pub mod stats;
 pub mod tracer;

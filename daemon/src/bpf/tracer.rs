@@ -11,25 +11,13 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
-use super::layout::{bytes, scope_key, scope_val, write_generation, Generation, GenerationMaps};
+use super::generation::{write_generation, GenerationMaps};
+use super::layout::{bytes, scope_key, scope_val, Generation, Ruleset, ScopeKey, ScopeVal};
 use super::skel::{ConnectracerSkel, ConnectracerSkelBuilder};
 use super::types::ct_config;
-use crate::policy::compile::{CompiledPolicy, ScopeKey, ScopeVal};
-use crate::watchlist::LpmEntry;
 
 // SAFETY: plain integer struct generated from connectracer.h.
 unsafe impl plain::Plain for ct_config {}
-
-/// What one configuration generation holds in the kernel.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ruleset {
-    /// Carried by every event judged against this ruleset; assigned by the
-    /// caller so that it can know it before the switch.
-    pub epoch: u32,
-    pub trace_all: bool,
-    pub watch: Vec<LpmEntry>,
-    pub policy: CompiledPolicy,
-}
 
 #[derive(Debug, Clone)]
 pub struct TracerOptions {
@@ -506,14 +494,6 @@ mod tests {
         assert_eq!(
             resolve_cgroup_dir(m, Some(Path::new("/system.slice"))),
             Path::new("/sys/fs/cgroup/unified/system.slice")
-        );
-    }
-
-    #[test]
-    fn port_rule_capacity_matches_the_header() {
-        assert_eq!(
-            super::super::types::ct_watch_val::default().rules.len(),
-            crate::watchlist::MAX_RULES
         );
     }
 }

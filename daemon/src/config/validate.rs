@@ -17,20 +17,12 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawDns, RawHost, RawMetrics, RawPort, RawSize};
 use super::{
-    Config, ConfigError, ConfigErrors, HostTarget, LogFormat, MetricsConfig, PortSet, TraceMode, WatchedHost,
+    Config, ConfigError, ConfigErrors, DnsConfig, HostTarget, LogFormat, MetricsConfig, Place, PortSet,
+    TraceMode, WatchedHost,
 };
-use crate::watchlist;
 
 const PAGE_SIZE: u64 = 4096;
 const MAX_LABEL_LEN: usize = 64;
-
-/// Where a value was set, for problems found only once all files are merged.
-#[derive(Debug, Clone)]
-struct Loc {
-    file: PathBuf,
-    line: usize,
-    column: usize,
-}
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -42,11 +34,11 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn loc(&self, span: Option<Range<usize>>) -> Loc {
+    fn loc(&self, span: Option<Range<usize>>) -> Place {
         let (line, column) = span.map_or((0, 0), |s| {
             line_col(&self.line_starts, s.start.min(self.text.len()))
         });
-        Loc {
+        Place {
             file: self.file.to_path_buf(),
             line,
             column,
@@ -63,14 +55,8 @@ impl Ctx<'_> {
     }
 }
 
-fn push(errors: &mut Vec<ConfigError>, loc: &Loc, key: impl Into<String>, message: impl Into<String>) {
-    errors.push(ConfigError {
-        file: loc.file.clone(),
-        line: loc.line,
-        column: loc.column,
-        key: key.into(),
-        message: message.into(),
-    });
+fn push(errors: &mut Vec<ConfigError>, loc: &Place, key: impl Into<String>, message: impl Into<String>) {
+    errors.push(ConfigError::at(loc, key, message));
 }
 
 fn line_starts(text: &str) -> Vec<usize> {
@@ -90,13 +76,37 @@ fn line_col(line_starts: &[usize], offset: usize) -> (usize, usize) {
 #[derive(Default)]
 struct Merge {
     config: Config,
-    hosts: Vec<(WatchedHost, Loc, String)>,
-    ring_loc: Option<Loc>,
-    wakeup_loc: Option<Loc>,
-    dns_loc: Option<Loc>,
-    rules: Vec<crate::policy::Rule>,
-    scopes: Vec<(crate::policy::ScopeSettings, Loc, String)>,
-    sinks: Vec<(super::SinkConfig, Loc, String)>,
+    hosts: Vec<(WatchedHost, Place, String)>,
+    ring_loc: Option<Place>,
+    wakeup_loc: Option<Place>,
+    dns_loc: Option<Place>,
+    rules: Vec<(super::policy::Rule, Place)>,
+    scopes: Vec<(super::policy::ScopeSettings, Place, String)>,
+    sinks: Vec<(super::SinkConfig, Place, String)>,
+}
+
+/// A configuration as its own rules judge it: the model (complete only
+/// where `errors` is empty), every error found, and where each host and
+/// rule was written, for the errors later stages find in them.
+#[derive(Debug)]
+pub struct Validated {
+    pub config: Config,
+    pub errors: Vec<ConfigError>,
+    /// Where each of `config.hosts` names its destination, with its key
+    /// (`host[2]`), in the same order.
+    pub hosts: Vec<(Place, String)>,
+    /// Where each of `config.policy.rules` starts, in the same order.
+    pub rules: Vec<Place>,
+}
+
+impl Validated {
+    pub fn into_result(self) -> Result<Config, ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(self.config)
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
 }
 
 /// Parses and validates one configuration text that came from `file`.
@@ -104,9 +114,15 @@ pub fn parse_config(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     parse_files(&[(file.to_path_buf(), text.to_string())])
 }
 
+/// `validate`, for callers that need the model only. Whether the kernel
+/// can hold it is not asked: `crate::ruleset::check_files` asks both.
+pub fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> {
+    validate(files).into_result()
+}
+
 /// Parses, validates and merges files in order: later files' scalars win,
 /// lists append. Every error of every file is collected.
-pub fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> {
+pub fn validate(files: &[(PathBuf, String)]) -> Validated {
     let mut errors = Vec::new();
     let mut m = Merge::default();
     for (file, text) in files {
@@ -125,12 +141,7 @@ pub fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> 
             }
         }
     }
-    let config = finish(m, &mut errors);
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    finish(m, errors)
 }
 
 /// Applies one file's values on top of what earlier files set.
@@ -289,7 +300,7 @@ fn metrics(ctx: &mut Ctx<'_>, r: &RawMetrics, out: &mut MetricsConfig) {
     }
 }
 
-fn dns(ctx: &mut Ctx<'_>, d: &RawDns, out: &mut crate::dns::DnsConfig) {
+fn dns(ctx: &mut Ctx<'_>, d: &RawDns, out: &mut DnsConfig) {
     if let Some(list) = &d.nameservers {
         let mut servers = Vec::new();
         for (i, v) in list.iter().enumerate() {

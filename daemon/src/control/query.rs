@@ -9,8 +9,8 @@ use connectracer_proto::varlink::{
 use connectracer_proto::Connection;
 
 use super::{Answer, Caller};
+use crate::policy::Resolved;
 use crate::table::ConnTable;
-use crate::watchlist::Resolved;
 
 /// Answers larger than this many connections are cut (newest kept).
 pub const MAX_CONNECTIONS: usize = 100_000;

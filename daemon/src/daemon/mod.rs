@@ -25,21 +25,21 @@ use tracing::{debug, error, info, warn};
 use crate::added_hosts::AddedHost;
 use crate::attribution::Attributor;
 use crate::bpf::event::Record;
-use crate::bpf::tracer::{resolve_cgroup_dir, Ruleset, TracerOptions};
-use crate::config::{Config, HostTarget, TraceMode};
+use crate::bpf::layout::Ruleset;
+use crate::bpf::tracer::{resolve_cgroup_dir, TracerOptions};
+use crate::config::{Config, HostTarget};
 use crate::control::{self, query, Answer, Method, Request};
 use crate::dns::{DnsUpdate, DnsWatcher};
 use crate::kernel::KernelHandle;
 use crate::metrics::{record_process, Metrics};
 use crate::pipeline::Pipeline;
 use crate::policy::scopes::{self as policy_scopes, Identities};
-use crate::policy::Environment;
+use crate::policy::{Environment, Resolved};
 use crate::reload::{self, ConfigSource};
 use crate::service;
 use crate::sinks::{human_duration, Sinks};
 use crate::sys::{mounts, preflight, privileges};
 use crate::table::{ConnTable, TableLimits};
-use crate::watchlist::{self, Resolved};
 
 /// Batches of records in flight between the kernel thread and the pipeline;
 /// when full, the kernel thread waits and the ring buffer absorbs the burst.

@@ -12,18 +12,6 @@ use connectracer_proto::Protocol;
 use super::{Dest, Environment, Policy, Selector, Subject, Target};
 use crate::attribution::cgroup_path::proc_cgroup_best_path;
 
-fn ports(p: &crate::config::PortSet) -> Vec<String> {
-    p.0.iter()
-        .map(|r| {
-            if r.start() == r.end() {
-                r.start().to_string()
-            } else {
-                format!("{}-{}", r.start(), r.end())
-            }
-        })
-        .collect()
-}
-
 /// Executables, then users, then cgroups, then global: the order a connect
 /// asks them in (cgroups deepest first at run time).
 fn rank(sel: Option<&Selector>) -> u8 {
@@ -50,7 +38,7 @@ pub fn show(policy: &Policy, env: &Environment<'_>) -> PolicyShowReply {
                     if p.is_any() {
                         format!("{net} ({why})")
                     } else {
-                        format!("{net} port {} ({why})", ports(&p).join(","))
+                        format!("{net} port {} ({why})", p.items().join(","))
                     }
                 })
                 .collect()
@@ -77,7 +65,7 @@ pub fn show(policy: &Policy, env: &Environment<'_>) -> PolicyShowReply {
                 id: r.id,
                 action: r.action.as_str().into(),
                 dest: r.dest.iter().map(ToString::to_string).collect(),
-                ports: ports(&r.ports),
+                ports: r.ports.items(),
                 protocol: r.protocol,
                 scope: r.selector.as_ref().map(ToString::to_string),
                 addresses: r

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::format::Formatter;
 use super::writer::Outcome;
-use crate::pipeline::WatchEvent;
+use super::WatchEvent;
 
 const SOCKET: &str = "/run/systemd/journal/socket";
 

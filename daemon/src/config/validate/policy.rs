@@ -5,10 +5,10 @@ use std::path::{Component, Path, PathBuf};
 use connectracer_proto::Protocol;
 use toml::Spanned;
 
+use super::super::policy::{Action, Dest, Mode, Rule, ScopeSettings, Selector};
 use super::super::raw::{RawConfig, RawRule, RawScope, RawSelector, RawUser};
-use super::super::HostTarget;
-use super::{parse_target, port_set, push, Ctx, Loc, Merge};
-use crate::policy::{Action, Dest, Mode, Rule, ScopeSettings, Selector};
+use super::super::{ConfigError, HostTarget, Place};
+use super::{parse_target, port_set, push, Ctx, Merge};
 
 /// Applies one file's policy keys: scalars override, rules and scopes append.
 pub(super) fn apply(ctx: &mut Ctx<'_>, raw: &RawConfig, m: &mut Merge) {
@@ -36,7 +36,12 @@ pub(super) fn apply(ctx: &mut Ctx<'_>, raw: &RawConfig, m: &mut Merge) {
     }
     for (i, r) in raw.rule.iter().enumerate() {
         if let Some(rule) = rule(ctx, r, i) {
-            m.rules.push(rule);
+            // Errors about a rule as a whole point at its first line.
+            let place = Place {
+                column: 1,
+                ..ctx.loc(Some(r.action.span()))
+            };
+            m.rules.push((rule, place));
         }
     }
     for (i, s) in raw.scope.iter().enumerate() {
@@ -48,14 +53,16 @@ pub(super) fn apply(ctx: &mut Ctx<'_>, raw: &RawConfig, m: &mut Merge) {
 }
 
 /// Numbers the rules of every file in order and rejects two `[[scope]]`
-/// tables for one selector.
-pub(super) fn finish(m: &mut Merge, errors: &mut Vec<crate::config::ConfigError>) {
+/// tables for one selector; returns where each rule was written.
+pub(super) fn finish(m: &mut Merge, errors: &mut Vec<ConfigError>) -> Vec<Place> {
     let p = &mut m.config.policy;
-    for (i, mut r) in std::mem::take(&mut m.rules).into_iter().enumerate() {
+    let mut places = Vec::with_capacity(m.rules.len());
+    for (i, (mut r, place)) in std::mem::take(&mut m.rules).into_iter().enumerate() {
         r.id = i as u32 + 1;
         p.rules.push(r);
+        places.push(place);
     }
-    let mut seen: Vec<(Selector, Loc)> = Vec::new();
+    let mut seen: Vec<(Selector, Place)> = Vec::new();
     for (s, loc, key) in std::mem::take(&mut m.scopes) {
         if let Some((_, first)) = seen.iter().find(|(sel, _)| *sel == s.selector) {
             let msg = format!(
@@ -70,6 +77,7 @@ pub(super) fn finish(m: &mut Merge, errors: &mut Vec<crate::config::ConfigError>
         seen.push((s.selector.clone(), loc));
         p.scopes.push(s);
     }
+    places
 }
 
 fn mode(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Mode> {
