@@ -12,8 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bpf::event::Record;
 use crate::bpf::layout::Ruleset;
+use crate::bpf::pins::Adoption;
 use crate::bpf::stats::KernelStats;
-use crate::bpf::tracer::{Adoption, Tracer, TracerError, TracerOptions};
+use crate::bpf::tracer::{Tracer, TracerError, TracerOptions};
 
 /// The kernel only wakes the reader past a fill threshold; this bounds how
 /// long a trickle of events waits in the ring.

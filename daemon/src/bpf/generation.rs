@@ -5,8 +5,8 @@
 
 use libbpf_rs::{MapCore, MapFlags};
 
+use super::error::TracerError;
 use super::layout::{Entries, Generation, MAP_NAMES};
-use super::tracer::TracerError;
 
 /// The maps of one generation. The policy maps are shared with the other
 /// generation (its entries carry the other generation number), so their
