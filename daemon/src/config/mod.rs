@@ -86,6 +86,35 @@ pub enum HostTarget {
     Name(String),
 }
 
+/// RFC 1123 hostname, lowercased, trailing dot removed.
+pub fn hostname(s: &str) -> Result<String, &'static str> {
+    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    if name.is_empty() || name.len() > 253 {
+        return Err("a hostname is 1 to 253 characters");
+    }
+    if name.contains('/') {
+        return Err("the prefix length is not valid");
+    }
+    if name.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit())) {
+        return Err("it looks like an address but is not a valid one");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each dot-separated label is 1 to 63 characters");
+        }
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err("labels hold only letters, digits, '-' and '_'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("labels neither start nor end with '-'");
+        }
+    }
+    Ok(name)
+}
+
 /// Destination ports a watch entry applies to; empty means every port.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortSet(pub Vec<RangeInclusive<u16>>);
