@@ -318,7 +318,7 @@ impl Daemon {
 
     pub(super) fn on_new_cgroup(&mut self, dir: &Path) {
         use std::os::unix::fs::MetadataExt;
-        let Some(rel) = policy_scopes::relative_cgroup_path(&self.mount, dir) else {
+        let Some(rel) = crate::sys::cgroup_tree::relative_path(&self.mount, dir) else {
             return;
         };
         let Some(scope) = crate::ruleset::policy::scope_for_new_cgroup(&self.config.policy, &rel) else {

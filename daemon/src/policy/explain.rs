@@ -11,6 +11,7 @@ use connectracer_proto::Protocol;
 
 use super::{Dest, Environment, Policy, Selector, Subject, Target};
 use crate::attribution::cgroup_path::proc_cgroup_best_path;
+use crate::sys::cgroup_tree;
 
 /// Executables, then users, then cgroups, then global: the order a connect
 /// asks them in (cgroups deepest first at run time).
@@ -160,20 +161,10 @@ pub fn subject(p: &PolicyCheckParams, mount: &Path) -> Result<Subject, CallError
 
 /// Where a running unit's cgroup is; None when it is not running.
 fn find_unit(mount: &Path, unit: &str) -> Option<String> {
-    let mut stack = vec![mount.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).ok()?.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let path = e.path();
-            if e.file_name() == unit {
-                return super::scopes::relative_cgroup_path(mount, &path);
-            }
-            stack.push(path);
-        }
-    }
-    None
+    cgroup_tree::dirs(mount)
+        .skip(1)
+        .find(|d| d.file_name().is_some_and(|n| n == unit))
+        .and_then(|d| cgroup_tree::relative_path(mount, &d))
 }
 
 fn describe(s: &Subject) -> String {
