@@ -160,12 +160,12 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     // fails leaves nothing attached, pinned or bound behind it.
     let listener = control::server::bind(control_socket).context("control socket")?;
     let _socket_file = RemoveOnDrop(control_socket.to_path_buf());
-    let metrics = start::metrics(&config)?;
+    let mut metrics = start::metrics(&config)?;
     let opts = start::tracer_options(&config, paths, &mount, &cgroup_dir);
     let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
     start::log_attached(&kernel, &config, &cgroup_dir);
     let counters_file = paths.state_dir.join(COUNTERS_FILE);
-    let pipeline = start::pipeline(&config, &mount, paths, metrics, &counters_file);
+    let mut pipeline = start::pipeline(&config, &mount, paths);
 
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
     // The owner publishes its counters here every second; the D-Bus
@@ -174,6 +174,8 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers(), status_rx);
     let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
     info!(socket = %control_socket.display(), "control socket listening");
+    start::restore_counters(&mut metrics, paths, &counters_file);
+    pipeline.set_metrics(metrics);
     // Everything that needs privileges is done: programs attached, pins
     // adopted, /proc scanned, the control socket bound and chowned.
     match privileges::drop_to_steady_state() {

@@ -70,15 +70,8 @@ pub(super) fn log_attached(kernel: &KernelHandle, config: &Config, cgroup_dir: &
     log_policy(config);
 }
 
-/// The event path: attribution (with /proc scanned), the table, the sinks
-/// and the metrics, which continue the previous instance's counters.
-pub(super) fn pipeline(
-    config: &Config,
-    mount: &Path,
-    paths: &Paths,
-    mut metrics: Metrics,
-    counters_file: &Path,
-) -> Pipeline {
+/// The event path: attribution (with /proc scanned), the table, the sinks.
+pub(super) fn pipeline(config: &Config, mount: &Path, paths: &Paths) -> Pipeline {
     let mut attributor = Attributor::new(mount, MAX_PROCESSES, config.table.process_retention);
     attributor.processes.scan();
     let mut pipeline = Pipeline::new(
@@ -88,6 +81,11 @@ pub(super) fn pipeline(
     );
     // The kernel thread put the first configuration in force as epoch 1.
     pipeline.set_hosts(1, &config.hosts);
+    pipeline
+}
+
+/// The metrics, continuing the previous instance's per-label counters.
+pub(super) fn restore_counters(metrics: &mut Metrics, paths: &Paths, counters_file: &Path) {
     if let Err(e) = std::fs::create_dir_all(&paths.state_dir) {
         warn!("state directory {}: {e}", paths.state_dir.display());
     }
@@ -98,8 +96,6 @@ pub(super) fn pipeline(
             "continued connection counters of the previous instance"
         );
     }
-    pipeline.set_metrics(metrics);
-    pipeline
 }
 
 /// None when DNS could not start: the error is logged and in status.
