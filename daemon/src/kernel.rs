@@ -11,8 +11,10 @@ use libbpf_rs::RingBufferBuilder;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bpf::event::Record;
+use crate::bpf::layout::Ruleset;
+use crate::bpf::pins::Adoption;
 use crate::bpf::stats::KernelStats;
-use crate::bpf::tracer::{Adoption, Ruleset, Tracer, TracerError, TracerOptions};
+use crate::bpf::tracer::{Tracer, TracerError, TracerOptions};
 
 /// The kernel only wakes the reader past a fill threshold; this bounds how
 /// long a trickle of events waits in the ring.
@@ -149,42 +151,15 @@ fn run(
     // would wake the pipeline's thread per record, which costs more than
     // everything else the daemon does with it.
     let batch = std::rc::Rc::new(std::cell::RefCell::new(Vec::<Record>::new()));
-    let sink = batch.clone();
-    let mut builder = RingBufferBuilder::new();
-    let cb = move |data: &[u8]| -> i32 {
-        match Record::decode(data) {
-            Ok(rec) => sink.borrow_mut().push(rec),
-            Err(e) => {
-                if decode_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!("undecodable ring buffer record: {e}");
-                }
-            }
-        }
-        0
-    };
-    if let Err(e) = builder.add(tracer.events_map(), cb) {
-        let _ = ready.send(Err(KernelError::RingBuffer(e)));
-        return;
-    }
-    let ring = match builder.build() {
+    let ring = match ring_reader(&tracer, batch.clone(), decode_errors) {
         Ok(r) => r,
         Err(e) => {
-            let _ = ready.send(Err(KernelError::RingBuffer(e)));
+            let _ = ready.send(Err(e));
             return;
         }
     };
     let _ = ready.send(Ok(tracer.adoption.clone()));
-
-    let positions = crate::bpf::stats::RingPositions::map(tracer.events_map().as_fd())
-        .map_err(|e| tracing::warn!("ring buffer fill level unavailable: {e}"))
-        .ok();
-    let ring_size = u64::from(opts.ring_buffer_size);
-    let stats = |t: &Tracer| {
-        let mut k = crate::bpf::stats::read(t.stats_map()).map_err(|e| e.to_string())?;
-        k.ring_pending_bytes = positions.as_ref().map_or(0, |p| p.pending());
-        k.ring_size_bytes = ring_size;
-        Ok(k)
-    };
+    let counters = Counters::new(&tracer, opts.ring_buffer_size);
     let drain = || -> bool {
         let _ = ring.consume();
         let full = std::mem::take(&mut *batch.borrow_mut());
@@ -200,35 +175,91 @@ fn run(
         }
         loop {
             match commands.try_recv() {
-                Ok(Command::Stats(reply)) => {
-                    let _ = reply.send(stats(&tracer));
-                }
-                Ok(Command::Apply(ruleset, reply)) => {
-                    let _ = reply.send(
-                        tracer
-                            .apply(&ruleset)
-                            .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
-                    );
-                }
-                Ok(Command::AddCgroupScope { cgroup_id, scope }) => {
-                    if let Err(e) = tracer.add_cgroup_scope(cgroup_id, scope) {
-                        tracing::error!(
-                            "policy: adding cgroup {cgroup_id} to scope {scope}: {:#}",
-                            anyhow::Error::from(e)
-                        );
-                    }
-                }
                 Ok(Command::Shutdown { keep_pinned, reply }) => {
                     drain();
-                    let _ = reply.send(stats(&tracer));
+                    let _ = reply.send(counters.read(&tracer));
                     if !keep_pinned {
                         tracer.unpin_and_detach();
                     }
                     return;
                 }
+                Ok(command) => handle(&tracer, &counters, command),
                 Err(std_mpsc::TryRecvError::Empty) => break,
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
             }
         }
+    }
+}
+
+/// The ring buffer's reader: each record decoded into `batch`.
+fn ring_reader<'a>(
+    tracer: &'a Tracer,
+    batch: std::rc::Rc<std::cell::RefCell<Vec<Record>>>,
+    decode_errors: &'a AtomicU64,
+) -> Result<libbpf_rs::RingBuffer<'a>, KernelError> {
+    let mut builder = RingBufferBuilder::new();
+    let cb = move |data: &[u8]| -> i32 {
+        match Record::decode(data) {
+            Ok(rec) => batch.borrow_mut().push(rec),
+            Err(e) => {
+                if decode_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!("undecodable ring buffer record: {e}");
+                }
+            }
+        }
+        0
+    };
+    builder
+        .add(tracer.events_map(), cb)
+        .map_err(KernelError::RingBuffer)?;
+    builder.build().map_err(KernelError::RingBuffer)
+}
+
+/// The kernel counters, with the ring's fill level.
+struct Counters {
+    positions: Option<crate::bpf::stats::RingPositions>,
+    ring_size: u64,
+}
+
+impl Counters {
+    fn new(tracer: &Tracer, ring_buffer_size: u32) -> Self {
+        Self {
+            positions: crate::bpf::stats::RingPositions::map(tracer.events_map().as_fd())
+                .map_err(|e| tracing::warn!("ring buffer fill level unavailable: {e}"))
+                .ok(),
+            ring_size: u64::from(ring_buffer_size),
+        }
+    }
+
+    fn read(&self, tracer: &Tracer) -> Result<KernelStats, String> {
+        let mut k = crate::bpf::stats::read(tracer.stats_map()).map_err(|e| e.to_string())?;
+        k.ring_pending_bytes = self.positions.as_ref().map_or(0, |p| p.pending());
+        k.ring_size_bytes = self.ring_size;
+        Ok(k)
+    }
+}
+
+/// Every command but the shutdown, which ends the loop.
+fn handle(tracer: &Tracer, counters: &Counters, command: Command) {
+    match command {
+        Command::Stats(reply) => {
+            let _ = reply.send(counters.read(tracer));
+        }
+        Command::Apply(ruleset, reply) => {
+            let _ = reply.send(
+                tracer
+                    .apply(&ruleset)
+                    .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+            );
+        }
+        Command::AddCgroupScope { cgroup_id, scope } => {
+            if let Err(e) = tracer.add_cgroup_scope(cgroup_id, scope) {
+                tracing::error!(
+                    "policy: adding cgroup {cgroup_id} to scope {scope}: {:#}",
+                    anyhow::Error::from(e)
+                );
+            }
+        }
+        Command::Shutdown { .. } => unreachable!("the loop ends at a shutdown, after its final drain"),
     }
 }

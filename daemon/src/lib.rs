@@ -4,7 +4,6 @@
 pub mod added_hosts;
 pub mod attribution;
 pub mod bpf;
-pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -15,14 +14,16 @@ pub mod dns;
 pub mod downtime;
 pub mod epochs;
 pub mod kernel;
+#[cfg(test)]
+mod layers;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_http;
 pub mod pipeline;
 pub mod policy;
 pub mod reload;
+pub mod ruleset;
 pub mod service;
 pub mod sinks;
 pub mod sys;
 pub mod table;
-pub mod watchlist;

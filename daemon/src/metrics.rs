@@ -75,6 +75,13 @@ const RECEIVED: &str = "connectracer_connection_received_bytes";
 const VERDICTS: &str = "connectracer_policy_verdicts_total";
 
 fn describe() {
+    describe_connections();
+    describe_kernel_and_pipeline();
+    describe_daemon();
+}
+
+/// What connections did, and what the policy said of them.
+fn describe_connections() {
     describe_counter!(
         "connectracer_connection_outcomes_total",
         "Connections by protocol and outcome, with no label that names a process (served on HTTP)"
@@ -113,6 +120,10 @@ fn describe() {
         RECEIVED,
         "Payload bytes received by closed TCP connections, per watched host"
     );
+}
+
+/// The kernel programs' and the event path's own counters.
+fn describe_kernel_and_pipeline() {
     describe_counter!(
         "connectracer_series_overflow_total",
         "Label sets folded into \"other\" because the metric's series budget was spent"
@@ -145,6 +156,10 @@ fn describe() {
         "connectracer_process_cache_entries",
         "Processes in the daemon's process cache"
     );
+}
+
+/// Reloads, DNS, sinks and the daemon process.
+fn describe_daemon() {
     describe_counter!(
         "connectracer_config_reloads_total",
         "Configuration reloads attempted"

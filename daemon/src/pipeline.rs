@@ -13,6 +13,7 @@ use crate::bpf::event::{ConnKind, ConnRecord, Record};
 use crate::config::LogConfig;
 use crate::config::WatchedHost;
 use crate::metrics::Metrics;
+pub use crate::sinks::WatchEvent;
 use crate::sinks::{EventKind, Sinks};
 use crate::table::{ConnTable, Connection, Ending, TableLimits, TableStats};
 
@@ -38,15 +39,6 @@ pub struct Pipeline {
     /// Live subscribers (tracectl watch); events are cloned only when some
     /// are listening.
     watchers: tokio::sync::broadcast::Sender<Arc<WatchEvent>>,
-}
-
-/// An event as streamed to watchers and written by sinks.
-#[derive(Debug, Clone)]
-pub struct WatchEvent {
-    pub kind: EventKind,
-    /// When it happened, from the kernel's timestamp.
-    pub at: SystemTime,
-    pub connection: Connection,
 }
 
 /// Events buffered per watcher before it is told it missed some.

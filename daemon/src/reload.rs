@@ -84,7 +84,7 @@ impl LoadJob {
     pub fn run(self) -> Result<Config, ConfigErrors> {
         let mut sources = crate::config::read_sources(self.path.as_deref())?;
         sources.extend(self.added);
-        let mut config = crate::config::parse_files(&sources)?;
+        let mut config = crate::ruleset::check_files(&sources)?;
         if let Some(cg) = self.cgroup {
             config.cgroup = Some(cg);
         }

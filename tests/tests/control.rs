@@ -9,10 +9,6 @@ use std::time::Duration;
 use connectracer_tests::{bin_path, hold, tcp_server, Daemon, TestCgroup};
 use serde_json::{json, Value};
 
-fn tracectl(d: &Daemon, args: &[&str]) -> (i32, String, String) {
-    d.tracectl(args)
-}
-
 #[test]
 fn who_ps_and_connections_find_an_open_connection() {
     let cg = TestCgroup::new("who");
@@ -26,7 +22,7 @@ fn who_ps_and_connections_find_an_open_connection() {
     .unwrap();
     let lport = local.rsplit(':').next().unwrap();
 
-    let (code, out, err) = tracectl(&d, &["--json", "who", "--local-port", lport]);
+    let (code, out, err) = d.tracectl(&["--json", "who", "--local-port", lport]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     let conns = v["connections"].as_array().unwrap();
@@ -36,7 +32,7 @@ fn who_ps_and_connections_find_an_open_connection() {
     assert_eq!(conns[0]["src"], local.as_str());
     assert_eq!(conns[0]["state"], "established");
 
-    let (code, out, _) = tracectl(&d, &["--json", "who", &server.to_string()]);
+    let (code, out, _) = d.tracectl(&["--json", "who", &server.to_string()]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(v["connections"]
@@ -45,7 +41,7 @@ fn who_ps_and_connections_find_an_open_connection() {
         .iter()
         .any(|c| c["process"]["pid"] == pid));
 
-    let (code, out, _) = tracectl(&d, &["ps", &pid.to_string()]);
+    let (code, out, _) = d.tracectl(&["ps", &pid.to_string()]);
     assert_eq!(code, 0);
     let mut lines = out.lines();
     assert!(lines.next().unwrap().starts_with("PID"), "{out}");
@@ -55,17 +51,14 @@ fn who_ps_and_connections_find_an_open_connection() {
         "{out}"
     );
 
-    let (code, out, _) = tracectl(
-        &d,
-        &[
-            "--json",
-            "connections",
-            "--state",
-            "established",
-            "--protocol",
-            "tcp",
-        ],
-    );
+    let (code, out, _) = d.tracectl(&[
+        "--json",
+        "connections",
+        "--state",
+        "established",
+        "--protocol",
+        "tcp",
+    ]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(v["connections"]
@@ -74,19 +67,19 @@ fn who_ps_and_connections_find_an_open_connection() {
         .iter()
         .all(|c| c["state"] == "established"));
 
-    let (code, out, _) = tracectl(&d, &["--json", "stats"]);
+    let (code, out, _) = d.tracectl(&["--json", "stats"]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["stats"]["kernel"]["connects"], 1);
     assert_eq!(v["stats"]["table_open"], 1);
 
-    let (code, _, err) = tracectl(&d, &["who", "not an address"]);
+    let (code, _, err) = d.tracectl(&["who", "not an address"]);
     assert_eq!(code, 1);
     assert_eq!(
         err,
         "tracectl: invalid address: `not an address` is not an IP address or ADDRESS:PORT\n"
     );
-    let (code, _, err) = tracectl(&d, &["who", "not-watched.example"]);
+    let (code, _, err) = d.tracectl(&["who", "not-watched.example"]);
     assert_eq!(code, 1);
     assert_eq!(
         err,
@@ -100,7 +93,7 @@ fn who_ps_and_connections_find_an_open_connection() {
 fn exit_codes_for_usage_denied_and_not_running() {
     let cg = TestCgroup::new("codes");
     let d = Daemon::start(&cg, "").unwrap();
-    let (code, _, _) = tracectl(&d, &["who"]);
+    let (code, _, _) = d.tracectl(&["who"]);
     assert_eq!(code, 2, "usage error");
     let out = Command::new(bin_path("tracectl"))
         .args(["--socket", "/nonexistent/control.sock", "stats"])
@@ -220,25 +213,25 @@ fn add_host_persists_runtime_does_not_and_remove_undoes() {
     assert!(traced(&mut d, &dst).is_none());
 
     let p = port.to_string();
-    let (code, out, err) = tracectl(&d, &["add-host", "127.0.0.1", "--port", &p, "--label", "added"]);
+    let (code, out, err) = d.tracectl(&["add-host", "127.0.0.1", "--port", &p, "--label", "added"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(traced(&mut d, &dst).unwrap()["label"], "added");
-    let (code, _, err) = tracectl(&d, &["add-host", "127.0.0.2", "--runtime"]);
+    let (code, _, err) = d.tracectl(&["add-host", "127.0.0.2", "--runtime"]);
     assert_eq!(code, 0, "{err}");
     assert!(traced(&mut d, &other).is_some());
 
     // Bad and duplicate hosts are refused with the reason; nothing changes.
-    let (code, _, err) = tracectl(&d, &["add-host", "10.0.0.1/99"]);
+    let (code, _, err) = d.tracectl(&["add-host", "10.0.0.1/99"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("`10.0.0.1/99` is not an IP address, CIDR or hostname"),
         "{err}"
     );
-    let (code, _, err) = tracectl(&d, &["add-host", "127.0.0.1", "--port", &p, "--label", "again"]);
+    let (code, _, err) = d.tracectl(&["add-host", "127.0.0.1", "--port", &p, "--label", "again"]);
     assert_eq!(code, 1);
     assert!(err.contains("already watched"), "{err}");
 
-    let (code, out, _) = tracectl(&d, &["--json", "hosts"]);
+    let (code, out, _) = d.tracectl(&["--json", "hosts"]);
     assert_eq!(code, 0);
     let hosts: Value = serde_json::from_str(&out).unwrap();
     let names: Vec<(&str, &str)> = hosts["hosts"]
@@ -269,18 +262,18 @@ fn add_host_persists_runtime_does_not_and_remove_undoes() {
     assert!(traced(&mut d, &other).is_none());
 
     // Only added hosts can be removed here.
-    let (code, _, err) = tracectl(&d, &["remove-host", "127.0.0.9"]);
+    let (code, _, err) = d.tracectl(&["remove-host", "127.0.0.9"]);
     assert_eq!(code, 1);
     assert!(
         err.contains("is configured in") && err.contains("connectracer.toml: edit that file"),
         "{err}"
     );
-    let (code, _, err) = tracectl(&d, &["remove-host", "192.0.2.1"]);
+    let (code, _, err) = d.tracectl(&["remove-host", "192.0.2.1"]);
     assert_eq!(
         (code, err.as_str()),
         (1, "tracectl: no added host named `192.0.2.1`\n")
     );
-    let (code, _, err) = tracectl(&d, &["remove-host", "127.0.0.1"]);
+    let (code, _, err) = d.tracectl(&["remove-host", "127.0.0.1"]);
     assert_eq!(code, 0, "{err}");
     assert!(traced(&mut d, &dst).is_none());
 }

@@ -2,9 +2,11 @@
 //! watch list follows the records, keeps old addresses for the grace
 //! period, and keeps the last known ones when DNS fails.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use connectracer_tests::{closed_port, probe, Daemon, Dnsmasq, TestCgroup};
+use connectracer_tests::{
+    closed_port, http_get_raw, probe, wait_until, ConfigDir, Daemon, Dnsmasq, TestCgroup,
+};
 use serde_json::Value;
 
 /// Connects once and says whether the connection was traced (and how).
@@ -16,17 +18,6 @@ fn traced(d: &mut Daemon, cg: &TestCgroup, dst: &str) -> Option<Value> {
     })
     .ok()?;
     d.events("connect", Some(pid)).next().cloned()
-}
-
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
 }
 
 #[test]
@@ -44,8 +35,7 @@ fn watched_hostname_follows_dns_with_grace_and_survives_a_dead_server() {
         .local_addr()
         .unwrap()
         .port();
-    let cfg =
-        connectracer_tests::tempdir_lite::ConfigDir::new(&format!("dns-{}", std::process::id()), &config);
+    let cfg = ConfigDir::new(&format!("dns-{}", std::process::id()), &config);
     cfg.write_dropin(
         "99-metrics.toml",
         &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
@@ -84,16 +74,17 @@ fn watched_hostname_follows_dns_with_grace_and_survives_a_dead_server() {
     // The record moves: the new address is watched within a TTL or two.
     dns.set_records("127.0.0.6 api.test\n");
     let second = format!("127.0.0.6:{port}");
-    assert!(eventually(Duration::from_secs(6), || traced(
-        &mut d, &cg, &second
-    )
-    .is_some()));
+    wait_until("the new address to be traced", Duration::from_secs(6), || {
+        traced(&mut d, &cg, &second).is_some()
+    });
     // The old one stays for the grace period (3 s), then goes.
     assert!(
         traced(&mut d, &cg, &first).is_some(),
         "old address dropped before its grace period"
     );
-    assert!(eventually(Duration::from_secs(8), || traced(&mut d, &cg, &first).is_none()));
+    wait_until("the old address to go", Duration::from_secs(8), || {
+        traced(&mut d, &cg, &first).is_none()
+    });
 
     // The server dies: the last known address stays watched.
     dns.stop();
@@ -106,7 +97,7 @@ fn watched_hostname_follows_dns_with_grace_and_survives_a_dead_server() {
     assert!(traced(&mut d, &cg, &format!("127.0.0.7:{port}")).is_none());
 
     // Lookups and failures per host are counted.
-    let metrics = scrape(metrics_port);
+    let metrics = http_get_raw(metrics_port, "/metrics").unwrap_or_default();
     let value = |name: &str, host: &str| {
         metrics
             .lines()
@@ -126,13 +117,4 @@ fn watched_hostname_follows_dns_with_grace_and_survives_a_dead_server() {
         Some(1.0),
         "{metrics}"
     );
-}
-
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }

@@ -36,12 +36,6 @@ fn errno(cg: &TestCgroup, dst: &str) -> i64 {
     out["results"][0]["errno"].as_i64().unwrap_or(0)
 }
 
-fn stats(d: &Daemon) -> Value {
-    let (code, out, err) = d.tracectl(&["--json", "stats"]);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str::<Value>(&out).unwrap()["stats"].clone()
-}
-
 /// The kernel's answer and `policy check`'s agree for `dst`, and are `expected`.
 fn assert_verdict(d: &Daemon, cg: &TestCgroup, dst: &str, expected: i64) {
     let got = errno(cg, dst);
@@ -81,7 +75,7 @@ fn an_overflowing_reload_changes_nothing_and_is_reported_on_every_path() {
     let (code, _, err) = d.tracectl(&["reload"]);
     assert_eq!(code, 1);
     assert!(err.contains("rule 2") && err.contains("policy_v4"), "{err}");
-    let s = stats(&d);
+    let s = d.stats();
     assert_eq!(s["reload_failures"], 3, "{s}");
     assert!(
         s["last_reload_error"].as_str().unwrap().contains("policy_v4"),
@@ -103,7 +97,7 @@ fn an_overflowing_reload_changes_nothing_and_is_reported_on_every_path() {
     for dst in ["127.10.0.1:80", "127.10.1.7:80", "127.11.2.0:80"] {
         assert_verdict(&d, &cg, dst, REFUSED);
     }
-    assert!(stats(&d)["last_reload_error"].is_null());
+    assert!(d.stats()["last_reload_error"].is_null());
 }
 
 /// 65,536 watched addresses fill the IPv4 watch trie of one configuration.
@@ -140,7 +134,7 @@ fn an_add_host_that_does_not_fit_is_neither_applied_nor_kept() {
             .contains("10.200.0.1"),
         "a refused host is not persisted"
     );
-    let s = stats(&d);
+    let s = d.stats();
     assert_eq!(s["reload_failures"], 2, "{s}");
     assert!(
         s["last_reload_error"].as_str().unwrap().contains("watch_v4"),
@@ -281,8 +275,8 @@ fn clients_asking_for_the_whole_table_and_not_reading_stay_bounded() {
     }
     // Connections reach the table through the ring buffer: wait for them.
     let deadline = std::time::Instant::now() + WAIT;
-    while stats(&d)["table_closed"].as_u64().unwrap_or(0) < 30_000 {
-        assert!(std::time::Instant::now() < deadline, "{}", stats(&d));
+    while d.stats()["table_closed"].as_u64().unwrap_or(0) < 30_000 {
+        assert!(std::time::Instant::now() < deadline, "{}", d.stats());
         std::thread::sleep(Duration::from_millis(200));
     }
     let rss = |pid: u32| -> u64 {
@@ -320,7 +314,7 @@ fn a_start_that_fails_leaves_nothing_attached_pinned_or_bound() {
     let port = taken.local_addr().unwrap().port();
     let cg = TestCgroup::new("failstart");
     let tag = format!("failstart-{}", std::process::id());
-    let cfg = connectracer_tests::tempdir_lite::ConfigDir::new(&tag, "trace = \"all\"\n");
+    let cfg = connectracer_tests::ConfigDir::new(&tag, "trace = \"all\"\n");
     // After the test drop-in that turns metrics off.
     cfg.write_dropin(
         "50-metrics.toml",
@@ -380,11 +374,11 @@ fn drops_are_logged_and_a_restart_says_what_happened_while_down() {
     d.signal(Signal::SIGCONT);
     let warning = d
         .wait_log("ring buffer full", WAIT)
-        .unwrap_or_else(|e| panic!("{e}: {}", stats(&d)));
+        .unwrap_or_else(|e| panic!("{e}: {}", d.stats()));
     let dropped = warning["dropped"].as_u64().unwrap();
     assert!(dropped > 0, "{warning}");
     assert_eq!(
-        stats(&d)["kernel"]["drops"].as_u64().unwrap(),
+        d.stats()["kernel"]["drops"].as_u64().unwrap(),
         dropped,
         "{warning}"
     );

@@ -3,29 +3,12 @@
 //! exact counts per label set.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use connectracer_tests::tempdir_lite::ConfigDir;
 use connectracer_tests::{bin_path, closed_port, Daemon, TestCgroup};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
-}
+use connectracer_tests::{eventually, free_port, http_get, ConfigDir};
 
 /// Value of the sample of `metric` whose labels include all of `labels`.
 fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -65,19 +48,6 @@ fn promtool_ok(text: &str) {
         out.status.success() && said.trim().is_empty(),
         "promtool check metrics: {said}"
     );
-}
-
-fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

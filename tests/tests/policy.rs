@@ -4,9 +4,11 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use connectracer_tests::{bin_path, probe, probe_as, tempdir_lite, Daemon, Dnsmasq, TestCgroup};
+use connectracer_tests::{
+    bin_path, http_get_raw, probe, probe_as, wait_until, ConfigDir, Daemon, Dnsmasq, TestCgroup,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -57,20 +59,6 @@ fn assert_rows(d: &Daemon, rows: &[(&TestCgroup, Option<u32>, &str, i64)]) {
             cg.rel
         );
     }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn stats(d: &Daemon) -> Value {
-    let (code, out, err) = d.tracectl(&["--json", "stats"]);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str::<Value>(&out).unwrap()["stats"].clone()
 }
 
 #[test]
@@ -133,7 +121,7 @@ fn enforce_refuses_tcp_v4_v6_v4_mapped_and_udp_sendto() {
         .count();
     assert_eq!(mapped, 2, "the v4-mapped connect is reported as IPv4");
 
-    let k = &stats(&d)["kernel"];
+    let k = &d.stats()["kernel"];
     assert_eq!(
         k["denied"], 7,
         "every refused call counts, each datagram too: {k}"
@@ -150,7 +138,7 @@ fn enforce_refuses_tcp_v4_v6_v4_mapped_and_udp_sendto() {
 #[test]
 fn audit_reports_would_deny_counts_and_lets_through() {
     let cg = TestCgroup::new("audit");
-    let cfg = tempdir_lite::ConfigDir::new(
+    let cfg = ConfigDir::new(
         "policy-audit",
         &format!("mode = \"audit\"\n{NO_EXCEPTIONS}\n[[rule]]\naction = \"deny\"\ndest = \"127.0.0.2\"\n"),
     );
@@ -178,7 +166,7 @@ fn audit_reports_would_deny_counts_and_lets_through() {
     assert_eq!(audited[0]["dst"], "127.0.0.2:9");
     assert_eq!(audited[0]["policy_rule"], 1);
     assert!(d.events("denied", None).next().is_none());
-    let k = &stats(&d)["kernel"];
+    let k = &d.stats()["kernel"];
     assert_eq!(
         (k["denied"].as_u64(), k["would_deny"].as_u64()),
         (Some(0), Some(1)),
@@ -186,8 +174,8 @@ fn audit_reports_would_deny_counts_and_lets_through() {
     );
 
     let mut body = String::new();
-    wait_until("the verdict metric", || {
-        body = http_get(port, "/metrics");
+    wait_until("the verdict metric", WAIT, || {
+        body = http_get_raw(port, "/metrics").unwrap_or_default();
         body.contains("connectracer_policy_verdicts_total{")
     });
     let line = body
@@ -199,23 +187,13 @@ fn audit_reports_would_deny_counts_and_lets_through() {
         "{line}"
     );
     assert!(line.ends_with(" 1"), "{line}");
-    wait_until("kernel counter", || {
-        http_get(port, "/metrics")
+    wait_until("kernel counter", WAIT, || {
+        http_get_raw(port, "/metrics")
+            .unwrap_or_default()
             .lines()
             .any(|l| l == "connectracer_kernel_would_deny_total 1")
     });
     d.stop().unwrap();
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 /// A unit's default deny with one allowed port; units that start after the
@@ -291,16 +269,16 @@ fn hostname_rule_follows_dns() {
         ),
     )
     .unwrap();
-    wait_until("the name's first address to be denied", || {
+    wait_until("the name's first address to be denied", WAIT, || {
         connects(&cg, None, &["127.0.0.7:9"]) == [EPERM]
     });
     assert_eq!(connects(&cg, None, &["127.0.0.8:9"]), [REFUSED]);
     dns.set_records("127.0.0.8 blocked.test\n");
-    wait_until("the new address to be denied", || {
+    wait_until("the new address to be denied", WAIT, || {
         connects(&cg, None, &["127.0.0.8:9"]) == [EPERM]
     });
     // The old address is kept for the grace period, then released.
-    wait_until("the old address to be released", || {
+    wait_until("the old address to be released", WAIT, || {
         connects(&cg, None, &["127.0.0.7:9"]) == [REFUSED]
     });
     let (code, out, _) = d.tracectl(&["policy", "show"]);

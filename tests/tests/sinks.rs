@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 
-use connectracer_tests::tempdir_lite::ConfigDir;
 use connectracer_tests::{bin_path, closed_port, probe, Daemon, TestCgroup};
+use connectracer_tests::{metric, ConfigDir};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -340,15 +339,6 @@ fn per_sink_filters_give_exactly_the_selected_events() {
         };
         assert_eq!(got, want, "sink {name}");
     }
-}
-
-fn metric(port: u16, series: &str) -> Option<u64> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 /// A queue of one line sheds all but one line of each batch: the loss is

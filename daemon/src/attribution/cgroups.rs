@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::cgroup_path::{parse_cgroup_path, CgroupInfo};
+use crate::sys::cgroup_tree;
 
 /// A resolved cgroup: its path below the cgroup2 mount and what it says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +53,7 @@ impl CgroupResolver {
             return Some(c.clone());
         }
         let path = self.by_handle(id).or_else(|| self.by_walk(id))?;
-        let rel = path.strip_prefix(&self.mount).ok()?;
-        let rel = format!("/{}", rel.display());
+        let rel = cgroup_tree::relative_path(&self.mount, &path)?;
         let cg = Arc::new(Cgroup {
             info: parse_cgroup_path(&rel),
             path: rel,
@@ -92,20 +92,6 @@ impl CgroupResolver {
     }
 
     fn by_walk(&self, id: u64) -> Option<PathBuf> {
-        let mut stack = vec![self.mount.clone()];
-        while let Some(dir) = stack.pop() {
-            if std::fs::metadata(&dir).map(|m| m.ino()).ok() == Some(id) {
-                return Some(dir);
-            }
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
-        }
-        None
+        cgroup_tree::dirs(&self.mount).find(|d| std::fs::metadata(d).is_ok_and(|m| m.ino() == id))
     }
 }

@@ -1,21 +1,94 @@
-//! One configuration generation as the kernel's maps hold it (key bytes to
-//! value bytes), and the transactional write that puts it there: the
-//! daemon's record of each generation always equals what the map holds,
-//! and a write that fails partway is undone, so the idle generation is
-//! never left holding rules nobody reported.
+//! The kernel's layout of one configuration: what the ruleset stage
+//! produces and the tracer writes (LPM entries with their port rules,
+//! policy entries, scope keys), and its encoding as the maps' key and value
+//! bytes. Pure: nothing here touches the kernel, so its tests need no root.
 
 use std::collections::HashMap;
 
 use ipnet::IpNet;
-use libbpf_rs::{MapCore, MapFlags};
 
-use super::tracer::{Ruleset, TracerError};
 use super::types::{
     ct_lpm_v4_key, ct_lpm_v6_key, ct_policy_rule, ct_policy_v4_key, ct_policy_v6_key, ct_policy_val,
     ct_port_rule, ct_scope_key, ct_scope_kind, ct_scope_val, ct_watch_val,
 };
-use crate::policy::compile::{CompiledPolicy, ScopeKey, ScopeVal};
-use crate::watchlist::MAX_RULES;
+
+/// Port rules one kernel entry holds (`CT_MAX_PORT_RULES` in connectracer.h).
+pub const MAX_RULES: usize = 16;
+
+/// What one configuration generation holds in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Carried by every event judged against this ruleset; assigned by the
+    /// caller so that it can know it before the switch.
+    pub epoch: u32,
+    pub trace_all: bool,
+    pub watch: Vec<LpmEntry>,
+    pub policy: CompiledPolicy,
+}
+
+/// A watched port range on one prefix, and the host it reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRule {
+    pub lo: u16,
+    pub hi: u16,
+    pub host_id: u32,
+}
+
+/// One watch-trie entry: its own rules, then those of the wider prefixes
+/// covering it (an LPM lookup returns only the longest match).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LpmEntry {
+    pub net: IpNet,
+    pub rules: Vec<PortRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelRule {
+    pub lo: u16,
+    pub hi: u16,
+    /// IP protocol number, 0 for both.
+    pub protocol: u8,
+    /// `ct_verdict` with the scope's mode applied.
+    pub verdict: u8,
+    pub rule_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyEntry {
+    pub scope: u32,
+    pub net: IpNet,
+    pub rules: Vec<KernelRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScopeKey {
+    Cgroup(u64),
+    Uid(u32),
+    Exe {
+        ino: u64,
+        dev: u64,
+    },
+    /// The scope's own settings.
+    Scope(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScopeVal {
+    pub scope: u32,
+    /// `ct_verdict` + 1; 0: no default.
+    pub default_verdict: u8,
+    pub ipv6_verdict: u8,
+}
+
+/// The policy laid out for the kernel: per-scope LPM entries and the map
+/// from kernel-visible identities to scopes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    /// `ct_policy_flag` bits.
+    pub flags: u8,
+    pub entries: Vec<PolicyEntry>,
+    pub scopes: Vec<(ScopeKey, ScopeVal)>,
+}
 
 // SAFETY: plain integer/byte-array structs generated from connectracer.h.
 unsafe impl plain::Plain for ct_lpm_v4_key {}
@@ -34,13 +107,13 @@ unsafe impl plain::Plain for ct_scope_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for ct_scope_val {}
 
-pub(super) fn bytes<T: plain::Plain>(v: &T) -> &[u8] {
+pub fn bytes<T: plain::Plain>(v: &T) -> &[u8] {
     // SAFETY: Plain types are integers and byte arrays without padding
     // the kernel would misread; every one here is generated from the header.
     unsafe { plain::as_bytes(v) }
 }
 
-pub(super) fn scope_key(gen: u32, k: ScopeKey) -> ct_scope_key {
+pub fn scope_key(gen: u32, k: ScopeKey) -> ct_scope_key {
     let (kind, id, dev) = match k {
         ScopeKey::Cgroup(id) => (ct_scope_kind::CT_SCOPE_KIND_CGROUP, id, 0),
         ScopeKey::Uid(uid) => (ct_scope_kind::CT_SCOPE_KIND_UID, u64::from(uid), 0),
@@ -55,7 +128,7 @@ pub(super) fn scope_key(gen: u32, k: ScopeKey) -> ct_scope_key {
     }
 }
 
-pub(super) fn scope_val(v: ScopeVal) -> ct_scope_val {
+pub fn scope_val(v: ScopeVal) -> ct_scope_val {
     ct_scope_val {
         scope: v.scope,
         default_verdict: v.default_verdict,
@@ -81,11 +154,11 @@ pub struct Generation {
     pub scopes: Entries,
 }
 
-/// Names in the order `Generation::iter_mut` yields the maps.
+/// Names in the order `Generation::parts` yields the maps.
 pub const MAP_NAMES: [&str; 5] = ["watch_v4", "watch_v6", "policy_v4", "policy_v6", "policy_scopes"];
 
 impl Generation {
-    fn parts_mut(&mut self) -> [&mut Entries; 5] {
+    pub(super) fn parts_mut(&mut self) -> [&mut Entries; 5] {
         [
             &mut self.watch_v4,
             &mut self.watch_v6,
@@ -186,104 +259,6 @@ impl Generation {
             );
         }
     }
-}
-
-/// The maps of one generation. The policy maps are shared with the other
-/// generation (its entries carry the other generation number), so their
-/// room is what the other one leaves.
-pub struct GenerationMaps<'a> {
-    pub maps: [&'a dyn MapCore; 5],
-    /// Whether the map at the same index is shared by both generations.
-    pub shared: [bool; 5],
-}
-
-impl std::fmt::Debug for GenerationMaps<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GenerationMaps")
-            .field("shared", &self.shared)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Makes `map` hold `want` where it held `had`: deletes what went, then
-/// writes what is new or changed. `had` follows every successful kernel
-/// write, so on failure it still says exactly what the map holds.
-fn sync_map(
-    map: &dyn MapCore,
-    name: &'static str,
-    had: &mut Entries,
-    want: &Entries,
-) -> Result<(), TracerError> {
-    let map_err = |source| TracerError::Map { map: name, source };
-    let gone: Vec<Vec<u8>> = had.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
-    for k in gone {
-        match map.delete(&k) {
-            Ok(()) => {}
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-            Err(e) => return Err(map_err(e)),
-        }
-        had.remove(&k);
-    }
-    for (k, v) in want {
-        if had.get(k) != Some(v) {
-            map.update(k, v, MapFlags::ANY).map_err(map_err)?;
-            had.insert(k.clone(), v.clone());
-        }
-    }
-    Ok(())
-}
-
-/// Room check before the first write: `other` is what the generation in
-/// force holds in the shared maps.
-fn check_room(maps: &GenerationMaps<'_>, want: &Generation, other: &Generation) -> Result<(), TracerError> {
-    for (i, (map, want)) in maps.maps.iter().zip(want.parts()).enumerate() {
-        let in_use = if maps.shared[i] { other.parts()[i].len() } else { 0 };
-        let limit = map.max_entries() as usize;
-        if want.len() + in_use > limit {
-            return Err(TracerError::Capacity {
-                map: MAP_NAMES[i],
-                needed: want.len(),
-                in_use,
-                limit,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Makes the maps hold `want` for the generation recorded in `had`, all or
-/// nothing: a kernel write that fails undoes the ones before it, so the
-/// generation holds again exactly what it held (and `had` says so even if
-/// the undo itself failed).
-pub fn write_generation(
-    maps: &GenerationMaps<'_>,
-    had: &mut Generation,
-    want: &Generation,
-    other: &Generation,
-) -> Result<(), TracerError> {
-    check_room(maps, want, other)?;
-    let before = had.clone();
-    let mut result = Ok(());
-    for ((i, part), want) in had.parts_mut().into_iter().enumerate().zip(want.parts()) {
-        result = sync_map(maps.maps[i], MAP_NAMES[i], part, want);
-        if result.is_err() {
-            break;
-        }
-    }
-    if let Err(e) = result {
-        // Deleting first frees the room the old entries need.
-        for ((i, part), old) in had.parts_mut().into_iter().enumerate().zip(before.parts()) {
-            if let Err(undo) = sync_map(maps.maps[i], MAP_NAMES[i], part, old) {
-                tracing::error!(
-                    "undoing a failed write to {}: {:#}; the idle generation is rebuilt at the next apply",
-                    MAP_NAMES[i],
-                    anyhow::Error::from(undo)
-                );
-            }
-        }
-        return Err(e);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,8 +6,12 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/connectracer.skel.rs"));
 }
 
+mod attach;
+mod error;
 pub mod event;
+pub mod generation;
 pub mod layout;
+pub mod pins;
 pub mod stats;
 pub mod tracer;
 

@@ -8,28 +8,19 @@ use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
-use super::layout::{bytes, scope_key, scope_val, write_generation, Generation, GenerationMaps};
-use super::skel::{ConnectracerSkel, ConnectracerSkelBuilder};
+use super::attach::{attach_all, Target};
+pub use super::error::TracerError;
+use super::generation::{write_generation, GenerationMaps};
+use super::layout::{bytes, scope_key, scope_val, Generation, Ruleset, ScopeKey, ScopeVal};
+use super::pins::{self, link_path, Adoption};
+use super::skel::{ConnectracerSkel, ConnectracerSkelBuilder, OpenConnectracerSkel};
 use super::types::ct_config;
-use crate::policy::compile::{CompiledPolicy, ScopeKey, ScopeVal};
-use crate::watchlist::LpmEntry;
 
 // SAFETY: plain integer struct generated from connectracer.h.
 unsafe impl plain::Plain for ct_config {}
-
-/// What one configuration generation holds in the kernel.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ruleset {
-    /// Carried by every event judged against this ruleset; assigned by the
-    /// caller so that it can know it before the switch.
-    pub epoch: u32,
-    pub trace_all: bool,
-    pub watch: Vec<LpmEntry>,
-    pub policy: CompiledPolicy,
-}
 
 #[derive(Debug, Clone)]
 pub struct TracerOptions {
@@ -43,60 +34,6 @@ pub struct TracerOptions {
     /// bpffs directory where links and state maps are pinned, so that a new
     /// instance re-adopts them: tracing goes on while the daemon restarts.
     pub pin_dir: Option<PathBuf>,
-}
-
-/// Maps whose content must survive a restart: counters, records not yet
-/// read, per-socket state of open connections, the UDP dedup memory. The
-/// watch lists and generation switch are rebuilt from the configuration.
-const PINNED_MAPS: [&str; 4] = ["events", "stats", "socks", "dgrams"];
-
-/// What a start found pinned by an earlier instance.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Adoption {
-    pub maps: Vec<&'static str>,
-    /// Links whose program was replaced in place.
-    pub links: Vec<&'static str>,
-    /// Pinned state that could not be reused (and was replaced), with why.
-    pub discarded: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TracerError {
-    #[error("opening cgroup {path}")]
-    Cgroup {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("opening the BPF object")]
-    Open(#[source] libbpf_rs::Error),
-    #[error("kernel map {map} has room for {limit} entries: this configuration needs {needed}, beside {in_use} of the one in force")]
-    Capacity {
-        map: &'static str,
-        needed: usize,
-        in_use: usize,
-        limit: usize,
-    },
-    #[error("writing kernel map {map}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: libbpf_rs::Error,
-    },
-    #[error("loading BPF programs into the kernel (libbpf's log above says why)")]
-    Load(#[source] libbpf_rs::Error),
-    #[error("attaching {prog}")]
-    Attach {
-        prog: &'static str,
-        #[source]
-        source: libbpf_rs::Error,
-    },
-    #[error("pinning {path}")]
-    Pin {
-        path: PathBuf,
-        #[source]
-        source: libbpf_rs::Error,
-    },
 }
 
 pub struct Tracer {
@@ -144,69 +81,14 @@ impl Tracer {
         let mut open = ConnectracerSkelBuilder::default()
             .open(storage)
             .map_err(TracerError::Open)?;
-
-        let rodata = open.maps.rodata_data.as_deref_mut().ok_or(TracerError::Map {
-            map: "rodata",
-            source: libbpf_rs::Error::from(std::io::Error::other("no rodata mapping")),
-        })?;
-        rodata.filter_scope = !opts.cgroup_is_root;
-        rodata.wakeup_bytes = opts.wakeup_threshold;
-
-        let map_err = |map| move |source| TracerError::Map { map, source };
+        configure(&mut open, opts)?;
         let mut adoption = Adoption::default();
         if let Some(dir) = &opts.pin_dir {
-            std::fs::create_dir_all(dir).map_err(|e| TracerError::Pin {
-                path: dir.clone(),
-                source: libbpf_rs::Error::from(e),
-            })?;
-        }
-        open.maps
-            .events
-            .set_max_entries(opts.ring_buffer_size)
-            .map_err(map_err("events"))?;
-        open.maps
-            .dgrams
-            .set_max_entries(opts.udp_dedup_entries)
-            .map_err(map_err("dgrams"))?;
-
-        if let Some(dir) = &opts.pin_dir {
-            let maps = &mut open.maps;
-            for (name, map) in [
-                ("events", &mut maps.events),
-                ("stats", &mut maps.stats),
-                ("socks", &mut maps.socks),
-                ("dgrams", &mut maps.dgrams),
-            ] {
-                let path = dir.join(name);
-                if !path.exists() {
-                    continue;
-                }
-                match map.reuse_pinned_map(&path) {
-                    Ok(()) => adoption.maps.push(name),
-                    // A different size or layout (another version, a new
-                    // ring_buffer_size): start that map afresh.
-                    Err(e) => {
-                        adoption.discarded.push(format!("map {name}: {e}"));
-                        let _ = std::fs::remove_file(&path);
-                    }
-                }
-            }
+            pins::reuse(open.open_object_mut(), dir, &mut adoption)?;
         }
         let mut skel = open.load().map_err(TracerError::Load)?;
         if let Some(dir) = &opts.pin_dir {
-            let maps = &mut skel.maps;
-            for (name, map) in [
-                ("events", &mut maps.events),
-                ("stats", &mut maps.stats),
-                ("socks", &mut maps.socks),
-                ("dgrams", &mut maps.dgrams),
-            ] {
-                if !adoption.maps.contains(&name) {
-                    let path = dir.join(name);
-                    map.pin(&path)
-                        .map_err(|source| TracerError::Pin { path, source })?;
-                }
-            }
+            pins::pin_new(skel.object_mut(), dir, &adoption)?;
         }
         if !opts.cgroup_is_root {
             let key = 0u32.to_ne_bytes();
@@ -214,9 +96,11 @@ impl Tracer {
             skel.maps
                 .scope_cgroup
                 .update(&key, &fd, MapFlags::ANY)
-                .map_err(map_err("scope_cgroup"))?;
+                .map_err(|source| TracerError::Map {
+                    map: "scope_cgroup",
+                    source,
+                })?;
         }
-
         let mut tracer = Self {
             skel,
             links: RefCell::new(Vec::new()),
@@ -233,7 +117,11 @@ impl Tracer {
             return Err(e);
         }
         let mut links = Vec::new();
-        if let Err(e) = tracer.attach(&mut links) {
+        let to = Target {
+            cgroup: &tracer.cgroup,
+            pin_dir: tracer.pin_dir.as_deref(),
+        };
+        if let Err(e) = attach_all(&tracer.skel, &to, &mut tracer.adoption, &mut links) {
             tracer.undo_failed_start(links);
             return Err(e);
         }
@@ -245,105 +133,20 @@ impl Tracer {
     /// goes; what it adopted from an earlier instance stays as it was found.
     fn undo_failed_start(&self, links: Vec<Link>) {
         for mut link in links {
-            let adopted = link
-                .pin_path()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .is_some_and(|n| self.adoption.links.iter().any(|a| n == format!("link_{a}")));
+            let adopted = link.pin_path().is_some_and(|p| {
+                self.adoption
+                    .links
+                    .iter()
+                    .any(|a| self.pin_dir.as_deref().is_some_and(|d| p == link_path(d, a)))
+            });
             if !adopted {
                 let _ = link.unpin();
                 let _ = link.detach();
             }
         }
         if let Some(dir) = &self.pin_dir {
-            for name in PINNED_MAPS {
-                if !self.adoption.maps.contains(&name) {
-                    let _ = std::fs::remove_file(dir.join(name));
-                }
-            }
-            let _ = std::fs::remove_dir(dir);
+            pins::remove_maps(dir, &self.adoption, true);
         }
-    }
-
-    fn attach(&mut self, links: &mut Vec<Link>) -> Result<(), TracerError> {
-        let fd = self.cgroup.as_raw_fd();
-        let cgroup_id = std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.ino()
-        });
-        let progs = &self.skel.progs;
-        // cgroup links are always multi-attach (BPF_F_ALLOW_MULTI semantics):
-        // programs systemd or others attached to the same cgroup keep running.
-        for (name, prog) in [
-            ("connect4", &progs.ct_connect4),
-            ("connect6", &progs.ct_connect6),
-            ("sendmsg4", &progs.ct_sendmsg4),
-            ("sendmsg6", &progs.ct_sendmsg6),
-            ("sock_release", &progs.ct_sock_release),
-        ] {
-            let pinned = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
-            // Only pins that exist: libbpf logs every failed open as a
-            // warning, nine of them in the journal at each fresh start.
-            if let Some(mut old) = pinned
-                .as_ref()
-                .filter(|p| p.exists())
-                .and_then(|p| Link::open(p).ok())
-            {
-                let same_cgroup = match old.info().map(|i| i.info) {
-                    Ok(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) => {
-                        cgroup_id.as_ref().is_ok_and(|id| *id == c.cgroup_id)
-                    }
-                    _ => false,
-                };
-                // Swapping the program inside the live link leaves no
-                // moment without a hook (or with two).
-                if same_cgroup && old.update_prog(prog).is_ok() {
-                    self.adoption.links.push(name);
-                    links.push(old);
-                    continue;
-                }
-                self.adoption
-                    .discarded
-                    .push(format!("link {name}: attached elsewhere or not updatable"));
-                let _ = old.detach();
-                let _ = old.unpin();
-            }
-            let mut link = prog
-                .attach_cgroup(fd)
-                .map_err(|source| TracerError::Attach { prog: name, source })?;
-            if let Some(p) = &pinned {
-                link.pin(p).map_err(|source| TracerError::Pin {
-                    path: p.clone(),
-                    source,
-                })?;
-            }
-            links.push(link);
-        }
-        // Tracing links cannot swap programs: the new one is attached
-        // before the old one goes, so for an instant both run (the pipeline
-        // ignores the doubled state change) rather than neither.
-        for (name, prog) in [
-            ("inet_sock_set_state", &progs.ct_state),
-            ("sched_process_exec", &progs.ct_exec),
-            ("sched_process_fork", &progs.ct_fork),
-            ("sched_process_exit", &progs.ct_exit),
-        ] {
-            let mut link = prog
-                .attach()
-                .map_err(|source| TracerError::Attach { prog: name, source })?;
-            if let Some(p) = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}"))) {
-                if let Some(mut old) = p.exists().then(|| Link::open(&p).ok()).flatten() {
-                    let _ = old.unpin();
-                    let _ = old.detach();
-                    self.adoption.links.push(name);
-                }
-                link.pin(&p).map_err(|source| TracerError::Pin {
-                    path: p.clone(),
-                    source,
-                })?;
-            }
-            links.push(link);
-        }
-        Ok(())
     }
 
     /// Detaches everything and removes the pins: the clean stop. Without
@@ -355,10 +158,7 @@ impl Tracer {
             let _ = link.detach();
         }
         if let Some(dir) = &self.pin_dir {
-            for name in PINNED_MAPS {
-                let _ = std::fs::remove_file(dir.join(name));
-            }
-            let _ = std::fs::remove_dir(dir);
+            pins::remove_maps(dir, &self.adoption, false);
         }
     }
 
@@ -469,6 +269,26 @@ impl Tracer {
     }
 }
 
+/// Start-up knobs (rodata) and map sizes, set before load.
+fn configure(open: &mut OpenConnectracerSkel<'_>, opts: &TracerOptions) -> Result<(), TracerError> {
+    let map_err = |map| move |source| TracerError::Map { map, source };
+    let rodata = open.maps.rodata_data.as_deref_mut().ok_or(TracerError::Map {
+        map: "rodata",
+        source: libbpf_rs::Error::from(std::io::Error::other("no rodata mapping")),
+    })?;
+    rodata.filter_scope = !opts.cgroup_is_root;
+    rodata.wakeup_bytes = opts.wakeup_threshold;
+    open.maps
+        .events
+        .set_max_entries(opts.ring_buffer_size)
+        .map_err(map_err("events"))?;
+    open.maps
+        .dgrams
+        .set_max_entries(opts.udp_dedup_entries)
+        .map_err(map_err("dgrams"))?;
+    Ok(())
+}
+
 /// Waits for an RCU grace period: membarrier(MEMBARRIER_CMD_GLOBAL) is
 /// implemented with synchronize_rcu(). Where membarrier is unavailable, a
 /// pause far longer than any hook runs stands in for it.
@@ -506,14 +326,6 @@ mod tests {
         assert_eq!(
             resolve_cgroup_dir(m, Some(Path::new("/system.slice"))),
             Path::new("/sys/fs/cgroup/unified/system.slice")
-        );
-    }
-
-    #[test]
-    fn port_rule_capacity_matches_the_header() {
-        assert_eq!(
-            super::super::types::ct_watch_val::default().rules.len(),
-            crate::watchlist::MAX_RULES
         );
     }
 }

@@ -3,8 +3,10 @@
 //! and key so one run of `--check-config` reports them all.
 
 mod decode;
+mod dns;
 #[cfg(test)]
 mod man_page;
+pub mod policy;
 mod raw;
 pub mod sink;
 mod validate;
@@ -16,8 +18,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use sink::{FileSink, SinkConfig, SinkFilter, SinkKind};
-pub use validate::{parse_config, parse_files};
+pub use dns::DnsConfig;
+pub use sink::{EventKind, FileSink, SinkConfig, SinkFilter, SinkKind};
+pub use validate::{parse_config, parse_files, validate, Validated};
 
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/connectracer/connectracer.toml";
@@ -54,12 +57,12 @@ pub struct Config {
     /// cgroup v2 directory to attach to; `None` means the cgroup2 root.
     pub cgroup: Option<PathBuf>,
     pub hosts: Vec<WatchedHost>,
-    pub dns: crate::dns::DnsConfig,
+    pub dns: DnsConfig,
     pub bpf: BpfConfig,
     pub metrics: MetricsConfig,
     pub table: TableConfig,
     pub log: LogConfig,
-    pub policy: crate::policy::Policy,
+    pub policy: policy::Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +86,35 @@ pub enum HostTarget {
     Name(String),
 }
 
+/// RFC 1123 hostname, lowercased, trailing dot removed.
+pub fn hostname(s: &str) -> Result<String, &'static str> {
+    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    if name.is_empty() || name.len() > 253 {
+        return Err("a hostname is 1 to 253 characters");
+    }
+    if name.contains('/') {
+        return Err("the prefix length is not valid");
+    }
+    if name.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit())) {
+        return Err("it looks like an address but is not a valid one");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each dot-separated label is 1 to 63 characters");
+        }
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err("labels hold only letters, digits, '-' and '_'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("labels neither start nor end with '-'");
+        }
+    }
+    Ok(name)
+}
+
 /// Destination ports a watch entry applies to; empty means every port.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortSet(pub Vec<RangeInclusive<u16>>);
@@ -94,6 +126,28 @@ impl PortSet {
 
     pub fn contains(&self, port: u16) -> bool {
         self.is_any() || self.0.iter().any(|r| r.contains(&port))
+    }
+
+    /// Inclusive bounds of each range; one covering every port when empty.
+    pub fn bounds(&self) -> Vec<(u16, u16)> {
+        if self.is_any() {
+            return vec![(0, u16::MAX)];
+        }
+        self.0.iter().map(|r| (*r.start(), *r.end())).collect()
+    }
+
+    /// Each range as the configuration writes it: `443`, `8000-8100`.
+    pub fn items(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|r| {
+                if r.start() == r.end() {
+                    r.start().to_string()
+                } else {
+                    format!("{}-{}", r.start(), r.end())
+                }
+            })
+            .collect()
     }
 }
 
@@ -166,7 +220,7 @@ impl Default for Config {
             trace: TraceMode::Watched,
             cgroup: None,
             hosts: Vec::new(),
-            dns: crate::dns::DnsConfig::default(),
+            dns: DnsConfig::default(),
             bpf: BpfConfig {
                 ring_buffer_size: 4 << 20,
                 wakeup_threshold: default_wakeup_threshold(4 << 20),
@@ -192,7 +246,7 @@ impl Default for Config {
                 events: true,
                 sinks: Vec::new(),
             },
-            policy: crate::policy::Policy::default(),
+            policy: policy::Policy::default(),
         }
     }
 }
@@ -221,6 +275,14 @@ impl Config {
     }
 }
 
+/// Where a value was written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Place {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
 /// One problem in one place of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -230,6 +292,18 @@ pub struct ConfigError {
     /// Dotted key path, e.g. `host[2].ports[0]`; empty for syntax errors.
     pub key: String,
     pub message: String,
+}
+
+impl ConfigError {
+    pub fn at(place: &Place, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: place.file.clone(),
+            line: place.line,
+            column: place.column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -315,14 +389,9 @@ fn unreadable(file: &Path, e: &std::io::Error) -> String {
     }
 }
 
-/// Loads the main file and its drop-ins: later files' scalars win, lists
+/// The main file and its drop-ins, read: later files' scalars win, lists
 /// append. A missing main file at the default location means built-in
 /// defaults (plus any drop-ins); a missing file the user named is an error.
-pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
-    parse_files(&read_sources(path)?)
-}
-
-/// The texts `load` parses, for callers that add sources of their own.
 pub fn read_sources(path: Option<&Path>) -> Result<Vec<(PathBuf, String)>, ConfigErrors> {
     let (main, explicit) = match path {
         Some(p) => (p, true),

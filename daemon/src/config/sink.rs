@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use connectracer_proto::Verdict;
 
 use super::LogFormat;
-use crate::sinks::EventKind;
 
 /// Lines buffered per sink before new ones are counted as lost.
 pub const DEFAULT_QUEUE: usize = 65536;
@@ -69,5 +68,39 @@ pub struct SinkFilter {
 impl SinkFilter {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+}
+
+/// What happened to a connection, as an event line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Connect,
+    Send,
+    Established,
+    Failed,
+    Closed,
+    /// Refused by the egress policy.
+    Denied,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Connect,
+        EventKind::Send,
+        EventKind::Established,
+        EventKind::Failed,
+        EventKind::Closed,
+        EventKind::Denied,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Connect => "connect",
+            EventKind::Send => "send",
+            EventKind::Established => "established",
+            EventKind::Failed => "failed",
+            EventKind::Closed => "closed",
+            EventKind::Denied => "denied",
+        }
     }
 }

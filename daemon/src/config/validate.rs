@@ -15,22 +15,14 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawDns, RawHost, RawMetrics, RawPort, RawSize};
+use super::raw::{RawBpf, RawConfig, RawDns, RawHost, RawLog, RawMetrics, RawPort, RawSize, RawTable};
 use super::{
-    Config, ConfigError, ConfigErrors, HostTarget, LogFormat, MetricsConfig, PortSet, TraceMode, WatchedHost,
+    Config, ConfigError, ConfigErrors, DnsConfig, HostTarget, LogConfig, LogFormat, MetricsConfig, Place,
+    PortSet, TableConfig, TraceMode, WatchedHost,
 };
-use crate::watchlist;
 
 const PAGE_SIZE: u64 = 4096;
 const MAX_LABEL_LEN: usize = 64;
-
-/// Where a value was set, for problems found only once all files are merged.
-#[derive(Debug, Clone)]
-struct Loc {
-    file: PathBuf,
-    line: usize,
-    column: usize,
-}
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -42,11 +34,11 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn loc(&self, span: Option<Range<usize>>) -> Loc {
+    fn loc(&self, span: Option<Range<usize>>) -> Place {
         let (line, column) = span.map_or((0, 0), |s| {
             line_col(&self.line_starts, s.start.min(self.text.len()))
         });
-        Loc {
+        Place {
             file: self.file.to_path_buf(),
             line,
             column,
@@ -63,14 +55,8 @@ impl Ctx<'_> {
     }
 }
 
-fn push(errors: &mut Vec<ConfigError>, loc: &Loc, key: impl Into<String>, message: impl Into<String>) {
-    errors.push(ConfigError {
-        file: loc.file.clone(),
-        line: loc.line,
-        column: loc.column,
-        key: key.into(),
-        message: message.into(),
-    });
+fn push(errors: &mut Vec<ConfigError>, loc: &Place, key: impl Into<String>, message: impl Into<String>) {
+    errors.push(ConfigError::at(loc, key, message));
 }
 
 fn line_starts(text: &str) -> Vec<usize> {
@@ -90,13 +76,37 @@ fn line_col(line_starts: &[usize], offset: usize) -> (usize, usize) {
 #[derive(Default)]
 struct Merge {
     config: Config,
-    hosts: Vec<(WatchedHost, Loc, String)>,
-    ring_loc: Option<Loc>,
-    wakeup_loc: Option<Loc>,
-    dns_loc: Option<Loc>,
-    rules: Vec<crate::policy::Rule>,
-    scopes: Vec<(crate::policy::ScopeSettings, Loc, String)>,
-    sinks: Vec<(super::SinkConfig, Loc, String)>,
+    hosts: Vec<(WatchedHost, Place, String)>,
+    ring_loc: Option<Place>,
+    wakeup_loc: Option<Place>,
+    dns_loc: Option<Place>,
+    rules: Vec<(super::policy::Rule, Place)>,
+    scopes: Vec<(super::policy::ScopeSettings, Place, String)>,
+    sinks: Vec<(super::SinkConfig, Place, String)>,
+}
+
+/// A configuration as its own rules judge it: the model (complete only
+/// where `errors` is empty), every error found, and where each host and
+/// rule was written, for the errors later stages find in them.
+#[derive(Debug)]
+pub struct Validated {
+    pub config: Config,
+    pub errors: Vec<ConfigError>,
+    /// Where each of `config.hosts` names its destination, with its key
+    /// (`host[2]`), in the same order.
+    pub hosts: Vec<(Place, String)>,
+    /// Where each of `config.policy.rules` starts, in the same order.
+    pub rules: Vec<Place>,
+}
+
+impl Validated {
+    pub fn into_result(self) -> Result<Config, ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(self.config)
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
 }
 
 /// Parses and validates one configuration text that came from `file`.
@@ -104,9 +114,15 @@ pub fn parse_config(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     parse_files(&[(file.to_path_buf(), text.to_string())])
 }
 
+/// `validate`, for callers that need the model only. Whether the kernel
+/// can hold it is not asked: `crate::ruleset::check_files` asks both.
+pub fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> {
+    validate(files).into_result()
+}
+
 /// Parses, validates and merges files in order: later files' scalars win,
 /// lists append. Every error of every file is collected.
-pub fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> {
+pub fn validate(files: &[(PathBuf, String)]) -> Validated {
     let mut errors = Vec::new();
     let mut m = Merge::default();
     for (file, text) in files {
@@ -125,12 +141,7 @@ pub fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> 
             }
         }
     }
-    let config = finish(m, &mut errors);
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    finish(m, errors)
 }
 
 /// Applies one file's values on top of what earlier files set.
@@ -148,11 +159,10 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
         }
         dns(ctx, d, &mut m.config.dns);
     }
-    let c = &mut m.config;
     if let Some(t) = &raw.trace {
         match t.get_ref().as_str() {
-            "watched" => c.trace = TraceMode::Watched,
-            "all" => c.trace = TraceMode::All,
+            "watched" => m.config.trace = TraceMode::Watched,
+            "all" => m.config.trace = TraceMode::All,
             other => ctx.spanned(
                 t,
                 "trace",
@@ -162,7 +172,7 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
     }
     if let Some(cg) = &raw.cgroup {
         if let Some(p) = cgroup_path(ctx, cg) {
-            c.cgroup = Some(p);
+            m.config.cgroup = Some(p);
         }
     }
     for (i, h) in raw.host.iter().enumerate() {
@@ -172,75 +182,88 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
         }
     }
     if let Some(b) = &raw.bpf {
-        if let Some(v) = &b.ring_buffer_size {
-            if let Some(n) = size(ctx, v, "bpf.ring_buffer_size") {
-                if !n.is_power_of_two() || !(PAGE_SIZE..=1 << 30).contains(&n) {
-                    ctx.spanned(
-                        v,
-                        "bpf.ring_buffer_size",
-                        format!("{n} bytes: must be a power of two between 4KiB and 1GiB"),
-                    );
-                } else {
-                    c.bpf.ring_buffer_size = n as u32;
-                    m.ring_loc = Some(ctx.loc(Some(v.span())));
-                }
-            }
-        }
-        if let Some(v) = &b.wakeup_threshold {
-            if let Some(n) = size(ctx, v, "bpf.wakeup_threshold") {
-                c.bpf.wakeup_threshold = n;
-                m.wakeup_loc = Some(ctx.loc(Some(v.span())));
-            }
-        }
-        if let Some(v) = &b.keep_pinned_on_stop {
-            c.bpf.keep_pinned_on_stop = *v.get_ref();
-        }
-        if let Some(v) = &b.udp_dedup_entries {
-            if let Some(n) = int_in(ctx, v, "bpf.udp_dedup_entries", 1, 1 << 24) {
-                c.bpf.udp_dedup_entries = n as u32;
-            }
-        }
+        bpf(ctx, b, m);
     }
     if let Some(mc) = &raw.metrics {
-        metrics(ctx, mc, &mut c.metrics);
+        metrics(ctx, mc, &mut m.config.metrics);
     }
     if let Some(t) = &raw.table {
-        if let Some(v) = &t.max_open {
-            if let Some(n) = int_in(ctx, v, "table.max_open", 1, 1 << 24) {
-                c.table.max_open = n as usize;
-            }
-        }
-        if let Some(v) = &t.max_closed {
-            if let Some(n) = int_in(ctx, v, "table.max_closed", 0, 1 << 24) {
-                c.table.max_closed = n as usize;
-            }
-        }
-        if let Some(v) = &t.closed_retention {
-            if let Some(d) = duration(ctx, v, "table.closed_retention") {
-                c.table.closed_retention = d;
-            }
-        }
-        if let Some(v) = &t.process_retention {
-            if let Some(d) = duration(ctx, v, "table.process_retention") {
-                c.table.process_retention = d;
+        table(ctx, t, &mut m.config.table);
+    }
+    if let Some(l) = &raw.log {
+        log(ctx, l, &mut m.config.log);
+    }
+}
+
+fn bpf(ctx: &mut Ctx<'_>, b: &RawBpf, m: &mut Merge) {
+    let c = &mut m.config.bpf;
+    if let Some(v) = &b.ring_buffer_size {
+        if let Some(n) = size(ctx, v, "bpf.ring_buffer_size") {
+            if !n.is_power_of_two() || !(PAGE_SIZE..=1 << 30).contains(&n) {
+                ctx.spanned(
+                    v,
+                    "bpf.ring_buffer_size",
+                    format!("{n} bytes: must be a power of two between 4KiB and 1GiB"),
+                );
+            } else {
+                c.ring_buffer_size = n as u32;
+                m.ring_loc = Some(ctx.loc(Some(v.span())));
             }
         }
     }
-    if let Some(l) = &raw.log {
-        if let Some(f) = &l.format {
-            match f.get_ref().as_str() {
-                "text" => c.log.format = LogFormat::Text,
-                "json" => c.log.format = LogFormat::Json,
-                other => ctx.spanned(
-                    f,
-                    "log.format",
-                    format!("unknown log format `{other}`; expected \"text\" or \"json\""),
-                ),
-            }
+    if let Some(v) = &b.wakeup_threshold {
+        if let Some(n) = size(ctx, v, "bpf.wakeup_threshold") {
+            c.wakeup_threshold = n;
+            m.wakeup_loc = Some(ctx.loc(Some(v.span())));
         }
-        if let Some(e) = &l.events {
-            c.log.events = *e.get_ref();
+    }
+    if let Some(v) = &b.keep_pinned_on_stop {
+        c.keep_pinned_on_stop = *v.get_ref();
+    }
+    if let Some(v) = &b.udp_dedup_entries {
+        if let Some(n) = int_in(ctx, v, "bpf.udp_dedup_entries", 1, 1 << 24) {
+            c.udp_dedup_entries = n as u32;
         }
+    }
+}
+
+fn table(ctx: &mut Ctx<'_>, t: &RawTable, out: &mut TableConfig) {
+    if let Some(v) = &t.max_open {
+        if let Some(n) = int_in(ctx, v, "table.max_open", 1, 1 << 24) {
+            out.max_open = n as usize;
+        }
+    }
+    if let Some(v) = &t.max_closed {
+        if let Some(n) = int_in(ctx, v, "table.max_closed", 0, 1 << 24) {
+            out.max_closed = n as usize;
+        }
+    }
+    if let Some(v) = &t.closed_retention {
+        if let Some(d) = duration(ctx, v, "table.closed_retention") {
+            out.closed_retention = d;
+        }
+    }
+    if let Some(v) = &t.process_retention {
+        if let Some(d) = duration(ctx, v, "table.process_retention") {
+            out.process_retention = d;
+        }
+    }
+}
+
+fn log(ctx: &mut Ctx<'_>, l: &RawLog, out: &mut LogConfig) {
+    if let Some(f) = &l.format {
+        match f.get_ref().as_str() {
+            "text" => out.format = LogFormat::Text,
+            "json" => out.format = LogFormat::Json,
+            other => ctx.spanned(
+                f,
+                "log.format",
+                format!("unknown log format `{other}`; expected \"text\" or \"json\""),
+            ),
+        }
+    }
+    if let Some(e) = &l.events {
+        out.events = *e.get_ref();
     }
 }
 
@@ -289,7 +312,7 @@ fn metrics(ctx: &mut Ctx<'_>, r: &RawMetrics, out: &mut MetricsConfig) {
     }
 }
 
-fn dns(ctx: &mut Ctx<'_>, d: &RawDns, out: &mut crate::dns::DnsConfig) {
+fn dns(ctx: &mut Ctx<'_>, d: &RawDns, out: &mut DnsConfig) {
     if let Some(list) = &d.nameservers {
         let mut servers = Vec::new();
         for (i, v) in list.iter().enumerate() {
@@ -373,7 +396,7 @@ fn parse_target(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Hos
         }
         return Some(HostTarget::Net(fold_v4_mapped(net)));
     }
-    match hostname(s) {
+    match super::hostname(s) {
         Ok(name) => Some(HostTarget::Name(name)),
         Err(why) => {
             ctx.spanned(
@@ -384,35 +407,6 @@ fn parse_target(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Hos
             None
         }
     }
-}
-
-/// RFC 1123 hostname, lowercased, trailing dot removed.
-fn hostname(s: &str) -> Result<String, &'static str> {
-    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
-    if name.is_empty() || name.len() > 253 {
-        return Err("a hostname is 1 to 253 characters");
-    }
-    if name.contains('/') {
-        return Err("the prefix length is not valid");
-    }
-    if name.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit())) {
-        return Err("it looks like an address but is not a valid one");
-    }
-    for label in name.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err("each dot-separated label is 1 to 63 characters");
-        }
-        if !label
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err("labels hold only letters, digits, '-' and '_'");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err("labels neither start nor end with '-'");
-        }
-    }
-    Ok(name)
 }
 
 fn cgroup_path(ctx: &mut Ctx<'_>, v: &Spanned<String>) -> Option<PathBuf> {

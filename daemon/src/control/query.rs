@@ -9,8 +9,8 @@ use connectracer_proto::varlink::{
 use connectracer_proto::Connection;
 
 use super::{Answer, Caller};
+use crate::policy::Resolved;
 use crate::table::ConnTable;
-use crate::watchlist::Resolved;
 
 /// Answers larger than this many connections are cut (newest kept).
 pub const MAX_CONNECTIONS: usize = 100_000;
@@ -62,12 +62,7 @@ fn parse_hostname(s: &str) -> Option<(String, Option<u16>)> {
         Some((n, p)) => (n, Some(p.parse::<u16>().ok()?)),
         None => (s, None),
     };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    ok.then_some((name, port))
+    Some((crate::config::hostname(name).ok()?, port))
 }
 
 /// Connections to a destination: an address (and port), a hostname the

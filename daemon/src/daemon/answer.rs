@@ -137,18 +137,7 @@ impl Daemon {
             .hosts
             .iter()
             .map(|h| {
-                let ports = h
-                    .ports
-                    .0
-                    .iter()
-                    .map(|r| {
-                        if r.start() == r.end() {
-                            r.start().to_string()
-                        } else {
-                            format!("{}-{}", r.start(), r.end())
-                        }
-                    })
-                    .collect();
+                let ports = h.ports.items();
                 let (kind, addresses, status) = match &h.target {
                     HostTarget::Net(n) if n.prefix_len() == n.max_prefix_len() => {
                         ("address", vec![n.addr().to_string()], None)

@@ -5,34 +5,15 @@
 
 use super::*;
 
-/// The kernel's view of a configuration, or every reason it cannot be
-/// held: a prefix with more port rules than an entry carries, or more
-/// entries than a map holds. Nothing is left out silently: what is in force
-/// is always exactly what `policy show` and `hosts` report.
+/// The kernel's view of `c`, or every reason (in words) it cannot be held.
 pub(super) fn ruleset(
     epoch: u32,
     c: &Config,
     env: &Environment<'_>,
     ids: &Identities,
 ) -> Result<Ruleset, Vec<String>> {
-    let mut errors = Vec::new();
-    let (watch, too_many) = watchlist::build(&c.hosts, env.resolved);
-    for e in too_many {
-        errors.push(format!(
-            "watch list: {} (host `{}`)",
-            e, c.hosts[e.host_index].name
-        ));
-    }
-    let (policy, too_many) = crate::policy::compile::compile(&c.policy, env, ids);
-    errors.extend(too_many.into_iter().map(|e| format!("policy: {e}")));
-    errors.extend(
-        crate::capacity::check(&watch, &policy)
-            .iter()
-            .map(ToString::to_string),
-    );
-    if !errors.is_empty() {
-        return Err(errors);
-    }
+    let rules = crate::ruleset::compile(epoch, c, env, ids)
+        .map_err(|problems| problems.iter().map(|p| p.describe(c)).collect::<Vec<_>>())?;
     for (path, id) in &ids.exes {
         if id.is_none() {
             warn!(
@@ -41,12 +22,7 @@ pub(super) fn ruleset(
             );
         }
     }
-    Ok(Ruleset {
-        epoch,
-        trace_all: c.trace == TraceMode::All,
-        watch,
-        policy,
-    })
+    Ok(rules)
 }
 
 /// The policy's view of names and DNS servers, borrowed for one apply or
@@ -61,7 +37,7 @@ pub(super) fn environment<'a>(resolved: &'a Resolved, dns: &'a [std::net::IpAddr
 /// Follows cgroup creation only while some scope selects by cgroup; keeps
 /// a running watcher when it is still needed.
 pub(super) fn start_cgroup_watch(
-    policy: &crate::policy::Policy,
+    policy: &crate::config::policy::Policy,
     dir: &Path,
     tx: &mpsc::UnboundedSender<PathBuf>,
     running: Option<notify::RecommendedWatcher>,
@@ -70,7 +46,7 @@ pub(super) fn start_cgroup_watch(
         && policy.scopes().iter().any(|s| {
             s.selector
                 .as_ref()
-                .is_some_and(crate::policy::Selector::is_cgroup_based)
+                .is_some_and(crate::config::policy::Selector::is_cgroup_based)
         });
     if !needed {
         return None;
@@ -342,10 +318,10 @@ impl Daemon {
 
     pub(super) fn on_new_cgroup(&mut self, dir: &Path) {
         use std::os::unix::fs::MetadataExt;
-        let Some(rel) = policy_scopes::relative_cgroup_path(&self.mount, dir) else {
+        let Some(rel) = crate::sys::cgroup_tree::relative_path(&self.mount, dir) else {
             return;
         };
-        let Some(scope) = crate::policy::compile::scope_for_new_cgroup(&self.config.policy, &rel) else {
+        let Some(scope) = crate::ruleset::policy::scope_for_new_cgroup(&self.config.policy, &rel) else {
             return;
         };
         match std::fs::metadata(dir) {

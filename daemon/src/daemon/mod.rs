@@ -3,6 +3,7 @@
 
 mod answer;
 mod apply;
+mod start;
 mod upkeep;
 
 use apply::{environment, log_policy, ruleset, start_cgroup_watch};
@@ -25,21 +26,21 @@ use tracing::{debug, error, info, warn};
 use crate::added_hosts::AddedHost;
 use crate::attribution::Attributor;
 use crate::bpf::event::Record;
-use crate::bpf::tracer::{resolve_cgroup_dir, Ruleset, TracerOptions};
-use crate::config::{Config, HostTarget, TraceMode};
+use crate::bpf::layout::Ruleset;
+use crate::bpf::tracer::{resolve_cgroup_dir, TracerOptions};
+use crate::config::{Config, HostTarget};
 use crate::control::{self, query, Answer, Method, Request};
 use crate::dns::{DnsUpdate, DnsWatcher};
 use crate::kernel::KernelHandle;
 use crate::metrics::{record_process, Metrics};
 use crate::pipeline::Pipeline;
 use crate::policy::scopes::{self as policy_scopes, Identities};
-use crate::policy::Environment;
+use crate::policy::{Environment, Resolved};
 use crate::reload::{self, ConfigSource};
 use crate::service;
 use crate::sinks::{human_duration, Sinks};
 use crate::sys::{mounts, preflight, privileges};
 use crate::table::{ConnTable, TableLimits};
-use crate::watchlist::{self, Resolved};
 
 /// Batches of records in flight between the kernel thread and the pipeline;
 /// when full, the kernel thread waits and the ring buffer absorbs the burst.
@@ -141,27 +142,7 @@ impl Signals {
 pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     let control_socket = paths.control_socket.as_path();
-    preflight::check()?;
-    if mounts::ensure_bpffs()? {
-        info!("mounted bpffs at {}", mounts::BPFFS);
-    }
-    let mount = mounts::cgroup2_mount()?;
-    let cgroup_dir = resolve_cgroup_dir(&mount, config.cgroup.as_deref());
-    if !cgroup_dir.join("cgroup.procs").exists() {
-        bail!(
-            "{} is not a cgroup v2 directory (cgroup2 is mounted at {})",
-            cgroup_dir.display(),
-            mount.display()
-        );
-    }
-    let opts = TracerOptions {
-        ring_buffer_size: config.bpf.ring_buffer_size,
-        wakeup_threshold: config.bpf.wakeup_threshold,
-        udp_dedup_entries: config.bpf.udp_dedup_entries,
-        cgroup_is_root: cgroup_dir == mount,
-        cgroup_dir: cgroup_dir.clone(),
-        pin_dir: paths.pin_dir.clone(),
-    };
+    let (mount, cgroup_dir) = start::attach_point(&config)?;
     let resolved = Resolved::new();
     let (tx, rx) = mpsc::channel(RECORD_QUEUE);
     // Watching before the tree is walked: a cgroup created in between is
@@ -179,41 +160,12 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     // fails leaves nothing attached, pinned or bound behind it.
     let listener = control::server::bind(control_socket).context("control socket")?;
     let _socket_file = RemoveOnDrop(control_socket.to_path_buf());
-    let metrics = Metrics::install(
-        config.metrics.listen,
-        config.metrics.max_series_per_metric,
-        config.metrics.http_detail,
-    )
-    .context("metrics")?;
-    if let Some(addr) = config.metrics.listen {
-        info!(%addr, "serving Prometheus metrics on /metrics");
-    }
+    let mut metrics = start::metrics(&config)?;
+    let opts = start::tracer_options(&config, paths, &mount, &cgroup_dir);
     let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
-    let a = &kernel.adoption;
-    if !a.maps.is_empty() || !a.links.is_empty() {
-        info!(maps = ?a.maps, links = ?a.links, "re-adopted pinned state of an earlier instance");
-    }
-    for d in &a.discarded {
-        warn!("pinned state not reused: {d}");
-    }
-    info!(
-        cgroup = %cgroup_dir.display(),
-        trace = ?config.trace,
-        hosts = config.hosts.len(),
-        ring_buffer = config.bpf.ring_buffer_size,
-        "tracing outbound connections"
-    );
-    log_policy(&config);
-
-    let mut attributor = Attributor::new(&mount, MAX_PROCESSES, config.table.process_retention);
-    attributor.processes.scan();
-    let mut pipeline = Pipeline::new(
-        attributor,
-        ConnTable::new(table_limits(&config)),
-        Sinks::new(&config.log, paths.journal),
-    );
-    // The kernel thread put the first configuration in force as epoch 1.
-    pipeline.set_hosts(1, &config.hosts);
+    start::log_attached(&kernel, &config, &cgroup_dir);
+    let counters_file = paths.state_dir.join(COUNTERS_FILE);
+    let mut pipeline = start::pipeline(&config, &mount, paths);
 
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
     // The owner publishes its counters here every second; the D-Bus
@@ -222,19 +174,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers(), status_rx);
     let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
     info!(socket = %control_socket.display(), "control socket listening");
-
-    let counters_file = paths.state_dir.join(COUNTERS_FILE);
-    let mut metrics = metrics;
-    if let Err(e) = std::fs::create_dir_all(&paths.state_dir) {
-        warn!("state directory {}: {e}", paths.state_dir.display());
-    }
-    let restored = metrics.restore_counters(&counters_file);
-    if restored > 0 {
-        info!(
-            series = restored,
-            "continued connection counters of the previous instance"
-        );
-    }
+    start::restore_counters(&mut metrics, paths, &counters_file);
     pipeline.set_metrics(metrics);
     // Everything that needs privileges is done: programs attached, pins
     // adopted, /proc scanned, the control socket bound and chowned.
@@ -243,13 +183,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         Err(e) => warn!("{:#}", anyhow::Error::from(e)),
     }
     let (dns_tx, dns_updates) = mpsc::channel(256);
-    let dns = match DnsWatcher::spawn(config.dns.clone(), config.hostnames(), dns_tx) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            error!("DNS watcher: {e}; hostnames will not be resolved until a reload fixes it");
-            None
-        }
-    };
+    let dns = start::dns(&config, dns_tx);
     let mut daemon = Daemon {
         source,
         status: status_tx,
@@ -301,23 +235,8 @@ impl Daemon {
             hup: mut sighup,
         } = signals;
         let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
-        let config_dir = self
-            .source
-            .main()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("/"));
         // Kept alive for as long as the loop runs.
-        let _watcher = match reload::watch(self.source.main(), fs_tx) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(
-                    "not watching {} for changes ({e}); reload with SIGHUP",
-                    config_dir.display()
-                );
-                None
-            }
-        };
+        let _watcher = self.watch_config_dir(fs_tx);
         let mut tick = tokio::time::interval(HOUSEKEEPING);
         let mut status_tick = tokio::time::interval(STATUS_REFRESH);
         let mut textfile_tick = tokio::time::interval(self.config.metrics.textfile_interval);
@@ -336,14 +255,7 @@ impl Daemon {
                     let answer = self.answer(&req).await;
                     let _ = req.reply.send(answer);
                 }
-                _ = tick.tick() => {
-                    self.pipeline.housekeeping(Instant::now());
-                    self.pipeline.sinks().upkeep(Instant::now());
-                    self.update_metrics().await;
-                    if let Some(m) = self.pipeline.metrics() {
-                        m.upkeep();
-                    }
-                }
+                _ = tick.tick() => self.housekeeping().await,
                 _ = textfile_tick.tick() => {
                     self.save_counters();
                     self.write_textfile();
@@ -351,16 +263,7 @@ impl Daemon {
                 Some(update) = self.dns_updates.recv() => self.on_dns(update).await,
                 Some(dir) = self.cgroup_rx.recv() => self.on_new_cgroup(&dir),
                 _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
-                _ = status_tick.tick() => {
-                    let reply = self.kernel.stats();
-                    if let Ok(k) = self.kernel_reply(reply).await {
-                        self.drops = k.drops;
-                        if let Err(e) = crate::downtime::Snapshot::of(&k).save(&self.snapshot_file) {
-                            debug!("saving {}: {e}", self.snapshot_file.display());
-                        }
-                    }
-                    service::status(&self.summary());
-                }
+                _ = status_tick.tick() => self.refresh_status().await,
                 Some(()) = fs_rx.recv() => {
                     pending_fs_reload = true;
                     debounce.as_mut().reset(tokio::time::Instant::now() + reload::DEBOUNCE);
@@ -381,6 +284,22 @@ impl Daemon {
         }
         self.shutdown().await;
         Ok(())
+    }
+
+    /// File changes under the configuration directory go to `tx`; None
+    /// (and a warning) where they cannot be watched.
+    fn watch_config_dir(&self, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+        match reload::watch(self.source.main(), tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let dir = self.source.main().parent().unwrap_or(Path::new("/"));
+                warn!(
+                    "not watching {} for changes ({e}); reload with SIGHUP",
+                    dir.display()
+                );
+                None
+            }
+        }
     }
 
     /// Waits for a reply from the kernel thread while still taking records:

@@ -4,6 +4,29 @@
 use super::*;
 
 impl Daemon {
+    /// Every second: expiry in the table and caches, sinks, metrics.
+    pub(super) async fn housekeeping(&mut self) {
+        self.pipeline.housekeeping(Instant::now());
+        self.pipeline.sinks().upkeep(Instant::now());
+        self.update_metrics().await;
+        if let Some(m) = self.pipeline.metrics() {
+            m.upkeep();
+        }
+    }
+
+    /// The sd_notify status line, and the kernel counters saved for the
+    /// next instance's downtime report.
+    pub(super) async fn refresh_status(&mut self) {
+        let reply = self.kernel.stats();
+        if let Ok(k) = self.kernel_reply(reply).await {
+            self.drops = k.drops;
+            if let Err(e) = crate::downtime::Snapshot::of(&k).save(&self.snapshot_file) {
+                debug!("saving {}: {e}", self.snapshot_file.display());
+            }
+        }
+        service::status(&self.summary());
+    }
+
     /// At start: what the kernel counted while no instance was reading
     /// (pinned counters adopted from the previous one), once.
     pub(super) async fn report_downtime(&mut self) {

@@ -22,70 +22,21 @@ mod tests;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 
+use crate::config::DnsConfig;
 use resolve::{Backend, SystemFiles, Tuning};
 use state::{HostState, Outcome, Policy};
 
-/// How the watcher resolves and how it paces itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsConfig {
-    /// Explicit nameservers (UDP+TCP port 53 unless given); empty = the system resolver (/etc/resolv.conf, and /etc/hosts).
-    pub nameservers: Vec<SocketAddr>,
-    /// Floor for the refresh interval, so a zero or tiny TTL cannot turn the
-    /// watcher into a query flood.
-    pub min_ttl: Duration,
-    /// Ceiling for the refresh interval, so a long TTL (or a hosts-file
-    /// entry) cannot hide a change for days.
-    pub max_ttl: Duration,
-    /// First retry delay after a failed lookup; it doubles per consecutive
-    /// failure, so a dead server is not hammered but a blip heals fast.
-    pub retry_min: Duration,
-    /// Cap of the doubling retry delay: how long a recovered server may at
-    /// worst go unnoticed.
-    pub retry_max: Duration,
-    /// How long an address that left the answer stays matched, because
-    /// clients that resolved it earlier keep (re)connecting to it for a while.
-    pub grace: Duration,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        Self {
-            nameservers: Vec::new(),
-            min_ttl: Duration::from_secs(5),
-            max_ttl: Duration::from_secs(3600),
-            retry_min: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
-            grace: Duration::from_secs(300),
-        }
-    }
-}
-
-impl DnsConfig {
-    /// Rejects settings the scheduler cannot honour: a zero `min_ttl` or
-    /// `retry_min` would let a zero-TTL answer or a failing server drive a
-    /// busy loop of queries, and an inverted range has no meaning.
-    pub fn validate(&self) -> Result<(), DnsError> {
-        let invalid = |msg: &str| Err(DnsError::InvalidConfig(msg.to_owned()));
-        if self.min_ttl.is_zero() {
-            return invalid("min_ttl must be greater than zero");
-        }
-        if self.retry_min.is_zero() {
-            return invalid("retry_min must be greater than zero");
-        }
-        if self.min_ttl > self.max_ttl {
-            return invalid("min_ttl must not exceed max_ttl");
-        }
-        if self.retry_min > self.retry_max {
-            return invalid("retry_min must not exceed retry_max");
-        }
-        Ok(())
+fn validate(config: &DnsConfig) -> Result<(), DnsError> {
+    match config.problem() {
+        Some(why) => Err(DnsError::InvalidConfig(why.to_owned())),
+        None => Ok(()),
     }
 }
 
@@ -197,7 +148,7 @@ impl DnsWatcher {
         tuning: Tuning,
     ) -> Result<Self, DnsError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| DnsError::NoRuntime)?;
-        config.validate()?;
+        validate(&config)?;
         let backend = Backend::new(&config.nameservers, &files, tuning)?;
         // A small queue suffices: every command waits for its reply.
         let (commands, command_rx) = mpsc::channel(8);
@@ -238,7 +189,7 @@ impl DnsWatcher {
     /// since the old servers' answers may not hold for the new ones. Fails,
     /// changing nothing, when the new settings are unusable.
     pub async fn set_config(&self, config: DnsConfig) -> Result<(), DnsError> {
-        config.validate()?;
+        validate(&config)?;
         let (reply, done) = oneshot::channel();
         // Built here, not in the task, so a bad resolv.conf is reported to
         // the caller instead of being logged by a task nobody watches.

@@ -11,18 +11,7 @@ use connectracer_proto::Protocol;
 
 use super::{Dest, Environment, Policy, Selector, Subject, Target};
 use crate::attribution::cgroup_path::proc_cgroup_best_path;
-
-fn ports(p: &crate::config::PortSet) -> Vec<String> {
-    p.0.iter()
-        .map(|r| {
-            if r.start() == r.end() {
-                r.start().to_string()
-            } else {
-                format!("{}-{}", r.start(), r.end())
-            }
-        })
-        .collect()
-}
+use crate::sys::cgroup_tree;
 
 /// Executables, then users, then cgroups, then global: the order a connect
 /// asks them in (cgroups deepest first at run time).
@@ -50,7 +39,7 @@ pub fn show(policy: &Policy, env: &Environment<'_>) -> PolicyShowReply {
                     if p.is_any() {
                         format!("{net} ({why})")
                     } else {
-                        format!("{net} port {} ({why})", ports(&p).join(","))
+                        format!("{net} port {} ({why})", p.items().join(","))
                     }
                 })
                 .collect()
@@ -77,7 +66,7 @@ pub fn show(policy: &Policy, env: &Environment<'_>) -> PolicyShowReply {
                 id: r.id,
                 action: r.action.as_str().into(),
                 dest: r.dest.iter().map(ToString::to_string).collect(),
-                ports: ports(&r.ports),
+                ports: r.ports.items(),
                 protocol: r.protocol,
                 scope: r.selector.as_ref().map(ToString::to_string),
                 addresses: r
@@ -172,20 +161,10 @@ pub fn subject(p: &PolicyCheckParams, mount: &Path) -> Result<Subject, CallError
 
 /// Where a running unit's cgroup is; None when it is not running.
 fn find_unit(mount: &Path, unit: &str) -> Option<String> {
-    let mut stack = vec![mount.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).ok()?.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let path = e.path();
-            if e.file_name() == unit {
-                return super::scopes::relative_cgroup_path(mount, &path);
-            }
-            stack.push(path);
-        }
-    }
-    None
+    cgroup_tree::dirs(mount)
+        .skip(1)
+        .find(|d| d.file_name().is_some_and(|n| n == unit))
+        .and_then(|d| cgroup_tree::relative_path(mount, &d))
 }
 
 fn describe(s: &Subject) -> String {

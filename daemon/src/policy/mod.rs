@@ -16,11 +16,10 @@
 //! the first whose port and protocol match; then the scope's default. A scope
 //! without a matching rule or a default has no say and the next one is asked.
 
-pub mod compile;
 pub mod explain;
 pub mod scopes;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -28,83 +27,17 @@ use connectracer_proto::{Protocol, Verdict};
 use ipnet::IpNet;
 
 use crate::attribution::cgroup_path::parse_cgroup_path;
-use crate::config::PortSet;
-use crate::watchlist::Resolved;
-
 use crate::bpf::types::ct_scope_id;
+use crate::config::policy::{Action, Dest, Mode, Policy, Rule, Selector};
+use crate::config::PortSet;
+
+/// What DNS currently says for each followed hostname.
+pub type Resolved = HashMap<String, BTreeSet<IpAddr>>;
 
 pub const SCOPE_BUILTIN: u32 = ct_scope_id::CT_SCOPE_BUILTIN.0;
 pub const SCOPE_GLOBAL: u32 = ct_scope_id::CT_SCOPE_GLOBAL.0;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Allow,
-    Deny,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Denials are reported as would_deny and let through.
-    Audit,
-    Enforce,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Audit => "audit",
-            Mode::Enforce => "enforce",
-        }
-    }
-}
-
-/// Who a rule or scope applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Selector {
-    /// A systemd unit name or glob (`backup.service`, `docker-*.scope`),
-    /// matched against cgroup directory names; compiled once, when the
-    /// configuration is read, not at every cgroup it is tried on.
-    Unit(glob::Pattern),
-    /// A cgroup path relative to the cgroup2 mount (`/system.slice/foo`) and
-    /// everything below it.
-    Cgroup(String),
-    /// A container id or a prefix of one (at least 12 characters).
-    Container(String),
-    User {
-        uid: u32,
-        name: String,
-    },
-    /// An executable, by the inode the path names when the policy is applied.
-    Exe(PathBuf),
-}
-
 impl Selector {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Selector::Unit(_) => "unit",
-            Selector::Cgroup(_) => "cgroup",
-            Selector::Container(_) => "container",
-            Selector::User { .. } => "user",
-            Selector::Exe(_) => "exe",
-        }
-    }
-
-    pub fn is_cgroup_based(&self) -> bool {
-        matches!(
-            self,
-            Selector::Unit(_) | Selector::Cgroup(_) | Selector::Container(_)
-        )
-    }
-
     /// Whether the cgroup directory at `path` (relative to the cgroup2
     /// mount, starting with `/`) is selected.
     pub fn matches_cgroup(&self, path: &str) -> bool {
@@ -120,91 +53,6 @@ impl Selector {
                     && path.rsplit('/').next().is_some_and(|last| last.contains(id.as_str()))
             }
             Selector::User { .. } | Selector::Exe(_) => false,
-        }
-    }
-}
-
-impl std::fmt::Display for Selector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Selector::Unit(u) => write!(f, "unit {}", u.as_str()),
-            Selector::Cgroup(c) => write!(f, "cgroup {c}"),
-            Selector::Container(c) => write!(f, "container {c}"),
-            Selector::User { uid, name } => write!(f, "user {name} ({uid})"),
-            Selector::Exe(p) => write!(f, "exe {}", p.display()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Dest {
-    /// Every destination, both families.
-    Any,
-    Net(IpNet),
-    /// Followed through DNS; the rule covers the name's current addresses.
-    Name(String),
-}
-
-impl std::fmt::Display for Dest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Dest::Any => f.write_str("any"),
-            Dest::Net(n) if n.prefix_len() == n.max_prefix_len() => write!(f, "{}", n.addr()),
-            Dest::Net(n) => write!(f, "{n}"),
-            Dest::Name(n) => f.write_str(n),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    /// 1-based position among the merged configuration's rules: what the
-    /// kernel reports, and what `policy show` numbers.
-    pub id: u32,
-    pub action: Action,
-    pub dest: Vec<Dest>,
-    pub ports: PortSet,
-    /// None: TCP and UDP.
-    pub protocol: Option<Protocol>,
-    /// None: global.
-    pub selector: Option<Selector>,
-    /// `file:line` of the rule.
-    pub origin: String,
-}
-
-/// Per-selector settings from a `[[scope]]` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScopeSettings {
-    pub selector: Selector,
-    pub default: Option<Action>,
-    pub mode: Option<Mode>,
-    pub block_ipv6: bool,
-    pub origin: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub mode: Mode,
-    /// What happens to destinations no rule of any scope decides.
-    pub default: Action,
-    pub allow_loopback: bool,
-    pub allow_dns: bool,
-    /// Refuse IPv6 destinations (not v4-mapped ones) for everyone.
-    pub block_ipv6: bool,
-    pub rules: Vec<Rule>,
-    pub scopes: Vec<ScopeSettings>,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            mode: Mode::Enforce,
-            default: Action::Allow,
-            allow_loopback: true,
-            allow_dns: true,
-            block_ipv6: false,
-            rules: Vec::new(),
-            scopes: Vec::new(),
         }
     }
 }
@@ -269,27 +117,6 @@ impl Environment<'_> {
 }
 
 impl Policy {
-    /// Whether the kernel has anything to judge: without rules, defaults or
-    /// blocking every connect skips the policy lookups entirely.
-    pub fn is_active(&self) -> bool {
-        !self.rules.is_empty()
-            || self.default == Action::Deny
-            || self.block_ipv6
-            || self.scopes.iter().any(|s| s.default.is_some() || s.block_ipv6)
-    }
-
-    /// Hostnames the rules name, for the DNS watcher.
-    pub fn hostnames(&self) -> BTreeSet<String> {
-        self.rules
-            .iter()
-            .flat_map(|r| &r.dest)
-            .filter_map(|d| match d {
-                Dest::Name(n) => Some(n.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
     /// Numbered scopes: global first, then each selector in order of first
     /// appearance (rules, then `[[scope]]` tables).
     pub fn scopes(&self) -> Vec<Scope> {
@@ -495,4 +322,4 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{Policy, Selector};
+use crate::sys::cgroup_tree;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identities {
@@ -31,12 +32,6 @@ pub fn exe_identity(path: &Path) -> Option<(u64, u64)> {
     Some((m.ino(), kernel_dev(m.dev())))
 }
 
-/// `/sys/fs/cgroup/unified/a/b` under mount `/sys/fs/cgroup/unified` is `/a/b`.
-pub fn relative_cgroup_path(mount: &Path, dir: &Path) -> Option<String> {
-    let rel = dir.strip_prefix(mount).ok()?;
-    Some(format!("/{}", rel.to_string_lossy()))
-}
-
 /// Walks the cgroup tree below `attach` when the policy selects by cgroup,
 /// and resolves executable selectors.
 pub fn discover(policy: &Policy, mount: &Path, attach: &Path) -> Identities {
@@ -53,21 +48,12 @@ pub fn discover(policy: &Policy, mount: &Path, attach: &Path) -> Identities {
         }
     }
     if policy.is_active() && selectors.iter().any(|s| s.is_cgroup_based()) {
-        let mut stack = vec![attach.to_path_buf()];
-        while let Some(dir) = stack.pop() {
+        for dir in cgroup_tree::dirs(attach) {
             let Ok(meta) = std::fs::metadata(&dir) else {
                 continue;
             };
-            if let Some(rel) = relative_cgroup_path(mount, &dir) {
+            if let Some(rel) = cgroup_tree::relative_path(mount, &dir) {
                 ids.cgroups.push((rel, meta.ino()));
-            }
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
             }
         }
     }
@@ -137,16 +123,5 @@ mod tests {
         // 8:1 (sda1) in glibc's encoding is 0x801.
         assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
         assert_eq!(kernel_dev(libc::makedev(259, 3)), (259 << 20) | 3);
-    }
-
-    #[test]
-    fn relative_paths() {
-        let m = Path::new("/sys/fs/cgroup/unified");
-        assert_eq!(
-            relative_cgroup_path(m, Path::new("/sys/fs/cgroup/unified/system.slice/a.service")).as_deref(),
-            Some("/system.slice/a.service")
-        );
-        assert_eq!(relative_cgroup_path(m, m).as_deref(), Some("/"));
-        assert_eq!(relative_cgroup_path(m, Path::new("/tmp")), None);
     }
 }

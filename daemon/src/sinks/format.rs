@@ -15,7 +15,7 @@ use connectracer_proto::{FailReason, Process, Verdict};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::pipeline::WatchEvent;
+use super::WatchEvent;
 
 /// Distinct processes remembered; beyond it the cache starts over.
 const MAX_CACHED: usize = 4096;

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 
 use super::format::Formatter;
 use super::writer::Outcome;
-use crate::pipeline::WatchEvent;
+use super::WatchEvent;
 
 const SOCKET: &str = "/run/systemd/journal/socket";
 

@@ -18,43 +18,19 @@ use tracing::warn;
 
 use crate::config::{LogConfig, SinkConfig, SinkFilter, SinkKind};
 use crate::count_warning::CountWarning;
-use crate::pipeline::WatchEvent;
 use crate::table::Connection;
 use writer::Msg;
 
+pub use crate::config::sink::EventKind;
 pub use format::human_duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    Connect,
-    Send,
-    Established,
-    Failed,
-    Closed,
-    /// Refused by the egress policy.
-    Denied,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 6] = [
-        EventKind::Connect,
-        EventKind::Send,
-        EventKind::Established,
-        EventKind::Failed,
-        EventKind::Closed,
-        EventKind::Denied,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Connect => "connect",
-            EventKind::Send => "send",
-            EventKind::Established => "established",
-            EventKind::Failed => "failed",
-            EventKind::Closed => "closed",
-            EventKind::Denied => "denied",
-        }
-    }
+/// An event as written to sinks and streamed to watchers.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    pub kind: EventKind,
+    /// When it happened, from the kernel's timestamp.
+    pub at: std::time::SystemTime,
+    pub connection: Connection,
 }
 
 /// Counters a sink's writer and the owner share. `events` and `lost` at

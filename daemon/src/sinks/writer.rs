@@ -13,8 +13,8 @@ use super::file::RotatingFile;
 use super::format::{batch, Formatter};
 use super::journal::Journal;
 use super::Counters;
+use super::WatchEvent;
 use crate::config::{LogFormat, SinkKind};
-use crate::pipeline::WatchEvent;
 
 /// One sink's events of one drained batch.
 #[derive(Debug)]

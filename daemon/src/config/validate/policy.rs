@@ -5,10 +5,10 @@ use std::path::{Component, Path, PathBuf};
 use connectracer_proto::Protocol;
 use toml::Spanned;
 
+use super::super::policy::{Action, Dest, Mode, Rule, ScopeSettings, Selector};
 use super::super::raw::{RawConfig, RawRule, RawScope, RawSelector, RawUser};
-use super::super::HostTarget;
-use super::{parse_target, port_set, push, Ctx, Loc, Merge};
-use crate::policy::{Action, Dest, Mode, Rule, ScopeSettings, Selector};
+use super::super::{ConfigError, HostTarget, Place};
+use super::{parse_target, port_set, push, Ctx, Merge};
 
 /// Applies one file's policy keys: scalars override, rules and scopes append.
 pub(super) fn apply(ctx: &mut Ctx<'_>, raw: &RawConfig, m: &mut Merge) {
@@ -36,7 +36,12 @@ pub(super) fn apply(ctx: &mut Ctx<'_>, raw: &RawConfig, m: &mut Merge) {
     }
     for (i, r) in raw.rule.iter().enumerate() {
         if let Some(rule) = rule(ctx, r, i) {
-            m.rules.push(rule);
+            // Errors about a rule as a whole point at its first line.
+            let place = Place {
+                column: 1,
+                ..ctx.loc(Some(r.action.span()))
+            };
+            m.rules.push((rule, place));
         }
     }
     for (i, s) in raw.scope.iter().enumerate() {
@@ -48,14 +53,16 @@ pub(super) fn apply(ctx: &mut Ctx<'_>, raw: &RawConfig, m: &mut Merge) {
 }
 
 /// Numbers the rules of every file in order and rejects two `[[scope]]`
-/// tables for one selector.
-pub(super) fn finish(m: &mut Merge, errors: &mut Vec<crate::config::ConfigError>) {
+/// tables for one selector; returns where each rule was written.
+pub(super) fn finish(m: &mut Merge, errors: &mut Vec<ConfigError>) -> Vec<Place> {
     let p = &mut m.config.policy;
-    for (i, mut r) in std::mem::take(&mut m.rules).into_iter().enumerate() {
+    let mut places = Vec::with_capacity(m.rules.len());
+    for (i, (mut r, place)) in std::mem::take(&mut m.rules).into_iter().enumerate() {
         r.id = i as u32 + 1;
         p.rules.push(r);
+        places.push(place);
     }
-    let mut seen: Vec<(Selector, Loc)> = Vec::new();
+    let mut seen: Vec<(Selector, Place)> = Vec::new();
     for (s, loc, key) in std::mem::take(&mut m.scopes) {
         if let Some((_, first)) = seen.iter().find(|(sel, _)| *sel == s.selector) {
             let msg = format!(
@@ -70,6 +77,7 @@ pub(super) fn finish(m: &mut Merge, errors: &mut Vec<crate::config::ConfigError>
         seen.push((s.selector.clone(), loc));
         p.scopes.push(s);
     }
+    places
 }
 
 fn mode(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Mode> {
@@ -138,117 +146,129 @@ fn selector(ctx: &mut Ctx<'_>, s: &RawSelector<'_>, key: &str) -> Result<Option<
         );
         return Err(());
     }
-    if let Some(v) = s.unit {
-        let u = v.get_ref().trim();
-        if u.is_empty() || u.contains('/') || u.chars().any(char::is_whitespace) {
-            ctx.spanned(
-                v,
-                &format!("{key}.unit"),
-                format!("`{u}` is not a unit name or glob (e.g. \"backup.service\", \"docker-*.scope\")"),
-            );
-            return Err(());
-        }
-        return match glob::Pattern::new(u) {
-            Ok(p) => Ok(Some(Selector::Unit(p))),
-            Err(e) => {
-                ctx.spanned(v, &format!("{key}.unit"), format!("`{u}`: bad glob: {e}"));
-                Err(())
-            }
-        };
+    let found = if let Some(v) = s.unit {
+        unit(ctx, v, &format!("{key}.unit"))
+    } else if let Some(v) = s.cgroup {
+        cgroup(ctx, v, &format!("{key}.cgroup"))
+    } else if let Some(v) = s.container {
+        container(ctx, v, &format!("{key}.container"))
+    } else if let Some(v) = s.user {
+        user(ctx, v, &format!("{key}.user"))
+    } else if let Some(v) = s.exe {
+        exe(ctx, v, &format!("{key}.exe"))
+    } else {
+        return Ok(None);
+    };
+    found.map(Some).ok_or(())
+}
+
+fn unit(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Selector> {
+    let u = v.get_ref().trim();
+    if u.is_empty() || u.contains('/') || u.chars().any(char::is_whitespace) {
+        ctx.spanned(
+            v,
+            key,
+            format!("`{u}` is not a unit name or glob (e.g. \"backup.service\", \"docker-*.scope\")"),
+        );
+        return None;
     }
-    if let Some(v) = s.cgroup {
-        let c = v.get_ref().trim();
-        let p = Path::new(c);
-        let bad = if !p.is_absolute() {
-            Some("is not an absolute cgroup path (e.g. \"/system.slice/backup.service\")")
-        } else if p
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-        {
-            Some("must not contain `.` or `..`")
-        } else if c.trim_end_matches('/').is_empty() {
-            Some("selects every process: write a global rule (no selector) instead")
-        } else {
+    match glob::Pattern::new(u) {
+        Ok(p) => Some(Selector::Unit(p)),
+        Err(e) => {
+            ctx.spanned(v, key, format!("`{u}`: bad glob: {e}"));
             None
-        };
-        if let Some(why) = bad {
-            ctx.spanned(v, &format!("{key}.cgroup"), format!("`{c}` {why}"));
-            return Err(());
         }
-        return Ok(Some(Selector::Cgroup(c.trim_end_matches('/').to_string())));
     }
-    if let Some(v) = s.container {
-        let c = v.get_ref().trim().to_ascii_lowercase();
-        let hex = c.chars().all(|ch| ch.is_ascii_hexdigit());
-        let bad = if c.is_empty()
-            || c.len() > 64
-            || !c
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
-        {
-            Some("is not a container id (1 to 64 letters, digits, '-', '_', '.')")
-        } else if hex && c.len() < 12 {
-            Some("is too short to name one container: give at least 12 hex digits of the id")
-        } else {
-            None
-        };
-        if let Some(why) = bad {
-            ctx.spanned(v, &format!("{key}.container"), format!("`{c}` {why}"));
-            return Err(());
-        }
-        return Ok(Some(Selector::Container(c)));
+}
+
+fn cgroup(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Selector> {
+    let c = v.get_ref().trim();
+    let p = Path::new(c);
+    let bad = if !p.is_absolute() {
+        Some("is not an absolute cgroup path (e.g. \"/system.slice/backup.service\")")
+    } else if p
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        Some("must not contain `.` or `..`")
+    } else if c.trim_end_matches('/').is_empty() {
+        Some("selects every process: write a global rule (no selector) instead")
+    } else {
+        None
+    };
+    if let Some(why) = bad {
+        ctx.spanned(v, key, format!("`{c}` {why}"));
+        return None;
     }
-    if let Some(v) = s.user {
-        let k = format!("{key}.user");
-        let found = match v.get_ref() {
-            RawUser::Id(n) => match u32::try_from(*n) {
-                Ok(uid) if uid != u32::MAX => {
-                    let name = nix::unistd::User::from_uid(uid.into())
-                        .ok()
-                        .flatten()
-                        .map_or_else(|| uid.to_string(), |u| u.name);
-                    Some(Selector::User { uid, name })
-                }
-                _ => {
-                    ctx.spanned(v, &k, format!("{n} is not a uid (0 to 4294967294)"));
-                    return Err(());
-                }
-            },
-            RawUser::Name(name) => {
-                match nix::unistd::User::from_name(name.trim()) {
-                    Ok(Some(u)) => Some(Selector::User {
-                        uid: u.uid.as_raw(),
-                        name: u.name,
-                    }),
-                    _ => {
-                        ctx.spanned(
-                        v,
-                        &k,
-                        format!("no user `{name}` on this system; give a uid to name one that does not exist yet"),
-                    );
-                        return Err(());
-                    }
-                }
+    Some(Selector::Cgroup(c.trim_end_matches('/').to_string()))
+}
+
+fn container(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Selector> {
+    let c = v.get_ref().trim().to_ascii_lowercase();
+    let hex = c.chars().all(|ch| ch.is_ascii_hexdigit());
+    let bad = if c.is_empty()
+        || c.len() > 64
+        || !c
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+    {
+        Some("is not a container id (1 to 64 letters, digits, '-', '_', '.')")
+    } else if hex && c.len() < 12 {
+        Some("is too short to name one container: give at least 12 hex digits of the id")
+    } else {
+        None
+    };
+    if let Some(why) = bad {
+        ctx.spanned(v, key, format!("`{c}` {why}"));
+        return None;
+    }
+    Some(Selector::Container(c))
+}
+
+fn user(ctx: &mut Ctx<'_>, v: &Spanned<RawUser>, key: &str) -> Option<Selector> {
+    match v.get_ref() {
+        RawUser::Id(n) => match u32::try_from(*n) {
+            Ok(uid) if uid != u32::MAX => {
+                let name = nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| uid.to_string(), |u| u.name);
+                Some(Selector::User { uid, name })
             }
-        };
-        return Ok(found);
+            _ => {
+                ctx.spanned(v, key, format!("{n} is not a uid (0 to 4294967294)"));
+                None
+            }
+        },
+        RawUser::Name(name) => match nix::unistd::User::from_name(name.trim()) {
+            Ok(Some(u)) => Some(Selector::User {
+                uid: u.uid.as_raw(),
+                name: u.name,
+            }),
+            _ => {
+                ctx.spanned(
+                    v,
+                    key,
+                    format!(
+                        "no user `{name}` on this system; give a uid to name one that does not exist yet"
+                    ),
+                );
+                None
+            }
+        },
     }
-    if let Some(v) = s.exe {
-        let e = v.get_ref().trim();
-        let p = Path::new(e);
-        if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
-            ctx.spanned(
-                v,
-                &format!("{key}.exe"),
-                format!("`{e}` is not an absolute path to an executable"),
-            );
-            return Err(());
-        }
-        // Symlinks (/usr/bin/python3 -> python3.11) select what they point to.
-        let path = std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
-        return Ok(Some(Selector::Exe(path)));
+}
+
+fn exe(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Selector> {
+    let e = v.get_ref().trim();
+    let p = Path::new(e);
+    if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
+        ctx.spanned(v, key, format!("`{e}` is not an absolute path to an executable"));
+        return None;
     }
-    Ok(None)
+    // Symlinks (/usr/bin/python3 -> python3.11) select what they point to.
+    let path = std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+    Some(Selector::Exe(path))
 }
 
 fn dests(ctx: &mut Ctx<'_>, v: &Spanned<toml::Value>, key: &str) -> Option<Vec<Dest>> {

@@ -9,9 +9,8 @@ use toml::Spanned;
 
 use super::super::raw::RawEventSink;
 use super::super::sink::{DEFAULT_KEEP, DEFAULT_MAX_SIZE, DEFAULT_QUEUE};
-use super::super::{FileSink, LogFormat, SinkConfig, SinkFilter, SinkKind};
-use super::{int_in, push, size, Ctx, Loc, Merge};
-use crate::sinks::EventKind;
+use super::super::{ConfigError, EventKind, FileSink, LogFormat, Place, SinkConfig, SinkFilter, SinkKind};
+use super::{int_in, push, size, Ctx, Merge};
 
 const MIN_FILE_SIZE: u64 = 4096;
 const MAX_KEEP: u64 = 1000;
@@ -28,12 +27,12 @@ pub(super) fn apply(ctx: &mut Ctx<'_>, raw: &[RawEventSink], m: &mut Merge) {
 
 /// Names are unique (they key stats, metrics and reloads), one sink at
 /// most owns stdout, and no two sinks rotate the same file.
-pub(super) fn finish(m: &mut Merge, errors: &mut Vec<crate::config::ConfigError>) {
-    let mut names: HashMap<String, Loc> = HashMap::new();
-    let mut paths: HashMap<PathBuf, Loc> = HashMap::new();
-    let mut stdout: Option<Loc> = None;
+pub(super) fn finish(m: &mut Merge, errors: &mut Vec<ConfigError>) {
+    let mut names: HashMap<String, Place> = HashMap::new();
+    let mut paths: HashMap<PathBuf, Place> = HashMap::new();
+    let mut stdout: Option<Place> = None;
     for (s, loc, key) in std::mem::take(&mut m.sinks) {
-        let earlier = |first: &Loc| format!("{}:{}", first.file.display(), first.line);
+        let earlier = |first: &Place| format!("{}:{}", first.file.display(), first.line);
         if let Some(first) = names.get(&s.name) {
             let msg = format!(
                 "a sink named `{}` already exists ({}); give each sink its own `name`",
@@ -303,8 +302,8 @@ impl NamedValue for Verdict {
 mod tests {
     use std::path::Path;
 
+    use super::super::super::parse_config;
     use super::*;
-    use crate::config::parse_config;
 
     const F: &str = "/etc/connectracer/connectracer.toml";
 

@@ -1,34 +1,15 @@
-//! Lays the watched destinations out the way the kernel's LPM tries need
-//! them. An LPM lookup returns only the longest matching prefix, so each
-//! prefix's entry also carries the port rules of every shorter prefix that
-//! covers it, most specific first: `10.0.0.0/8` on 443 and `10.1.0.0/16` on
-//! 80 must both match inside 10.1/16.
+//! The watched destinations laid out for the kernel's watch tries, one
+//! entry per distinct prefix (see `lpm` for why entries carry the rules of
+//! the prefixes covering them).
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::collections::HashMap;
 
 use ipnet::IpNet;
 
+use super::lpm::{Flat, Prefixes};
+use crate::bpf::layout::{LpmEntry, PortRule, MAX_RULES};
 use crate::config::{HostTarget, WatchedHost};
-
-/// What DNS currently says for each watched hostname.
-pub type Resolved = HashMap<String, BTreeSet<IpAddr>>;
-
-/// Port rules one kernel entry holds (`CT_MAX_PORT_RULES` in connectracer.h).
-pub const MAX_RULES: usize = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRule {
-    pub lo: u16,
-    pub hi: u16,
-    pub host_id: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LpmEntry {
-    pub net: IpNet,
-    pub rules: Vec<PortRule>,
-}
+use crate::policy::Resolved;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{net} needs {needed} port rules counting those of the wider prefixes that cover it; the kernel holds at most {MAX_RULES}: merge port ranges or watch fewer overlapping prefixes")]
@@ -40,109 +21,15 @@ pub struct TooManyRules {
 }
 
 fn own_rules(h: &WatchedHost) -> Vec<PortRule> {
-    if h.ports.is_any() {
-        return vec![PortRule {
-            lo: 0,
-            hi: u16::MAX,
-            host_id: h.id,
-        }];
-    }
     h.ports
-        .0
-        .iter()
-        .map(|r| PortRule {
-            lo: *r.start(),
-            hi: *r.end(),
+        .bounds()
+        .into_iter()
+        .map(|(lo, hi)| PortRule {
+            lo,
+            hi,
             host_id: h.id,
         })
         .collect()
-}
-
-/// Prefixes of an LPM trie (per scope), each with its own rules, in
-/// first-seen order. An LPM lookup returns only the longest matching
-/// prefix, so `flatten` gives each entry the rules of the wider prefixes of
-/// its scope that cover it, most specific first. The watch list (one scope)
-/// and the policy (per-scope tries) are both laid out by it.
-#[derive(Debug)]
-pub struct Prefixes<S, R> {
-    order: Vec<(S, IpNet)>,
-    own: HashMap<(S, IpNet), Vec<R>>,
-}
-
-/// A flattened entry, or one that needs more rules than an entry holds.
-#[derive(Debug)]
-pub enum Flat<S, R> {
-    Entry {
-        scope: S,
-        net: IpNet,
-        rules: Vec<R>,
-    },
-    TooMany {
-        scope: S,
-        net: IpNet,
-        needed: usize,
-        first_own: Option<R>,
-    },
-}
-
-impl<S: Copy + Eq + std::hash::Hash, R: Clone> Default for Prefixes<S, R> {
-    fn default() -> Self {
-        Self {
-            order: Vec::new(),
-            own: HashMap::new(),
-        }
-    }
-}
-
-impl<S: Copy + Eq + std::hash::Hash, R: Clone> Prefixes<S, R> {
-    /// Adds rules to (scope, net); returns whether the prefix is new.
-    pub fn add(&mut self, scope: S, net: IpNet, rules: impl IntoIterator<Item = R>) -> bool {
-        let mut new = false;
-        self.own
-            .entry((scope, net))
-            .or_insert_with(|| {
-                new = true;
-                self.order.push((scope, net));
-                Vec::new()
-            })
-            .extend(rules);
-        new
-    }
-
-    pub fn flatten(self) -> Vec<Flat<S, R>> {
-        let lengths = prefix_lengths(self.own.keys().map(|(_, n)| n));
-        let mut out = Vec::with_capacity(self.order.len());
-        for (scope, net) in &self.order {
-            let own = &self.own[&(*scope, *net)];
-            let mut rules = own.clone();
-            // Walk the covering prefixes from the next shorter one up to /0,
-            // only at lengths some entry has: 10,000 single addresses cost
-            // no lookups at all, and never more than 128 each.
-            for &len in lengths(net).iter().rev() {
-                let Ok(wider) = IpNet::new(net.addr(), len) else {
-                    continue;
-                };
-                if let Some(r) = self.own.get(&(*scope, wider.trunc())) {
-                    rules.extend_from_slice(r);
-                }
-            }
-            out.push(if rules.len() > MAX_RULES {
-                Flat::TooMany {
-                    scope: *scope,
-                    net: *net,
-                    needed: rules.len(),
-                    first_own: own.first().cloned(),
-                }
-            } else {
-                Flat::Entry {
-                    scope: *scope,
-                    net: *net,
-                    rules,
-                }
-            });
-        }
-        out
-    }
 }
 
 /// One entry per distinct prefix, in first-seen order. A hostname stands
@@ -182,22 +69,6 @@ pub fn build(hosts: &[WatchedHost], resolved: &Resolved) -> (Vec<LpmEntry>, Vec<
     (out, errors)
 }
 
-/// Per family, the prefix lengths present, ascending; the returned closure
-/// gives those shorter than a net's own, in the net's family.
-pub fn prefix_lengths<'a>(nets: impl Iterator<Item = &'a IpNet>) -> impl Fn(&IpNet) -> Vec<u8> {
-    let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
-    for n in nets {
-        match n {
-            IpNet::V4(_) => v4.insert(n.prefix_len()),
-            IpNet::V6(_) => v6.insert(n.prefix_len()),
-        };
-    }
-    move |net: &IpNet| {
-        let set = if net.addr().is_ipv4() { &v4 } else { &v6 };
-        set.range(..net.prefix_len()).copied().collect()
-    }
-}
-
 /// The reference lookup the kernel's must agree with: longest prefix, then
 /// the first rule whose ports match.
 pub fn lookup(entries: &[LpmEntry], addr: std::net::IpAddr, port: u16) -> Option<u32> {
@@ -211,6 +82,8 @@ pub fn lookup(entries: &[LpmEntry], addr: std::net::IpAddr, port: u16) -> Option
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::config::PortSet;
 

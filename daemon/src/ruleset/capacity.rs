@@ -7,9 +7,8 @@ use std::collections::HashMap;
 
 use ipnet::IpNet;
 
+use crate::bpf::layout::{CompiledPolicy, LpmEntry};
 use crate::bpf::types::ct_capacity;
-use crate::policy::compile::CompiledPolicy;
-use crate::watchlist::LpmEntry;
 
 /// Entries of one family's watch trie: each generation has its own.
 pub const WATCH_ENTRIES: usize = ct_capacity::CT_WATCH_ENTRIES.0 as usize;
@@ -143,8 +142,7 @@ pub fn check(watch: &[LpmEntry], policy: &CompiledPolicy) -> Vec<Overflow> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::compile::{KernelRule, PolicyEntry};
-    use crate::watchlist::PortRule;
+    use crate::bpf::layout::{KernelRule, PolicyEntry, PortRule};
 
     fn v4(i: usize) -> IpNet {
         IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(

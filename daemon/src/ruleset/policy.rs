@@ -5,56 +5,13 @@
 use connectracer_proto::Protocol;
 use ipnet::IpNet;
 
-use super::scopes::Identities;
-use super::{Action, Dest, Environment, Mode, Policy, Scope, Selector, SCOPE_BUILTIN};
+use super::lpm::{Flat, Prefixes};
+use crate::bpf::layout::{CompiledPolicy, KernelRule, PolicyEntry, ScopeKey, ScopeVal, MAX_RULES};
 use crate::bpf::types::{ct_policy_flag, ct_verdict};
-use crate::watchlist::{Flat, Prefixes, MAX_RULES};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelRule {
-    pub lo: u16,
-    pub hi: u16,
-    /// IP protocol number, 0 for both.
-    pub protocol: u8,
-    /// `ct_verdict` with the scope's mode applied.
-    pub verdict: u8,
-    pub rule_id: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyEntry {
-    pub scope: u32,
-    pub net: IpNet,
-    pub rules: Vec<KernelRule>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ScopeKey {
-    Cgroup(u64),
-    Uid(u32),
-    Exe {
-        ino: u64,
-        dev: u64,
-    },
-    /// The scope's own settings.
-    Scope(u32),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ScopeVal {
-    pub scope: u32,
-    /// `ct_verdict` + 1; 0: no default.
-    pub default_verdict: u8,
-    pub ipv6_verdict: u8,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CompiledPolicy {
-    /// `ct_policy_flag` bits.
-    pub flags: u8,
-    pub entries: Vec<PolicyEntry>,
-    pub scopes: Vec<(ScopeKey, ScopeVal)>,
-}
+use crate::config::policy::{Action, Dest, Mode, Policy, Selector};
+use crate::config::PortSet;
+use crate::policy::scopes::Identities;
+use crate::policy::{Environment, Scope, SCOPE_BUILTIN};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{net} in {scope} needs {needed} rules counting those of the wider prefixes that cover it; the kernel holds at most {MAX_RULES} per prefix: merge port ranges or overlap fewer prefixes")]
@@ -83,22 +40,13 @@ fn protocol_code(p: Option<Protocol>) -> u8 {
     }
 }
 
-fn port_rules(ports: &crate::config::PortSet, protocol: u8, verdict: u8, rule_id: u32) -> Vec<KernelRule> {
-    if ports.is_any() {
-        return vec![KernelRule {
-            lo: 0,
-            hi: u16::MAX,
-            protocol,
-            verdict,
-            rule_id,
-        }];
-    }
+fn port_rules(ports: &PortSet, protocol: u8, verdict: u8, rule_id: u32) -> Vec<KernelRule> {
     ports
-        .0
-        .iter()
-        .map(|r| KernelRule {
-            lo: *r.start(),
-            hi: *r.end(),
+        .bounds()
+        .into_iter()
+        .map(|(lo, hi)| KernelRule {
+            lo,
+            hi,
             protocol,
             verdict,
             rule_id,
@@ -124,6 +72,8 @@ fn nets(d: &Dest, env: &Environment<'_>) -> Vec<IpNet> {
     }
 }
 
+/// The policy as the kernel holds it, and every prefix that needs more
+/// rules than an entry carries.
 pub fn compile(
     policy: &Policy,
     env: &Environment<'_>,
@@ -133,36 +83,41 @@ pub fn compile(
         return (CompiledPolicy::default(), Vec::new());
     }
     let scopes = policy.scopes();
-    let scope_of = |sel: &Option<Selector>| {
-        scopes
-            .iter()
-            .find(|s| &s.selector == sel)
-            .expect("every rule's selector is numbered")
+    let mut out = CompiledPolicy {
+        flags: ct_policy_flag::CT_POLICY_ON.0 as u8,
+        ..Default::default()
     };
+    let errors = entries(policy, &scopes, env, &mut out);
+    scope_keys(&scopes, ids, &mut out);
+    (out, errors)
+}
 
-    // Own rules per (scope, prefix), declaration order kept.
+/// Own rules per (scope, prefix), declaration order kept, flattened into
+/// `out.entries`.
+fn entries(
+    policy: &Policy,
+    scopes: &[Scope],
+    env: &Environment<'_>,
+    out: &mut CompiledPolicy,
+) -> Vec<TooManyRules> {
     let mut prefixes: Prefixes<u32, KernelRule> = Prefixes::default();
     for (net, ports, _) in policy.exceptions(env) {
         prefixes.add(SCOPE_BUILTIN, net, port_rules(&ports, 0, 0, 0));
     }
     for r in &policy.rules {
-        let scope = scope_of(&r.selector);
+        let scope = scopes
+            .iter()
+            .find(|s| s.selector == r.selector)
+            .expect("every rule's selector is numbered");
         let verdict = verdict_code(r.action, scope.mode);
-        for d in &r.dest {
-            for net in nets(d, env) {
-                prefixes.add(
-                    scope.id,
-                    net,
-                    port_rules(&r.ports, protocol_code(r.protocol), verdict, r.id),
-                );
-            }
+        for net in r.dest.iter().flat_map(|d| nets(d, env)) {
+            prefixes.add(
+                scope.id,
+                net,
+                port_rules(&r.ports, protocol_code(r.protocol), verdict, r.id),
+            );
         }
     }
-
-    let mut out = CompiledPolicy {
-        flags: ct_policy_flag::CT_POLICY_ON.0 as u8,
-        ..Default::default()
-    };
     let mut errors = Vec::new();
     for flat in prefixes.flatten() {
         match flat {
@@ -172,53 +127,43 @@ pub fn compile(
                 net,
                 needed,
                 first_own,
-            } => {
-                let name = scopes
+            } => errors.push(TooManyRules {
+                scope: scopes
                     .iter()
                     .find(|s| s.id == scope)
                     .and_then(|s| s.selector.as_ref())
-                    .map_or_else(|| "the global scope".to_string(), |s| s.to_string());
-                errors.push(TooManyRules {
-                    scope: name,
-                    net,
-                    needed,
-                    rule: first_own.map(|r| r.rule_id).filter(|id| *id != 0),
-                });
-            }
+                    .map_or_else(|| "the global scope".to_string(), ToString::to_string),
+                net,
+                needed,
+                rule: first_own.map(|r| r.rule_id).filter(|id| *id != 0),
+            }),
         }
     }
+    errors
+}
 
-    out.scopes.push((
-        ScopeKey::Scope(SCOPE_BUILTIN),
-        ScopeVal {
-            scope: SCOPE_BUILTIN,
-            ..Default::default()
-        },
-    ));
-    for s in &scopes {
+/// The scope map: each scope's settings, and the identities (uids,
+/// executables, cgroups) that select it.
+fn scope_keys(scopes: &[Scope], ids: &Identities, out: &mut CompiledPolicy) {
+    let member = |scope: u32| ScopeVal {
+        scope,
+        ..Default::default()
+    };
+    out.scopes
+        .push((ScopeKey::Scope(SCOPE_BUILTIN), member(SCOPE_BUILTIN)));
+    for s in scopes {
         out.scopes.push((ScopeKey::Scope(s.id), settings(s)));
         match &s.selector {
             Some(sel) if sel.is_cgroup_based() => out.flags |= ct_policy_flag::CT_POLICY_CGROUP.0 as u8,
             Some(Selector::User { uid, .. }) => {
                 out.flags |= ct_policy_flag::CT_POLICY_UID.0 as u8;
-                out.scopes.push((
-                    ScopeKey::Uid(*uid),
-                    ScopeVal {
-                        scope: s.id,
-                        ..Default::default()
-                    },
-                ));
+                out.scopes.push((ScopeKey::Uid(*uid), member(s.id)));
             }
             Some(Selector::Exe(path)) => {
                 out.flags |= ct_policy_flag::CT_POLICY_EXE.0 as u8;
                 if let Some(Some((ino, dev))) = ids.exes.get(path) {
-                    out.scopes.push((
-                        ScopeKey::Exe { ino: *ino, dev: *dev },
-                        ScopeVal {
-                            scope: s.id,
-                            ..Default::default()
-                        },
-                    ));
+                    out.scopes
+                        .push((ScopeKey::Exe { ino: *ino, dev: *dev }, member(s.id)));
                 }
             }
             _ => {}
@@ -230,16 +175,9 @@ pub fn compile(
             .iter()
             .find(|s| s.selector.as_ref().is_some_and(|sel| sel.matches_cgroup(path)))
         {
-            out.scopes.push((
-                ScopeKey::Cgroup(*id),
-                ScopeVal {
-                    scope: s.id,
-                    ..Default::default()
-                },
-            ));
+            out.scopes.push((ScopeKey::Cgroup(*id), member(s.id)));
         }
     }
-    (out, errors)
 }
 
 fn settings(s: &Scope) -> ScopeVal {

@@ -1,0 +1,134 @@
+//! The compiled kernel layout checked against the reference decision, and
+//! validation's located errors for configurations the kernel cannot hold.
+
+use connectracer_proto::Verdict;
+
+use super::*;
+use crate::bpf::layout::{CompiledPolicy, ScopeKey};
+use crate::policy::tests::{env, policy, to, unit, EXAMPLE, TCP, UDP};
+use crate::policy::{Target, SCOPE_BUILTIN, SCOPE_GLOBAL};
+
+#[test]
+fn nothing_configured_means_no_kernel_work() {
+    let p = policy("");
+    assert!(!p.is_active());
+    let (c, errors) = policy::compile(&p, &env(), &Identities::default());
+    assert!(errors.is_empty());
+    assert_eq!(c.flags, 0);
+    assert!(c.entries.is_empty());
+}
+
+/// The kernel's lookup, emulated on the compiled maps: what connect4/6 do.
+fn kernel_judge(c: &CompiledPolicy, scopes: &[u32], t: &Target) -> (u8, u32) {
+    let addr = t.addr.to_canonical();
+    let proto = if t.protocol == TCP { 6 } else { 17 };
+    let settings = |id: u32| {
+        c.scopes
+            .iter()
+            .find(|(k, _)| *k == ScopeKey::Scope(id))
+            .map(|(_, v)| *v)
+            .unwrap_or_default()
+    };
+    for &scope in std::iter::once(&SCOPE_BUILTIN)
+        .chain(scopes)
+        .chain([&SCOPE_GLOBAL])
+    {
+        let s = settings(scope);
+        if addr.is_ipv6() && s.ipv6_verdict != 0 {
+            return (s.ipv6_verdict - 1, 0);
+        }
+        let entry = c
+            .entries
+            .iter()
+            .filter(|e| e.scope == scope && e.net.contains(&addr))
+            .max_by_key(|e| e.net.prefix_len());
+        if let Some(r) = entry.and_then(|e| {
+            e.rules
+                .iter()
+                .find(|r| (r.lo..=r.hi).contains(&t.port) && (r.protocol == 0 || r.protocol == proto))
+        }) {
+            return (r.verdict, r.rule_id);
+        }
+        if s.default_verdict != 0 {
+            return (s.default_verdict - 1, 0);
+        }
+    }
+    (0, 0)
+}
+
+#[test]
+fn compiled_layout_agrees_with_the_reference() {
+    let p = policy(EXAMPLE);
+    let e = env();
+    let ids = Identities {
+        cgroups: vec![
+            ("/system.slice".into(), 100),
+            ("/system.slice/backup.service".into(), 101),
+            ("/system.slice/web.service".into(), 102),
+        ],
+        ..Default::default()
+    };
+    let (c, errors) = policy::compile(&p, &e, &ids);
+    assert!(errors.is_empty(), "{errors:?}");
+    let backup_scope = c
+        .scopes
+        .iter()
+        .find(|(k, _)| *k == ScopeKey::Cgroup(101))
+        .map(|(_, v)| v.scope)
+        .expect("backup.service's cgroup is in its scope");
+    assert!(!c.scopes.iter().any(|(k, _)| *k == ScopeKey::Cgroup(102)));
+    let code = |v: Verdict| match v {
+        Verdict::Allow => 0,
+        Verdict::WouldDeny => 1,
+        Verdict::Deny => 2,
+    };
+    let addrs = [
+        "127.0.0.1",
+        "::1",
+        "10.0.0.53",
+        "203.0.113.5",
+        "203.0.113.70",
+        "192.0.2.10",
+        "2001:db8::10",
+        "2001:db8::99",
+        "::ffff:203.0.113.5",
+        "198.51.100.7",
+        "8.8.8.8",
+    ];
+    for a in addrs {
+        for port in [53, 80, 443, 8050, 8101] {
+            for proto in [TCP, UDP] {
+                let t = to(a, port, proto);
+                for (who, scopes) in [
+                    (unit("backup.service"), vec![backup_scope]),
+                    (unit("web.service"), vec![]),
+                ] {
+                    let d = p.judge(&who, &t, &e);
+                    let (v, rule) = kernel_judge(&c, &scopes, &t);
+                    assert_eq!(
+                        (v, rule),
+                        (code(d.verdict), d.rule.unwrap_or(0)),
+                        "{who:?} {t:?}: reference {d:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn too_many_overlapping_rules_are_refused_with_their_location() {
+    let mut text = String::new();
+    for port in 1..=17 {
+        text.push_str(&format!(
+            "[[rule]]\naction = \"deny\"\ndest = \"10.0.0.0/8\"\nports = [{port}]\n"
+        ));
+    }
+    let errs = check_files(&[("/x.toml".into(), text)]).unwrap_err();
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    let e = errs.0[0].to_string();
+    assert!(
+        e.starts_with("/x.toml:2:1: rule 1: 10.0.0.0/8 in the global scope needs 17 rules"),
+        "{e}"
+    );
+}
