@@ -162,7 +162,12 @@ fn run(
     let counters = Counters::new(&tracer, opts.ring_buffer_size);
     let drain = || -> bool {
         let _ = ring.consume();
-        let full = std::mem::take(&mut *batch.borrow_mut());
+        // The next batch starts at this one's size: grown from empty, a
+        // batch of thousands was copied a dozen times over.
+        let mut b = batch.borrow_mut();
+        let next = Vec::with_capacity(b.len());
+        let full = std::mem::replace(&mut *b, next);
+        drop(b);
         // A closed channel means the pipeline is gone.
         full.is_empty() || records.blocking_send(full).is_ok()
     };

@@ -15,7 +15,7 @@ use connectracer_proto::Process as Attribution;
 use self::cgroups::{Cgroup, CgroupResolver};
 use self::process::{Process, ProcessCache};
 use self::users::UserNames;
-use crate::bpf::event::{ConnRecord, ProcRecord};
+use crate::bpf::event::{Comm, ConnRecord, ProcRecord};
 
 /// What makes two connections' attributions identical: the same thread of
 /// the same process image, under the same uid and cgroup, with the same comm.
@@ -25,7 +25,7 @@ struct AttributionKey {
     tid: u32,
     uid: u32,
     cgroup_id: u64,
-    comm: String,
+    comm: Comm,
     /// The process cache entry it was built from: a new exec replaces it.
     image: u64,
 }
@@ -65,7 +65,7 @@ impl Attributor {
             tid: rec.tid,
             uid: rec.uid,
             cgroup_id: rec.cgroup_id,
-            comm: rec.comm.clone(),
+            comm: rec.comm,
             image,
         };
         if let Some(a) = self.recent.get(&key) {
@@ -90,7 +90,7 @@ impl Attributor {
             uid: rec.uid,
             user: self.users.name(rec.uid),
             // The kernel's comm is the thread's at connect time: the truth.
-            comm: rec.comm.clone(),
+            comm: rec.comm.to_string_lossy(),
             exe: proc.as_ref().and_then(|p| p.exe.clone()),
             argv: proc.as_ref().map(|p| p.argv.clone()).unwrap_or_default(),
             cgroup_id: rec.cgroup_id,
@@ -143,7 +143,7 @@ mod tests {
             duration_ns: 0,
             bytes_sent: 0,
             bytes_received: 0,
-            comm: "x".into(),
+            comm: Comm::from_c(&[b'x' as i8]),
         }
     }
 

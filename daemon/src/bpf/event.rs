@@ -52,7 +52,41 @@ pub struct ConnRecord {
     pub duration_ns: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// A task's comm as the kernel reported it: kept inline (every connection
+/// record carries one; a String each was an allocation per record on two
+/// threads) and made a string only for a new attribution.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    pub fn from_c(bytes: &[i8]) -> Self {
+        let mut out = [0u8; 16];
+        for (d, s) in out.iter_mut().zip(bytes) {
+            *d = *s as u8;
+        }
+        Self(out)
+    }
+
+    /// Up to the first NUL, invalid UTF-8 replaced.
+    pub fn to_string_lossy(&self) -> String {
+        let end = self.0.iter().position(|b| *b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end]).into_owned()
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string_lossy())
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.to_string_lossy() == *other
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,7 +212,7 @@ fn decode_conn(kind: ct_event_kind, e: &ct_conn_event) -> ConnRecord {
         duration_ns: e.duration_ns,
         bytes_sent: e.bytes_sent,
         bytes_received: e.bytes_received,
-        comm: c_string(&e.comm),
+        comm: Comm::from_c(&e.comm),
     }
 }
 

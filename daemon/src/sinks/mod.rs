@@ -171,7 +171,9 @@ impl Sinks {
         if self.batch.is_empty() {
             return;
         }
-        let batch = Arc::new(std::mem::take(&mut self.batch));
+        // Sized like this one, so the next batch is not grown by copying.
+        let next = Vec::with_capacity(self.batch.len());
+        let batch = Arc::new(std::mem::replace(&mut self.batch, next));
         for s in &mut self.sinks {
             s.flush(&batch);
         }
@@ -270,7 +272,8 @@ impl Sink {
         if self.pending.is_empty() {
             return;
         }
-        let chunk = writer::Chunk::new(batch, std::mem::take(&mut self.pending));
+        let picked = std::mem::replace(&mut self.pending, Vec::with_capacity(self.pending.len()));
+        let chunk = writer::Chunk::new(batch, picked);
         let len = chunk.len() as u64;
         c.queued.fetch_add(len, Ordering::Relaxed);
         if self.tx.send(Msg::Lines(chunk)).is_err() {
