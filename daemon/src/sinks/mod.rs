@@ -272,7 +272,8 @@ impl Sink {
         if self.pending.is_empty() {
             return;
         }
-        let picked = std::mem::replace(&mut self.pending, Vec::with_capacity(self.pending.len()));
+        let next = Vec::with_capacity(self.pending.len());
+        let picked = std::mem::replace(&mut self.pending, next);
         let chunk = writer::Chunk::new(batch, picked);
         let len = chunk.len() as u64;
         c.queued.fetch_add(len, Ordering::Relaxed);
