@@ -252,29 +252,21 @@ impl ProcessCache {
         Some(exe.to_string_lossy().into_owned())
     }
 
+    /// stat and status through the procfs crate (comm may hold spaces and
+    /// parentheses; procfs splits stat at the last ')').
     fn read_proc(&self, pid: u32) -> Option<Process> {
-        let dir = self.proc_root.join(pid.to_string());
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        let status = std::fs::read_to_string(dir.join("status")).ok()?;
-        // comm is in parentheses and may itself contain ") ": split at the last one.
-        let (head, rest) = stat.rsplit_once(") ")?;
-        let comm = head.split_once(" (")?.1.to_string();
-        let fields: Vec<&str> = rest.split(' ').collect();
-        let ppid = fields.get(1)?.parse().ok()?;
-        let start_ticks: u64 = fields.get(19)?.parse().ok()?;
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
+        let proc = procfs::process::Process::new_with_root(self.proc_root.join(pid.to_string())).ok()?;
+        let stat = proc.stat().ok()?;
+        let uid = proc.status().ok()?.ruid;
         let argv = self.read_argv(pid).unwrap_or_default();
         Some(Process {
             pid,
-            ppid,
+            ppid: u32::try_from(stat.ppid).unwrap_or(0),
             uid,
-            comm,
+            comm: stat.comm,
             exe: self.read_exe(pid),
             argv,
-            start_ns: start_ticks.saturating_mul(1_000_000_000) / self.ticks_per_sec,
+            start_ns: stat.starttime.saturating_mul(1_000_000_000) / self.ticks_per_sec,
             image: 0,
         })
     }

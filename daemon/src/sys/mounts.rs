@@ -25,7 +25,10 @@ pub enum MountError {
     },
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...). Parsed here
+/// rather than with the procfs crate (used for /proc/PID): procfs 0.18
+/// keeps the escapes in mount points and fails the whole file on one line
+/// it does not understand, where this skips the line.
 fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
