@@ -91,6 +91,11 @@ pub(super) fn log_policy(c: &Config) {
     } else {
         info!("no egress policy configured: every connection is allowed");
     }
+    // At every start and reload, since `policy show` lists such a rule as
+    // active like any other.
+    for s in crate::policy::shadow::in_config(c) {
+        warn!("{s}");
+    }
 }
 
 impl Daemon {
@@ -163,7 +168,7 @@ impl Daemon {
         info!(
             epoch = self.epoch,
             trigger,
-            trace = ?self.config.trace,
+            trace = self.config.trace.as_str(),
             hosts = self.config.hosts.len(),
             rules = self.config.policy.rules.len(),
             labels = ?labels_in(&self.config),

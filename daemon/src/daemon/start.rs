@@ -62,7 +62,7 @@ pub(super) fn log_attached(kernel: &KernelHandle, config: &Config, cgroup_dir: &
     }
     info!(
         cgroup = %cgroup_dir.display(),
-        trace = ?config.trace,
+        trace = config.trace.as_str(),
         hosts = config.hosts.len(),
         ring_buffer = config.bpf.ring_buffer_size,
         "tracing outbound connections"

@@ -149,6 +149,7 @@ impl Daemon {
 
     pub(super) fn summary(&self) -> String {
         service::summary(
+            self.config.trace,
             self.config.hosts.len(),
             self.addresses,
             self.drops,
