@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use crate::config::TraceMode;
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -50,12 +49,11 @@ pub fn watchdog() {
 /// under `trace = "watched"`; under `trace = "all"` the watched hosts only
 /// label events, so the count of them does not say what is traced ("tracing
 /// 0 hosts" read as tracing nothing).
-pub fn summary(trace: TraceMode, hosts: usize, addresses: usize, drops: u64, reload_error: bool) -> String {
-    let mut s = match trace {
-        TraceMode::Watched => format!("tracing {hosts} hosts, {addresses} addresses, {drops} drops"),
-        TraceMode::All => format!(
-            "tracing all connections ({hosts} watched hosts, {addresses} addresses), {drops} drops"
-        ),
+pub fn summary(trace_all: bool, hosts: usize, addresses: usize, drops: u64, reload_error: bool) -> String {
+    let mut s = if trace_all {
+        format!("tracing all connections ({hosts} watched hosts, {addresses} addresses), {drops} drops")
+    } else {
+        format!("tracing {hosts} hosts, {addresses} addresses, {drops} drops")
     };
     if reload_error {
         s.push_str("; last reload failed, see tracectl stats");
@@ -70,11 +68,11 @@ mod summary_tests {
     #[test]
     fn trace_all_does_not_read_as_tracing_nothing() {
         assert_eq!(
-            summary(TraceMode::All, 0, 0, 2, false),
+            summary(true, 0, 0, 2, false),
             "tracing all connections (0 watched hosts, 0 addresses), 2 drops"
         );
         assert_eq!(
-            summary(TraceMode::Watched, 3, 12, 0, true),
+            summary(false, 3, 12, 0, true),
             "tracing 3 hosts, 12 addresses, 0 drops; last reload failed, see tracectl stats"
         );
     }

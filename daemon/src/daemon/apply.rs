@@ -300,6 +300,7 @@ impl Daemon {
         if let Some(m) = self.pipeline.metrics() {
             m.set_max_series(new.metrics.max_series_per_metric);
             m.set_http_detail(new.metrics.http_detail);
+            m.set_connection_labels(new.metrics.connection_labels);
         }
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline.set_log(&new.log);

@@ -44,8 +44,16 @@ pub(super) fn metrics(config: &Config) -> anyhow::Result<Metrics> {
         config.metrics.listen,
         config.metrics.max_series_per_metric,
         config.metrics.http_detail,
+        config.metrics.connection_labels,
     )
     .context("metrics")?;
+    // The configuration read at start is in force from now: without this the
+    // gauge was absent until the first reload, and an alert on its age had
+    // nothing to compare.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics::gauge!("connectracer_config_last_reload_success_timestamp_seconds").set(now.as_secs_f64());
     if let Some(addr) = config.metrics.listen {
         info!(%addr, "serving Prometheus metrics on /metrics");
     }
