@@ -19,6 +19,8 @@ use connectracer_proto::{Connection, Process, Protocol};
 use crate::config::ConnectionLabels;
 
 mod exposition;
+#[cfg(test)]
+mod packaging;
 mod process;
 mod saved;
 
