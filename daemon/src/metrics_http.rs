@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -74,11 +73,7 @@ pub fn spawn(addr: SocketAddr, render: Render, detail: Arc<AtomicBool>) -> std::
     Ok(())
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    render: &Render,
-    detail: &AtomicBool,
-) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, render: &Render, detail: &AtomicBool) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
         let mut chunk = [0u8; 1024];

@@ -81,7 +81,10 @@ fn shadowed_rules_are_warnings_naming_both_rules() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(out.status.success(), "warnings do not fail the check: {stderr}");
-    assert!(stdout.contains("configuration is valid (0 watched hosts, 2 warnings)"), "{stdout}");
+    assert!(
+        stdout.contains("configuration is valid (0 watched hosts, 2 warnings)"),
+        "{stdout}"
+    );
     let file = path.display();
     assert_eq!(
         stderr,

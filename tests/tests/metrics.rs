@@ -212,7 +212,9 @@ fn exact_counts_over_http_and_textfile_checked_by_promtool_and_node_exporter() {
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let f: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as f64;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as f64;
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
 }
 
@@ -223,7 +225,10 @@ fn label_names(text: &str, metric: &str) -> Vec<String> {
         .find(|l| l.starts_with(&format!("{metric}{{")))
         .unwrap_or_else(|| panic!("no {metric} in {text}"));
     let labels = &line[metric.len() + 1..line.rfind('}').unwrap()];
-    labels.split("\",").map(|kv| kv.split_once('=').unwrap().0.to_string()).collect()
+    labels
+        .split("\",")
+        .map(|kv| kv.split_once('=').unwrap().0.to_string())
+        .collect()
 }
 
 /// Under `trace = "all"`: the standard process metrics with CPU seconds as
@@ -246,11 +251,19 @@ fn process_metrics_labels_and_order_follow_prometheus_conventions() {
     // Busy: events to attribute, table and print, until the daemon has used
     // a second of CPU in all (fractions matter: 1.4 s cut to 1 is off by 29%).
     let busy = eventually(Duration::from_secs(90), || {
-        let out = cg.command(&bin_path("ct-probe")).args(["flood", &dst, "3000"]).output().unwrap();
+        let out = cg
+            .command(&bin_path("ct-probe"))
+            .args(["flood", &dst, "3000"])
+            .output()
+            .unwrap();
         assert!(out.status.success());
         (cpu_seconds(pid) >= 1.0).then_some(())
     });
-    assert!(busy.is_some(), "the daemon never used 1 s of CPU: {}", cpu_seconds(pid));
+    assert!(
+        busy.is_some(),
+        "the daemon never used 1 s of CPU: {}",
+        cpu_seconds(pid)
+    );
     // Settled: the events queued are handled, so the CPU a scrape reports
     // and the one /proc reports around it are close.
     let mut last = cpu_seconds(pid);
@@ -277,21 +290,42 @@ fn process_metrics_labels_and_order_follow_prometheus_conventions() {
         "process_max_fds",
         "process_start_time_seconds",
     ] {
-        assert!(sample(&text, name, &[]).is_some_and(|v| v > 0.0), "{name}: {text}");
+        assert!(
+            sample(&text, name, &[]).is_some_and(|v| v > 0.0),
+            "{name}: {text}"
+        );
     }
-    for old in ["connectracer_process_cpu", "connectracer_process_resident", "connectracer_process_open"] {
+    for old in [
+        "connectracer_process_cpu",
+        "connectracer_process_resident",
+        "connectracer_process_open",
+    ] {
         assert!(!text.contains(old), "{old}: the old names are gone");
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    let reloaded = sample(&text, "connectracer_config_last_reload_success_timestamp_seconds", &[]).unwrap();
-    assert!(reloaded <= now && reloaded > now - 600.0, "a unix time: {reloaded}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let reloaded = sample(
+        &text,
+        "connectracer_config_last_reload_success_timestamp_seconds",
+        &[],
+    )
+    .unwrap();
+    assert!(
+        reloaded <= now && reloaded > now - 600.0,
+        "a unix time: {reloaded}"
+    );
     assert_eq!(
         label_names(&text, "connectracer_connections_total"),
         ["host", "protocol", "outcome", "unit", "container"]
     );
     // Families by name, the same in every scrape.
     let families = |t: &str| -> Vec<String> {
-        t.lines().filter(|l| l.starts_with("# TYPE ")).map(|l| l.split(' ').nth(2).unwrap().to_string()).collect()
+        t.lines()
+            .filter(|l| l.starts_with("# TYPE "))
+            .map(|l| l.split(' ').nth(2).unwrap().to_string())
+            .collect()
     };
     let first = families(&text);
     let mut sorted = first.clone();

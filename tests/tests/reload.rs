@@ -48,7 +48,10 @@ fn a_shadowed_rule_is_named_at_reload() {
     let message = shadowed["message"].as_str().unwrap();
     let file = d.config.main();
     assert!(
-        message.starts_with(&format!("rule 1 ({}:3) can never match: the built-in exception `allow_loopback`", file.display())),
+        message.starts_with(&format!(
+            "rule 1 ({}:3) can never match: the built-in exception `allow_loopback`",
+            file.display()
+        )),
         "{message}"
     );
     assert_eq!(shadowed["level"], "WARN");

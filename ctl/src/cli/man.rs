@@ -29,27 +29,65 @@ const EXIT_STATUS: &[Item] = &[
 
 const ENVIRONMENT: &[Item] = &[
     Tagged("CONNECTRACER_SOCKET", "The control socket, as with --socket."),
-    Tagged("DBUS_SYSTEM_BUS_ADDRESS", "The system bus used with --bus, instead of /run/dbus/system_bus_socket."),
+    Tagged(
+        "DBUS_SYSTEM_BUS_ADDRESS",
+        "The system bus used with --bus, instead of /run/dbus/system_bus_socket.",
+    ),
 ];
 
 const FILES: &[Item] = &[
-    Tagged("/run/connectracer/control.sock", "The daemon's control socket (mode 0660, group connectracer)."),
-    Tagged("/etc/connectracer/connectracer.toml, /etc/connectracer/conf.d/*.toml", "The configuration reload re-reads; see connectracer.toml(5)."),
-    Tagged("/var/lib/connectracer/hosts.toml", "Hosts added with add-host, unless --runtime."),
+    Tagged(
+        "/run/connectracer/control.sock",
+        "The daemon's control socket (mode 0660, group connectracer).",
+    ),
+    Tagged(
+        "/etc/connectracer/connectracer.toml, /etc/connectracer/conf.d/*.toml",
+        "The configuration reload re-reads; see connectracer.toml(5).",
+    ),
+    Tagged(
+        "/var/lib/connectracer/hosts.toml",
+        "Hosts added with add-host, unless --runtime.",
+    ),
 ];
 
 const EXAMPLES: &[Item] = &[
-    Tagged("tracectl who 93.184.215.14:443", "Which processes connect to this destination."),
-    Tagged("tracectl who --local-port 51234", "Which process owns the connection from this local port."),
-    Tagged("tracectl ps $(pidof curl)", "A process's open and recently closed connections."),
-    Tagged("tracectl --json connections --state established --limit 20", "The 20 newest established connections, as JSON."),
-    Tagged("tracectl add-host api.example.com --port 443 --label api", "Watch a hostname (followed through DNS) on one port; its events carry the label."),
-    Tagged("tracectl watch --host api", "Stream the events of connections to it as they happen."),
-    Tagged("tracectl policy check --unit backup.service --dest s3.example.com:443", "Whether the egress policy lets a unit connect there, and which rule decides."),
-    Tagged("tracectl --bus stats", "The daemon's counters, over the system bus."),
+    Tagged(
+        "tracectl who 93.184.215.14:443",
+        "Which processes connect to this destination.",
+    ),
+    Tagged(
+        "tracectl who --local-port 51234",
+        "Which process owns the connection from this local port.",
+    ),
+    Tagged(
+        "tracectl ps $(pidof curl)",
+        "A process's open and recently closed connections.",
+    ),
+    Tagged(
+        "tracectl --json connections --state established --limit 20",
+        "The 20 newest established connections, as JSON.",
+    ),
+    Tagged(
+        "tracectl add-host api.example.com --port 443 --label api",
+        "Watch a hostname (followed through DNS) on one port; its events carry the label.",
+    ),
+    Tagged(
+        "tracectl watch --host api",
+        "Stream the events of connections to it as they happen.",
+    ),
+    Tagged(
+        "tracectl policy check --unit backup.service --dest s3.example.com:443",
+        "Whether the egress policy lets a unit connect there, and which rule decides.",
+    ),
+    Tagged(
+        "tracectl --bus stats",
+        "The daemon's counters, over the system bus.",
+    ),
 ];
 
-const SEE_ALSO: &[Item] = &[Para("connectracerd(8), connectracer.toml(5), ss(8), journalctl(1)")];
+const SEE_ALSO: &[Item] = &[Para(
+    "connectracerd(8), connectracer.toml(5), ss(8), journalctl(1)",
+)];
 
 /// A roff chunk without the preamble every clap_mangen render repeats.
 fn chunk(render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> String {
@@ -88,10 +126,22 @@ fn command(prefix: &str, cmd: &clap::Command) -> String {
     // The per-command parts come with their own .SH lines, which would end
     // the COMMANDS section.
     let body = chunk(|w| man.render_synopsis_section(w)) + &chunk(|w| man.render_description_section(w));
-    out.extend(body.lines().filter(|l| !l.starts_with(".SH")).map(|l| format!("{l}\n.br\n")));
-    if cmd.get_arguments().any(|a| !a.is_hide_set() && a.get_id() != "help") {
+    out.extend(
+        body.lines()
+            .filter(|l| !l.starts_with(".SH"))
+            .map(|l| format!("{l}\n.br\n")),
+    );
+    if cmd
+        .get_arguments()
+        .any(|a| !a.is_hide_set() && a.get_id() != "help")
+    {
         let options = chunk(|w| man.render_options_section(w));
-        out.extend(options.lines().filter(|l| !l.starts_with(".SH")).map(|l| format!("{l}\n")));
+        out.extend(
+            options
+                .lines()
+                .filter(|l| !l.starts_with(".SH"))
+                .map(|l| format!("{l}\n")),
+        );
     }
     out
 }
@@ -149,20 +199,34 @@ fn the_page_covers_every_command_and_option_and_names_no_missing_page() {
                 assert!(page.contains(&format!(".SS \"{name}\"")), "{name} missing");
             }
             for arg in sub.get_arguments().filter_map(|a| a.get_long()) {
-                assert!(page.contains(&format!("\\-\\-{}", arg.replace('-', "\\-"))), "{name} --{arg} missing");
+                assert!(
+                    page.contains(&format!("\\-\\-{}", arg.replace('-', "\\-"))),
+                    "{name} --{arg} missing"
+                );
             }
             walk(sub, page, &name);
         }
     }
     walk(&super::Args::command(), &page, "tracectl");
     for section in ["EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES"] {
-        assert!(page.contains(&format!(".SH \"{section}\"")) || page.contains(&format!(".SH {section}\n")), "{section}");
+        assert!(
+            page.contains(&format!(".SH \"{section}\"")) || page.contains(&format!(".SH {section}\n")),
+            "{section}"
+        );
     }
-    let shipped = ["connectracerd(8)", "connectracer.toml(5)", "ss(8)", "journalctl(1)"];
+    let shipped = [
+        "connectracerd(8)",
+        "connectracer.toml(5)",
+        "ss(8)",
+        "journalctl(1)",
+    ];
     for word in page.split(|c: char| c.is_whitespace() || c == ',') {
         if word.contains("(1)") || word.contains("(5)") || word.contains("(8)") {
             let word = word.trim_matches(|c: char| c == '.' || c == '\\');
-            assert!(shipped.contains(&word), "refers to {word}, which is not a page that exists");
+            assert!(
+                shipped.contains(&word),
+                "refers to {word}, which is not a page that exists"
+            );
         }
     }
 }

@@ -53,11 +53,19 @@ const FILES: &[Item] = &[
 ];
 
 const EXAMPLES: &[Item] = &[
-    Tagged("connectracerd --check-config", "Validate /etc/connectracer and its drop-ins, print every error and warning."),
-    Tagged("connectracerd --foreground --trace all --no-pin", "Trace every connection of the host until interrupted, leaving nothing pinned."),
+    Tagged(
+        "connectracerd --check-config",
+        "Validate /etc/connectracer and its drop-ins, print every error and warning.",
+    ),
+    Tagged(
+        "connectracerd --foreground --trace all --no-pin",
+        "Trace every connection of the host until interrupted, leaving nothing pinned.",
+    ),
 ];
 
-const SEE_ALSO: &[Item] = &[Para("tracectl(1), connectracer.toml(5), systemd.service(5), bpftool(8)")];
+const SEE_ALSO: &[Item] = &[Para(
+    "tracectl(1), connectracer.toml(5), systemd.service(5), bpftool(8)",
+)];
 
 /// A roff chunk without the preamble every clap_mangen render repeats.
 fn chunk(render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> String {
@@ -83,7 +91,9 @@ fn section(title: &str, items: &[Item]) -> String {
 }
 
 pub fn render() -> String {
-    let man = Man::new(super::Args::command()).section("8").manual("connectracer");
+    let man = Man::new(super::Args::command())
+        .section("8")
+        .manual("connectracer");
     let mut page = String::from(".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n");
     page += &chunk(|w| man.render_title(w));
     page += &chunk(|w| man.render_name_section(w));
@@ -124,11 +134,20 @@ fn man_page_matches_the_cli() {
 #[test]
 fn the_page_documents_every_option_and_the_real_exit_statuses() {
     let page = render();
-    for arg in super::Args::command().get_arguments().filter_map(|a| a.get_long()) {
-        assert!(page.contains(&format!("\\-\\-{}", arg.replace('-', "\\-"))), "--{arg} missing");
+    for arg in super::Args::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+    {
+        assert!(
+            page.contains(&format!("\\-\\-{}", arg.replace('-', "\\-"))),
+            "--{arg} missing"
+        );
     }
     let main = include_str!("../main.rs");
-    assert!(main.contains("const EX_CONFIG: u8 = 78;"), "EX_CONFIG changed: update EXIT_STATUS");
+    assert!(
+        main.contains("const EX_CONFIG: u8 = 78;"),
+        "EX_CONFIG changed: update EXIT_STATUS"
+    );
     let usage = super::Args::command().try_get_matches_from(["connectracerd", "--no-such-option"]);
     assert_eq!(usage.unwrap_err().exit_code(), 2, "clap's usage exit status");
 }

@@ -17,8 +17,8 @@ use toml::Spanned;
 
 use super::raw::{RawBpf, RawConfig, RawDns, RawHost, RawLog, RawMetrics, RawPort, RawSize, RawTable};
 use super::{
-    Config, ConfigError, ConnectionLabels, ConfigErrors, DnsConfig, HostTarget, LogConfig, LogFormat, MetricsConfig, Place,
-    PortSet, TableConfig, TraceMode, WatchedHost,
+    Config, ConfigError, ConfigErrors, ConnectionLabels, DnsConfig, HostTarget, LogConfig, LogFormat,
+    MetricsConfig, Place, PortSet, TableConfig, TraceMode, WatchedHost,
 };
 
 const PAGE_SIZE: u64 = 4096;

@@ -115,8 +115,12 @@ impl Daemon {
                 if let Some(t) = h.last_success {
                     // A timestamp, not an age: Prometheus computes `time() - x`
                     // itself, and the value stays right between our updates.
-                    let unix = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-                    metrics::gauge!("connectracer_dns_last_success_timestamp_seconds", "host" => name).set(unix);
+                    let unix = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                    metrics::gauge!("connectracer_dns_last_success_timestamp_seconds", "host" => name)
+                        .set(unix);
                 }
             }
         }

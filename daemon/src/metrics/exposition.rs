@@ -84,12 +84,21 @@ a_seconds_sum 0.2\na_seconds_count 1\n\n# TYPE b_total counter\nb_total{x=\"1\"}
             }
         });
         let first = render(&handle);
-        let names: Vec<&str> = first.lines().filter(|l| l.starts_with("# TYPE")).map(family).collect();
+        let names: Vec<&str> = first
+            .lines()
+            .filter(|l| l.starts_with("# TYPE"))
+            .map(family)
+            .collect();
         let mut expected = names.clone();
         expected.sort_unstable();
         assert_eq!(names, expected);
         assert!(names.contains(&"process_cpu_seconds_total") && names.contains(&"m7_total"));
-        let strip = |t: &str| t.lines().filter(|l| !l.starts_with("process_")).collect::<Vec<_>>().join("\n");
+        let strip = |t: &str| {
+            t.lines()
+                .filter(|l| !l.starts_with("process_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         assert_eq!(strip(&first), strip(&render(&handle)));
     }
 }

@@ -85,7 +85,10 @@ fn referenced(text: &str) -> BTreeSet<String> {
 #[test]
 fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     let exported = exported();
-    assert!(exported.contains("process_cpu_seconds_total") && exported.contains("connectracer_events_dropped_total"));
+    assert!(
+        exported.contains("process_cpu_seconds_total")
+            && exported.contains("connectracer_events_dropped_total")
+    );
     for file in ["grafana/connectracer.json", "prometheus/connectracer-alerts.yml"] {
         let text = std::fs::read_to_string(packaging().join(file)).unwrap();
         let used = referenced(&text);
@@ -94,12 +97,21 @@ fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
             .iter()
             .filter(|n| !exported.contains(*n) && !FOREIGN.contains(&n.as_str()))
             .collect();
-        assert!(unknown.is_empty(), "{file} uses metrics the daemon does not export: {unknown:?}");
+        assert!(
+            unknown.is_empty(),
+            "{file} uses metrics the daemon does not export: {unknown:?}"
+        );
     }
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(packaging().join("grafana/connectracer.json")).unwrap()).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(packaging().join("grafana/connectracer.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(dashboard["uid"], "connectracer");
-    assert!(dashboard["panels"].as_array().unwrap().iter().all(|p| !p["targets"][0]["expr"].is_null()));
+    assert!(dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| !p["targets"][0]["expr"].is_null()));
 }
 
 /// promtool (Debian package prometheus, installed by scripts/install-deps)
@@ -113,7 +125,9 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
         Err(e) => panic!("promtool: {e}"),
     };
     let Some(check) = run(&["check", "rules", "connectracer-alerts.yml"]) else {
-        eprintln!("SKIPPED: promtool is not installed (scripts/install-deps installs it): alert rules unchecked");
+        eprintln!(
+            "SKIPPED: promtool is not installed (scripts/install-deps installs it): alert rules unchecked"
+        );
         return;
     };
     let said = |o: &std::process::Output| {
@@ -133,6 +147,9 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
         "ConnectracerDNSFailing",
     ] {
         assert!(rules.contains(&format!("alert: {alert}\n")), "{alert} missing");
-        assert!(tests.contains(&format!("alertname: {alert}\n")), "{alert} has no unit test");
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "{alert} has no unit test"
+        );
     }
 }

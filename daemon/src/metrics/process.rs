@@ -53,9 +53,7 @@ pub fn sample() -> Option<Sample> {
     let ticks = sysconf(SysconfVar::CLK_TCK, 100);
     let page = sysconf(SysconfVar::PAGE_SIZE, 4096);
     let mut s = parse_stat(&stat, ticks, page, boot_time()?)?;
-    s.open_fds = std::fs::read_dir("/proc/self/fd")
-        .ok()
-        .map(|d| d.count() as f64);
+    s.open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as f64);
     s.max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .ok()
         .map(|(soft, _)| soft as f64);
@@ -77,7 +75,12 @@ pub fn exposition(s: &Sample) -> String {
         "Total user and system CPU time spent in seconds.",
         Some(s.cpu_seconds),
     );
-    family("process_open_fds", "gauge", "Number of open file descriptors.", s.open_fds);
+    family(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        s.open_fds,
+    );
     family(
         "process_max_fds",
         "gauge",
@@ -131,7 +134,10 @@ mod tests {
             cpu_seconds: 0.41,
             ..s
         });
-        assert!(text.contains("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 0.41\n"), "{text}");
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 0.41\n"),
+            "{text}"
+        );
         assert!(text.contains("\nprocess_start_time_seconds "));
     }
 }

@@ -71,8 +71,7 @@ pub fn shadowed_rules(policy: &Policy, dns_servers: &[IpAddr]) -> Vec<Shadowed> 
     let mut earlier: HashMap<(&Option<Selector>, &Dest), Vec<&Rule>> = HashMap::new();
     let mut out = Vec::new();
     for rule in &policy.rules {
-        let by = exception_covering(policy, rule, dns_servers)
-            .or_else(|| rule_covering(&earlier, rule));
+        let by = exception_covering(policy, rule, dns_servers).or_else(|| rule_covering(&earlier, rule));
         if let Some(by) = by {
             out.push(Shadowed {
                 rule: rule.id,
@@ -99,7 +98,10 @@ fn exception_covering(policy: &Policy, rule: &Rule, dns_servers: &[IpAddr]) -> O
     };
     let nets = nets(rule).filter(|n| !n.is_empty())?;
     if policy.allow_loopback {
-        let loopback: [IpNet; 2] = ["127.0.0.0/8".parse().expect("literal"), "::1/128".parse().expect("literal")];
+        let loopback: [IpNet; 2] = [
+            "127.0.0.0/8".parse().expect("literal"),
+            "::1/128".parse().expect("literal"),
+        ];
         if nets.iter().all(|n| loopback.iter().any(|l| l.contains(n))) {
             return Some(ShadowedBy::Exception {
                 key: "allow_loopback",
@@ -109,7 +111,10 @@ fn exception_covering(policy: &Policy, rule: &Rule, dns_servers: &[IpAddr]) -> O
     }
     let dns_port = PortSet(vec![53..=53]);
     if policy.allow_dns && !dns_servers.is_empty() && ports_cover(&dns_port, &rule.ports) {
-        let servers: Vec<IpNet> = dns_servers.iter().map(|ip| IpNet::from(ip.to_canonical())).collect();
+        let servers: Vec<IpNet> = dns_servers
+            .iter()
+            .map(|ip| IpNet::from(ip.to_canonical()))
+            .collect();
         if nets.iter().all(|n| servers.iter().any(|s| s.contains(n))) {
             let list: Vec<String> = dns_servers.iter().map(ToString::to_string).collect();
             return Some(ShadowedBy::Exception {
@@ -126,27 +131,30 @@ fn exception_covering(policy: &Policy, rule: &Rule, dns_servers: &[IpAddr]) -> O
 /// tried by longest matching prefix, so a wider earlier rule does not
 /// shadow a narrower later one: only the same destination (or `any` for a
 /// /0) is tried first.
-fn rule_covering(earlier: &HashMap<(&Option<Selector>, &Dest), Vec<&Rule>>, rule: &Rule) -> Option<ShadowedBy> {
+fn rule_covering(
+    earlier: &HashMap<(&Option<Selector>, &Dest), Vec<&Rule>>,
+    rule: &Rule,
+) -> Option<ShadowedBy> {
     let first = rule.dest.first()?;
-    let mut candidates: Vec<&Rule> = earlier
-        .get(&(&rule.selector, first))
-        .cloned()
-        .unwrap_or_default();
+    let mut candidates: Vec<&Rule> = earlier.get(&(&rule.selector, first)).cloned().unwrap_or_default();
     if matches!(first, Dest::Net(n) if n.prefix_len() == 0) {
         candidates.extend(earlier.get(&(&rule.selector, &Dest::Any)).into_iter().flatten());
     }
     candidates.sort_by_key(|r| r.id);
-    candidates.into_iter().find(|a| covers(a, rule)).map(|a| ShadowedBy::Rule {
-        id: a.id,
-        origin: a.origin.clone(),
-    })
+    candidates
+        .into_iter()
+        .find(|a| covers(a, rule))
+        .map(|a| ShadowedBy::Rule {
+            id: a.id,
+            origin: a.origin.clone(),
+        })
 }
 
 fn covers(a: &Rule, b: &Rule) -> bool {
     let dest_covered = |d: &Dest| {
-        a.dest.iter().any(|x| {
-            x == d || (matches!(x, Dest::Any) && matches!(d, Dest::Net(n) if n.prefix_len() == 0))
-        })
+        a.dest
+            .iter()
+            .any(|x| x == d || (matches!(x, Dest::Any) && matches!(d, Dest::Net(n) if n.prefix_len() == 0)))
     };
     b.dest.iter().all(dest_covered)
         && ports_cover(&a.ports, &b.ports)
@@ -165,12 +173,11 @@ fn ports_cover(a: &PortSet, b: &PortSet) -> bool {
         // Walk the range through a's ranges; they may overlap or touch.
         let mut next = u32::from(*r.start());
         while next <= u32::from(*r.end()) {
-            let Some(end) = a
-                .0
-                .iter()
-                .filter(|x| u32::from(*x.start()) <= next && next <= u32::from(*x.end()))
-                .map(|x| u32::from(*x.end()))
-                .max()
+            let Some(end) =
+                a.0.iter()
+                    .filter(|x| u32::from(*x.start()) <= next && next <= u32::from(*x.end()))
+                    .map(|x| u32::from(*x.end()))
+                    .max()
             else {
                 return false;
             };
@@ -187,19 +194,38 @@ mod tests {
 
     fn warnings(text: &str, dns: &[&str]) -> Vec<String> {
         let dns: Vec<IpAddr> = dns.iter().map(|s| s.parse().unwrap()).collect();
-        shadowed_rules(&policy(text), &dns).iter().map(ToString::to_string).collect()
+        shadowed_rules(&policy(text), &dns)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     const FILE: &str = "/etc/connectracer/connectracer.toml";
 
     #[test]
     fn loopback_exception_shadows_a_loopback_deny() {
-        let w = warnings("[[rule]]\naction = \"deny\"\ndest = [\"127.0.0.0/8\", \"::1\"]\n", &[]);
+        let w = warnings(
+            "[[rule]]\naction = \"deny\"\ndest = [\"127.0.0.0/8\", \"::1\"]\n",
+            &[],
+        );
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].starts_with(&format!("rule 1 ({FILE}:2) can never match: the built-in exception `allow_loopback`")), "{w:?}");
+        assert!(
+            w[0].starts_with(&format!(
+                "rule 1 ({FILE}:2) can never match: the built-in exception `allow_loopback`"
+            )),
+            "{w:?}"
+        );
         // Turned off, or only partly loopback: the rule decides.
-        assert!(warnings("[policy]\nallow_loopback = false\n[[rule]]\naction = \"deny\"\ndest = \"127.0.0.0/8\"\n", &[]).is_empty());
-        assert!(warnings("[[rule]]\naction = \"deny\"\ndest = [\"127.0.0.1\", \"10.0.0.1\"]\n", &[]).is_empty());
+        assert!(warnings(
+            "[policy]\nallow_loopback = false\n[[rule]]\naction = \"deny\"\ndest = \"127.0.0.0/8\"\n",
+            &[]
+        )
+        .is_empty());
+        assert!(warnings(
+            "[[rule]]\naction = \"deny\"\ndest = [\"127.0.0.1\", \"10.0.0.1\"]\n",
+            &[]
+        )
+        .is_empty());
         assert!(warnings("[[rule]]\naction = \"deny\"\ndest = \"any\"\n", &[]).is_empty());
     }
 
