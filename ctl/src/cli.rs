@@ -68,6 +68,7 @@ pub enum Command {
     },
     /// Open and recently closed connections of a process.
     Ps {
+        /// The process id.
         pid: u32,
         /// At most this many, newest first.
         #[arg(long, default_value_t = 1000)]
@@ -75,8 +76,10 @@ pub enum Command {
     },
     /// Connections in the daemon's table, newest first.
     Connections {
+        /// Only connections in this state.
         #[arg(long, value_enum)]
         state: Option<StateArg>,
+        /// Only this protocol.
         #[arg(long, value_enum)]
         protocol: Option<ProtocolArg>,
         /// At most this many (the daemon caps answers at 100000).
@@ -89,6 +92,7 @@ pub enum Command {
     Version,
     /// Print a completion script for a shell (no daemon needed).
     Completions {
+        /// The shell the script is for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -109,7 +113,10 @@ pub enum Command {
         runtime: bool,
     },
     /// Stop watching a host added with add-host.
-    RemoveHost { name: String },
+    RemoveHost {
+        /// The host as add-host was given it.
+        name: String,
+    },
     /// Watched hosts, their addresses and DNS state.
     Hosts,
     /// The egress policy: what is in force, and what it decides.
@@ -196,25 +203,4 @@ pub enum PolicyCommand {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    /// man/tracectl.1 is generated from these definitions; UPDATE_MAN=1
-    /// regenerates it, otherwise any drift fails.
-    #[test]
-    fn man_page_matches_the_cli() {
-        let mut out = Vec::new();
-        clap_mangen::Man::new(super::Args::command())
-            .render(&mut out)
-            .unwrap();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/tracectl.1");
-        if std::env::var_os("UPDATE_MAN").is_some() {
-            std::fs::write(path, &out).unwrap();
-        }
-        let committed = std::fs::read(path).unwrap_or_default();
-        assert!(
-            committed == out,
-            "{path} is stale: run `UPDATE_MAN=1 cargo test -p tracectl man_page`"
-        );
-    }
-}
+mod man;

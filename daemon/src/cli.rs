@@ -73,26 +73,4 @@ pub struct Args {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    /// man/connectracerd.8 is generated from these definitions; UPDATE_MAN=1
-    /// regenerates it, otherwise any drift fails.
-    #[test]
-    fn man_page_matches_the_cli() {
-        let mut out = Vec::new();
-        clap_mangen::Man::new(super::Args::command())
-            .section("8")
-            .render(&mut out)
-            .unwrap();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/connectracerd.8");
-        if std::env::var_os("UPDATE_MAN").is_some() {
-            std::fs::write(path, &out).unwrap();
-        }
-        let committed = std::fs::read(path).unwrap_or_default();
-        assert!(
-            committed == out,
-            "{path} is stale: run `UPDATE_MAN=1 cargo test -p connectracerd man_page`"
-        );
-    }
-}
+mod man;

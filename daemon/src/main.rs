@@ -46,9 +46,16 @@ fn main() -> ExitCode {
             eprintln!("connectracerd: {shown}: {e}");
             return ExitCode::from(EX_CONFIG);
         }
+        // Warnings do not fail the check: the configuration means what it
+        // says, it just says something that has no effect.
+        let warnings = connectracerd::policy::shadow::in_config(&config);
+        for w in &warnings {
+            eprintln!("connectracerd: warning: {w}");
+        }
         println!(
-            "{shown}: configuration is valid ({} watched hosts)",
-            config.hosts.len()
+            "{shown}: configuration is valid ({} watched hosts, {} warnings)",
+            config.hosts.len(),
+            warnings.len()
         );
         return ExitCode::SUCCESS;
     }

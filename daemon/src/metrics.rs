@@ -16,6 +16,16 @@ use std::sync::Arc;
 
 use connectracer_proto::{Connection, Process, Protocol};
 
+use crate::config::ConnectionLabels;
+
+mod exposition;
+#[cfg(test)]
+mod packaging;
+mod process;
+mod saved;
+
+pub use exposition::render;
+
 /// Value label sets collapse into once a metric's budget is spent.
 const OTHER: &str = "other";
 
@@ -98,7 +108,10 @@ fn describe_connections() {
         "connectracer_ring_buffer_fill_ratio",
         "Share of the ring buffer written and not yet read (0 to 1)"
     );
-    describe_counter!(CONNECTIONS, "Outbound connections by watched host, destination port, protocol, outcome, comm, systemd unit and container");
+    describe_counter!(
+        CONNECTIONS,
+        "Outbound connections by watched host, protocol, outcome, systemd unit and container (and destination port and comm where [metrics] connection_labels asks)"
+    );
     describe_counter!(
         VERDICTS,
         "Connections the egress policy refused (deny) or would refuse in audit mode (would_deny), by rule (0: a default or IPv6 blocking) and systemd unit"
@@ -181,24 +194,12 @@ fn describe_daemon() {
         "Failed lookups of a hostname since its last success"
     );
     describe_gauge!(
-        "connectracer_dns_seconds_since_success",
-        "Seconds since a hostname last resolved"
+        "connectracer_dns_last_success_timestamp_seconds",
+        "Unix time of a hostname's last successful lookup"
     );
     describe_gauge!(
         "connectracer_build_info",
         "Version, git commit and kernel of the running daemon"
-    );
-    describe_counter!(
-        "connectracer_process_cpu_seconds_total",
-        "CPU time used by the daemon"
-    );
-    describe_gauge!(
-        "connectracer_process_resident_memory_bytes",
-        "Resident memory of the daemon"
-    );
-    describe_gauge!(
-        "connectracer_process_open_fds",
-        "File descriptors open in the daemon"
     );
     describe_counter!(
         "connectracer_event_lines_written_total",
@@ -250,6 +251,8 @@ pub struct Metrics {
     closed: HashMap<Option<String>, ClosedHistograms>,
     /// Whether HTTP serves the per-process families (see metrics_http).
     http_detail: Arc<std::sync::atomic::AtomicBool>,
+    /// The opt-in labels of `connections_total`.
+    labels: ConnectionLabels,
 }
 
 /// Duration, sent and received of one host label, looked up once; an
@@ -269,6 +272,7 @@ impl Metrics {
         listen: Option<SocketAddr>,
         max_series: usize,
         http_detail: bool,
+        labels: ConnectionLabels,
     ) -> Result<Self, MetricsError> {
         let buckets_seconds = [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0];
         let buckets_bytes = [
@@ -296,7 +300,8 @@ impl Metrics {
         let handle = recorder.handle();
         let detail = Arc::new(std::sync::atomic::AtomicBool::new(http_detail));
         if let Some(addr) = listen {
-            crate::metrics_http::spawn(addr, handle.clone(), detail.clone())
+            let served = handle.clone();
+            crate::metrics_http::spawn(addr, Arc::new(move || render(&served)), detail.clone())
                 .map_err(|source| MetricsError::Bind { addr, source })?;
         }
         metrics::set_global_recorder(recorder).map_err(MetricsError::Install)?;
@@ -317,7 +322,32 @@ impl Metrics {
             counters: HashMap::default(),
             closed: HashMap::default(),
             http_detail: detail,
+            labels,
         })
+    }
+
+    /// `metrics.connection_labels`, reloadable: label sets recorded from
+    /// now on carry the new labels; series already exported keep theirs
+    /// until the next start.
+    pub fn set_connection_labels(&mut self, labels: ConnectionLabels) {
+        if labels != self.labels {
+            self.labels = labels;
+            self.counters.clear();
+        }
+    }
+
+    /// The label names of `connections_total`, in exposition order.
+    fn connection_label_names(&self) -> Vec<&'static str> {
+        let mut names = vec!["host"];
+        if self.labels.port {
+            names.push("port");
+        }
+        names.extend(["protocol", "outcome"]);
+        if self.labels.comm {
+            names.push("comm");
+        }
+        names.extend(["unit", "container"]);
+        names
     }
 
     /// `metrics.http_detail`, reloadable.
@@ -345,24 +375,27 @@ impl Metrics {
             return;
         }
         let p = &c.process;
-        let values = vec![
-            c.host.clone().unwrap_or_default(),
-            c.dst.port().to_string(),
-            c.protocol.as_str().to_string(),
-            outcome.to_string(),
-            p.comm.clone(),
+        let mut values = vec![c.host.clone().unwrap_or_default()];
+        if self.labels.port {
+            values.push(c.dst.port().to_string());
+        }
+        values.extend([c.protocol.as_str().to_string(), outcome.to_string()]);
+        if self.labels.comm {
+            values.push(p.comm.clone());
+        }
+        values.extend([
             p.unit.clone().unwrap_or_default(),
             p.container_id
                 .as_deref()
                 .map(|id| id[..id.len().min(12)].to_string())
                 .unwrap_or_default(),
-        ];
+        ]);
         let v = self.budget.admit(CONNECTIONS, values);
-        let names = ["host", "port", "protocol", "outcome", "comm", "unit", "container"];
-        let labels: Vec<metrics::Label> = names
-            .iter()
+        let labels: Vec<metrics::Label> = self
+            .connection_label_names()
+            .into_iter()
             .zip(v)
-            .map(|(k, v)| metrics::Label::new(*k, v))
+            .map(|(k, v)| metrics::Label::new(k, v))
             .collect();
         let counter = counter!(CONNECTIONS, labels);
         counter.increment(1);
@@ -435,33 +468,29 @@ impl Metrics {
         }
     }
 
+    /// The exposition: families in a stable order, process metrics included.
     pub fn render(&self) -> String {
-        self.handle.render()
+        render(&self.handle)
     }
 
     /// Saves the per-label connection counters, which live only in this
     /// process, so that the next instance continues them instead of
     /// starting from zero.
     pub fn save_counters(&self, path: &Path) -> std::io::Result<()> {
-        let text: String = self
-            .render()
-            .lines()
-            .filter(|l| l.starts_with(&format!("{CONNECTIONS}{{")))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, path)
+        saved::save(&self.render(), CONNECTIONS, path)
     }
 
     /// Continues the counters a previous instance saved; returns how many
-    /// label sets were restored.
+    /// label sets were restored. Sets saved with other label names (the
+    /// opt-in labels changed) are left behind rather than exported beside
+    /// the new ones.
     pub fn restore_counters(&mut self, path: &Path) -> usize {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return 0;
-        };
+        let names = self.connection_label_names();
         let mut restored = 0;
-        for (labels, value) in text.lines().filter_map(|l| parse_sample(l, CONNECTIONS)) {
+        for (labels, value) in saved::load(path, CONNECTIONS) {
+            if !labels.iter().map(|(k, _)| k.as_str()).eq(names.iter().copied()) {
+                continue;
+            }
             let values: Vec<String> = labels.iter().map(|(_, v)| v.clone()).collect();
             if self.budget.admit(CONNECTIONS, values.clone()) != values {
                 continue;
@@ -495,69 +524,6 @@ impl Metrics {
     }
 }
 
-/// `name{k="v",...} value` as the exposition format writes it (with its
-/// `\\`, `\"` and `\n` escapes in label values).
-fn parse_sample(line: &str, name: &str) -> Option<(Vec<(String, String)>, u64)> {
-    let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-    let mut labels = Vec::new();
-    let mut chars = rest.char_indices().peekable();
-    loop {
-        let start = chars.peek()?.0;
-        let eq = rest[start..].find("=\"")? + start;
-        let key = rest[start..eq].trim_start_matches(',').to_string();
-        // Skip past `="`.
-        while chars.peek()?.0 < eq + 2 {
-            chars.next();
-        }
-        let mut value = String::new();
-        loop {
-            let (_, c) = chars.next()?;
-            match c {
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        labels.push((key, value));
-        match chars.next()?.1 {
-            ',' => continue,
-            '}' => break,
-            _ => return None,
-        }
-    }
-    let after = chars.peek().map_or(rest.len(), |(i, _)| *i);
-    let value = rest[after..].trim().parse::<f64>().ok()?;
-    Some((labels, value as u64))
-}
-
-/// CPU, memory and open files of this process, from /proc/self.
-pub fn record_process() {
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        if let Some((_, rest)) = stat.rsplit_once(") ") {
-            let f: Vec<&str> = rest.split(' ').collect();
-            let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-                .ok()
-                .flatten()
-                .unwrap_or(100) as f64;
-            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            // utime, stime are fields 14 and 15; rss (pages) is 24.
-            let cpu = (num(11) + num(12)) / ticks;
-            counter!("connectracer_process_cpu_seconds_total").absolute(cpu as u64);
-            let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-                .ok()
-                .flatten()
-                .unwrap_or(4096) as f64;
-            gauge!("connectracer_process_resident_memory_bytes").set(num(21) * page);
-        }
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        gauge!("connectracer_process_open_fds").set(fds.count() as f64);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,23 +549,6 @@ mod tests {
         assert!(text.contains(&format!("{CONNECTIONS}{{comm=\"other\",port=\"other\"}} 99000")));
         assert!(text
             .contains("connectracer_series_overflow_total{metric=\"connectracer_connections_total\"} 99000"));
-    }
-
-    #[test]
-    fn samples_parse_with_escapes() {
-        let line = r#"connectracer_connections_total{host="",comm="a\"b\\c",unit="x.service"} 42"#;
-        let (labels, v) = parse_sample(line, CONNECTIONS).unwrap();
-        assert_eq!(v, 42);
-        assert_eq!(
-            labels,
-            [
-                ("host".into(), "".into()),
-                ("comm".into(), "a\"b\\c".into()),
-                ("unit".into(), "x.service".into())
-            ]
-        );
-        assert!(parse_sample("connectracer_other_total{a=\"b\"} 1", CONNECTIONS).is_none());
-        assert!(parse_sample("connectracer_connections_total{a=\"b\"", CONNECTIONS).is_none());
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,7 +24,7 @@ const MAX_REQUEST: usize = 8192;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The metric family a line of the text format belongs to.
-fn family(line: &str) -> &str {
+pub fn family(line: &str) -> &str {
     let rest = line
         .strip_prefix("# HELP ")
         .or_else(|| line.strip_prefix("# TYPE "))
@@ -37,6 +36,9 @@ fn family(line: &str) -> &str {
         .find_map(|s| name.strip_suffix(s))
         .unwrap_or(name)
 }
+
+/// The whole exposition, rendered per request.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// `text` without the detailed families.
 pub fn aggregate_only(text: &str) -> String {
@@ -52,7 +54,7 @@ pub fn aggregate_only(text: &str) -> String {
 
 /// Binds now (a port in use fails the start before anything is attached)
 /// and serves until the runtime ends.
-pub fn spawn(addr: SocketAddr, handle: PrometheusHandle, detail: Arc<AtomicBool>) -> std::io::Result<()> {
+pub fn spawn(addr: SocketAddr, render: Render, detail: Arc<AtomicBool>) -> std::io::Result<()> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(std_listener)?;
@@ -62,20 +64,16 @@ pub fn spawn(addr: SocketAddr, handle: PrometheusHandle, detail: Arc<AtomicBool>
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let (handle, detail) = (handle.clone(), detail.clone());
+            let (render, detail) = (render.clone(), detail.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &handle, &detail)).await;
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &render, &detail)).await;
             });
         }
     });
     Ok(())
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    handle: &PrometheusHandle,
-    detail: &AtomicBool,
-) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, render: &Render, detail: &AtomicBool) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
         let mut chunk = [0u8; 1024];
@@ -91,7 +89,7 @@ async fn answer(
     let path = target.split('?').next().unwrap_or("");
     let (status, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
-            let text = handle.render();
+            let text = render();
             let text = if detail.load(Ordering::Relaxed) {
                 text
             } else {

@@ -45,11 +45,35 @@ pub fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
-/// "tracing 3 hosts, 12 addresses, 0 drops" and what else matters.
-pub fn summary(hosts: usize, addresses: usize, drops: u64, reload_error: bool) -> String {
-    let mut s = format!("tracing {hosts} hosts, {addresses} addresses, {drops} drops");
+/// What is traced, for `STATUS=`: "tracing 3 hosts, 12 addresses, 0 drops"
+/// under `trace = "watched"`; under `trace = "all"` the watched hosts only
+/// label events, so the count of them does not say what is traced ("tracing
+/// 0 hosts" read as tracing nothing).
+pub fn summary(trace_all: bool, hosts: usize, addresses: usize, drops: u64, reload_error: bool) -> String {
+    let mut s = if trace_all {
+        format!("tracing all connections ({hosts} watched hosts, {addresses} addresses), {drops} drops")
+    } else {
+        format!("tracing {hosts} hosts, {addresses} addresses, {drops} drops")
+    };
     if reload_error {
         s.push_str("; last reload failed, see tracectl stats");
     }
     s
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    #[test]
+    fn trace_all_does_not_read_as_tracing_nothing() {
+        assert_eq!(
+            summary(true, 0, 0, 2, false),
+            "tracing all connections (0 watched hosts, 0 addresses), 2 drops"
+        );
+        assert_eq!(
+            summary(false, 3, 12, 0, true),
+            "tracing 3 hosts, 12 addresses, 0 drops; last reload failed, see tracectl stats"
+        );
+    }
 }

@@ -58,6 +58,46 @@ fn bundled_config_is_valid() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
 
+/// A rule no connection can reach is a warning that names it and what
+/// decides instead, both by file and line; the check still passes.
+#[test]
+fn shadowed_rules_are_warnings_naming_both_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("connectracer.toml");
+    let text = "[[rule]]\naction = \"deny\"\ndest = \"127.0.0.0/8\"\n\
+[[rule]]\naction = \"allow\"\ndest = \"10.0.0.0/8\"\n\
+[[rule]]\naction = \"deny\"\ndest = \"10.0.0.0/8\"\nports = [443]\n";
+    std::fs::write(&path, text).unwrap();
+    let out = daemon()
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "warnings do not fail the check: {stderr}");
+    assert!(
+        stdout.contains("configuration is valid (0 watched hosts, 2 warnings)"),
+        "{stdout}"
+    );
+    let file = path.display();
+    assert_eq!(
+        stderr,
+        format!(
+            "connectracerd: warning: rule 1 ({file}:2) can never match: the built-in exception \
+             `allow_loopback` (127.0.0.0/8 and ::1, every port) allows all of its destinations first; \
+             set `allow_loopback = false` under [policy] if the rule should decide\n\
+             connectracerd: warning: rule 3 ({file}:8) can never match: rule 2 ({file}:5) comes first \
+             for the same callers and covers all of its destinations, ports and protocols\n"
+        )
+    );
+}
+
 #[test]
 fn missing_explicit_config_is_an_error() {
     let out = daemon()
@@ -155,7 +195,7 @@ fn bundled_config_examples_are_valid_when_uncommented() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("(3 watched hosts)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(3 watched hosts, 0 warnings)"));
 }
 
 #[test]

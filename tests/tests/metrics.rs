@@ -64,7 +64,8 @@ fn exact_counts_over_http_and_textfile_checked_by_promtool_and_node_exporter() {
     cfg.write_dropin(
         "99-metrics.toml",
         &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{http}\"\ntextfile = \"{}\"\ntextfile_interval = \"1s\"\n",
+            "[metrics]\nlisten = \"127.0.0.1:{http}\"\ntextfile = \"{}\"\ntextfile_interval = \"1s\"\n\
+             connection_labels = [\"port\", \"comm\"]\n",
             textfile.display()
         ),
     );
@@ -205,4 +206,133 @@ fn exact_counts_over_http_and_textfile_checked_by_promtool_and_node_exporter() {
         "counters restarted from zero: {:?}",
         http_get(http, "/metrics")
     );
+}
+
+/// utime + stime of `pid` in seconds, as proc(5) has them.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as f64;
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
+}
+
+/// The label names of the first sample of `metric`.
+fn label_names(text: &str, metric: &str) -> Vec<String> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{metric}{{")))
+        .unwrap_or_else(|| panic!("no {metric} in {text}"));
+    let labels = &line[metric.len() + 1..line.rfind('}').unwrap()];
+    labels
+        .split("\",")
+        .map(|kv| kv.split_once('=').unwrap().0.to_string())
+        .collect()
+}
+
+/// Under `trace = "all"`: the standard process metrics with CPU seconds as
+/// /proc has them (not cut to whole seconds), `connections_total` without
+/// the unbounded comm and port labels, and families in one order.
+#[test]
+fn process_metrics_labels_and_order_follow_prometheus_conventions() {
+    let cg = TestCgroup::new("metrics-conventions");
+    let http = free_port();
+    let cfg = ConfigDir::new("metrics-conventions", "trace = \"all\"\n");
+    cfg.write_dropin(
+        "99-metrics.toml",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{http}\"\nhttp_detail = true\n"),
+    );
+    let socket = std::env::temp_dir().join(format!("connectracer-conventions-{}.sock", std::process::id()));
+    let pin_dir = format!("/sys/fs/bpf/connectracer-conventions-{}", std::process::id()).into();
+    let d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
+    let pid = d.pid();
+    let dst = closed_port("127.0.0.1:0").to_string();
+    // Busy: events to attribute, table and print, until the daemon has used
+    // a second of CPU in all (fractions matter: 1.4 s cut to 1 is off by 29%).
+    let busy = eventually(Duration::from_secs(90), || {
+        let out = cg
+            .command(&bin_path("ct-probe"))
+            .args(["flood", &dst, "3000"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (cpu_seconds(pid) >= 1.0).then_some(())
+    });
+    assert!(
+        busy.is_some(),
+        "the daemon never used 1 s of CPU: {}",
+        cpu_seconds(pid)
+    );
+    // Settled: the events queued are handled, so the CPU a scrape reports
+    // and the one /proc reports around it are close.
+    let mut last = cpu_seconds(pid);
+    let settled = eventually(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = cpu_seconds(pid);
+        let quiet = now - last < 0.02;
+        last = now;
+        quiet.then_some(())
+    });
+    assert!(settled.is_some(), "the daemon stayed busy");
+    let before = cpu_seconds(pid);
+    let text = http_get(http, "/metrics").expect("/metrics answers");
+    let after = cpu_seconds(pid);
+    let exported = sample(&text, "process_cpu_seconds_total", &[]).expect("process_cpu_seconds_total");
+    assert!(
+        exported >= before * 0.9 && exported <= after * 1.1,
+        "process_cpu_seconds_total {exported}, /proc/{pid}/stat {before}..{after}"
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            sample(&text, name, &[]).is_some_and(|v| v > 0.0),
+            "{name}: {text}"
+        );
+    }
+    for old in [
+        "connectracer_process_cpu",
+        "connectracer_process_resident",
+        "connectracer_process_open",
+    ] {
+        assert!(!text.contains(old), "{old}: the old names are gone");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let reloaded = sample(
+        &text,
+        "connectracer_config_last_reload_success_timestamp_seconds",
+        &[],
+    )
+    .unwrap();
+    assert!(
+        reloaded <= now && reloaded > now - 600.0,
+        "a unix time: {reloaded}"
+    );
+    assert_eq!(
+        label_names(&text, "connectracer_connections_total"),
+        ["host", "protocol", "outcome", "unit", "container"]
+    );
+    // Families by name, the same in every scrape.
+    let families = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("# TYPE "))
+            .map(|l| l.split(' ').nth(2).unwrap().to_string())
+            .collect()
+    };
+    let first = families(&text);
+    let mut sorted = first.clone();
+    sorted.sort();
+    assert_eq!(first, sorted);
+    for _ in 0..5 {
+        assert_eq!(families(&http_get(http, "/metrics").unwrap()), first);
+    }
+    promtool_ok(&text);
 }

@@ -34,6 +34,31 @@ fn tracectl(d: &Daemon, args: &[&str]) -> (i32, String) {
     (code, out + &err)
 }
 
+/// A reload that puts a rule in force which can never match says so, and
+/// the log names the trace mode as the configuration writes it.
+#[test]
+fn a_shadowed_rule_is_named_at_reload() {
+    let cg = TestCgroup::new("reload-shadow");
+    let mut d = Daemon::start(&cg, "trace = \"all\"\n").unwrap();
+    d.config
+        .write("trace = \"all\"\n[[rule]]\naction = \"deny\"\ndest = [\"127.0.0.1\", \"::1\"]\n");
+    // Not the file watcher, which may not be watching yet this early.
+    d.signal(Signal::SIGHUP);
+    let shadowed = d.wait_log("rule 1 (", WAIT).unwrap();
+    let message = shadowed["message"].as_str().unwrap();
+    let file = d.config.main();
+    assert!(
+        message.starts_with(&format!(
+            "rule 1 ({}:3) can never match: the built-in exception `allow_loopback`",
+            file.display()
+        )),
+        "{message}"
+    );
+    assert_eq!(shadowed["level"], "WARN");
+    let applied = d.wait_log("configuration applied", WAIT).unwrap();
+    assert_eq!(applied["trace"], "all", "not Rust's Debug spelling: {applied}");
+}
+
 #[test]
 fn edits_dropins_sighup_and_control_requests_all_reload() {
     let cg = TestCgroup::new("reload");

@@ -193,6 +193,17 @@ pub struct MetricsConfig {
     /// Serve per-process series (comm, unit, container, port, rule) on
     /// HTTP too; off, HTTP shows only aggregates.
     pub http_detail: bool,
+    /// Labels of `connectracer_connections_total` beyond the bounded
+    /// default set, opted into because each multiplies its series.
+    pub connection_labels: ConnectionLabels,
+}
+
+/// Optional labels of `connectracer_connections_total`: a process name and
+/// a destination port are unbounded under `trace = "all"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionLabels {
+    pub port: bool,
+    pub comm: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +245,7 @@ impl Default for Config {
                 remove_textfile_on_stop: true,
                 http_detail: false,
                 max_series_per_metric: 2000,
+                connection_labels: ConnectionLabels::default(),
             },
             table: TableConfig {
                 max_open: 65536,

@@ -196,4 +196,5 @@ pub struct RawMetrics {
     pub remove_textfile_on_stop: Option<Spanned<bool>>,
     pub max_series_per_metric: Option<Spanned<i64>>,
     pub http_detail: Option<Spanned<bool>>,
+    pub connection_labels: Option<Vec<Spanned<String>>>,
 }

@@ -17,8 +17,8 @@ use toml::Spanned;
 
 use super::raw::{RawBpf, RawConfig, RawDns, RawHost, RawLog, RawMetrics, RawPort, RawSize, RawTable};
 use super::{
-    Config, ConfigError, ConfigErrors, DnsConfig, HostTarget, LogConfig, LogFormat, MetricsConfig, Place,
-    PortSet, TableConfig, TraceMode, WatchedHost,
+    Config, ConfigError, ConfigErrors, ConnectionLabels, DnsConfig, HostTarget, LogConfig, LogFormat,
+    MetricsConfig, Place, PortSet, TableConfig, TraceMode, WatchedHost,
 };
 
 const PAGE_SIZE: u64 = 4096;
@@ -308,6 +308,20 @@ fn metrics(ctx: &mut Ctx<'_>, r: &RawMetrics, out: &mut MetricsConfig) {
     if let Some(v) = &r.max_series_per_metric {
         if let Some(n) = int_in(ctx, v, "metrics.max_series_per_metric", 1, 1_000_000) {
             out.max_series_per_metric = n as usize;
+        }
+    }
+    if let Some(list) = &r.connection_labels {
+        out.connection_labels = ConnectionLabels::default();
+        for (i, v) in list.iter().enumerate() {
+            match v.get_ref().as_str() {
+                "port" => out.connection_labels.port = true,
+                "comm" => out.connection_labels.comm = true,
+                other => ctx.spanned(
+                    v,
+                    &format!("metrics.connection_labels[{i}]"),
+                    format!("`{other}`: \"port\" or \"comm\" (the other labels are always there)"),
+                ),
+            }
         }
     }
 }

@@ -91,6 +91,11 @@ pub(super) fn log_policy(c: &Config) {
     } else {
         info!("no egress policy configured: every connection is allowed");
     }
+    // At every start and reload, since `policy show` lists such a rule as
+    // active like any other.
+    for s in crate::policy::shadow::in_config(c) {
+        warn!("{s}");
+    }
 }
 
 impl Daemon {
@@ -163,7 +168,7 @@ impl Daemon {
         info!(
             epoch = self.epoch,
             trigger,
-            trace = ?self.config.trace,
+            trace = self.config.trace.as_str(),
             hosts = self.config.hosts.len(),
             rules = self.config.policy.rules.len(),
             labels = ?labels_in(&self.config),
@@ -295,6 +300,7 @@ impl Daemon {
         if let Some(m) = self.pipeline.metrics() {
             m.set_max_series(new.metrics.max_series_per_metric);
             m.set_http_detail(new.metrics.http_detail);
+            m.set_connection_labels(new.metrics.connection_labels);
         }
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline.set_log(&new.log);

@@ -32,7 +32,7 @@ use crate::config::{Config, HostTarget};
 use crate::control::{self, query, Answer, Method, Request};
 use crate::dns::{DnsUpdate, DnsWatcher};
 use crate::kernel::KernelHandle;
-use crate::metrics::{record_process, Metrics};
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::policy::scopes::{self as policy_scopes, Identities};
 use crate::policy::{Environment, Resolved};

@@ -44,8 +44,16 @@ pub(super) fn metrics(config: &Config) -> anyhow::Result<Metrics> {
         config.metrics.listen,
         config.metrics.max_series_per_metric,
         config.metrics.http_detail,
+        config.metrics.connection_labels,
     )
     .context("metrics")?;
+    // The configuration read at start is in force from now: without this the
+    // gauge was absent until the first reload, and an alert on its age had
+    // nothing to compare.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics::gauge!("connectracer_config_last_reload_success_timestamp_seconds").set(now.as_secs_f64());
     if let Some(addr) = config.metrics.listen {
         info!(%addr, "serving Prometheus metrics on /metrics");
     }
@@ -62,7 +70,7 @@ pub(super) fn log_attached(kernel: &KernelHandle, config: &Config, cgroup_dir: &
     }
     info!(
         cgroup = %cgroup_dir.display(),
-        trace = ?config.trace,
+        trace = config.trace.as_str(),
         hosts = config.hosts.len(),
         ring_buffer = config.bpf.ring_buffer_size,
         "tracing outbound connections"

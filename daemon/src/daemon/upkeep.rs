@@ -102,7 +102,6 @@ impl Daemon {
         metrics::counter!("connectracer_config_reloads_total").absolute(self.reload.reloads);
         metrics::counter!("connectracer_config_reload_failures_total").absolute(self.reload.failures);
         if let Some(dns) = &self.dns {
-            let now = std::time::SystemTime::now();
             for h in dns.status().await {
                 let name = h.name.clone();
                 metrics::gauge!("connectracer_dns_addresses", "host" => name.clone())
@@ -114,12 +113,17 @@ impl Daemon {
                 metrics::gauge!("connectracer_dns_consecutive_failures", "host" => name.clone())
                     .set(f64::from(h.consecutive_failures));
                 if let Some(t) = h.last_success {
-                    let age = now.duration_since(t).unwrap_or_default().as_secs_f64();
-                    metrics::gauge!("connectracer_dns_seconds_since_success", "host" => name).set(age);
+                    // A timestamp, not an age: Prometheus computes `time() - x`
+                    // itself, and the value stays right between our updates.
+                    let unix = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                    metrics::gauge!("connectracer_dns_last_success_timestamp_seconds", "host" => name)
+                        .set(unix);
                 }
             }
         }
-        record_process();
     }
 
     /// Saves the per-label counters (every textfile interval and at stop).
@@ -149,6 +153,7 @@ impl Daemon {
 
     pub(super) fn summary(&self) -> String {
         service::summary(
+            self.config.trace == crate::config::TraceMode::All,
             self.config.hosts.len(),
             self.addresses,
             self.drops,

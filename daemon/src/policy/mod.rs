@@ -18,6 +18,7 @@
 
 pub mod explain;
 pub mod scopes;
+pub mod shadow;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
