@@ -33,6 +33,7 @@ enum ct_event_kind {
 	CT_EV_EXEC = 6,
 	CT_EV_FORK = 7,
 	CT_EV_EXIT = 8,
+	CT_EV_DNS = 9,		/* a DNS answer to a query the socket sent */
 };
 
 enum ct_verdict {
@@ -245,6 +246,45 @@ struct ct_dgram_key {
 	__u16 dport;
 	__u16 family;
 	__u32 pad;
+};
+
+/*
+ * DNS answers, copied from the packet before the querying process can read
+ * it, into the same ring as the connect that may follow: userspace always
+ * has the answer before the connect that used it.
+ */
+#define CT_DNS_LEN 1536		/* payload bytes kept: more than a 1232-byte EDNS answer */
+#define CT_DNS_PORTS 4		/* resolver ports followed (53 and configured ones) */
+#define CT_DNS_PENDING 4	/* queries in flight per socket (A and AAAA, retries) */
+
+struct ct_dns_event {
+	__u32 kind;		/* CT_EV_DNS */
+	__u32 pid;		/* tgid that sent the query */
+	__u64 ts_ns;
+	__u64 cookie;		/* the querying socket */
+	__u64 cgroup_id;	/* of the task that sent the query */
+	__u16 family;		/* of the resolver address */
+	__u16 rport;		/* resolver port, host order */
+	__u16 len;		/* payload bytes copied */
+	__u16 pad;
+	__u8 raddr[16];		/* resolver, network order; IPv4 in the first 4 bytes */
+	__u8 payload[CT_DNS_LEN];
+};
+
+struct ct_dns_query {
+	__u8 addr[16];
+	__u16 port;		/* resolver port, host order; 0: slot free */
+	__u16 txid;		/* as on the wire */
+	__u16 family;
+	__u16 pad;
+};
+
+/* Per-socket storage of the queries a socket sent and awaits answers to. */
+struct ct_dns_sock {
+	__u32 pid;
+	__u32 next;		/* slot the next query takes */
+	__u64 cgroup_id;
+	struct ct_dns_query q[CT_DNS_PENDING];
 };
 
 #endif /* __CONNECTRACER_H */

@@ -67,7 +67,12 @@ fn main() {
         .clang_args(["-Wall", "-Werror", "-I../bpf/include", "-I../bpf"])
         .build_and_generate(&out)
         .unwrap_or_else(|e| panic!("building {SRC} with {clang}: {e:#}"));
-    for path in [SRC, "../bpf/connectracer.h", "../bpf/include/vmlinux.h"] {
+    for path in [
+        SRC,
+        "../bpf/connectracer.h",
+        "../bpf/dns.bpf.h",
+        "../bpf/include/vmlinux.h",
+    ] {
         println!("cargo:rerun-if-changed={path}");
     }
 }

@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     // What the kernel's records and the model's parts are about.
     &[
         "attribution",
+        "answers",
         "dns",
         "added_hosts",
         "epochs",

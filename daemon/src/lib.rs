@@ -2,6 +2,7 @@
 //! binary stays thin and integration tests can reach its parts.
 
 pub mod added_hosts;
+pub mod answers;
 pub mod attribution;
 pub mod bpf;
 pub mod cli;

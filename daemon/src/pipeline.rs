@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use connectracer_proto::{ConnState, FailReason, Verdict};
 use serde::Serialize;
 
+use crate::answers::{AnswerStats, Answers};
 use crate::attribution::Attributor;
 use crate::bpf::event::{ConnKind, ConnRecord, Record};
 use crate::config::LogConfig;
@@ -32,6 +33,8 @@ pub struct Pipeline {
     sinks: Sinks,
     /// Per configuration epoch, watched-host id to (name, label).
     hosts: crate::epochs::EpochHosts,
+    /// The names processes resolved, from the DNS answers seen.
+    answers: Answers,
     /// CLOCK_MONOTONIC to wall clock, for the kernel's timestamps.
     boot_wall: SystemTime,
     stats: PipelineStats,
@@ -78,11 +81,21 @@ impl Pipeline {
             table,
             sinks,
             hosts: crate::epochs::EpochHosts::default(),
+            answers: Answers::new(Duration::from_secs(300)),
             boot_wall: monotonic_epoch(),
             stats: PipelineStats::default(),
             metrics: None,
             watchers: tokio::sync::broadcast::channel(WATCH_QUEUE).0,
         }
+    }
+
+    pub fn answer_stats(&self) -> AnswerStats {
+        self.answers.stats()
+    }
+
+    /// `[dns] grace`, reloadable: how long a name outlives its answer's TTL.
+    pub fn set_name_grace(&mut self, grace: Duration) {
+        self.answers.set_grace(grace);
     }
 
     pub fn stats(&self) -> (PipelineStats, TableStats, usize) {
@@ -151,8 +164,9 @@ impl Pipeline {
         self.stats.records += 1;
         match rec {
             Record::Proc(p) => self.attributor.on_process(&p, now),
+            Record::Dns(d) => self.answers.record(&d, now),
             Record::Conn(c) => match c.kind {
-                ConnKind::Connect | ConnKind::Sendmsg => self.on_new(&c),
+                ConnKind::Connect | ConnKind::Sendmsg => self.on_new(&c, now),
                 ConnKind::Established => self.on_established(&c),
                 ConnKind::Failed | ConnKind::Closed => self.on_end(&c, now),
             },
@@ -166,12 +180,14 @@ impl Pipeline {
 
     pub fn housekeeping(&mut self, now: Instant) {
         self.hosts.prune(now);
+        self.answers.prune(now);
         self.attributor.prune(now);
         self.table.expire(now);
     }
 
-    fn on_new(&mut self, c: &ConnRecord) {
+    fn on_new(&mut self, c: &ConnRecord, now: Instant) {
         let process = self.attributor.attribute_shared(c);
+        let named = self.answers.name_of(c.pid, c.cgroup_id, c.dst.ip(), now);
         let host_id = c.host_id.map(|h| h.get());
         let host = host_id.and_then(|id| self.hosts.get(c.epoch, id));
         let denied = c.verdict == Verdict::Deny;
@@ -195,6 +211,8 @@ impl Pipeline {
             config_epoch: c.epoch,
             host: host.map(|h| h.0.clone()),
             label: host.and_then(|h| h.1.clone()),
+            dns_source: named.as_ref().map(|n| n.1),
+            dns_name: named.map(|n| n.0.to_string()),
             started: self.kernel_time(c.ts_ns),
             duration_ns: denied.then_some(0),
             bytes_sent: None,

@@ -316,6 +316,8 @@ pub(crate) fn test_connection(cookie: u64, pid: u32, uid: u32, dst: &str) -> Con
         config_epoch: 1,
         host: None,
         label: None,
+        dns_name: None,
+        dns_source: None,
         started: SystemTime::now(),
         duration_ns: None,
         bytes_sent: None,

@@ -74,6 +74,26 @@ impl Verdict {
     }
 }
 
+/// Whose DNS answer named a connection: its own process's, another
+/// process's in its cgroup, or any on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameSource {
+    Process,
+    Cgroup,
+    Host,
+}
+
+impl NameSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameSource::Process => "process",
+            NameSource::Cgroup => "cgroup",
+            NameSource::Host => "host",
+        }
+    }
+}
+
 /// How a failed connection failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -156,6 +176,12 @@ pub struct Connection {
     /// The watched-host entry the destination matched, as configured.
     pub host: Option<String>,
     pub label: Option<String>,
+    /// The name the connecting process looked up for the destination, from
+    /// the DNS answers seen (any destination, watched or not).
+    #[serde(default)]
+    pub dns_name: Option<String>,
+    #[serde(default)]
+    pub dns_source: Option<NameSource>,
     #[serde(with = "rfc3339")]
     pub started: SystemTime,
     pub duration_ns: Option<u64>,

@@ -30,6 +30,8 @@ pub fn attach_all(
         ("sendmsg4", &progs.ct_sendmsg4),
         ("sendmsg6", &progs.ct_sendmsg6),
         ("sock_release", &progs.ct_sock_release),
+        ("dns_egress", &progs.ct_dns_egress),
+        ("dns_ingress", &progs.ct_dns_ingress),
     ] {
         links.push(cgroup_link(name, prog, to, adoption)?);
     }

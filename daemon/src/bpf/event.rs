@@ -7,13 +7,15 @@ use std::num::NonZeroU32;
 
 use connectracer_proto::{Protocol, Verdict};
 
-use super::types::{ct_conn_event, ct_event_kind, ct_proc_event, ct_verdict};
+use super::types::{ct_conn_event, ct_dns_event, ct_event_kind, ct_proc_event, ct_verdict};
 
 // SAFETY: both are repr(C) structs of integers and byte arrays generated from
 // connectracer.h; every bit pattern is a valid value.
 unsafe impl plain::Plain for ct_conn_event {}
 // SAFETY: as above.
 unsafe impl plain::Plain for ct_proc_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_dns_event {}
 
 const AF_INET: u16 = libc::AF_INET as u16;
 
@@ -117,10 +119,24 @@ pub enum ProcRecord {
     },
 }
 
+/// A DNS answer a socket received from the resolver it queried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRecord {
+    /// The process that sent the query.
+    pub pid: u32,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub resolver: SocketAddr,
+    /// The DNS message as received (cut at CT_DNS_LEN bytes).
+    pub payload: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Conn(ConnRecord),
     Proc(ProcRecord),
+    Dns(DnsRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -159,6 +175,11 @@ impl Record {
                 let mut e = ct_proc_event::default();
                 plain::copy_from_bytes(&mut e, data).map_err(|_| DecodeError::Short(data.len()))?;
                 Ok(Record::Proc(decode_proc(&e)))
+            }
+            ct_event_kind::CT_EV_DNS => {
+                let mut e = ct_dns_event::default();
+                plain::copy_from_bytes(&mut e, data).map_err(|_| DecodeError::Short(data.len()))?;
+                Ok(Record::Dns(decode_dns(&e)))
             }
             k @ (ct_event_kind::CT_EV_CONNECT
             | ct_event_kind::CT_EV_SENDMSG
@@ -213,6 +234,18 @@ fn decode_conn(kind: ct_event_kind, e: &ct_conn_event) -> ConnRecord {
         bytes_sent: e.bytes_sent,
         bytes_received: e.bytes_received,
         comm: Comm::from_c(&e.comm),
+    }
+}
+
+fn decode_dns(e: &ct_dns_event) -> DnsRecord {
+    let len = usize::from(e.len).min(e.payload.len());
+    DnsRecord {
+        pid: e.pid,
+        cgroup_id: e.cgroup_id,
+        ts_ns: e.ts_ns,
+        cookie: e.cookie,
+        resolver: addr(e.family, &e.raddr, e.rport),
+        payload: e.payload[..len].to_vec(),
     }
 }
 

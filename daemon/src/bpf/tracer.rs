@@ -34,6 +34,9 @@ pub struct TracerOptions {
     /// bpffs directory where links and state maps are pinned, so that a new
     /// instance re-adopts them: tracing goes on while the daemon restarts.
     pub pin_dir: Option<PathBuf>,
+    /// Resolver ports whose answers are captured (at most CT_DNS_PORTS);
+    /// empty turns capture off.
+    pub dns_ports: Vec<u16>,
 }
 
 pub struct Tracer {
@@ -278,6 +281,16 @@ fn configure(open: &mut OpenConnectracerSkel<'_>, opts: &TracerOptions) -> Resul
     })?;
     rodata.filter_scope = !opts.cgroup_is_root;
     rodata.wakeup_bytes = opts.wakeup_threshold;
+    if opts.dns_ports.len() > rodata.dns_ports.len() {
+        tracing::warn!(
+            "DNS answers are captured from {} resolver ports at most; ignoring {:?}",
+            rodata.dns_ports.len(),
+            &opts.dns_ports[rodata.dns_ports.len()..]
+        );
+    }
+    for (slot, port) in rodata.dns_ports.iter_mut().zip(&opts.dns_ports) {
+        *slot = *port;
+    }
     open.maps
         .events
         .set_max_entries(opts.ring_buffer_size)

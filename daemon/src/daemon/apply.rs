@@ -304,6 +304,7 @@ impl Daemon {
         }
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline.set_log(&new.log);
+        self.pipeline.set_name_grace(new.dns.grace);
         let names = new.hostnames();
         if let Some(dns) = &self.dns {
             if new.dns != self.config.dns {

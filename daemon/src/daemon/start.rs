@@ -35,7 +35,20 @@ pub(super) fn tracer_options(
         cgroup_is_root: cgroup_dir == mount,
         cgroup_dir: cgroup_dir.to_path_buf(),
         pin_dir: paths.pin_dir.clone(),
+        dns_ports: dns_ports(config),
     }
+}
+
+/// Port 53, then the ports of the configured nameservers: the resolvers
+/// whose answers name connections (see bpf/dns.bpf.h).
+fn dns_ports(config: &Config) -> Vec<u16> {
+    let mut ports = vec![53];
+    for ns in &config.dns.nameservers {
+        if !ports.contains(&ns.port()) {
+            ports.push(ns.port());
+        }
+    }
+    ports
 }
 
 /// The one metrics registry, its HTTP listener bound.
@@ -89,6 +102,7 @@ pub(super) fn pipeline(config: &Config, mount: &Path, paths: &Paths) -> Pipeline
     );
     // The kernel thread put the first configuration in force as epoch 1.
     pipeline.set_hosts(1, &config.hosts);
+    pipeline.set_name_grace(config.dns.grace);
     pipeline
 }
 

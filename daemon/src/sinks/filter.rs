@@ -49,6 +49,8 @@ mod tests {
             config_epoch: 1,
             host: None,
             label: None,
+            dns_name: None,
+            dns_source: None,
             started: std::time::SystemTime::UNIX_EPOCH,
             duration_ns: None,
             bytes_sent: None,

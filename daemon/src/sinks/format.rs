@@ -130,6 +130,10 @@ struct JsonLine<'a> {
     host: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     label: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns_source: Option<connectracer_proto::NameSource>,
     started: Stamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_ns: Option<u64>,
@@ -196,7 +200,7 @@ impl Formatter {
             number(out, "host_id", h.into());
         }
         number(out, "config_epoch", c.config_epoch.into());
-        for (key, v) in [("host", &c.host), ("label", &c.label)] {
+        for (key, v) in [("host", &c.host), ("label", &c.label), ("dns_name", &c.dns_name)] {
             if let Some(v) = v {
                 out.extend_from_slice(b",\"");
                 out.extend_from_slice(key.as_bytes());
@@ -204,6 +208,9 @@ impl Formatter {
                 // Writing into a Vec fails only on allocation failure.
                 let _ = serde_json::to_writer(&mut *out, v);
             }
+        }
+        if let Some(src) = c.dns_source {
+            text(out, "dns_source", src.as_str());
         }
         out.extend_from_slice(b",\"started\":\"");
         out.extend_from_slice(&started.0);
@@ -250,6 +257,7 @@ impl Formatter {
         s.push_str(cached.text.get_or_insert_with(|| attribution_text(&c.process)));
         opt(&mut s, "host", c.host.as_deref());
         opt(&mut s, "label", c.label.as_deref());
+        opt(&mut s, "name", c.dns_name.as_deref());
         if c.verdict != Verdict::Allow {
             opt(&mut s, "verdict", Some(c.verdict.as_str()));
             if let Some(r) = c.policy_rule {
@@ -411,6 +419,8 @@ pub(super) mod tests {
                 config_epoch: 4,
                 host: Some("example.com".into()),
                 label: None,
+                dns_name: None,
+                dns_source: None,
                 started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
                 duration_ns: Some(245_123_456),
                 bytes_sent: Some(517),
@@ -474,6 +484,8 @@ pub(super) mod tests {
             config_epoch: c.config_epoch,
             host: c.host.as_deref(),
             label: c.label.as_deref(),
+            dns_name: c.dns_name.as_deref(),
+            dns_source: c.dns_source,
             started: clock.stamp(c.started),
             duration_ns: c.duration_ns,
             bytes_sent: c.bytes_sent,
@@ -485,7 +497,7 @@ pub(super) mod tests {
 
     #[test]
     fn the_direct_json_writer_matches_serde_for_every_variant() {
-        use connectracer_proto::{ConnState as S, FailReason as F, Protocol as P, Verdict as V};
+        use connectracer_proto::{ConnState as S, FailReason as F, NameSource, Protocol as P, Verdict as V};
         let mut f = Formatter::default();
         let mut n = 0;
         for (i, kind) in EventKind::ALL.into_iter().enumerate() {
@@ -502,6 +514,8 @@ pub(super) mod tests {
                         c.src = None;
                         c.host = Some("we\"ird\\name\u{1}é".into());
                         c.label = Some("a\nb".into());
+                        c.dns_name = Some("cdn.\"x\".test".into());
+                        c.dns_source = [Some(NameSource::Process), Some(NameSource::Cgroup), None][n % 3];
                         c.policy_rule = None;
                         c.host_id = None;
                         c.duration_ns = None;

@@ -70,6 +70,8 @@ pub struct ConnectionInfo {
     pub config_epoch: u32,
     pub host: Vec<String>,
     pub label: Vec<String>,
+    pub dns_name: Vec<String>,
+    pub dns_source: Vec<String>,
     pub started_usec: u64,
     pub duration_ns: Vec<u64>,
     pub bytes_sent: Vec<u64>,
@@ -367,6 +369,8 @@ impl From<&Connection> for ConnectionInfo {
             config_epoch: c.config_epoch,
             host: opt(c.host.clone()),
             label: opt(c.label.clone()),
+            dns_name: opt(c.dns_name.clone()),
+            dns_source: opt(c.dns_source.map(|s| s.as_str().into())),
             started_usec: u64::try_from(started.as_micros()).unwrap_or(u64::MAX),
             duration_ns: opt(c.duration_ns),
             bytes_sent: opt(c.bytes_sent),
@@ -406,6 +410,10 @@ impl TryFrom<ConnectionInfo> for Connection {
             config_epoch: c.config_epoch,
             host: one(c.host),
             label: one(c.label),
+            dns_name: one(c.dns_name),
+            dns_source: one(c.dns_source)
+                .map(|s| parse_name("dns_source", s))
+                .transpose()?,
             started: UNIX_EPOCH + Duration::from_micros(c.started_usec),
             duration_ns: one(c.duration_ns),
             bytes_sent: one(c.bytes_sent),
