@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 
-use connectracer_proto::varlink::{
-    to_parameters, AddHostParams, CallError, HostInfo, HostsReply, ReloadReply, Stats, StatsReply,
+use connectracer_proto::api::{
+    AddHostParams, Answer, CallError, HostInfo, HostsReply, Operation, ReloadReply, Stats, StatsReply,
     VersionReply,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -27,7 +27,7 @@ use crate::attribution::Attributor;
 use crate::bpf::event::Record;
 use crate::bpf::tracer::{resolve_cgroup_dir, Ruleset, TracerOptions};
 use crate::config::{Config, HostTarget, TraceMode};
-use crate::control::{self, query, Answer, Method, Request};
+use crate::control::{self, query, Outcome, Request};
 use crate::dns::{DnsUpdate, DnsWatcher};
 use crate::kernel::KernelHandle;
 use crate::metrics::{record_process, Metrics};

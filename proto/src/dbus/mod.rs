@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use zbus::fdo::DBusProxy;
 use zbus::message::Header;
 use zbus::names::OwnedUniqueName;
@@ -25,10 +25,10 @@ pub use types::{
     PolicyShowInfo, ProcessInfo, SinkStatsInfo, StatsInfo,
 };
 
-use crate::varlink::{
-    AddHostParams, CallError, ConnectionsParams, ConnectionsReply, HostsReply, PolicyCheckParams,
-    PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams, StatsReply, VersionReply,
-    WhoParams,
+use crate::api::{
+    AddHostParams, Answer, CallError, ConnectionsParams, ConnectionsReply, HostsReply, Operation,
+    PolicyCheckParams, PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams,
+    StatsReply, VersionReply, WhoParams, WrongAnswer,
 };
 use crate::{ConnState, Protocol};
 
@@ -121,29 +121,6 @@ pub fn error_reply(e: &zbus::Error) -> Option<(String, String)> {
     }
 }
 
-/// An operation of the varlink interface, as the D-Bus methods ask for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Operation {
-    GetVersion,
-    GetStats,
-    Who(WhoParams),
-    Ps(PsParams),
-    Connections(ConnectionsParams),
-    Reload,
-    AddHost(AddHostParams),
-    RemoveHost(RemoveHostParams),
-    Hosts,
-    PolicyShow,
-    PolicyCheck(PolicyCheckParams),
-}
-
-impl Operation {
-    /// Changes the daemon's configuration (the rest only read).
-    pub fn mutates(&self) -> bool {
-        matches!(self, Self::Reload | Self::AddHost(_) | Self::RemoveHost(_))
-    }
-}
-
 /// The caller of a D-Bus method, as the bus daemon reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -156,7 +133,7 @@ pub struct Peer {
 
 /// What answers the interface's operations: the daemon authorizes `peer`
 /// (the header is there for polkit's system-bus-name subject) and returns
-/// the same parameters as the varlink reply.
+/// the same typed answer as on the control socket.
 pub trait Backend: Send + Sync + 'static {
     fn call(
         &self,
@@ -164,7 +141,7 @@ pub trait Backend: Send + Sync + 'static {
         header: &Header<'_>,
         peer: &Peer,
         op: Operation,
-    ) -> impl Future<Output = Result<Map<String, Value>, CallError>> + Send;
+    ) -> impl Future<Output = Result<Answer, CallError>> + Send;
 }
 
 /// Values behind the properties; the daemon refreshes them.
@@ -216,9 +193,9 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> TracerError {
     TracerError::InvalidArgument(format!("{field}: {reason}"))
 }
 
-fn decode<T: DeserializeOwned>(params: Map<String, Value>) -> Result<T, TracerError> {
-    serde_json::from_value(Value::Object(params))
-        .map_err(|e| TracerError::Unavailable(format!("the daemon's answer did not decode: {e}")))
+/// The answer as the reply type the operation has.
+fn typed<T: TryFrom<Answer, Error = WrongAnswer>>(answer: Answer) -> Result<T, TracerError> {
+    T::try_from(answer).map_err(|e| TracerError::Unavailable(e.to_string()))
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -287,7 +264,7 @@ impl<B: Backend> Tracer<B> {
         conn: &Connection,
         header: &Header<'_>,
         op: Operation,
-    ) -> Result<Map<String, Value>, TracerError> {
+    ) -> Result<Answer, TracerError> {
         let peer = self.peer(conn, header).await?;
         Ok(self.backend.call(conn, header, &peer, op).await?)
     }
@@ -298,7 +275,7 @@ impl<B: Backend> Tracer<B> {
         header: &Header<'_>,
         op: Operation,
     ) -> Result<Vec<ConnectionInfo>, TracerError> {
-        let r: ConnectionsReply = decode(self.run(conn, header, op).await?)?;
+        let r: ConnectionsReply = typed(self.run(conn, header, op).await?)?;
         Ok(r.connections.iter().map(ConnectionInfo::from).collect())
     }
 
@@ -308,7 +285,7 @@ impl<B: Backend> Tracer<B> {
         header: &Header<'_>,
         op: Operation,
     ) -> Result<(u32, Vec<String>), TracerError> {
-        let r: ReloadReply = decode(self.run(conn, header, op).await?)?;
+        let r: ReloadReply = typed(self.run(conn, header, op).await?)?;
         Ok((r.epoch, r.needs_restart))
     }
 }
@@ -331,7 +308,7 @@ impl<B: Backend> Tracer<B> {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, String), TracerError> {
-        let r: VersionReply = decode(self.run(conn, &header, Operation::GetVersion).await?)?;
+        let r: VersionReply = typed(self.run(conn, &header, Operation::GetVersion).await?)?;
         Ok((r.version, r.kernel))
     }
 
@@ -342,7 +319,7 @@ impl<B: Backend> Tracer<B> {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(StatsInfo,), TracerError> {
-        let r: StatsReply = decode(self.run(conn, &header, Operation::GetStats).await?)?;
+        let r: StatsReply = typed(self.run(conn, &header, Operation::GetStats).await?)?;
         Ok((StatsInfo::from(&r.stats),))
     }
 
@@ -424,7 +401,7 @@ impl<B: Backend> Tracer<B> {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<HostEntry>, TracerError> {
-        let r: HostsReply = decode(self.run(conn, &header, Operation::Hosts).await?)?;
+        let r: HostsReply = typed(self.run(conn, &header, Operation::Hosts).await?)?;
         Ok(r.hosts.iter().map(HostEntry::from).collect())
     }
 
@@ -484,7 +461,7 @@ impl<B: Backend> Tracer<B> {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<PolicyShowInfo, TracerError> {
-        let r: PolicyShowReply = decode(self.run(conn, &header, Operation::PolicyShow).await?)?;
+        let r: PolicyShowReply = typed(self.run(conn, &header, Operation::PolicyShow).await?)?;
         Ok(PolicyShowInfo::from(&r))
     }
 
@@ -529,7 +506,7 @@ impl<B: Backend> Tracer<B> {
                 ))
             }
         }
-        let r: PolicyCheckReply = decode(self.run(conn, &header, Operation::PolicyCheck(p)).await?)?;
+        let r: PolicyCheckReply = typed(self.run(conn, &header, Operation::PolicyCheck(p)).await?)?;
         Ok(PolicyDecision::from(&r))
     }
 
@@ -599,7 +576,7 @@ impl Backend for Unserved {
         _: &Header<'_>,
         _: &Peer,
         _: Operation,
-    ) -> Result<Map<String, Value>, CallError> {
+    ) -> Result<Answer, CallError> {
         Err(CallError::InvalidArgument {
             field: "daemon".into(),
             reason: "introspection only".into(),
