@@ -23,6 +23,7 @@ pub mod policy;
 pub mod reload;
 pub mod service;
 pub mod sinks;
+pub mod snapshot;
 pub mod sys;
 pub mod table;
 pub mod watchlist;

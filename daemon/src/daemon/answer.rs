@@ -186,27 +186,8 @@ impl Daemon {
                 field: "kernel".into(),
                 reason,
             })?;
-        let (pipe, t, processes) = self.pipeline.stats();
         Ok(StatsReply {
-            stats: Stats {
-                kernel,
-                records: pipe.records,
-                connections: pipe.connections,
-                orphan_state_events: pipe.orphan_state_events,
-                decode_errors: self.kernel.decode_errors(),
-                table_open: t.open as u64,
-                table_closed: t.closed as u64,
-                evicted_open: t.evicted_open,
-                evicted_closed: t.evicted_closed,
-                processes: processes as u64,
-                uptime_seconds: self.started.elapsed().as_secs_f64(),
-                config_epoch: self.epoch,
-                reloads: self.reload.reloads,
-                reload_failures: self.reload.failures,
-                last_reload_error: self.reload.last_error.clone(),
-                trace_mode: self.config.trace.as_str().to_string(),
-                sinks: self.pipeline.sinks().stats(),
-            },
+            stats: self.collect_stats(kernel),
         })
     }
 }

@@ -46,6 +46,8 @@ use crate::watchlist::{self, Resolved};
 const RECORD_QUEUE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_PROCESSES: usize = 65536;
+/// How often the kernel counters are saved for the next instance's
+/// downtime report.
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
 /// How long the sinks' writers get to finish their queues at stop.
 const SINK_DRAIN: Duration = Duration::from_secs(3);
@@ -64,8 +66,8 @@ struct ReloadState {
 struct Daemon {
     source: ConfigSource,
     /// Counters and state published for readers that must not wait on the
-    /// owner (the D-Bus properties).
-    status: tokio::sync::watch::Sender<connectracer_proto::dbus::Status>,
+    /// owner: metrics, the sd_notify status, the D-Bus properties.
+    snapshot: crate::snapshot::Publisher,
     config: Config,
     resolved: Resolved,
     kernel: KernelHandle,
@@ -77,8 +79,6 @@ struct Daemon {
     epoch: u32,
     /// Prefixes in the kernel watch list now.
     addresses: usize,
-    /// Kernel drop count when last read, for the status line.
-    drops: u64,
     drop_warnings: crate::count_warning::CountWarning,
     /// Kernel counters as last read, for the next instance's downtime report.
     snapshot_file: PathBuf,
@@ -216,10 +216,11 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     pipeline.set_hosts(1, &config.hosts);
 
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
-    // The owner publishes its counters here every second; the D-Bus
-    // properties read them instead of asking it.
-    let (status_tx, status_rx) = tokio::sync::watch::channel(connectracer_proto::dbus::Status::default());
-    let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers(), status_rx);
+    // The owner publishes its counters here every second; metrics, the
+    // sd_notify status and the D-Bus properties read them instead of asking it.
+    let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(crate::snapshot::Snapshot::default());
+    let followers = tokio::spawn(crate::snapshot::follow(snapshot_rx.clone()));
+    let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers(), snapshot_rx);
     let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
     info!(socket = %control_socket.display(), "control socket listening");
 
@@ -252,7 +253,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     };
     let mut daemon = Daemon {
         source,
-        status: status_tx,
+        snapshot: snapshot_tx,
         config,
         resolved,
         kernel,
@@ -262,7 +263,6 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         pipeline,
         epoch: 1,
         addresses,
-        drops: 0,
         drop_warnings: crate::count_warning::CountWarning::new(0),
         snapshot_file: paths.state_dir.join(crate::downtime::SNAPSHOT_FILE),
         reload: ReloadState::default(),
@@ -277,6 +277,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
     dbus.abort();
+    followers.abort();
     result
 }
 
@@ -354,12 +355,10 @@ impl Daemon {
                 _ = status_tick.tick() => {
                     let reply = self.kernel.stats();
                     if let Ok(k) = self.kernel_reply(reply).await {
-                        self.drops = k.drops;
                         if let Err(e) = crate::downtime::Snapshot::of(&k).save(&self.snapshot_file) {
                             debug!("saving {}: {e}", self.snapshot_file.display());
                         }
                     }
-                    service::status(&self.summary());
                 }
                 Some(()) = fs_rx.recv() => {
                     pending_fs_reload = true;

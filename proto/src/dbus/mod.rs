@@ -7,6 +7,7 @@
 //! (`GetConnectionCredentials` of the message's sender), and what they may do
 //! is the backend's decision.
 
+mod error;
 mod types;
 
 use std::collections::HashMap;
@@ -18,8 +19,9 @@ use zbus::fdo::DBusProxy;
 use zbus::message::Header;
 use zbus::names::OwnedUniqueName;
 use zbus::object_server::SignalEmitter;
-use zbus::{interface, Connection, DBusError};
+use zbus::{interface, Connection};
 
+pub use error::{error_reply, TracerError};
 pub use types::{
     ConnectionInfo, ConversionError, HostEntry, PolicyDecision, PolicyRuleEntry, PolicyScopeEntry,
     PolicyShowInfo, ProcessInfo, SinkStatsInfo, StatsInfo,
@@ -42,84 +44,6 @@ pub const MANAGE_ACTION: &str = "org.connectracer.manage";
 /// The introspection XML shipped in packaging/dbus (checked against the
 /// served interface by a drift test).
 pub const INTROSPECTION_XML: &str = include_str!("../../../packaging/dbus/org.connectracer.Tracer1.xml");
-
-/// Errors of the interface, by D-Bus error name
-/// (`org.connectracer.Tracer1.Error.<Variant>`); the text says why.
-#[derive(Debug, DBusError)]
-#[zbus(prefix = "org.connectracer.Tracer1.Error")]
-pub enum TracerError {
-    #[zbus(error)]
-    ZBus(zbus::Error),
-    /// The caller may not do this; the message says what it needs.
-    AccessDenied(String),
-    HostNotFound(String),
-    /// `FIELD: REASON`.
-    InvalidArgument(String),
-    /// A reload found errors, one per line; the running configuration stays.
-    ConfigInvalid(String),
-    /// The daemon could not answer (shutting down, kernel thread gone).
-    Unavailable(String),
-}
-
-impl From<CallError> for TracerError {
-    fn from(e: CallError) -> Self {
-        match e {
-            CallError::AccessDenied { reason } => Self::AccessDenied(reason),
-            CallError::HostNotFound { name } => Self::HostNotFound(name),
-            CallError::InvalidArgument { field, reason } => {
-                Self::InvalidArgument(format!("{field}: {reason}"))
-            }
-            CallError::ConfigInvalid { errors } => Self::ConfigInvalid(errors.join("\n")),
-            CallError::InvalidParameter { parameter } => {
-                Self::InvalidArgument(format!("{parameter}: invalid"))
-            }
-            e @ (CallError::MethodNotFound { .. } | CallError::InterfaceNotFound { .. }) => {
-                Self::Unavailable(e.to_string())
-            }
-        }
-    }
-}
-
-impl TracerError {
-    /// Back to the varlink form, so clients print and exit the same way
-    /// whichever transport answered. Bus-level errors stay `Err`.
-    pub fn into_call_error(self) -> Result<CallError, zbus::Error> {
-        Ok(match self {
-            Self::ZBus(e) => return Err(e),
-            Self::AccessDenied(reason) => CallError::AccessDenied { reason },
-            Self::HostNotFound(name) => CallError::HostNotFound { name },
-            Self::InvalidArgument(m) => {
-                let (field, reason) = m.split_once(": ").unwrap_or(("argument", m.as_str()));
-                CallError::InvalidArgument {
-                    field: field.into(),
-                    reason: reason.into(),
-                }
-            }
-            Self::ConfigInvalid(m) => CallError::ConfigInvalid {
-                errors: m.lines().map(String::from).collect(),
-            },
-            Self::Unavailable(reason) => CallError::InvalidArgument {
-                field: "daemon".into(),
-                reason,
-            },
-        })
-    }
-}
-
-/// The D-Bus error name and message of an error reply, whether zbus kept it
-/// as a standard `org.freedesktop.DBus.Error.*` or as another name.
-pub fn error_reply(e: &zbus::Error) -> Option<(String, String)> {
-    match e {
-        zbus::Error::MethodError(name, detail, _) => {
-            Some((name.to_string(), detail.clone().unwrap_or_default()))
-        }
-        zbus::Error::FDO(fdo) => Some((
-            fdo.name().to_string(),
-            fdo.description().unwrap_or_default().to_string(),
-        )),
-        _ => None,
-    }
-}
 
 /// The caller of a D-Bus method, as the bus daemon reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -614,24 +538,6 @@ mod tests {
         assert!(
             INTROSPECTION_XML == xml,
             "{path} is stale: run `UPDATE_XML=1 cargo test -p connectracer-proto introspection`"
-        );
-    }
-
-    #[test]
-    fn errors_keep_their_field_through_the_bus_form() {
-        let e = CallError::InvalidArgument {
-            field: "address".into(),
-            reason: "`x` is not an IP address or ADDRESS:PORT".into(),
-        };
-        let back = TracerError::from(e.clone()).into_call_error().unwrap();
-        assert_eq!(back, e);
-        let e = CallError::ConfigInvalid {
-            errors: vec!["a:1:1: x".into(), "b:2:3: y".into()],
-        };
-        assert_eq!(TracerError::from(e.clone()).into_call_error().unwrap(), e);
-        assert_eq!(
-            zbus::DBusError::name(&TracerError::AccessDenied("r".into())).as_str(),
-            "org.connectracer.Tracer1.Error.AccessDenied"
         );
     }
 }
