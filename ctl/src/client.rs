@@ -2,16 +2,16 @@
 //! the API's [`Operation`]s, replies its typed answers.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use connectracer_proto::api::{CallError, Operation};
 use serde::de::DeserializeOwned;
-use zlink::tokio::unix::Connection;
 use zlink::varlink_service::Error as ServiceError;
 
-/// How long a call may wait for its reply (not a Watch stream's events,
-/// which may be minutes apart).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::socket::Patient;
+
+type Connection = zlink::Connection<Patient>;
 
 /// Why a call did not produce an answer; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,8 @@ pub struct Client {
     path: PathBuf,
     rt: tokio::runtime::Runtime,
     conn: Connection,
+    /// The read timeout's switch.
+    timed: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -59,22 +61,21 @@ impl Client {
             .enable_all()
             .build()
             .map_err(io)?;
-        let conn = rt
-            .block_on(zlink::tokio::unix::connect(path))
-            .map_err(|e| match e {
-                zlink::Error::Io(e) => match e.kind() {
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                        ClientError::NotRunning(path.to_path_buf())
-                    }
-                    std::io::ErrorKind::PermissionDenied => ClientError::SocketDenied(path.to_path_buf()),
-                    _ => io(e),
-                },
-                other => ClientError::Protocol(other.to_string()),
+        let stream = rt
+            .block_on(tokio::net::UnixStream::connect(path))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning(path.to_path_buf())
+                }
+                std::io::ErrorKind::PermissionDenied => ClientError::SocketDenied(path.to_path_buf()),
+                _ => io(e),
             })?;
+        let (socket, timed) = Patient::new(stream).map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(Self {
             path: path.to_path_buf(),
             rt,
-            conn,
+            conn: Connection::new(socket),
+            timed,
         })
     }
 
@@ -111,17 +112,10 @@ impl Client {
     pub fn call<R: DeserializeOwned + std::fmt::Debug>(&mut self, op: &Operation) -> Result<R, ClientError> {
         let call = zlink::Call::new(op);
         let replied = self.rt.block_on(async {
-            let exchange = async {
-                self.conn.send_call(&call, Vec::new()).await?;
-                self.conn.receive_reply::<R, CallError>().await
-            };
-            tokio::time::timeout(REPLY_TIMEOUT, exchange).await
+            self.conn.send_call(&call, Vec::new()).await?;
+            self.conn.receive_reply::<R, CallError>().await
         });
-        let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time");
-        let (reply, _fds) = replied
-            .map_err(|_| zlink::Error::Io(timed_out()))
-            .and_then(|r| r)
-            .map_err(|e| self.error(e))?;
+        let (reply, _fds) = replied.map_err(|e| self.error(e))?;
         reply
             .map_err(ClientError::Call)?
             .into_parameters()
@@ -136,6 +130,7 @@ impl Client {
         mut each: impl FnMut(R) -> bool,
     ) -> Result<(), ClientError> {
         let call = zlink::Call::new(op).set_more(true);
+        self.timed.store(false, Ordering::Relaxed);
         let Self { rt, conn, .. } = self;
         let result = rt.block_on(async {
             conn.send_call(&call, Vec::new()).await?;

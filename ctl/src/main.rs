@@ -3,6 +3,7 @@ mod cli;
 mod client;
 mod commands;
 mod output;
+mod socket;
 mod transport;
 
 use std::io::Write;

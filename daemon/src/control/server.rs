@@ -9,7 +9,14 @@
 //! per-uid caps), close idle connections and ones that do not read their
 //! replies, cap the size of a request, and answer a malformed message with
 //! a typed error while keeping the connection. So each admitted connection
-//! gets a task of its own that drives a `zlink::Connection`.
+//! gets a task of its own that reads calls with zlink's `ReadConnection`.
+//!
+//! Replies are written here, not by zlink's `WriteConnection`: in zlink
+//! 0.8.0 it serializes into a buffer that grows by 256 bytes per failed
+//! attempt, starting the serialization over each time. That is quadratic:
+//! a 30,000-row answer (tens of MB) kept a worker thread busy for good.
+//! `serde_json::to_vec` writes the same envelope (`zlink::Reply`, or the
+//! error) in linear time; the socket's write half is still zlink's.
 
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -22,6 +29,7 @@ use connectracer_proto::varlink::{
 use serde::Serialize;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
+use zlink::connection::socket::{self, Socket};
 use zlink::varlink_service::Info;
 
 use super::admission::Admission;
@@ -30,7 +38,34 @@ use super::limited::Limited;
 use super::{Caller, Request};
 use crate::pipeline::WatchEvent;
 
-type Conn = zlink::Connection<Limited>;
+/// One client's connection: zlink reads and decodes its calls; replies go
+/// straight to the socket's write half (see the module's comment).
+struct Conn {
+    read: zlink::connection::ReadConnection<super::limited::ReadHalf>,
+    write: <Limited as Socket>::WriteHalf,
+}
+
+impl Conn {
+    fn new(socket: Limited) -> Self {
+        let (read, write) = zlink::Connection::new(socket).split();
+        Self {
+            read,
+            write: write.into_write_half(),
+        }
+    }
+
+    /// One message, NUL-terminated. A client that does not read it within
+    /// the write timeout is dropped, releasing what the reply held.
+    async fn send<M: Serialize>(&mut self, message: &M) -> zlink::Result<()> {
+        let mut bytes = serde_json::to_vec(message)?;
+        bytes.push(0);
+        let no_fds: &[std::os::fd::OwnedFd] = &[];
+        let write = socket::WriteHalf::write(&mut self.write, &bytes, no_fds, None);
+        tokio::time::timeout(WRITE_TIMEOUT, write)
+            .await
+            .map_err(|_| not_reading())?
+    }
+}
 
 /// A connection with no request for this long is closed: idle connections
 /// must not hold slots for ever.
@@ -149,7 +184,7 @@ enum Params {
 impl Client<'_> {
     async fn serve(&self, conn: &mut Conn) -> zlink::Result<()> {
         loop {
-            let received = tokio::time::timeout(IDLE_TIMEOUT, conn.receive_call::<RawMethod>()).await;
+            let received = tokio::time::timeout(IDLE_TIMEOUT, conn.read.receive_call::<RawMethod>()).await;
             let call = match received {
                 Err(_) => {
                     let e = invalid("connection", format!("idle for {IDLE_TIMEOUT:?}: closed"));
@@ -161,10 +196,10 @@ impl Client<'_> {
                     send_error(conn, &invalid("message", format!("not a varlink call: {e}"))).await?;
                     continue;
                 }
-                Ok(Err(_)) if conn.read().read_half().too_long() => {
+                Ok(Err(_)) if conn.read.read_half().too_long() => {
                     let e = invalid("message", format!("longer than {MAX_MESSAGE} bytes"));
                     let sent = send_error(conn, &e).await;
-                    conn.read().read_half().discard_pending();
+                    conn.read.read_half().discard_pending();
                     return sent;
                 }
                 // The peer hung up, between messages or in the middle of one.
@@ -245,18 +280,12 @@ impl Client<'_> {
     }
 }
 
-/// A reply the client does not read within the write timeout closes the
-/// connection, releasing what the reply held.
-async fn send<P: Serialize + std::fmt::Debug>(conn: &mut Conn, reply: &zlink::Reply<P>) -> zlink::Result<()> {
-    tokio::time::timeout(WRITE_TIMEOUT, conn.send_reply(reply, Vec::new()))
-        .await
-        .map_err(|_| not_reading())?
+async fn send<P: Serialize>(conn: &mut Conn, reply: &zlink::Reply<P>) -> zlink::Result<()> {
+    conn.send(reply).await
 }
 
 async fn send_error(conn: &mut Conn, e: &CallError) -> zlink::Result<()> {
-    tokio::time::timeout(WRITE_TIMEOUT, conn.send_error(e, Vec::new()))
-        .await
-        .map_err(|_| not_reading())?
+    conn.send(e).await
 }
 
 fn not_reading() -> zlink::Error {
@@ -319,6 +348,7 @@ mod tests {
 #[cfg(test)]
 mod wire_tests {
     use super::*;
+    use connectracer_proto::api::ConnectionsReply;
     use std::io::{Read, Write};
 
     /// Serves one connection of a socket pair with an owner that never
@@ -343,6 +373,11 @@ mod wire_tests {
                                     kernel: "6.1.0".into(),
                                 }))
                             }
+                            Operation::Connections(_) => Ok(Answer::from(ConnectionsReply {
+                                connections: (0..20_000)
+                                    .map(|i| crate::table::test_connection(i, 1, 0, "10.0.0.1:443"))
+                                    .collect(),
+                            })),
                             _ => Err(CallError::ConfigInvalid {
                                 errors: vec!["a.toml:1:1: bad".into()],
                             }),
@@ -438,6 +473,30 @@ mod wire_tests {
         assert_eq!(
             (first["parameters"]["version"].as_str(), second["error"].as_str()),
             (Some("1.2.3"), Some("org.connectracer.Tracer.ConfigInvalid"))
+        );
+    }
+
+    /// A large answer is written in time linear in its size (zlink's
+    /// writer would take quadratic time over it).
+    #[test]
+    fn a_twenty_thousand_row_answer_arrives_whole() {
+        let mut s = serve_pair();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        s.write_all(b"{\"method\":\"org.connectracer.Tracer.Connections\"}\0")
+            .unwrap();
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while all.last() != Some(&0) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before the reply ended");
+            all.extend_from_slice(&buf[..n]);
+        }
+        all.pop();
+        let reply: serde_json::Value = serde_json::from_slice(&all).unwrap();
+        assert_eq!(
+            reply["parameters"]["connections"].as_array().unwrap().len(),
+            20_000
         );
     }
 
