@@ -70,9 +70,9 @@ pub fn record(s: &Snapshot) {
 }
 
 /// Follows the published snapshots until the owner is gone: metrics on
-/// each, `STATUS=` when its line changes.
-pub async fn follow(mut snapshots: watch::Receiver<Snapshot>) {
-    let mut line = String::new();
+/// each, `STATUS=` when its line changes from the one last sent (`sent`).
+pub async fn follow(mut snapshots: watch::Receiver<Snapshot>, sent: String) {
+    let mut line = sent;
     while snapshots.changed().await.is_ok() {
         let s = snapshots.borrow_and_update().clone();
         record(&s);

@@ -217,9 +217,9 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
 
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
     // The owner publishes its counters here every second; metrics, the
-    // sd_notify status and the D-Bus properties read them instead of asking it.
+    // sd_notify status (from `serve`) and the D-Bus properties read them
+    // instead of asking it.
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(crate::snapshot::Snapshot::default());
-    let followers = tokio::spawn(crate::snapshot::follow(snapshot_rx.clone()));
     let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers(), snapshot_rx);
     let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
     info!(socket = %control_socket.display(), "control socket listening");
@@ -277,7 +277,6 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
     dbus.abort();
-    followers.abort();
     result
 }
 
@@ -326,7 +325,12 @@ impl Daemon {
         let watchdog = service::watchdog_interval();
         let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         self.report_downtime().await;
-        service::ready(&self.summary());
+        let ready = self.summary();
+        service::ready(&ready);
+        // Started after READY=1, and stopped before STOPPING=1: a STATUS=
+        // line never comes before the one READY=1 carries, nor after
+        // "stopping".
+        let followers = tokio::spawn(crate::snapshot::follow(self.snapshot.subscribe(), ready));
         let debounce = tokio::time::sleep(Duration::MAX);
         tokio::pin!(debounce);
         let mut pending_fs_reload = false;
@@ -378,6 +382,7 @@ impl Daemon {
                 _ = sigint.recv() => break,
             }
         }
+        followers.abort();
         self.shutdown().await;
         Ok(())
     }
