@@ -3,12 +3,12 @@
 //! types so that output, `--json` and exit codes do not depend on the
 //! transport.
 
-use connectracer_proto::dbus::{error_reply, ConnectionInfo, TracerError, TracerProxy};
-use connectracer_proto::varlink::{
+use connectracer_proto::api::{
     AddHostParams, CallError, ConnectionsParams, ConnectionsReply, HostsReply, PolicyCheckParams,
     PolicyCheckReply, PolicyShowReply, ReloadReply, StatsReply, VersionReply, WatchParams, WatchReply,
     WhoParams,
 };
+use connectracer_proto::dbus::{error_reply, ConnectionInfo, TracerError, TracerProxy};
 use connectracer_proto::Connection;
 use futures_util::StreamExt;
 

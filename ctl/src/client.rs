@@ -1,17 +1,17 @@
-//! A blocking varlink client for the control socket.
+//! A blocking varlink client for the control socket, over zlink: calls are
+//! the API's [`Operation`]s, replies its typed answers.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use connectracer_proto::varlink::{to_parameters, Call, CallError, Reply};
+use connectracer_proto::api::{CallError, Operation};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use zlink::varlink_service::Error as ServiceError;
 
-/// Replies are bounded by the daemon's cap on connections per answer; this
-/// only guards against a runaway peer.
-const MAX_REPLY: u64 = 256 << 20;
+use crate::socket::Patient;
+
+type Connection = zlink::Connection<Patient>;
 
 /// Why a call did not produce an answer; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -45,114 +45,116 @@ pub enum ClientError {
 #[derive(Debug)]
 pub struct Client {
     path: PathBuf,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    rt: tokio::runtime::Runtime,
+    conn: Connection,
+    /// The read timeout's switch.
+    timed: Arc<AtomicBool>,
 }
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                ClientError::NotRunning(path.to_path_buf())
-            }
-            std::io::ErrorKind::PermissionDenied => ClientError::SocketDenied(path.to_path_buf()),
-            _ => ClientError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            },
-        })?;
         let io = |source| ClientError::Io {
             path: path.to_path_buf(),
             source,
         };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .map_err(io)?;
-        let writer = stream.try_clone().map_err(io)?;
+        let stream = rt
+            .block_on(tokio::net::UnixStream::connect(path))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning(path.to_path_buf())
+                }
+                std::io::ErrorKind::PermissionDenied => ClientError::SocketDenied(path.to_path_buf()),
+                _ => io(e),
+            })?;
+        let (socket, timed) = Patient::new(stream).map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(Self {
             path: path.to_path_buf(),
-            reader: BufReader::new(stream),
-            writer,
+            rt,
+            conn: Connection::new(socket),
+            timed,
         })
+    }
+
+    fn error(&self, e: zlink::Error) -> ClientError {
+        match e {
+            zlink::Error::Io(source) => ClientError::Io {
+                path: self.path.clone(),
+                source,
+            },
+            // zlink hands org.varlink.service's errors over on their own.
+            zlink::Error::VarlinkService(e) => match e.into_inner() {
+                ServiceError::MethodNotFound { method } => ClientError::Call(CallError::MethodNotFound {
+                    method: method.into_owned(),
+                }),
+                ServiceError::InterfaceNotFound { interface } => {
+                    ClientError::Call(CallError::InterfaceNotFound {
+                        interface: interface.into_owned(),
+                    })
+                }
+                ServiceError::InvalidParameter { parameter } => {
+                    ClientError::Call(CallError::InvalidParameter {
+                        parameter: parameter.into_owned(),
+                    })
+                }
+                other => ClientError::Protocol(other.to_string()),
+            },
+            zlink::Error::UnexpectedEof => {
+                ClientError::Protocol("connection closed before the reply ended".into())
+            }
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+
+    pub fn call<R: DeserializeOwned + std::fmt::Debug>(&mut self, op: &Operation) -> Result<R, ClientError> {
+        let call = zlink::Call::new(op);
+        let replied = self.rt.block_on(async {
+            self.conn.send_call(&call, Vec::new()).await?;
+            self.conn.receive_reply::<R, CallError>().await
+        });
+        let (reply, _fds) = replied.map_err(|e| self.error(e))?;
+        reply
+            .map_err(ClientError::Call)?
+            .into_parameters()
+            .ok_or_else(|| ClientError::Protocol("a reply without parameters".into()))
     }
 
     /// A streaming call (`more: true`): `each` gets every reply until it
     /// returns false or the daemon ends the stream.
-    pub fn stream<P: Serialize, R: DeserializeOwned>(
+    pub fn stream<R: DeserializeOwned + std::fmt::Debug>(
         &mut self,
-        method: &str,
-        params: &P,
+        op: &Operation,
         mut each: impl FnMut(R) -> bool,
     ) -> Result<(), ClientError> {
-        let call = Call {
-            method: method.to_string(),
-            parameters: to_parameters(params),
-            more: true,
-            oneway: false,
-        };
-        let path = self.path.clone();
-        let io = |source| ClientError::Io {
-            path: path.clone(),
-            source,
-        };
-        // Events may be minutes apart.
-        self.writer.set_read_timeout(None).map_err(io)?;
-        let mut bytes = serde_json::to_vec(&call).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        bytes.push(0);
-        self.writer.write_all(&bytes).map_err(io)?;
-        loop {
-            let mut buf = Vec::new();
-            (&mut self.reader)
-                .take(MAX_REPLY)
-                .read_until(0, &mut buf)
-                .map_err(io)?;
-            if buf.pop() != Some(0) {
-                return Ok(());
+        let call = zlink::Call::new(op).set_more(true);
+        self.timed.store(false, Ordering::Relaxed);
+        let Self { rt, conn, .. } = self;
+        let result = rt.block_on(async {
+            conn.send_call(&call, Vec::new()).await?;
+            loop {
+                let (reply, _fds) = conn.receive_reply::<R, CallError>().await?;
+                let reply = match reply {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let more = reply.continues() == Some(true);
+                let Some(params) = reply.into_parameters() else {
+                    return Ok(Ok(()));
+                };
+                if !each(params) || !more {
+                    return Ok(Ok(()));
+                }
             }
-            let reply: Reply =
-                serde_json::from_slice(&buf).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            if let Some(err) = CallError::from_reply(&reply) {
-                return Err(ClientError::Call(err));
-            }
-            let value = serde_json::from_value(serde_json::Value::Object(reply.parameters))
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            if !each(value) || !reply.continues {
-                return Ok(());
-            }
+        });
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ClientError::Call(e)),
+            // The daemon ended the stream by closing the connection.
+            Err(zlink::Error::UnexpectedEof) => Ok(()),
+            Err(e) => Err(self.error(e)),
         }
-    }
-
-    pub fn call<P: Serialize, R: DeserializeOwned>(
-        &mut self,
-        method: &str,
-        params: &P,
-    ) -> Result<R, ClientError> {
-        let call = Call {
-            method: method.to_string(),
-            parameters: to_parameters(params),
-            more: false,
-            oneway: false,
-        };
-        let io = |source| ClientError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut bytes = serde_json::to_vec(&call).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        bytes.push(0);
-        self.writer.write_all(&bytes).map_err(io)?;
-        let mut buf = Vec::new();
-        let mut limited = (&mut self.reader).take(MAX_REPLY);
-        limited.read_until(0, &mut buf).map_err(io)?;
-        if buf.pop() != Some(0) {
-            return Err(ClientError::Protocol(
-                "connection closed before the reply ended".into(),
-            ));
-        }
-        let reply: Reply = serde_json::from_slice(&buf).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if let Some(err) = CallError::from_reply(&reply) {
-            return Err(ClientError::Call(err));
-        }
-        serde_json::from_value(serde_json::Value::Object(reply.parameters))
-            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use connectracer_proto::varlink::{
+use connectracer_proto::api::{
     ConnectionsParams, PolicyCheckParams, ReloadReply, VersionReply, WatchParams, WatchReply,
 };
 use connectracer_proto::{ConnState, Protocol};

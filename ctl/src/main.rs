@@ -3,13 +3,14 @@ mod cli;
 mod client;
 mod commands;
 mod output;
+mod socket;
 mod transport;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use connectracer_proto::varlink::{AddHostParams, CallError, ConnectionsReply, WhoParams};
+use connectracer_proto::api::{AddHostParams, CallError, ConnectionsReply, WhoParams};
 use serde::Serialize;
 
 use cli::{Args, Command, PolicyCommand};
@@ -52,7 +53,7 @@ fn run(args: &Args) -> Result<(), ClientError> {
         }
         Transport::Bus(bus::BusClient::connect()?)
     } else {
-        Transport::Socket(Client::connect(&args.socket)?)
+        Transport::Socket(Box::new(Client::connect(&args.socket)?))
     };
     let list = |r: &ConnectionsReply| output::connections(&r.connections);
     match &args.command {

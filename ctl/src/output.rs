@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use connectracer_proto::varlink::{HostInfo, Stats, WatchReply};
+use connectracer_proto::api::{HostInfo, Stats, WatchReply};
 use connectracer_proto::Connection;
 
 fn age(t: SystemTime) -> String {
@@ -211,7 +211,7 @@ pub fn watch_line(r: &WatchReply) -> String {
     }
 }
 
-pub fn policy(p: &connectracer_proto::varlink::PolicyShowReply) -> String {
+pub fn policy(p: &connectracer_proto::api::PolicyShowReply) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     if !p.active {
@@ -254,7 +254,7 @@ pub fn policy(p: &connectracer_proto::varlink::PolicyShowReply) -> String {
     s
 }
 
-pub fn policy_check(dest: std::net::SocketAddr, r: &connectracer_proto::varlink::PolicyCheckReply) -> String {
+pub fn policy_check(dest: std::net::SocketAddr, r: &connectracer_proto::api::PolicyCheckReply) -> String {
     format!(
         "{dest}: {} by {}: {}\n  caller: {}\n",
         r.verdict.as_str(),

@@ -1,10 +1,10 @@
 //! One set of typed calls over either transport: the control socket
 //! (varlink) or the system bus (`--bus`).
 
-use connectracer_proto::varlink::{
-    AddHostParams, ConnectionsParams, ConnectionsReply, HostsReply, PolicyCheckParams, PolicyCheckReply,
-    PolicyShowReply, PsParams, ReloadReply, RemoveHostParams, StatsReply, VersionReply, WatchParams,
-    WatchReply, WhoParams, INTERFACE,
+use connectracer_proto::api::{
+    AddHostParams, ConnectionsParams, ConnectionsReply, HostsReply, Operation, PolicyCheckParams,
+    PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams, StatsReply, VersionReply,
+    WatchParams, WatchReply, WhoParams,
 };
 
 use crate::bus::BusClient;
@@ -12,16 +12,9 @@ use crate::client::{Client, ClientError};
 
 #[derive(Debug)]
 pub enum Transport {
-    Socket(Client),
+    // Boxed: the client holds its own runtime and buffers.
+    Socket(Box<Client>),
     Bus(BusClient),
-}
-
-fn m(name: &str) -> String {
-    format!("{INTERFACE}.{name}")
-}
-
-fn none() -> serde_json::Value {
-    serde_json::json!({})
 }
 
 fn cut(mut r: ConnectionsReply, limit: Option<u32>) -> ConnectionsReply {
@@ -36,83 +29,80 @@ impl Transport {
     /// client cuts the answer to the same newest-first length.
     pub fn who(&mut self, p: &WhoParams) -> Result<ConnectionsReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("Who"), p),
+            Self::Socket(c) => c.call(&Operation::Who(p.clone())),
             Self::Bus(b) => b.who(p).map(|r| cut(r, p.limit)),
         }
     }
 
     pub fn ps(&mut self, pid: u32, limit: u32) -> Result<ConnectionsReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(
-                &m("Ps"),
-                &PsParams {
-                    pid,
-                    limit: Some(limit),
-                },
-            ),
+            Self::Socket(c) => c.call(&Operation::Ps(PsParams {
+                pid,
+                limit: Some(limit),
+            })),
             Self::Bus(b) => b.ps(pid).map(|r| cut(r, Some(limit))),
         }
     }
 
     pub fn connections(&mut self, p: &ConnectionsParams) -> Result<ConnectionsReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("Connections"), p),
+            Self::Socket(c) => c.call(&Operation::Connections(p.clone())),
             Self::Bus(b) => b.connections(p),
         }
     }
 
     pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("GetStats"), &none()),
+            Self::Socket(c) => c.call(&Operation::GetStats),
             Self::Bus(b) => b.stats(),
         }
     }
 
     pub fn version(&mut self) -> Result<VersionReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("GetVersion"), &none()),
+            Self::Socket(c) => c.call(&Operation::GetVersion),
             Self::Bus(b) => b.version(),
         }
     }
 
     pub fn reload(&mut self) -> Result<ReloadReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("Reload"), &none()),
+            Self::Socket(c) => c.call(&Operation::Reload),
             Self::Bus(b) => b.reload(),
         }
     }
 
     pub fn add_host(&mut self, p: &AddHostParams) -> Result<ReloadReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("AddHost"), p),
+            Self::Socket(c) => c.call(&Operation::AddHost(p.clone())),
             Self::Bus(b) => b.add_host(p),
         }
     }
 
     pub fn remove_host(&mut self, name: &str) -> Result<ReloadReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("RemoveHost"), &RemoveHostParams { name: name.into() }),
+            Self::Socket(c) => c.call(&Operation::RemoveHost(RemoveHostParams { name: name.into() })),
             Self::Bus(b) => b.remove_host(name),
         }
     }
 
     pub fn hosts(&mut self) -> Result<HostsReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("Hosts"), &none()),
+            Self::Socket(c) => c.call(&Operation::Hosts),
             Self::Bus(b) => b.hosts(),
         }
     }
 
     pub fn policy_show(&mut self) -> Result<PolicyShowReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("PolicyShow"), &none()),
+            Self::Socket(c) => c.call(&Operation::PolicyShow),
             Self::Bus(b) => b.policy_show(),
         }
     }
 
     pub fn policy_check(&mut self, p: &PolicyCheckParams) -> Result<PolicyCheckReply, ClientError> {
         match self {
-            Self::Socket(c) => c.call(&m("PolicyCheck"), p),
+            Self::Socket(c) => c.call(&Operation::PolicyCheck(p.clone())),
             Self::Bus(b) => b.policy_check(p),
         }
     }
@@ -123,7 +113,7 @@ impl Transport {
         each: impl FnMut(WatchReply) -> bool,
     ) -> Result<(), ClientError> {
         match self {
-            Self::Socket(c) => c.stream(&m("Watch"), filter, each),
+            Self::Socket(c) => c.stream(&Operation::Watch(filter.clone()), each),
             Self::Bus(b) => b.watch(filter, each),
         }
     }

@@ -48,9 +48,11 @@ pub struct Answers {
     stats: AnswerStats,
 }
 
-/// The name asked for and the addresses it resolved to (through any CNAME
-/// chain), each with its TTL.
-fn addresses(payload: &[u8]) -> Option<(Arc<str>, Vec<(IpAddr, u32)>)> {
+/// An answer: the name asked for and the addresses it resolved to (through
+/// any CNAME chain), each with its TTL.
+type Resolution = (Arc<str>, Vec<(IpAddr, u32)>);
+
+fn addresses(payload: &[u8]) -> Option<Resolution> {
     let msg = Message::from_vec(payload).ok()?;
     if msg.metadata.message_type != MessageType::Response {
         return None;

@@ -33,7 +33,7 @@ const LAYERS: &[&[&str]] = &[
     // The ruleset stage (model to kernel layout), the kernel's owner thread,
     // the event path.
     &["ruleset", "kernel", "pipeline"],
-    &["control", "reload"],
+    &["control", "reload", "snapshot"],
     &["dbus"],
     // The owner that wires everything.
     &["daemon"],

@@ -26,5 +26,6 @@ pub mod reload;
 pub mod ruleset;
 pub mod service;
 pub mod sinks;
+pub mod snapshot;
 pub mod sys;
 pub mod table;

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+pub mod api;
 pub mod dbus;
 pub mod varlink;
 

@@ -399,3 +399,35 @@ fn an_independent_varlink_client_works() {
     let out = py.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The real daemon's socket, byte for byte as systemd's `varlinkctl` speaks
+/// it: a call with empty `parameters`, NUL-terminated, and the exact reply.
+#[test]
+fn the_socket_speaks_varlink_byte_for_byte() {
+    let cg = TestCgroup::new("wire");
+    let d = Daemon::start(&cg, "").unwrap();
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let mut exchange = |call: &[u8]| -> Vec<u8> {
+        s.write_all(call).unwrap();
+        let mut out = Vec::new();
+        let mut byte = [0u8];
+        while out.last() != Some(&0) {
+            s.read_exact(&mut byte).unwrap();
+            out.push(byte[0]);
+        }
+        out
+    };
+    let info = exchange(b"{\"method\":\"org.varlink.service.GetInfo\",\"parameters\":{}}\0");
+    let want = format!(
+        "{{\"parameters\":{{\"vendor\":\"connectracer\",\"product\":\"connectracerd\",\"version\":\"{}\",\"url\":\"https://github.com/connectracer/connectracer\",\"interfaces\":[\"org.varlink.service\",\"org.connectracer.Tracer\"]}}}}\0",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(String::from_utf8_lossy(&info), want);
+    let denied = exchange(
+        b"{\"method\":\"org.connectracer.Tracer.RemoveHost\",\"parameters\":{\"name\":\"192.0.2.1\"}}\0",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&denied),
+        "{\"error\":\"org.connectracer.Tracer.HostNotFound\",\"parameters\":{\"name\":\"192.0.2.1\"}}\0"
+    );
+}

@@ -1,6 +1,6 @@
 //! Kernel-side counters from the per-CPU `stats` array.
 
-use connectracer_proto::varlink::KernelCounters;
+use connectracer_proto::api::KernelCounters;
 use libbpf_rs::{MapCore, MapFlags};
 
 use super::types::ct_stat;

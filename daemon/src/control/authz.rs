@@ -1,10 +1,9 @@
 //! Who is calling, from the socket's peer credentials (SO_PEERCRED), and
 //! what they may see. Never from anything the client claims.
 
-use connectracer_proto::varlink::CallError;
+use connectracer_proto::api::{CallError, Operation};
 use connectracer_proto::Connection;
 
-use super::Method;
 use nix::unistd::{Gid, Group, Uid, User};
 
 /// Members of this group (and root) may query everything.
@@ -33,36 +32,66 @@ impl Caller {
     }
 }
 
-/// What a method asks of its caller; `None`: anyone may call it (and sees
-/// only what `may_see` lets through).
-fn needs_privilege(m: &Method) -> Option<&'static str> {
-    match m {
-        Method::GetVersion
-        | Method::GetStats
-        | Method::Who(_)
-        | Method::Ps(_)
-        | Method::Connections(_)
-        | Method::Hosts => None,
-        Method::Reload => Some("reloading"),
-        Method::AddHost(_) | Method::RemoveHost(_) => Some("changing watched hosts"),
-        Method::PolicyShow | Method::PolicyCheck(_) => Some("reading the egress policy"),
+/// What an operation asks of its caller; `None`: anyone may call it (and
+/// sees only what `may_see` lets through).
+fn needs_privilege(op: &Operation) -> Option<&'static str> {
+    match op {
+        Operation::GetVersion
+        | Operation::GetStats
+        | Operation::Who(_)
+        | Operation::Ps(_)
+        | Operation::Connections(_)
+        | Operation::Hosts
+        | Operation::Watch(_) => None,
+        Operation::Reload => Some("reloading"),
+        Operation::AddHost(_) | Operation::RemoveHost(_) => Some("changing watched hosts"),
+        Operation::PolicyShow | Operation::PolicyCheck(_) => Some("reading the egress policy"),
     }
 }
 
-/// Whether the method changes the daemon's configuration (on D-Bus, polkit
-/// is asked too, after this rule).
-pub fn mutates(m: &Method) -> bool {
-    matches!(m, Method::Reload | Method::AddHost(_) | Method::RemoveHost(_))
-}
-
-/// The one rule of who may call what, for both transports.
-pub fn authorize(caller: &Caller, m: &Method) -> Result<(), CallError> {
-    match needs_privilege(m) {
+/// The one rule of who may call what, for both transports (on D-Bus,
+/// polkit is asked too, after this rule, for operations that mutate).
+pub fn authorize(caller: &Caller, op: &Operation) -> Result<(), CallError> {
+    match needs_privilege(op) {
         Some(what) if !caller.privileged => Err(CallError::AccessDenied {
             reason: format!("{what} needs root or membership in group {ADMIN_GROUP}"),
         }),
         _ => Ok(()),
     }
+}
+
+/// Which way a call came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The control socket: its mode (0660 root:connectracer) and the rule
+    /// above are the whole check; no polkit, so that group members can
+    /// manage the daemon on machines without it.
+    Socket,
+    /// The system bus, where anyone may call: mutations by anyone but root
+    /// also need polkit's `org.connectracer.manage`.
+    Bus,
+}
+
+/// The whole decision for a call: the one rule above first (so a non-member
+/// is told about the group rather than about polkit), then polkit, asked
+/// only when the transport and operation need it. polkit authorizes uid 0
+/// for every action anyway; asking would only make root depend on polkit
+/// running.
+pub async fn admit<F, Fut>(
+    transport: Transport,
+    caller: &Caller,
+    op: &Operation,
+    polkit: F,
+) -> Result<(), CallError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), CallError>>,
+{
+    authorize(caller, op)?;
+    if transport == Transport::Bus && op.mutates() && caller.uid != 0 {
+        polkit().await?;
+    }
+    Ok(())
 }
 
 /// Membership from the group database (primary and supplementary groups of
@@ -91,48 +120,73 @@ mod tests {
         crate::table::test_connection(1, 1, uid, "10.0.0.1:443")
     }
 
-    #[test]
-    fn who_may_call_what() {
-        use connectracer_proto::varlink::{
-            AddHostParams, ConnectionsParams, PolicyCheckParams, PsParams, RemoveHostParams, WhoParams,
-        };
-        let all = [
-            (Method::GetVersion, false),
-            (Method::GetStats, false),
-            (Method::Who(WhoParams::default()), false),
-            (Method::Ps(PsParams { pid: 1, limit: None }), false),
-            (Method::Connections(ConnectionsParams::default()), false),
-            (Method::Hosts, false),
-            (Method::Reload, true),
-            (Method::AddHost(AddHostParams::default()), true),
-            (Method::RemoveHost(RemoveHostParams { name: "x".into() }), true),
-            (Method::PolicyShow, true),
-            (Method::PolicyCheck(PolicyCheckParams::default()), true),
-        ];
+    /// Who may call what, for every operation on both transports: root, a
+    /// group member and another user, with polkit saying yes and no.
+    #[tokio::test]
+    async fn who_may_call_what_on_each_transport() {
         let root = Caller::from_peer(0, 0, None);
         let member = Caller {
             uid: 1000,
             pid: None,
             privileged: true,
         };
+        // uid 4_000_000 exists in no group database.
         let other = Caller::from_peer(4_000_000, 4_000_000, None);
-        for (m, privileged_only) in &all {
-            assert!(authorize(&root, m).is_ok(), "root: {m:?}");
-            assert!(authorize(&member, m).is_ok(), "member: {m:?}");
-            let refused = authorize(&other, m);
-            assert_eq!(refused.is_err(), *privileged_only, "other user: {m:?}");
-            if let Err(CallError::AccessDenied { reason }) = refused {
-                assert!(
-                    reason.ends_with("needs root or membership in group connectracer"),
-                    "{reason}"
-                );
+        let privileged_only = |op: &Operation| {
+            matches!(
+                op,
+                Operation::Reload
+                    | Operation::AddHost(_)
+                    | Operation::RemoveHost(_)
+                    | Operation::PolicyShow
+                    | Operation::PolicyCheck(_)
+            )
+        };
+        for op in Operation::every() {
+            for transport in [Transport::Socket, Transport::Bus] {
+                for polkit_says in [true, false] {
+                    for (who, caller) in [("root", root), ("member", member), ("other", other)] {
+                        let asked = std::cell::Cell::new(false);
+                        let polkit = || {
+                            asked.set(true);
+                            let answer = if polkit_says {
+                                Ok(())
+                            } else {
+                                Err(CallError::AccessDenied {
+                                    reason: "polkit said no".into(),
+                                })
+                            };
+                            std::future::ready(answer)
+                        };
+                        let got = admit(transport, &caller, &op, polkit).await;
+                        let refused_by_rule = who == "other" && privileged_only(&op);
+                        let polkit_due =
+                            transport == Transport::Bus && op.mutates() && who != "root" && !refused_by_rule;
+                        let want_ok = !refused_by_rule && (!polkit_due || polkit_says);
+                        let case = format!("{who} {op:?} on {transport:?}, polkit {polkit_says}");
+                        assert_eq!(got.is_ok(), want_ok, "{case}: {got:?}");
+                        assert_eq!(asked.get(), polkit_due, "{case}: polkit asked");
+                        match got {
+                            Err(CallError::AccessDenied { reason }) if refused_by_rule => assert!(
+                                reason.ends_with("needs root or membership in group connectracer"),
+                                "{case}: {reason}"
+                            ),
+                            Err(CallError::AccessDenied { reason }) => {
+                                assert_eq!(reason, "polkit said no", "{case}")
+                            }
+                            Err(e) => panic!("{case}: {e:?}"),
+                            Ok(()) => {}
+                        }
+                    }
+                }
             }
         }
-        assert_eq!(
-            all.iter().filter(|(m, _)| mutates(m)).count(),
-            3,
-            "reload, add-host, remove-host"
-        );
+        let mutating: Vec<&str> = Operation::every()
+            .iter()
+            .filter(|op| op.mutates())
+            .map(Operation::name)
+            .collect();
+        assert_eq!(mutating, ["Reload", "AddHost", "RemoveHost"]);
     }
 
     #[test]

@@ -3,40 +3,24 @@
 
 pub mod admission;
 pub mod authz;
+mod limited;
 pub mod query;
 pub mod server;
 
-use connectracer_proto::varlink::{
-    AddHostParams, CallError, ConnectionsParams, PolicyCheckParams, PsParams, RemoveHostParams, WhoParams,
-};
-use serde_json::{Map, Value};
+use connectracer_proto::api::{Answer, CallError, Operation};
 use tokio::sync::{mpsc, oneshot};
 
 pub use authz::Caller;
 
-/// A call that needs the daemon's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Method {
-    GetVersion,
-    GetStats,
-    Who(WhoParams),
-    Ps(PsParams),
-    Connections(ConnectionsParams),
-    Reload,
-    AddHost(AddHostParams),
-    RemoveHost(RemoveHostParams),
-    Hosts,
-    PolicyShow,
-    PolicyCheck(PolicyCheckParams),
-}
-
-pub type Answer = Result<Map<String, Value>, CallError>;
+/// What the owner sends back: a typed answer, serialized only by the
+/// transport that asked.
+pub type Outcome = Result<Answer, CallError>;
 
 #[derive(Debug)]
 pub struct Request {
-    pub method: Method,
+    pub op: Operation,
     pub caller: Caller,
-    pub reply: oneshot::Sender<Answer>,
+    pub reply: oneshot::Sender<Outcome>,
 }
 
 /// How long a transport waits for the state owner before answering that
@@ -50,14 +34,22 @@ fn unavailable(reason: String) -> CallError {
     }
 }
 
+/// Watch asked for without `more`: a stream has no single answer.
+pub fn watch_needs_more() -> CallError {
+    CallError::InvalidArgument {
+        field: "more".into(),
+        reason: "Watch streams events: call it with \"more\": true".into(),
+    }
+}
+
 /// Sends a request to the state owner and waits for its answer: the one
 /// path both transports (socket and D-Bus) take.
-pub async fn ask(requests: &mpsc::Sender<Request>, method: Method, caller: Caller) -> Answer {
+pub async fn ask(requests: &mpsc::Sender<Request>, op: Operation, caller: Caller) -> Outcome {
     let (tx, rx) = oneshot::channel();
     let gone = || unavailable("the daemon is shutting down".into());
     requests
         .send(Request {
-            method,
+            op,
             caller,
             reply: tx,
         })

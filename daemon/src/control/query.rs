@@ -3,14 +3,16 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use connectracer_proto::varlink::{
-    to_parameters, CallError, ConnectionsParams, ConnectionsReply, PsParams, WhoParams,
+use connectracer_proto::api::{
+    CallError, ConnectionsParams, ConnectionsReply, Operation, PsParams, WhoParams,
 };
 use connectracer_proto::Connection;
 
-use super::{Answer, Caller};
+use super::Caller;
 use crate::policy::Resolved;
 use crate::table::ConnTable;
+
+type Rows = Result<ConnectionsReply, CallError>;
 
 /// Answers larger than this many connections are cut (newest kept).
 pub const MAX_CONNECTIONS: usize = 100_000;
@@ -40,7 +42,7 @@ pub fn parse_address(s: &str) -> Result<(IpAddr, Option<u16>), CallError> {
 /// Sorted and cut on references: only what is returned is copied and
 /// serialized, so a destination with the whole table behind it answers in
 /// the time of `limit` entries.
-fn reply<'a>(caller: &Caller, conns: impl Iterator<Item = &'a Connection>, limit: usize) -> Answer {
+fn reply<'a>(caller: &Caller, conns: impl Iterator<Item = &'a Connection>, limit: usize) -> Rows {
     let mut seen: Vec<&Connection> = conns.filter(|c| caller.may_see(c)).collect();
     if seen.len() > limit {
         seen.select_nth_unstable_by_key(limit, |c| std::cmp::Reverse(c.id));
@@ -48,7 +50,7 @@ fn reply<'a>(caller: &Caller, conns: impl Iterator<Item = &'a Connection>, limit
     }
     seen.sort_unstable_by_key(|c| std::cmp::Reverse(c.id));
     let connections: Vec<Connection> = seen.into_iter().cloned().collect();
-    Ok(to_parameters(&ConnectionsReply { connections }))
+    Ok(ConnectionsReply { connections })
 }
 
 fn limit(l: Option<u32>) -> usize {
@@ -68,7 +70,7 @@ fn parse_hostname(s: &str) -> Option<(String, Option<u16>)> {
 /// Connections to a destination: an address (and port), a hostname the
 /// daemon follows (every address it has resolved it to, plus connections
 /// attributed to the watched host of that name), or from a local port.
-pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams, resolved: &Resolved) -> Answer {
+pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams, resolved: &Resolved) -> Rows {
     match (&p.address, p.local_port) {
         (Some(addr), None) => {
             let (ips, port_in_address, name) = match parse_address(addr) {
@@ -117,7 +119,7 @@ pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams, resolved: &Resolve
     }
 }
 
-pub fn ps(table: &ConnTable, caller: &Caller, p: &PsParams) -> Answer {
+pub fn ps(table: &ConnTable, caller: &Caller, p: &PsParams) -> Rows {
     reply(caller, table.by_pid(p.pid), limit(p.limit))
 }
 
@@ -126,18 +128,17 @@ fn connections_limit(p: &ConnectionsParams) -> usize {
         .map_or(DEFAULT_LIMIT, |l| (l as usize).min(MAX_CONNECTIONS))
 }
 
-/// Rows a method may answer with, for the control socket's answer budget.
-pub fn rows(m: &super::Method) -> Option<usize> {
-    use super::Method;
-    match m {
-        Method::Who(p) => Some(limit(p.limit)),
-        Method::Ps(p) => Some(limit(p.limit)),
-        Method::Connections(p) => Some(connections_limit(p)),
+/// Rows an operation may answer with, for the control socket's answer budget.
+pub fn rows(op: &Operation) -> Option<usize> {
+    match op {
+        Operation::Who(p) => Some(limit(p.limit)),
+        Operation::Ps(p) => Some(limit(p.limit)),
+        Operation::Connections(p) => Some(connections_limit(p)),
         _ => None,
     }
 }
 
-pub fn connections(table: &ConnTable, caller: &Caller, p: &ConnectionsParams) -> Answer {
+pub fn connections(table: &ConnTable, caller: &Caller, p: &ConnectionsParams) -> Rows {
     let limit = connections_limit(p);
     let conns = table
         .iter()
@@ -166,15 +167,10 @@ mod tests {
             ..Default::default()
         };
         let r = who(&t, &root, &p, &Resolved::new()).unwrap();
-        let ids: Vec<u64> = r["connections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["id"].as_u64().unwrap())
-            .collect();
+        let ids: Vec<u64> = r.connections.iter().map(|c| c.id).collect();
         assert_eq!(ids, [10, 9, 8]);
         let all = ps(&t, &root, &PsParams { pid: 7, limit: None }).unwrap();
-        assert_eq!(all["connections"].as_array().unwrap().len(), 10);
+        assert_eq!(all.connections.len(), 10);
 
         let mut names = Resolved::new();
         names.insert(
@@ -186,7 +182,7 @@ mod tests {
             ..Default::default()
         };
         let r = who(&t, &root, &by_name, &names).unwrap();
-        assert_eq!(r["connections"].as_array().unwrap().len(), 10);
+        assert_eq!(r.connections.len(), 10);
         let unknown = WhoParams {
             address: Some("other.example.com".into()),
             ..Default::default()

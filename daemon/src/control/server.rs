@@ -1,23 +1,71 @@
-//! The varlink socket server: framing, parsing, authorization, dispatch.
+//! The varlink socket server: admission, parsing, authorization, dispatch.
+//!
+//! zlink does the wire work: framing, the call and reply envelopes, the
+//! `org.varlink.service` types. Its `Server` is not used, because it serves
+//! every connection from one task and awaits each call's handler in turn:
+//! one `Reload` (or a call waiting for the row budget) would stall every
+//! other client, and it has no place for what this server must do per
+//! connection: admit by peer credentials before reading anything (slots,
+//! per-uid caps), close idle connections and ones that do not read their
+//! replies, cap the size of a request, and answer a malformed message with
+//! a typed error while keeping the connection. So each admitted connection
+//! gets a task of its own that reads calls with zlink's `ReadConnection`.
+//!
+//! Replies are written here, not by zlink's `WriteConnection`: in zlink
+//! 0.8.0 it serializes into a buffer that grows by 256 bytes per failed
+//! attempt, starting the serialization over each time. That is quadratic:
+//! a 30,000-row answer (tens of MB) kept a worker thread busy for good.
+//! `serde_json::to_vec` writes the same envelope (`zlink::Reply`, or the
+//! error) in linear time; the socket's write half is still zlink's.
 
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use connectracer_proto::api::{Answer, CallError, Operation, WatchParams, WatchReply};
 use connectracer_proto::varlink::{
-    to_parameters, Call, CallError, Reply, WatchParams, WatchReply, DESCRIPTION, INTERFACE, MAX_MESSAGE,
-    SERVICE_INTERFACE,
+    Method, RawMethod, DESCRIPTION, INTERFACE, MAX_MESSAGE, SERVICE_INTERFACE,
 };
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use serde::Serialize;
+use tokio::net::UnixListener;
 use tokio::sync::mpsc;
+use zlink::connection::socket::{self, Socket};
+use zlink::varlink_service::Info;
 
 use super::admission::Admission;
 use super::authz::ADMIN_GROUP;
-use super::{Answer, Caller, Method, Request};
+use super::limited::Limited;
+use super::{Caller, Request};
 use crate::pipeline::WatchEvent;
+
+/// One client's connection: zlink reads and decodes its calls; replies go
+/// straight to the socket's write half (see the module's comment).
+struct Conn {
+    read: zlink::connection::ReadConnection<super::limited::ReadHalf>,
+    write: <Limited as Socket>::WriteHalf,
+}
+
+impl Conn {
+    fn new(socket: Limited) -> Self {
+        let (read, write) = zlink::Connection::new(socket).split();
+        Self {
+            read,
+            write: write.into_write_half(),
+        }
+    }
+
+    /// One message, NUL-terminated. A client that does not read it within
+    /// the write timeout is dropped, releasing what the reply held.
+    async fn send<M: Serialize>(&mut self, message: &M) -> zlink::Result<()> {
+        let mut bytes = serde_json::to_vec(message)?;
+        bytes.push(0);
+        let no_fds: &[std::os::fd::OwnedFd] = &[];
+        let write = socket::WriteHalf::write(&mut self.write, &bytes, no_fds, None);
+        tokio::time::timeout(WRITE_TIMEOUT, write)
+            .await
+            .map_err(|_| not_reading())?
+    }
+}
 
 /// A connection with no request for this long is closed: idle connections
 /// must not hold slots for ever.
@@ -25,15 +73,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A reply the client does not read within this long closes the
 /// connection, releasing what the reply held.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-const SERVICE_DESCRIPTION: &str = "interface org.varlink.service
-method GetInfo() -> (vendor: string, product: string, version: string, url: string, interfaces: []string)
-method GetInterfaceDescription(interface: string) -> (description: string)
-error InterfaceNotFound (interface: string)
-error MethodNotFound (method: string)
-error MethodNotImplemented (method: string)
-error InvalidParameter (parameter: string)
-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -82,11 +121,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
+pub type Watchers = tokio::sync::broadcast::Sender<std::sync::Arc<WatchEvent>>;
+
 pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watchers: Watchers) {
     let admission = std::sync::Arc::new(Admission::default());
     loop {
-        let (mut stream, _) = match listener.accept().await {
-            Ok(s) => s,
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
             Err(e) => {
                 tracing::warn!("control socket accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -96,26 +137,26 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watc
         let Ok(cred) = stream.peer_cred() else {
             continue;
         };
-        let slot = match admission.admit(cred.uid()) {
-            Ok(slot) => slot,
-            Err(reason) => {
-                // Told why, off the accept loop: a refused client that does
-                // not read must not hold up the next one.
-                tokio::spawn(async move {
-                    let e = CallError::InvalidArgument {
-                        field: "connection".into(),
-                        reason,
-                    };
-                    let _ = write(&mut stream, &e.into_reply()).await;
-                });
-                continue;
-            }
-        };
-        let requests = requests.clone();
-        let watchers = watchers.clone();
-        let admission = admission.clone();
+        let caller = Caller::from_peer(cred.uid(), cred.gid(), cred.pid());
+        let admitted = admission.admit(cred.uid());
+        let (requests, watchers, admission) = (requests.clone(), watchers.clone(), admission.clone());
+        // Off the accept loop, refusals included: a refused client that
+        // does not read must not hold up the next one.
         tokio::spawn(async move {
-            if let Err(e) = client(stream, requests, watchers, &admission).await {
+            let Ok(mut conn) = Limited::new(stream).map(Conn::new) else {
+                return;
+            };
+            let slot = match admitted {
+                Ok(slot) => slot,
+                Err(reason) => return drop(send_error(&mut conn, &invalid("connection", reason)).await),
+            };
+            let client = Client {
+                caller,
+                requests,
+                watchers,
+                admission: &admission,
+            };
+            if let Err(e) = client.serve(&mut conn).await {
                 tracing::debug!("control client: {e}");
             }
             drop(slot);
@@ -123,133 +164,132 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watc
     }
 }
 
-async fn client(
-    stream: UnixStream,
+/// One admitted connection and what its calls need.
+struct Client<'a> {
+    caller: Caller,
     requests: mpsc::Sender<Request>,
     watchers: Watchers,
-    admission: &Admission,
-) -> std::io::Result<()> {
-    let cred = stream.peer_cred()?;
-    let caller = Caller::from_peer(cred.uid(), cred.gid(), cred.pid());
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
-    loop {
-        let mut buf = Vec::new();
-        let mut limited = (&mut rd).take(MAX_MESSAGE as u64 + 1);
-        let Ok(n) = tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(0, &mut buf)).await else {
-            let e = invalid("connection", format!("idle for {IDLE_TIMEOUT:?}: closed"));
-            return write(&mut wr, &e.into_reply()).await;
-        };
-        let n = n?;
-        if n == 0 {
-            return Ok(());
-        }
-        if buf.last() != Some(&0) {
-            if buf.len() > MAX_MESSAGE {
-                let e = invalid("message", format!("longer than {MAX_MESSAGE} bytes"));
-                write(&mut wr, &e.into_reply()).await?;
-            }
-            // Oversized, or the peer hung up mid-message: nothing more to read.
-            return Ok(());
-        }
-        buf.pop();
-        let (reply, oneway, _budget) = match serde_json::from_slice::<Call>(&buf) {
-            Ok(call) if call.method == format!("{INTERFACE}.Watch") => {
-                // A stream takes over the connection until the client leaves.
-                return match (call.more, params::<WatchParams>(&call)) {
-                    (true, Ok(filter)) => watch(&mut wr, caller, &filter, watchers.subscribe()).await,
-                    (false, _) => {
-                        let e = invalid("more", "Watch streams events: call it with \"more\": true".into());
-                        write(&mut wr, &e.into_reply()).await
-                    }
-                    (_, Err(e)) => write(&mut wr, &e.into_reply()).await,
-                };
-            }
-            Ok(call) => match parse_call(&call) {
-                Parsed::Answered(answer) => (answer, call.oneway, None),
-                Parsed::Method(method) => {
-                    // Held until the answer is written (or the client is dropped).
-                    let budget = match super::query::rows(&method) {
-                        Some(rows) => match admission.rows(caller.uid, rows).await {
-                            Some(permit) => Some(permit),
-                            None => {
-                                let e =
-                                    invalid("daemon", "too many large answers in flight; try again".into());
-                                write(&mut wr, &e.into_reply()).await?;
-                                continue;
-                            }
-                        },
-                        None => None,
-                    };
-                    let answer = super::ask(&requests, method, caller).await;
-                    (answer, call.oneway, budget)
-                }
-            },
-            Err(e) => (
-                Err(invalid("message", format!("not a varlink call: {e}"))),
-                false,
-                None,
-            ),
-        };
-        if !oneway {
-            let reply = match reply {
-                Ok(parameters) => Reply {
-                    error: None,
-                    parameters,
-                    continues: false,
-                },
-                Err(e) => e.into_reply(),
-            };
-            write(&mut wr, &reply).await?;
-        }
-    }
+    admission: &'a Admission,
 }
 
-pub type Watchers = tokio::sync::broadcast::Sender<std::sync::Arc<WatchEvent>>;
+/// A reply's parameters: the service interface's or a typed answer.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Params {
+    Info(Info<'static>),
+    Description { description: String },
+    Answer(Answer),
+}
 
-/// Streams events matching `filter` that the caller may see, until the
-/// client goes away. A client that falls behind is told how many it missed.
-async fn watch(
-    wr: &mut (impl AsyncWriteExt + Unpin),
-    caller: Caller,
-    filter: &WatchParams,
-    mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<WatchEvent>>,
-) -> std::io::Result<()> {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let reply = match events.recv().await {
-            Ok(ev) => {
-                let c = &ev.connection;
-                let host_ok = filter
-                    .host
-                    .as_ref()
-                    .is_none_or(|h| c.host.as_ref() == Some(h) || c.label.as_ref() == Some(h));
-                if !caller.may_see(c) || filter.pid.is_some_and(|p| p != c.process.pid) || !host_ok {
+impl Client<'_> {
+    async fn serve(&self, conn: &mut Conn) -> zlink::Result<()> {
+        loop {
+            let received = tokio::time::timeout(IDLE_TIMEOUT, conn.read.receive_call::<RawMethod>()).await;
+            let call = match received {
+                Err(_) => {
+                    let e = invalid("connection", format!("idle for {IDLE_TIMEOUT:?}: closed"));
+                    return send_error(conn, &e).await;
+                }
+                Ok(Ok((call, _fds))) => call,
+                // The message is consumed up to its NUL: the connection goes on.
+                Ok(Err(zlink::Error::Json(e))) => {
+                    send_error(conn, &invalid("message", format!("not a varlink call: {e}"))).await?;
                     continue;
                 }
-                WatchReply::Event {
-                    event: ev.kind.as_str().to_string(),
-                    connection: Box::new(c.clone()),
+                Ok(Err(_)) if conn.read.read_half().too_long() => {
+                    let e = invalid("message", format!("longer than {MAX_MESSAGE} bytes"));
+                    let sent = send_error(conn, &e).await;
+                    conn.read.read_half().discard_pending();
+                    return sent;
                 }
+                // The peer hung up, between messages or in the middle of one.
+                Ok(Err(zlink::Error::UnexpectedEof)) => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+            };
+            if call.upgrade() {
+                // No method upgrades its connection to another protocol.
+                let e = CallError::InvalidParameter {
+                    parameter: "upgrade".into(),
+                };
+                send_error(conn, &e).await?;
+                continue;
             }
-            Err(RecvError::Lagged(missed)) => WatchReply::Missed { missed },
-            Err(RecvError::Closed) => return Ok(()),
-        };
-        let reply = Reply {
-            error: None,
-            parameters: to_parameters(&reply),
-            continues: true,
-        };
-        write(wr, &reply).await?;
+            let reply = match Method::parse(call.method()) {
+                Ok(Method::Operation(Operation::Watch(filter))) if call.more() => {
+                    // A stream takes over the connection until the client leaves.
+                    return self.watch(conn, &filter).await;
+                }
+                Ok(Method::Operation(Operation::Watch(_))) => Err(super::watch_needs_more()),
+                Ok(Method::Operation(op)) => self.ask(op).await,
+                Ok(Method::GetInfo) => info(),
+                Ok(Method::GetInterfaceDescription { interface }) => describe(&interface),
+                Err(e) => Err(e),
+            };
+            if call.oneway() {
+                continue;
+            }
+            match reply {
+                Ok(params) => send(conn, &zlink::Reply::new(Some(params))).await?,
+                Err(e) => send_error(conn, &e).await?,
+            }
+        }
+    }
+
+    /// The owner's answer, within the row budget for answers that list
+    /// connections (held until the answer is written or dropped).
+    async fn ask(&self, op: Operation) -> Result<Params, CallError> {
+        super::authz::authorize(&self.caller, &op)?;
+        let _budget =
+            match super::query::rows(&op) {
+                Some(rows) => Some(self.admission.rows(self.caller.uid, rows).await.ok_or_else(|| {
+                    invalid("daemon", "too many large answers in flight; try again".into())
+                })?),
+                None => None,
+            };
+        super::ask(&self.requests, op, self.caller)
+            .await
+            .map(Params::Answer)
+    }
+
+    /// Streams events matching `filter` that the caller may see, until the
+    /// client goes away. A client that falls behind is told how many it missed.
+    async fn watch(&self, conn: &mut Conn, filter: &WatchParams) -> zlink::Result<()> {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut events = self.watchers.subscribe();
+        loop {
+            let reply = match events.recv().await {
+                Ok(ev) => {
+                    let c = &ev.connection;
+                    let host_ok = filter
+                        .host
+                        .as_ref()
+                        .is_none_or(|h| c.host.as_ref() == Some(h) || c.label.as_ref() == Some(h));
+                    if !self.caller.may_see(c) || filter.pid.is_some_and(|p| p != c.process.pid) || !host_ok {
+                        continue;
+                    }
+                    WatchReply::Event {
+                        event: ev.kind.as_str().to_string(),
+                        connection: Box::new(c.clone()),
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => WatchReply::Missed { missed },
+                Err(RecvError::Closed) => return Ok(()),
+            };
+            send(conn, &zlink::Reply::new(Some(reply)).set_continues(Some(true))).await?;
+        }
     }
 }
 
-async fn write(wr: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
-    bytes.push(0);
-    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&bytes))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?
+async fn send<P: Serialize>(conn: &mut Conn, reply: &zlink::Reply<P>) -> zlink::Result<()> {
+    conn.send(reply).await
+}
+
+async fn send_error(conn: &mut Conn, e: &CallError) -> zlink::Result<()> {
+    conn.send(e).await
+}
+
+fn not_reading() -> zlink::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading").into()
 }
 
 fn invalid(field: &str, reason: String) -> CallError {
@@ -259,160 +299,214 @@ fn invalid(field: &str, reason: String) -> CallError {
     }
 }
 
-fn params<T: DeserializeOwned>(call: &Call) -> Result<T, CallError> {
-    serde_json::from_value(Value::Object(call.parameters.clone()))
-        .map_err(|e| invalid("parameters", e.to_string()))
+fn info() -> Result<Params, CallError> {
+    Info::new(
+        "connectracer",
+        "connectracerd",
+        env!("CARGO_PKG_VERSION"),
+        "https://github.com/connectracer/connectracer",
+        [SERVICE_INTERFACE, INTERFACE],
+    )
+    .map(Params::Info)
+    .map_err(|e| invalid("daemon", e.to_string()))
 }
 
-/// What a call asks for, decoded and checked: answered here (the service
-/// interface) or a method for the state owner. Pure, so it can be fuzzed.
-#[derive(Debug)]
-pub enum Parsed {
-    Answered(Answer),
-    Method(Method),
-}
-
-pub fn parse_call(call: &Call) -> Parsed {
-    let (interface, name) = call.method.rsplit_once('.').unwrap_or(("", call.method.as_str()));
-    let method = match (interface, name) {
-        (SERVICE_INTERFACE, "GetInfo") => return Parsed::Answered(Ok(info())),
-        (SERVICE_INTERFACE, "GetInterfaceDescription") => return Parsed::Answered(describe(call)),
-        (INTERFACE, "GetVersion") => Ok(Method::GetVersion),
-        (INTERFACE, "GetStats") => Ok(Method::GetStats),
-        (INTERFACE, "Who") => params(call).map(Method::Who),
-        (INTERFACE, "Ps") => params(call).map(Method::Ps),
-        (INTERFACE, "Connections") => params(call).map(Method::Connections),
-        (INTERFACE, "Reload") => Ok(Method::Reload),
-        (INTERFACE, "AddHost") => params(call).map(Method::AddHost),
-        (INTERFACE, "RemoveHost") => params(call).map(Method::RemoveHost),
-        (INTERFACE, "Hosts") => Ok(Method::Hosts),
-        (INTERFACE, "PolicyShow") => Ok(Method::PolicyShow),
-        (INTERFACE, "PolicyCheck") => params(call).map(Method::PolicyCheck),
-        (SERVICE_INTERFACE | INTERFACE, _) => Err(CallError::MethodNotFound {
-            method: call.method.clone(),
-        }),
-        _ => Err(CallError::InterfaceNotFound {
-            interface: interface.to_string(),
-        }),
-    };
-    match method {
-        Ok(m) => Parsed::Method(m),
-        Err(e) => Parsed::Answered(Err(e)),
-    }
-}
-
-fn info() -> Map<String, Value> {
-    to_parameters(&serde_json::json!({
-        "vendor": "connectracer",
-        "product": "connectracerd",
-        "version": env!("CARGO_PKG_VERSION"),
-        "url": "https://github.com/connectracer/connectracer",
-        "interfaces": [SERVICE_INTERFACE, INTERFACE],
-    }))
-}
-
-fn describe(call: &Call) -> Answer {
-    let wanted = call
-        .parameters
-        .get("interface")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let description = match wanted {
-        INTERFACE => DESCRIPTION,
-        SERVICE_INTERFACE => SERVICE_DESCRIPTION,
+fn describe(interface: &str) -> Result<Params, CallError> {
+    let description = match interface {
+        INTERFACE => DESCRIPTION.to_string(),
+        SERVICE_INTERFACE => zlink::varlink_service::DESCRIPTION.to_string(),
         other => {
             return Err(CallError::InterfaceNotFound {
                 interface: other.to_string(),
             })
         }
     };
-    Ok(to_parameters(&serde_json::json!({ "description": description })))
+    Ok(Params::Description { description })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn call(name: &str) -> Call {
-        Call {
-            method: format!("{INTERFACE}.{name}"),
-            parameters: Map::new(),
-            more: false,
-            oneway: false,
-        }
-    }
-
-    /// The varlink name of each operation the owner answers; the match is
-    /// exhaustive, so a new operation must be named (and declared) here.
-    fn name(m: &Method) -> &'static str {
-        match m {
-            Method::GetVersion => "GetVersion",
-            Method::GetStats => "GetStats",
-            Method::Who(_) => "Who",
-            Method::Ps(_) => "Ps",
-            Method::Connections(_) => "Connections",
-            Method::Reload => "Reload",
-            Method::AddHost(_) => "AddHost",
-            Method::RemoveHost(_) => "RemoveHost",
-            Method::Hosts => "Hosts",
-            Method::PolicyShow => "PolicyShow",
-            Method::PolicyCheck(_) => "PolicyCheck",
-        }
-    }
-
-    /// The shipped IDL and the server agree: every declared method is
-    /// served (Watch by the streaming path), under its own name, and a name
-    /// the IDL does not declare is refused.
     #[test]
-    fn every_method_in_the_idl_is_served_and_no_other() {
-        let declared: Vec<&str> = DESCRIPTION
-            .lines()
-            .filter_map(|l| l.strip_prefix("method ")?.split('(').next())
-            .collect();
-        assert_eq!(declared.len(), 12, "{declared:?}");
-        for m in declared.iter().filter(|m| **m != "Watch") {
-            match parse_call(&call(m)) {
-                Parsed::Method(method) => assert_eq!(name(&method), *m),
-                // Methods with required parameters fail on the empty call,
-                // but as a bad parameter of a known method.
-                Parsed::Answered(Err(CallError::InvalidArgument { field, .. })) => {
-                    assert_eq!(field, "parameters", "{m}")
-                }
-                other => panic!("{m} is declared but not served: {other:?}"),
-            }
-        }
-        assert!(matches!(
-            parse_call(&call("Undeclared")),
-            Parsed::Answered(Err(CallError::MethodNotFound { .. }))
-        ));
-        // And every operation is declared.
-        use connectracer_proto::varlink::{
-            AddHostParams, ConnectionsParams, PolicyCheckParams, PsParams, RemoveHostParams, WhoParams,
+    fn the_service_interface_describes_itself() {
+        assert!(matches!(info(), Ok(Params::Info(i)) if i.interfaces.len() == 2));
+        let Ok(Params::Description { description }) = describe(SERVICE_INTERFACE) else {
+            panic!("no description of {SERVICE_INTERFACE}");
         };
-        let all = [
-            Method::GetVersion,
-            Method::GetStats,
-            Method::Who(WhoParams::default()),
-            Method::Ps(PsParams { pid: 1, limit: None }),
-            Method::Connections(ConnectionsParams::default()),
-            Method::Reload,
-            Method::AddHost(AddHostParams::default()),
-            Method::RemoveHost(RemoveHostParams { name: "x".into() }),
-            Method::Hosts,
-            Method::PolicyShow,
-            Method::PolicyCheck(PolicyCheckParams::default()),
-        ];
-        for m in &all {
-            assert!(
-                declared.contains(&name(m)),
-                "{} is served but not declared",
-                name(m)
-            );
-        }
-        assert_eq!(
-            all.len() + 1,
-            declared.len(),
-            "every declared method but Watch is an operation"
+        assert!(
+            description.contains("method GetInterfaceDescription("),
+            "{description}"
         );
+        assert!(matches!(
+            describe("com.example.Other"),
+            Err(CallError::InterfaceNotFound { .. })
+        ));
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+    use connectracer_proto::api::ConnectionsReply;
+    use std::io::{Read, Write};
+
+    /// Serves one connection of a socket pair with an owner that never
+    /// answers; returns the client's end.
+    fn serve_pair() -> std::os::unix::net::UnixStream {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (requests, mut owner) = mpsc::channel::<Request>(1);
+                // An owner with fixed answers.
+                tokio::spawn(async move {
+                    while let Some(req) = owner.recv().await {
+                        let answer = match req.op {
+                            Operation::GetVersion => {
+                                Ok(Answer::from(connectracer_proto::api::VersionReply {
+                                    version: "1.2.3".into(),
+                                    kernel: "6.1.0".into(),
+                                }))
+                            }
+                            Operation::Connections(_) => Ok(Answer::from(ConnectionsReply {
+                                connections: (0..20_000)
+                                    .map(|i| crate::table::test_connection(i, 1, 0, "10.0.0.1:443"))
+                                    .collect(),
+                            })),
+                            _ => Err(CallError::ConfigInvalid {
+                                errors: vec!["a.toml:1:1: bad".into()],
+                            }),
+                        };
+                        let _ = req.reply.send(answer);
+                    }
+                });
+                let admission = Admission::default();
+                let client = Client {
+                    caller: Caller::from_peer(0, 0, None),
+                    requests,
+                    watchers: tokio::sync::broadcast::channel(1).0,
+                    admission: &admission,
+                };
+                let stream = tokio::net::UnixStream::from_std(ours).unwrap();
+                let mut conn = Conn::new(Limited::new(stream).unwrap());
+                let _ = client.serve(&mut conn).await;
+            });
+        });
+        theirs
+    }
+
+    fn read_reply(s: &mut std::os::unix::net::UnixStream) -> serde_json::Value {
+        let mut buf = Vec::new();
+        let mut byte = [0u8];
+        loop {
+            s.read_exact(&mut byte).unwrap();
+            if byte[0] == 0 {
+                break;
+            }
+            buf.push(byte[0]);
+        }
+        serde_json::from_slice(&buf).unwrap()
+    }
+
+    /// Byte for byte what a varlink client such as systemd's `varlinkctl`
+    /// exchanges: NUL-terminated JSON, `parameters` present or not, `oneway`
+    /// calls unanswered, and the connection kept after every error.
+    #[test]
+    fn the_wire_protocol_byte_for_byte() {
+        let mut s = serve_pair();
+        let exchange = |s: &mut std::os::unix::net::UnixStream, call: &[u8]| -> String {
+            s.write_all(call).unwrap();
+            let mut out = Vec::new();
+            let mut byte = [0u8];
+            loop {
+                s.read_exact(&mut byte).unwrap();
+                out.push(byte[0]);
+                if byte[0] == 0 {
+                    return String::from_utf8(out).unwrap();
+                }
+            }
+        };
+        assert_eq!(
+            exchange(&mut s, b"{\"method\":\"org.varlink.service.GetInfo\",\"parameters\":{}}\0"),
+            format!(
+                "{{\"parameters\":{{\"vendor\":\"connectracer\",\"product\":\"connectracerd\",\"version\":\"{}\",\"url\":\"https://github.com/connectracer/connectracer\",\"interfaces\":[\"org.varlink.service\",\"org.connectracer.Tracer\"]}}}}\0",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        // A oneway call gets no reply: the next reply is the next call's.
+        s.write_all(b"{\"method\":\"org.connectracer.Tracer.GetVersion\",\"oneway\":true}\0")
+            .unwrap();
+        assert_eq!(
+            exchange(
+                &mut s,
+                b"{\"method\":\"org.connectracer.Tracer.GetVersion\",\"parameters\":{}}\0"
+            ),
+            "{\"parameters\":{\"version\":\"1.2.3\",\"kernel\":\"6.1.0\"}}\0"
+        );
+        assert_eq!(
+            exchange(&mut s, b"{\"method\":\"org.connectracer.Tracer.Reload\"}\0"),
+            "{\"error\":\"org.connectracer.Tracer.ConfigInvalid\",\"parameters\":{\"errors\":[\"a.toml:1:1: bad\"]}}\0"
+        );
+        assert_eq!(
+            exchange(&mut s, b"{\"method\":\"org.connectracer.Tracer.Nope\"}\0"),
+            "{\"error\":\"org.varlink.service.MethodNotFound\",\"parameters\":{\"method\":\"org.connectracer.Tracer.Nope\"}}\0"
+        );
+        assert_eq!(
+            exchange(&mut s, b"{\"method\":\"org.connectracer.Tracer.GetVersion\",\"upgrade\":true}\0"),
+            "{\"error\":\"org.varlink.service.InvalidParameter\",\"parameters\":{\"parameter\":\"upgrade\"}}\0"
+        );
+        let bad = exchange(&mut s, b"{not json\0");
+        assert!(
+            bad.starts_with("{\"error\":\"org.connectracer.Tracer.InvalidArgument\",\"parameters\":{\"field\":\"message\""),
+            "{bad}"
+        );
+        // Two calls in one write, answered in order.
+        s.write_all(b"{\"method\":\"org.connectracer.Tracer.GetVersion\"}\0{\"method\":\"org.connectracer.Tracer.Reload\"}\0")
+            .unwrap();
+        let first = read_reply(&mut s);
+        let second = read_reply(&mut s);
+        assert_eq!(
+            (first["parameters"]["version"].as_str(), second["error"].as_str()),
+            (Some("1.2.3"), Some("org.connectracer.Tracer.ConfigInvalid"))
+        );
+    }
+
+    /// A large answer is written in time linear in its size (zlink's
+    /// writer would take quadratic time over it).
+    #[test]
+    fn a_twenty_thousand_row_answer_arrives_whole() {
+        let mut s = serve_pair();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        s.write_all(b"{\"method\":\"org.connectracer.Tracer.Connections\"}\0")
+            .unwrap();
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while all.last() != Some(&0) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before the reply ended");
+            all.extend_from_slice(&buf[..n]);
+        }
+        all.pop();
+        let reply: serde_json::Value = serde_json::from_slice(&all).unwrap();
+        assert_eq!(
+            reply["parameters"]["connections"].as_array().unwrap().len(),
+            20_000
+        );
+    }
+
+    #[test]
+    fn an_oversized_request_is_answered_then_closed() {
+        let mut s = serve_pair();
+        let _ = s.write_all(&vec![b' '; 70 * 1024]);
+        let reply = read_reply(&mut s);
+        assert_eq!(reply["parameters"]["field"], "message", "{reply}");
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
     }
 }

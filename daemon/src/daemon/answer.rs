@@ -11,47 +11,43 @@ pub(super) fn state_error(e: crate::added_hosts::AddedHostsError) -> CallError {
 }
 
 impl Daemon {
-    pub(super) async fn answer(&mut self, req: &Request) -> Answer {
+    pub(super) async fn answer(&mut self, req: &Request) -> Outcome {
         let caller = &req.caller;
-        crate::control::authz::authorize(caller, &req.method)?;
-        match &req.method {
-            Method::GetVersion => Ok(to_parameters(&VersionReply {
+        crate::control::authz::authorize(caller, &req.op)?;
+        Ok(match &req.op {
+            Operation::GetVersion => Answer::from(VersionReply {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 kernel: nix::sys::utsname::uname()
                     .map(|u| u.release().to_string_lossy().into_owned())
                     .unwrap_or_default(),
-            })),
-            Method::GetStats => self.stats().await,
-            Method::Who(p) => query::who(self.pipeline.table(), caller, p, &self.resolved),
-            Method::Ps(p) => query::ps(self.pipeline.table(), caller, p),
-            Method::Connections(p) => query::connections(self.pipeline.table(), caller, p),
-            Method::Reload => {
+            }),
+            Operation::GetStats => self.stats().await?.into(),
+            Operation::Who(p) => query::who(self.pipeline.table(), caller, p, &self.resolved)?.into(),
+            Operation::Ps(p) => query::ps(self.pipeline.table(), caller, p)?.into(),
+            Operation::Connections(p) => query::connections(self.pipeline.table(), caller, p)?.into(),
+            Operation::Reload => {
                 let trigger = format!("control request from uid {}", caller.uid);
-                self.reload(&trigger).await.map(|r| to_parameters(&r))
+                self.reload(&trigger).await?.into()
             }
-            Method::AddHost(p) => self.add_host(p, caller.uid).await.map(|r| to_parameters(&r)),
-            Method::RemoveHost(p) => self
-                .remove_host(&p.name, caller.uid)
-                .await
-                .map(|r| to_parameters(&r)),
-            Method::Hosts => Ok(to_parameters(&HostsReply {
+            Operation::AddHost(p) => self.add_host(p, caller.uid).await?.into(),
+            Operation::RemoveHost(p) => self.remove_host(&p.name, caller.uid).await?.into(),
+            Operation::Hosts => HostsReply {
                 hosts: self.hosts().await,
-            })),
-            Method::PolicyShow => {
+            }
+            .into(),
+            Operation::PolicyShow => {
                 let dns = policy_scopes::dns_servers(&self.config.dns.nameservers);
                 let env = environment(&self.resolved, &dns);
-                Ok(to_parameters(&crate::policy::explain::show(
-                    &self.config.policy,
-                    &env,
-                )))
+                crate::policy::explain::show(&self.config.policy, &env).into()
             }
-            Method::PolicyCheck(p) => {
+            Operation::PolicyCheck(p) => {
                 let dns = policy_scopes::dns_servers(&self.config.dns.nameservers);
                 let env = environment(&self.resolved, &dns);
-                crate::policy::explain::check(&self.config.policy, &env, p, &self.mount)
-                    .map(|r| to_parameters(&r))
+                crate::policy::explain::check(&self.config.policy, &env, p, &self.mount)?.into()
             }
-        }
+            // Streams are served by the transports from the event broadcast.
+            Operation::Watch(_) => return Err(crate::control::watch_needs_more()),
+        })
     }
 
     /// Adds a host through the reload path. The host is written to the
@@ -170,7 +166,7 @@ impl Daemon {
             .collect()
     }
 
-    pub(super) async fn stats(&mut self) -> Answer {
+    pub(super) async fn stats(&mut self) -> Result<StatsReply, CallError> {
         let reply = self.kernel.stats();
         let kernel = self
             .kernel_reply(reply)
@@ -179,27 +175,8 @@ impl Daemon {
                 field: "kernel".into(),
                 reason,
             })?;
-        let (pipe, t, processes) = self.pipeline.stats();
-        Ok(to_parameters(&StatsReply {
-            stats: Stats {
-                kernel,
-                records: pipe.records,
-                connections: pipe.connections,
-                orphan_state_events: pipe.orphan_state_events,
-                decode_errors: self.kernel.decode_errors(),
-                table_open: t.open as u64,
-                table_closed: t.closed as u64,
-                evicted_open: t.evicted_open,
-                evicted_closed: t.evicted_closed,
-                processes: processes as u64,
-                uptime_seconds: self.started.elapsed().as_secs_f64(),
-                config_epoch: self.epoch,
-                reloads: self.reload.reloads,
-                reload_failures: self.reload.failures,
-                last_reload_error: self.reload.last_error.clone(),
-                trace_mode: self.config.trace.as_str().to_string(),
-                sinks: self.pipeline.sinks().stats(),
-            },
-        }))
+        Ok(StatsReply {
+            stats: self.collect_stats(kernel),
+        })
     }
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 
-use connectracer_proto::varlink::{
-    to_parameters, AddHostParams, CallError, HostInfo, HostsReply, ReloadReply, Stats, StatsReply,
+use connectracer_proto::api::{
+    AddHostParams, Answer, CallError, HostInfo, HostsReply, Operation, ReloadReply, Stats, StatsReply,
     VersionReply,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -29,7 +29,7 @@ use crate::bpf::event::Record;
 use crate::bpf::layout::Ruleset;
 use crate::bpf::tracer::{resolve_cgroup_dir, TracerOptions};
 use crate::config::{Config, HostTarget};
-use crate::control::{self, query, Answer, Method, Request};
+use crate::control::{self, query, Outcome, Request};
 use crate::dns::{DnsUpdate, DnsWatcher};
 use crate::kernel::KernelHandle;
 use crate::metrics::Metrics;
@@ -47,6 +47,8 @@ use crate::table::{ConnTable, TableLimits};
 const RECORD_QUEUE: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_PROCESSES: usize = 65536;
+/// How often the kernel counters are saved for the next instance's
+/// downtime report.
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
 /// How long the sinks' writers get to finish their queues at stop.
 const SINK_DRAIN: Duration = Duration::from_secs(3);
@@ -65,8 +67,8 @@ struct ReloadState {
 struct Daemon {
     source: ConfigSource,
     /// Counters and state published for readers that must not wait on the
-    /// owner (the D-Bus properties).
-    status: tokio::sync::watch::Sender<connectracer_proto::dbus::Status>,
+    /// owner: metrics, the sd_notify status, the D-Bus properties.
+    snapshot: crate::snapshot::Publisher,
     config: Config,
     resolved: Resolved,
     kernel: KernelHandle,
@@ -78,8 +80,6 @@ struct Daemon {
     epoch: u32,
     /// Prefixes in the kernel watch list now.
     addresses: usize,
-    /// Kernel drop count when last read, for the status line.
-    drops: u64,
     drop_warnings: crate::count_warning::CountWarning,
     /// Kernel counters as last read, for the next instance's downtime report.
     snapshot_file: PathBuf,
@@ -168,10 +168,11 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let mut pipeline = start::pipeline(&config, &mount, paths);
 
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
-    // The owner publishes its counters here every second; the D-Bus
-    // properties read them instead of asking it.
-    let (status_tx, status_rx) = tokio::sync::watch::channel(connectracer_proto::dbus::Status::default());
-    let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers(), status_rx);
+    // The owner publishes its counters here every second; metrics, the
+    // sd_notify status (from `serve`) and the D-Bus properties read them
+    // instead of asking it.
+    let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(crate::snapshot::Snapshot::default());
+    let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers(), snapshot_rx);
     let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
     info!(socket = %control_socket.display(), "control socket listening");
     start::restore_counters(&mut metrics, paths, &counters_file);
@@ -186,7 +187,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let dns = start::dns(&config, dns_tx);
     let mut daemon = Daemon {
         source,
-        status: status_tx,
+        snapshot: snapshot_tx,
         config,
         resolved,
         kernel,
@@ -196,7 +197,6 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         pipeline,
         epoch: 1,
         addresses,
-        drops: 0,
         drop_warnings: crate::count_warning::CountWarning::new(0),
         snapshot_file: paths.state_dir.join(crate::downtime::SNAPSHOT_FILE),
         reload: ReloadState::default(),
@@ -244,7 +244,12 @@ impl Daemon {
         let watchdog = service::watchdog_interval();
         let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         self.report_downtime().await;
-        service::ready(&self.summary());
+        let ready = self.summary();
+        service::ready(&ready);
+        // Started after READY=1, and stopped before STOPPING=1: a STATUS=
+        // line never comes before the one READY=1 carries, nor after
+        // "stopping".
+        let followers = tokio::spawn(crate::snapshot::follow(self.snapshot.subscribe(), ready));
         let debounce = tokio::time::sleep(Duration::MAX);
         tokio::pin!(debounce);
         let mut pending_fs_reload = false;
@@ -282,6 +287,7 @@ impl Daemon {
                 _ = sigint.recv() => break,
             }
         }
+        followers.abort();
         self.shutdown().await;
         Ok(())
     }

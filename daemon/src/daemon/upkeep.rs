@@ -2,6 +2,8 @@
 //! next instance, the sd_notify status, and drops reported.
 
 use super::*;
+use crate::snapshot::Snapshot;
+use connectracer_proto::api::KernelCounters;
 
 impl Daemon {
     /// Every second: expiry in the table and caches, sinks, metrics.
@@ -14,17 +16,15 @@ impl Daemon {
         }
     }
 
-    /// The sd_notify status line, and the kernel counters saved for the
-    /// next instance's downtime report.
+    /// The kernel counters saved for the next instance's downtime report
+    /// (the sd_notify status follows the published snapshot).
     pub(super) async fn refresh_status(&mut self) {
         let reply = self.kernel.stats();
         if let Ok(k) = self.kernel_reply(reply).await {
-            self.drops = k.drops;
             if let Err(e) = crate::downtime::Snapshot::of(&k).save(&self.snapshot_file) {
                 debug!("saving {}: {e}", self.snapshot_file.display());
             }
         }
-        service::status(&self.summary());
     }
 
     /// At start: what the kernel counted while no instance was reading
@@ -34,7 +34,7 @@ impl Daemon {
         let Ok(k) = self.kernel_reply(reply).await else {
             return;
         };
-        self.drops = k.drops;
+        self.publish(Some(k.clone()));
         let adopted = self.kernel.adoption.maps.contains(&"stats");
         // Fresh counters count only this start's drops: the next warning
         // reports them. Adopted ones are reported below, up to now.
@@ -53,15 +53,12 @@ impl Daemon {
         }
     }
 
-    /// Gauges and kernel-side counters, refreshed every second. The
-    /// kernel counters come from the pinned stats map, so they continue
-    /// across restarts.
+    /// The snapshot, the drop warning and the DNS gauges, refreshed every
+    /// second.
     pub(super) async fn update_metrics(&mut self) {
         let reply = self.kernel.stats();
-        let mut kernel_events = None;
-        if let Ok(k) = self.kernel_reply(reply).await {
-            self.drops = k.drops;
-            kernel_events = Some(k.events);
+        let kernel = self.kernel_reply(reply).await.ok();
+        if let Some(k) = &kernel {
             if let Some(n) = self.drop_warnings.check(k.drops, Instant::now()) {
                 warn!(
                     dropped = n,
@@ -70,37 +67,8 @@ impl Daemon {
                     k.drops
                 );
             }
-            metrics::counter!("connectracer_kernel_connects_total").absolute(k.connects);
-            metrics::counter!("connectracer_kernel_unwatched_total").absolute(k.unwatched);
-            metrics::counter!("connectracer_events_submitted_total").absolute(k.events);
-            metrics::counter!("connectracer_events_dropped_total").absolute(k.drops);
-            metrics::counter!("connectracer_kernel_denied_total").absolute(k.denied);
-            metrics::counter!("connectracer_kernel_would_deny_total").absolute(k.would_deny);
-            if k.ring_size_bytes > 0 {
-                metrics::gauge!("connectracer_ring_buffer_fill_ratio")
-                    .set(k.ring_pending_bytes as f64 / k.ring_size_bytes as f64);
-            }
         }
-        let (pipe, table, processes) = self.pipeline.stats();
-        self.status.send_if_modified(|s| {
-            let new = connectracer_proto::dbus::Status {
-                mode: self.config.trace.as_str().to_string(),
-                config_epoch: self.epoch,
-                events: kernel_events.unwrap_or(s.events),
-                drops: self.drops,
-                connections: pipe.connections,
-            };
-            let changed = *s != new;
-            *s = new;
-            changed
-        });
-        metrics::counter!("connectracer_events_read_total").absolute(pipe.records);
-        metrics::gauge!("connectracer_connection_table_entries", "state" => "open").set(table.open as f64);
-        metrics::gauge!("connectracer_connection_table_entries", "state" => "closed")
-            .set(table.closed as f64);
-        metrics::gauge!("connectracer_process_cache_entries").set(processes as f64);
-        metrics::counter!("connectracer_config_reloads_total").absolute(self.reload.reloads);
-        metrics::counter!("connectracer_config_reload_failures_total").absolute(self.reload.failures);
+        self.publish(kernel);
         if let Some(dns) = &self.dns {
             for h in dns.status().await {
                 let name = h.name.clone();
@@ -124,6 +92,43 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// What `tracectl stats` shows: the kernel counters given and the
+    /// owner's own, now.
+    pub(super) fn collect_stats(&mut self, kernel: KernelCounters) -> Stats {
+        let (pipe, t, processes) = self.pipeline.stats();
+        Stats {
+            kernel,
+            records: pipe.records,
+            connections: pipe.connections,
+            orphan_state_events: pipe.orphan_state_events,
+            decode_errors: self.kernel.decode_errors(),
+            table_open: t.open as u64,
+            table_closed: t.closed as u64,
+            evicted_open: t.evicted_open,
+            evicted_closed: t.evicted_closed,
+            processes: processes as u64,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            config_epoch: self.epoch,
+            reloads: self.reload.reloads,
+            reload_failures: self.reload.failures,
+            last_reload_error: self.reload.last_error.clone(),
+            trace_mode: self.config.trace.as_str().to_string(),
+            sinks: self.pipeline.sinks().stats(),
+        }
+    }
+
+    /// Publishes the snapshot, with the kernel counters just read or, when
+    /// none could be, those published last.
+    pub(super) fn publish(&mut self, kernel: Option<KernelCounters>) {
+        let kernel = kernel.unwrap_or_else(|| self.snapshot.borrow().stats.kernel.clone());
+        let new = Snapshot {
+            stats: self.collect_stats(kernel),
+            hosts: self.config.hosts.len(),
+            addresses: self.addresses,
+        };
+        self.snapshot.send_replace(new);
     }
 
     /// Saves the per-label counters (every textfile interval and at stop).
@@ -151,13 +156,10 @@ impl Daemon {
         }
     }
 
-    pub(super) fn summary(&self) -> String {
-        service::summary(
-            self.config.trace == crate::config::TraceMode::All,
-            self.config.hosts.len(),
-            self.addresses,
-            self.drops,
-            self.reload.last_error.is_some(),
-        )
+    /// The status line, from a snapshot published now (after a reload, the
+    /// new epoch's).
+    pub(super) fn summary(&mut self) -> String {
+        self.publish(None);
+        self.snapshot.borrow().summary()
     }
 }

@@ -1,16 +1,16 @@
 //! Answers D-Bus calls: identify, authorize, then hand the operation to the
 //! task that owns the state, exactly as the control socket does.
 
-use connectracer_proto::dbus::{Backend, Operation, Peer};
-use connectracer_proto::varlink::CallError;
-use serde_json::{Map, Value};
+use connectracer_proto::api::{Answer, CallError, Operation};
+use connectracer_proto::dbus::{Backend, Peer};
 use tokio::sync::mpsc;
 use zbus::message::Header;
 use zbus::Connection;
 
 use super::polkit;
 use crate::control::authz::ADMIN_GROUP;
-use crate::control::{Caller, Method, Request};
+use crate::control::authz::{admit, Transport};
+use crate::control::{Caller, Request};
 
 #[derive(Debug, Clone)]
 pub struct DaemonBackend {
@@ -33,22 +33,6 @@ pub fn caller(peer: &Peer) -> Caller {
     }
 }
 
-fn method(op: Operation) -> Method {
-    match op {
-        Operation::GetVersion => Method::GetVersion,
-        Operation::GetStats => Method::GetStats,
-        Operation::Who(p) => Method::Who(p),
-        Operation::Ps(p) => Method::Ps(p),
-        Operation::Connections(p) => Method::Connections(p),
-        Operation::Reload => Method::Reload,
-        Operation::AddHost(p) => Method::AddHost(p),
-        Operation::RemoveHost(p) => Method::RemoveHost(p),
-        Operation::Hosts => Method::Hosts,
-        Operation::PolicyShow => Method::PolicyShow,
-        Operation::PolicyCheck(p) => Method::PolicyCheck(p),
-    }
-}
-
 impl Backend for DaemonBackend {
     async fn call(
         &self,
@@ -56,16 +40,13 @@ impl Backend for DaemonBackend {
         header: &Header<'_>,
         peer: &Peer,
         op: Operation,
-    ) -> Result<Map<String, Value>, CallError> {
+    ) -> Result<Answer, CallError> {
         let caller = caller(peer);
-        let method = method(op);
-        // The same rule as on the socket first, so a non-member is told
-        // about the group rather than about polkit.
-        crate::control::authz::authorize(&caller, &method)?;
-        if crate::control::authz::mutates(&method) {
-            polkit::authorize(conn, header, &caller).await?;
-        }
-        crate::control::ask(&self.requests, method, caller).await
+        admit(Transport::Bus, &caller, &op, || {
+            polkit::authorize(conn, header, &caller)
+        })
+        .await?;
+        crate::control::ask(&self.requests, op, caller).await
     }
 }
 

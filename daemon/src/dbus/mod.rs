@@ -8,7 +8,7 @@ mod polkit;
 
 use std::sync::Arc;
 
-use connectracer_proto::dbus::{ConnectionInfo, Status, Tracer, TracerSignals, NAME, PATH};
+use connectracer_proto::dbus::{ConnectionInfo, Tracer, TracerSignals, NAME, PATH};
 use connectracer_proto::{Connection, Verdict};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
@@ -20,6 +20,7 @@ pub use backend::{caller, DaemonBackend};
 
 use crate::control::Request;
 use crate::pipeline::WatchEvent;
+use crate::snapshot::Snapshot;
 
 type Iface = InterfaceRef<Tracer<DaemonBackend>>;
 
@@ -29,7 +30,7 @@ type Iface = InterfaceRef<Tracer<DaemonBackend>>;
 pub fn spawn(
     requests: mpsc::Sender<Request>,
     watchers: broadcast::Sender<Arc<WatchEvent>>,
-    status: tokio::sync::watch::Receiver<Status>,
+    snapshots: tokio::sync::watch::Receiver<Snapshot>,
 ) -> JoinHandle<()> {
     // Subscribed before the (slow) bus handshake so no event is lost.
     let events = watchers.subscribe();
@@ -61,7 +62,7 @@ pub fn spawn(
             }
         };
         info!(name = NAME, path = PATH, "D-Bus: serving on the system bus");
-        tokio::join!(forward_signals(&iface, events), refresh_status(&iface, status));
+        tokio::join!(forward_signals(&iface, events), refresh_status(&iface, snapshots));
         drop(conn);
     })
 }
@@ -117,12 +118,12 @@ async fn forward_signals(iface: &Iface, mut events: broadcast::Receiver<Arc<Watc
     }
 }
 
-/// Keeps the properties current; Mode and ConfigEpoch announce changes.
-/// Follows the status the owner publishes; PropertiesChanged for the
-/// properties that announce their changes.
-async fn refresh_status(iface: &Iface, mut status: tokio::sync::watch::Receiver<Status>) {
-    while status.changed().await.is_ok() {
-        let new = status.borrow_and_update().clone();
+/// Keeps the properties current from the snapshots the owner publishes;
+/// PropertiesChanged for those that announce their changes (Mode,
+/// ConfigEpoch).
+async fn refresh_status(iface: &Iface, mut snapshots: tokio::sync::watch::Receiver<Snapshot>) {
+    while snapshots.changed().await.is_ok() {
+        let new = snapshots.borrow_and_update().status();
         let mut tracer = iface.get_mut().await;
         let old = tracer.status().clone();
         tracer.set_status(new.clone());

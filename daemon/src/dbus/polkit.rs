@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
+use connectracer_proto::api::CallError;
 use connectracer_proto::dbus::{error_reply, MANAGE_ACTION};
-use connectracer_proto::varlink::CallError;
 use zbus::message::{Flags, Header};
 use zbus::Connection;
 use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
@@ -34,12 +34,9 @@ fn absent(e: &zbus::Error) -> bool {
     })
 }
 
+/// Asks polkit for `org.connectracer.manage` on behalf of the message's
+/// sender; whether to ask at all is `authz::admit`'s decision.
 pub async fn authorize(conn: &Connection, header: &Header<'_>, caller: &Caller) -> Result<(), CallError> {
-    // polkit authorizes uid 0 for every action anyway; asking would only
-    // make root depend on polkit running.
-    if caller.uid == 0 {
-        return Ok(());
-    }
     let subject =
         Subject::new_for_message_header(header).map_err(|e| denied(format!("polkit subject: {e}")))?;
     // Prompt only when the client said it can wait for a password dialog.

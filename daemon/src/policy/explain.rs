@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use connectracer_proto::varlink::{
+use connectracer_proto::api::{
     CallError, PolicyCheckParams, PolicyCheckReply, PolicyRuleInfo, PolicyScopeInfo, PolicyShowReply,
 };
 use connectracer_proto::Protocol;

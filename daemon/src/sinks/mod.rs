@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use connectracer_proto::varlink::SinkStats;
+use connectracer_proto::api::SinkStats;
 use tracing::warn;
 
 use crate::config::{LogConfig, SinkConfig, SinkFilter, SinkKind};

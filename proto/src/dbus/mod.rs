@@ -7,28 +7,30 @@
 //! (`GetConnectionCredentials` of the message's sender), and what they may do
 //! is the backend's decision.
 
+mod error;
 mod types;
 
 use std::collections::HashMap;
 use std::future::Future;
 
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use zbus::fdo::DBusProxy;
 use zbus::message::Header;
 use zbus::names::OwnedUniqueName;
 use zbus::object_server::SignalEmitter;
-use zbus::{interface, Connection, DBusError};
+use zbus::{interface, Connection};
 
+pub use error::{error_reply, TracerError};
 pub use types::{
     ConnectionInfo, ConversionError, HostEntry, PolicyDecision, PolicyRuleEntry, PolicyScopeEntry,
     PolicyShowInfo, ProcessInfo, SinkStatsInfo, StatsInfo,
 };
 
-use crate::varlink::{
-    AddHostParams, CallError, ConnectionsParams, ConnectionsReply, HostsReply, PolicyCheckParams,
-    PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams, StatsReply, VersionReply,
-    WhoParams,
+use crate::api::{
+    AddHostParams, Answer, CallError, ConnectionsParams, ConnectionsReply, HostsReply, Operation,
+    PolicyCheckParams, PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams,
+    StatsReply, VersionReply, WhoParams, WrongAnswer,
 };
 use crate::{ConnState, Protocol};
 
@@ -43,107 +45,6 @@ pub const MANAGE_ACTION: &str = "org.connectracer.manage";
 /// served interface by a drift test).
 pub const INTROSPECTION_XML: &str = include_str!("../../../packaging/dbus/org.connectracer.Tracer1.xml");
 
-/// Errors of the interface, by D-Bus error name
-/// (`org.connectracer.Tracer1.Error.<Variant>`); the text says why.
-#[derive(Debug, DBusError)]
-#[zbus(prefix = "org.connectracer.Tracer1.Error")]
-pub enum TracerError {
-    #[zbus(error)]
-    ZBus(zbus::Error),
-    /// The caller may not do this; the message says what it needs.
-    AccessDenied(String),
-    HostNotFound(String),
-    /// `FIELD: REASON`.
-    InvalidArgument(String),
-    /// A reload found errors, one per line; the running configuration stays.
-    ConfigInvalid(String),
-    /// The daemon could not answer (shutting down, kernel thread gone).
-    Unavailable(String),
-}
-
-impl From<CallError> for TracerError {
-    fn from(e: CallError) -> Self {
-        match e {
-            CallError::AccessDenied { reason } => Self::AccessDenied(reason),
-            CallError::HostNotFound { name } => Self::HostNotFound(name),
-            CallError::InvalidArgument { field, reason } => {
-                Self::InvalidArgument(format!("{field}: {reason}"))
-            }
-            CallError::ConfigInvalid { errors } => Self::ConfigInvalid(errors.join("\n")),
-            CallError::InvalidParameter { parameter } => {
-                Self::InvalidArgument(format!("{parameter}: invalid"))
-            }
-            e @ (CallError::MethodNotFound { .. } | CallError::InterfaceNotFound { .. }) => {
-                Self::Unavailable(e.to_string())
-            }
-        }
-    }
-}
-
-impl TracerError {
-    /// Back to the varlink form, so clients print and exit the same way
-    /// whichever transport answered. Bus-level errors stay `Err`.
-    pub fn into_call_error(self) -> Result<CallError, zbus::Error> {
-        Ok(match self {
-            Self::ZBus(e) => return Err(e),
-            Self::AccessDenied(reason) => CallError::AccessDenied { reason },
-            Self::HostNotFound(name) => CallError::HostNotFound { name },
-            Self::InvalidArgument(m) => {
-                let (field, reason) = m.split_once(": ").unwrap_or(("argument", m.as_str()));
-                CallError::InvalidArgument {
-                    field: field.into(),
-                    reason: reason.into(),
-                }
-            }
-            Self::ConfigInvalid(m) => CallError::ConfigInvalid {
-                errors: m.lines().map(String::from).collect(),
-            },
-            Self::Unavailable(reason) => CallError::InvalidArgument {
-                field: "daemon".into(),
-                reason,
-            },
-        })
-    }
-}
-
-/// The D-Bus error name and message of an error reply, whether zbus kept it
-/// as a standard `org.freedesktop.DBus.Error.*` or as another name.
-pub fn error_reply(e: &zbus::Error) -> Option<(String, String)> {
-    match e {
-        zbus::Error::MethodError(name, detail, _) => {
-            Some((name.to_string(), detail.clone().unwrap_or_default()))
-        }
-        zbus::Error::FDO(fdo) => Some((
-            fdo.name().to_string(),
-            fdo.description().unwrap_or_default().to_string(),
-        )),
-        _ => None,
-    }
-}
-
-/// An operation of the varlink interface, as the D-Bus methods ask for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Operation {
-    GetVersion,
-    GetStats,
-    Who(WhoParams),
-    Ps(PsParams),
-    Connections(ConnectionsParams),
-    Reload,
-    AddHost(AddHostParams),
-    RemoveHost(RemoveHostParams),
-    Hosts,
-    PolicyShow,
-    PolicyCheck(PolicyCheckParams),
-}
-
-impl Operation {
-    /// Changes the daemon's configuration (the rest only read).
-    pub fn mutates(&self) -> bool {
-        matches!(self, Self::Reload | Self::AddHost(_) | Self::RemoveHost(_))
-    }
-}
-
 /// The caller of a D-Bus method, as the bus daemon reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -156,7 +57,7 @@ pub struct Peer {
 
 /// What answers the interface's operations: the daemon authorizes `peer`
 /// (the header is there for polkit's system-bus-name subject) and returns
-/// the same parameters as the varlink reply.
+/// the same typed answer as on the control socket.
 pub trait Backend: Send + Sync + 'static {
     fn call(
         &self,
@@ -164,7 +65,7 @@ pub trait Backend: Send + Sync + 'static {
         header: &Header<'_>,
         peer: &Peer,
         op: Operation,
-    ) -> impl Future<Output = Result<Map<String, Value>, CallError>> + Send;
+    ) -> impl Future<Output = Result<Answer, CallError>> + Send;
 }
 
 /// Values behind the properties; the daemon refreshes them.
@@ -216,9 +117,9 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> TracerError {
     TracerError::InvalidArgument(format!("{field}: {reason}"))
 }
 
-fn decode<T: DeserializeOwned>(params: Map<String, Value>) -> Result<T, TracerError> {
-    serde_json::from_value(Value::Object(params))
-        .map_err(|e| TracerError::Unavailable(format!("the daemon's answer did not decode: {e}")))
+/// The answer as the reply type the operation has.
+fn typed<T: TryFrom<Answer, Error = WrongAnswer>>(answer: Answer) -> Result<T, TracerError> {
+    T::try_from(answer).map_err(|e| TracerError::Unavailable(e.to_string()))
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -287,7 +188,7 @@ impl<B: Backend> Tracer<B> {
         conn: &Connection,
         header: &Header<'_>,
         op: Operation,
-    ) -> Result<Map<String, Value>, TracerError> {
+    ) -> Result<Answer, TracerError> {
         let peer = self.peer(conn, header).await?;
         Ok(self.backend.call(conn, header, &peer, op).await?)
     }
@@ -298,7 +199,7 @@ impl<B: Backend> Tracer<B> {
         header: &Header<'_>,
         op: Operation,
     ) -> Result<Vec<ConnectionInfo>, TracerError> {
-        let r: ConnectionsReply = decode(self.run(conn, header, op).await?)?;
+        let r: ConnectionsReply = typed(self.run(conn, header, op).await?)?;
         Ok(r.connections.iter().map(ConnectionInfo::from).collect())
     }
 
@@ -308,7 +209,7 @@ impl<B: Backend> Tracer<B> {
         header: &Header<'_>,
         op: Operation,
     ) -> Result<(u32, Vec<String>), TracerError> {
-        let r: ReloadReply = decode(self.run(conn, header, op).await?)?;
+        let r: ReloadReply = typed(self.run(conn, header, op).await?)?;
         Ok((r.epoch, r.needs_restart))
     }
 }
@@ -331,7 +232,7 @@ impl<B: Backend> Tracer<B> {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, String), TracerError> {
-        let r: VersionReply = decode(self.run(conn, &header, Operation::GetVersion).await?)?;
+        let r: VersionReply = typed(self.run(conn, &header, Operation::GetVersion).await?)?;
         Ok((r.version, r.kernel))
     }
 
@@ -342,7 +243,7 @@ impl<B: Backend> Tracer<B> {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(StatsInfo,), TracerError> {
-        let r: StatsReply = decode(self.run(conn, &header, Operation::GetStats).await?)?;
+        let r: StatsReply = typed(self.run(conn, &header, Operation::GetStats).await?)?;
         Ok((StatsInfo::from(&r.stats),))
     }
 
@@ -424,7 +325,7 @@ impl<B: Backend> Tracer<B> {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<HostEntry>, TracerError> {
-        let r: HostsReply = decode(self.run(conn, &header, Operation::Hosts).await?)?;
+        let r: HostsReply = typed(self.run(conn, &header, Operation::Hosts).await?)?;
         Ok(r.hosts.iter().map(HostEntry::from).collect())
     }
 
@@ -484,7 +385,7 @@ impl<B: Backend> Tracer<B> {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<PolicyShowInfo, TracerError> {
-        let r: PolicyShowReply = decode(self.run(conn, &header, Operation::PolicyShow).await?)?;
+        let r: PolicyShowReply = typed(self.run(conn, &header, Operation::PolicyShow).await?)?;
         Ok(PolicyShowInfo::from(&r))
     }
 
@@ -529,7 +430,7 @@ impl<B: Backend> Tracer<B> {
                 ))
             }
         }
-        let r: PolicyCheckReply = decode(self.run(conn, &header, Operation::PolicyCheck(p)).await?)?;
+        let r: PolicyCheckReply = typed(self.run(conn, &header, Operation::PolicyCheck(p)).await?)?;
         Ok(PolicyDecision::from(&r))
     }
 
@@ -599,7 +500,7 @@ impl Backend for Unserved {
         _: &Header<'_>,
         _: &Peer,
         _: Operation,
-    ) -> Result<Map<String, Value>, CallError> {
+    ) -> Result<Answer, CallError> {
         Err(CallError::InvalidArgument {
             field: "daemon".into(),
             reason: "introspection only".into(),
@@ -637,24 +538,6 @@ mod tests {
         assert!(
             INTROSPECTION_XML == xml,
             "{path} is stale: run `UPDATE_XML=1 cargo test -p connectracer-proto introspection`"
-        );
-    }
-
-    #[test]
-    fn errors_keep_their_field_through_the_bus_form() {
-        let e = CallError::InvalidArgument {
-            field: "address".into(),
-            reason: "`x` is not an IP address or ADDRESS:PORT".into(),
-        };
-        let back = TracerError::from(e.clone()).into_call_error().unwrap();
-        assert_eq!(back, e);
-        let e = CallError::ConfigInvalid {
-            errors: vec!["a:1:1: x".into(), "b:2:3: y".into()],
-        };
-        assert_eq!(TracerError::from(e.clone()).into_call_error().unwrap(), e);
-        assert_eq!(
-            zbus::DBusError::name(&TracerError::AccessDenied("r".into())).as_str(),
-            "org.connectracer.Tracer1.Error.AccessDenied"
         );
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use zbus::Type;
 
-use crate::varlink::{
+use crate::api::{
     HostInfo, KernelCounters, PolicyCheckReply, PolicyRuleInfo, PolicyScopeInfo, PolicyShowReply, SinkStats,
     Stats,
 };
@@ -79,7 +79,7 @@ pub struct ConnectionInfo {
     pub process: ProcessInfo,
 }
 
-/// One watched host (`varlink::HostInfo`).
+/// One watched host (`api::HostInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct HostEntry {
     pub id: u32,
@@ -94,7 +94,7 @@ pub struct HostEntry {
     pub last_error: Vec<String>,
 }
 
-/// A policy scope (`varlink::PolicyScopeInfo`).
+/// A policy scope (`api::PolicyScopeInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct PolicyScopeEntry {
     pub id: u32,
@@ -104,7 +104,7 @@ pub struct PolicyScopeEntry {
     pub block_ipv6: bool,
 }
 
-/// A policy rule (`varlink::PolicyRuleInfo`).
+/// A policy rule (`api::PolicyRuleInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct PolicyRuleEntry {
     pub id: u32,
@@ -117,7 +117,7 @@ pub struct PolicyRuleEntry {
     pub origin: String,
 }
 
-/// The merged policy (`varlink::PolicyShowReply`).
+/// The merged policy (`api::PolicyShowReply`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct PolicyShowInfo {
     pub active: bool,
@@ -128,7 +128,7 @@ pub struct PolicyShowInfo {
     pub rules: Vec<PolicyRuleEntry>,
 }
 
-/// A policy decision (`varlink::PolicyCheckReply`).
+/// A policy decision (`api::PolicyCheckReply`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct PolicyDecision {
     pub verdict: String,
@@ -241,7 +241,7 @@ impl TryFrom<PolicyDecision> for PolicyCheckReply {
     }
 }
 
-/// The daemon's counters (`varlink::Stats`).
+/// The daemon's counters (`api::Stats`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
 pub struct StatsInfo {
     pub kernel: KernelCounters,
@@ -263,7 +263,7 @@ pub struct StatsInfo {
     pub sinks: Vec<SinkStatsInfo>,
 }
 
-/// One event sink's counters (`varlink::SinkStats`).
+/// One event sink's counters (`api::SinkStats`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
 pub struct SinkStatsInfo {
     pub name: String,
@@ -525,6 +525,8 @@ mod tests {
             config_epoch: 3,
             host: Some("api.test".into()),
             label: None,
+            dns_name: Some("cdn.test".into()),
+            dns_source: Some(crate::NameSource::Process),
             started: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
             duration_ns: Some(0),
             bytes_sent,
@@ -579,6 +581,6 @@ mod tests {
         );
         assert!(ConnectionInfo::SIGNATURE
             .to_string()
-            .starts_with("(ttssassausasauuasasta"));
+            .starts_with("(ttssassausasauuasasasasta"));
     }
 }

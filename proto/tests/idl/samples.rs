@@ -1,0 +1,276 @@
+//! Values of every wire type: `full` with every optional value given and
+//! every list non-empty, `min` with nothing optional, so that the checker
+//! sees each field both ways.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use connectracer_proto::api::*;
+use connectracer_proto::{ConnState, Connection, FailReason, Process, Protocol, Verdict};
+use serde::Serialize;
+use serde_json::Value;
+
+fn json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap()
+}
+
+fn process(full: bool) -> Process {
+    let s = |v: &str| full.then(|| v.to_string());
+    Process {
+        pid: 1,
+        tid: 2,
+        ppid: full.then_some(1),
+        uid: 1000,
+        user: s("u"),
+        comm: "curl".into(),
+        exe: s("/usr/bin/curl"),
+        argv: vec!["curl".into()],
+        cgroup_id: 5,
+        cgroup: s("/a"),
+        unit: s("a.service"),
+        user_unit: s("b.service"),
+        slice: s("system.slice"),
+        container_runtime: s("docker"),
+        container_id: s("c"),
+        pod_uid: s("p"),
+    }
+}
+
+fn connection(full: bool) -> Connection {
+    Connection {
+        id: 7,
+        cookie: 99,
+        protocol: Protocol::Udp,
+        state: ConnState::Failed,
+        fail_reason: full.then_some(FailReason::TimedOut),
+        verdict: Verdict::WouldDeny,
+        policy_rule: full.then_some(3),
+        dst: "[2001:db8::1]:443".parse().unwrap(),
+        src: full.then(|| "10.0.0.1:5000".parse().unwrap()),
+        host_id: full.then_some(0),
+        config_epoch: 3,
+        host: full.then(|| "api.test".into()),
+        label: full.then(|| "l".into()),
+        dns_name: full.then(|| "cdn.test".into()),
+        dns_source: full.then_some(connectracer_proto::NameSource::Cgroup),
+        started: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+        duration_ns: full.then_some(1),
+        bytes_sent: full.then_some(2),
+        bytes_received: full.then_some(3),
+        process: Arc::new(process(full)),
+    }
+}
+
+fn stats(full: bool) -> StatsReply {
+    let sink = SinkStats {
+        name: "file".into(),
+        kind: "file".into(),
+        last_error: Some("disk full".into()),
+        ..Default::default()
+    };
+    StatsReply {
+        stats: Stats {
+            kernel: KernelCounters {
+                drops_per_cpu: vec![0, 1],
+                ..Default::default()
+            },
+            uptime_seconds: 1.5,
+            last_reload_error: full.then(|| "bad".into()),
+            trace_mode: "all".into(),
+            sinks: if full {
+                vec![sink, SinkStats::default()]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        },
+    }
+}
+
+fn host(full: bool) -> HostInfo {
+    HostInfo {
+        id: 0,
+        name: "api.test".into(),
+        kind: "hostname".into(),
+        ports: vec!["443".into()],
+        label: full.then(|| "l".into()),
+        source: "/etc/connectracer/connectracer.toml".into(),
+        addresses: vec!["10.0.0.1".into()],
+        ttl_seconds: full.then_some(60),
+        consecutive_failures: full.then_some(0),
+        last_error: full.then(|| "timeout".into()),
+    }
+}
+
+fn policy(full: bool) -> PolicyShowReply {
+    PolicyShowReply {
+        active: true,
+        mode: "audit".into(),
+        default: "allow".into(),
+        exceptions: vec!["127.0.0.0/8 (loopback)".into()],
+        scopes: vec![PolicyScopeInfo {
+            id: 1,
+            selector: "unit backup.service".into(),
+            default: full.then(|| "deny".into()),
+            mode: "enforce".into(),
+            block_ipv6: false,
+        }],
+        rules: vec![PolicyRuleInfo {
+            id: 1,
+            action: "deny".into(),
+            dest: vec!["10.0.0.0/8".into()],
+            ports: vec!["22".into()],
+            protocol: full.then_some(Protocol::Tcp),
+            scope: full.then(|| "unit backup.service".into()),
+            addresses: vec!["10.0.0.0/8".into()],
+            origin: "/etc/connectracer/conf.d/a.toml:3".into(),
+        }],
+    }
+}
+
+fn parameters(op: Operation) -> Value {
+    let v = json(&op);
+    v.get("parameters")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}))
+}
+
+/// A method's parameters, given in full and left out where they may be.
+pub fn inputs(method: &str) -> Vec<Value> {
+    let s = |v: &str| Some(v.to_string());
+    let full = match method {
+        "Who" => vec![
+            Operation::Who(WhoParams {
+                address: s("10.0.0.1"),
+                port: Some(443),
+                local_port: Some(5000),
+                limit: Some(10),
+            }),
+            Operation::Who(WhoParams::default()),
+        ],
+        "Ps" => vec![
+            Operation::Ps(PsParams {
+                pid: 1,
+                limit: Some(5),
+            }),
+            Operation::Ps(PsParams { pid: 1, limit: None }),
+        ],
+        "Connections" => vec![
+            Operation::Connections(ConnectionsParams {
+                state: Some(ConnState::Established),
+                protocol: Some(Protocol::Tcp),
+                limit: Some(3),
+            }),
+            Operation::Connections(ConnectionsParams::default()),
+        ],
+        "AddHost" => vec![
+            Operation::AddHost(AddHostParams {
+                name: "api.test".into(),
+                ports: vec!["443".into()],
+                label: s("l"),
+                runtime: true,
+            }),
+            Operation::AddHost(AddHostParams {
+                name: "api.test".into(),
+                ..Default::default()
+            }),
+        ],
+        "RemoveHost" => vec![Operation::RemoveHost(RemoveHostParams { name: "x".into() })],
+        "PolicyCheck" => vec![
+            Operation::PolicyCheck(PolicyCheckParams {
+                unit: s("a.service"),
+                pid: Some(1),
+                uid: Some(0),
+                cgroup: s("/a"),
+                exe: s("/bin/sh"),
+                address: "10.0.0.1".into(),
+                port: 22,
+                protocol: Some(Protocol::Udp),
+            }),
+            Operation::PolicyCheck(PolicyCheckParams {
+                address: "10.0.0.1".into(),
+                port: 22,
+                ..Default::default()
+            }),
+        ],
+        "Watch" => vec![
+            Operation::Watch(WatchParams {
+                pid: Some(1),
+                host: s("api.test"),
+            }),
+            Operation::Watch(WatchParams::default()),
+        ],
+        _ => {
+            let op = Operation::every().into_iter().find(|o| o.name() == method);
+            op.into_iter().collect()
+        }
+    };
+    full.into_iter().map(parameters).collect()
+}
+
+/// Each reply a method can give, in full and minimal.
+pub fn outputs(method: &str) -> Vec<Value> {
+    let reload = |full: bool| ReloadReply {
+        epoch: 2,
+        needs_restart: if full {
+            vec!["bpf.ring_buffer_size".into()]
+        } else {
+            vec![]
+        },
+    };
+    let both = |f: &dyn Fn(bool) -> Value| vec![f(true), f(false)];
+    match method {
+        "GetVersion" => vec![json(&VersionReply {
+            version: "0.1.0".into(),
+            kernel: "6.1".into(),
+        })],
+        "GetStats" => both(&|f| json(&stats(f))),
+        "Who" | "Ps" | "Connections" => both(&|f| {
+            json(&ConnectionsReply {
+                connections: vec![connection(f)],
+            })
+        }),
+        "Reload" | "AddHost" | "RemoveHost" => both(&|f| json(&reload(f))),
+        "Hosts" => both(&|f| json(&HostsReply { hosts: vec![host(f)] })),
+        "PolicyShow" => both(&|f| json(&policy(f))),
+        "PolicyCheck" => both(&|f| {
+            json(&PolicyCheckReply {
+                verdict: Verdict::Deny,
+                rule: f.then_some(1),
+                scope: "global".into(),
+                reason: "rule 1".into(),
+                subject: "uid 0".into(),
+            })
+        }),
+        "Watch" => vec![
+            json(&WatchReply::Event {
+                event: "connect".into(),
+                connection: Box::new(connection(true)),
+            }),
+            json(&WatchReply::Missed { missed: 3 }),
+        ],
+        _ => vec![],
+    }
+}
+
+/// One of each error.
+pub fn errors() -> Vec<CallError> {
+    vec![
+        CallError::AccessDenied { reason: "r".into() },
+        CallError::HostNotFound { name: "h".into() },
+        CallError::ConfigInvalid {
+            errors: vec!["a:1:1: x".into()],
+        },
+        CallError::InvalidArgument {
+            field: "f".into(),
+            reason: "r".into(),
+        },
+        CallError::MethodNotFound { method: "m".into() },
+        CallError::InterfaceNotFound {
+            interface: "i".into(),
+        },
+        CallError::InvalidParameter {
+            parameter: "p".into(),
+        },
+    ]
+}
