@@ -253,7 +253,7 @@ struct ct_dgram_key {
  * it, into the same ring as the connect that may follow: userspace always
  * has the answer before the connect that used it.
  */
-#define CT_DNS_LEN 1536		/* payload bytes kept: more than a 1232-byte EDNS answer */
+#define CT_DNS_LEN 2048		/* payload bytes kept (a power of two): more than a 1232-byte EDNS answer */
 #define CT_DNS_PORTS 4		/* resolver ports followed (53 and configured ones) */
 #define CT_DNS_PENDING 4	/* queries in flight per socket (A and AAAA, retries) */
 

@@ -176,6 +176,8 @@ int ct_dns_ingress(struct __sk_buff *skb)
 	len = p.payload_len;
 	if (len > CT_DNS_LEN)
 		len = CT_DNS_LEN;
+	if (len < DNS_HDR_LEN)
+		return 1;
 	e = reserve(sizeof(*e));
 	if (!e)
 		return 1;
@@ -188,7 +190,13 @@ int ct_dns_ingress(struct __sk_buff *skb)
 	e->rport = p.sport;
 	e->pad = 0;
 	__builtin_memcpy(e->raddr, p.saddr, 16);
-	if (len < DNS_HDR_LEN || bpf_skb_load_bytes(skb, p.payload_off, e->payload, len)) {
+	/*
+	 * A range the verifier tracks on the register passed: clang folds the
+	 * checks above into one unsigned compare of a copy. For len in
+	 * [12, CT_DNS_LEN], CT_DNS_LEN a power of two, this is len itself.
+	 */
+	len = ((len - 1) & (CT_DNS_LEN - 1)) + 1;
+	if (bpf_skb_load_bytes(skb, p.payload_off, e->payload, len)) {
 		bpf_ringbuf_discard(e, 0);
 		return 1;
 	}

@@ -8,6 +8,12 @@
 //!                                      (rst: close with SO_LINGER 0, leaving no TIME_WAIT)
 //! ct-probe hold ADDR SECONDS           connect, print the local address, keep it open
 //! ct-probe alternate A B N             N rounds of one connect to A then one to B
+//! ct-probe resolve RESOLVER NAME PORT [FORGED_IP]
+//!                                      look NAME up over UDP with a query built here
+//!                                      (no libc resolver), connect to its first A
+//!                                      address on PORT; with FORGED_IP, first have
+//!                                      another local socket send this one a fake
+//!                                      answer (NAME -> FORGED_IP), then connect there
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -102,6 +108,75 @@ fn hold(dst: SocketAddr, secs: u64) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({ "held": secs }))
 }
 
+mod dns {
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    fn query(id: u16, name: &str) -> anyhow::Result<Message> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+        Ok(m)
+    }
+
+    /// The first A address of the answer to `id` read from `s`, skipping
+    /// anything else that arrives.
+    fn first_a(s: &UdpSocket, id: u16) -> anyhow::Result<Option<Ipv4Addr>> {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.recv(&mut buf)?;
+            let Ok(m) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            if m.metadata.id != id || m.metadata.message_type != MessageType::Response {
+                continue;
+            }
+            return Ok(m.answers.iter().find_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            }));
+        }
+    }
+
+    /// Resolves `name` at `resolver`; with `forged`, a second local socket
+    /// first sends a fake answer to the querying socket, which is read and
+    /// used instead.
+    pub fn resolve(resolver: SocketAddr, name: &str, forged: Option<Ipv4Addr>) -> anyhow::Result<Ipv4Addr> {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        let id = (std::process::id() & 0xffff) as u16;
+        s.send_to(&query(id, name)?.to_vec()?, resolver)?;
+        if let Some(ip) = forged {
+            let mut fake = query(id, name)?;
+            fake.metadata.message_type = MessageType::Response;
+            fake.add_answer(Record::from_rdata(Name::from_ascii(name)?, 300, RData::A(A(ip))));
+            let forger = UdpSocket::bind("127.0.0.1:0")?;
+            forger.send_to(&fake.to_vec()?, s.local_addr()?)?;
+            // Both answers reach this socket, in either order.
+            first_a(&s, id)?;
+            first_a(&s, id)?;
+            return Ok(ip);
+        }
+        first_a(&s, id)?.ok_or_else(|| anyhow::anyhow!("{name}: no A record"))
+    }
+}
+
+fn resolve_connect(
+    resolver: SocketAddr,
+    name: &str,
+    port: u16,
+    forged: Option<&String>,
+) -> anyhow::Result<serde_json::Value> {
+    let forged = forged.map(|f| f.parse()).transpose()?;
+    let ip = dns::resolve(resolver, name, forged)?;
+    let dst = SocketAddr::from((ip, port));
+    let r = TcpStream::connect(dst);
+    Ok(serde_json::json!({ "pid": std::process::id(), "dst": dst.to_string(), "ok": r.is_ok() }))
+}
+
 fn run(args: &[String]) -> anyhow::Result<serde_json::Value> {
     let addrs = |v: &[String]| v.iter().map(|s| addr(s)).collect::<anyhow::Result<Vec<_>>>();
     match args {
@@ -119,7 +194,10 @@ fn run(args: &[String]) -> anyhow::Result<serde_json::Value> {
             }
             Ok(serde_json::json!({ "pid": std::process::id(), "rounds": n }))
         }
-        _ => bail!("usage: ct-probe tcp|connect|udp|flood|hold|alternate ... (see the source)"),
+        [cmd, resolver, name, port, forged @ ..] if cmd == "resolve" && forged.len() <= 1 => {
+            resolve_connect(addr(resolver)?, name, port.parse()?, forged.first())
+        }
+        _ => bail!("usage: ct-probe tcp|connect|udp|flood|hold|alternate|resolve ... (see the source)"),
     }
 }
 

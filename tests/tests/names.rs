@@ -1,0 +1,104 @@
+//! DNS correlation against a real resolver (dnsmasq on loopback): each
+//! connection carries the name its own process looked up, from the answer
+//! the kernel copied for the querying socket.
+
+use std::time::Duration;
+
+use connectracer_tests::{probe, tcp_server, Daemon, Dnsmasq, TestCgroup};
+use serde_json::Value;
+
+fn config(dns: &Dnsmasq, grace: &str) -> String {
+    format!(
+        "trace = \"all\"\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\ngrace = \"{grace}\"\n",
+        dns.port
+    )
+}
+
+/// The connect event of `pid`'s connection, once logged.
+fn connect_of(d: &mut Daemon, pid: u64) -> Value {
+    d.wait_for(Duration::from_secs(5), |s| {
+        s.iter()
+            .any(|e| e["event"] == "connect" && e["process"]["pid"] == pid)
+    })
+    .unwrap_or_else(|e| panic!("no connect of pid {pid}: {e}"));
+    d.events("connect", Some(pid)).next().cloned().unwrap()
+}
+
+fn resolve(cg: &TestCgroup, dns: &Dnsmasq, name: &str, port: u16, forged: Option<&str>) -> u64 {
+    let resolver = format!("127.0.0.1:{}", dns.port);
+    let port = port.to_string();
+    let mut args = vec!["resolve", resolver.as_str(), name, port.as_str()];
+    args.extend(forged);
+    let out = probe(cg, &args).unwrap();
+    assert_eq!(out["ok"], true, "{out}");
+    out["pid"].as_u64().unwrap()
+}
+
+#[test]
+fn two_processes_resolving_one_address_each_get_their_own_name() {
+    let dns = Dnsmasq::start("127.0.0.9 one.test\n127.0.0.9 two.test\n", 60);
+    let server = tcp_server("127.0.0.9:0", 0, 0);
+    let cg = TestCgroup::new("names");
+    let mut d = Daemon::start(&cg, &config(&dns, "5s")).unwrap();
+
+    let a = resolve(&cg, &dns, "one.test", server.port(), None);
+    let b = resolve(&cg, &dns, "Two.Test", server.port(), None);
+    for (pid, name) in [(a, "one.test"), (b, "two.test")] {
+        let e = connect_of(&mut d, pid);
+        assert_eq!(e["dst"], server.to_string());
+        assert_eq!(
+            (&e["dns_name"], &e["dns_source"]),
+            (&name.into(), &"process".into()),
+            "{e}"
+        );
+    }
+    // Through the control socket too.
+    let (rc, out, err) = d.tracectl(&["--json", "connections"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<(u64, &str)> = v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| Some((c["process"]["pid"].as_u64()?, c["dns_name"].as_str()?)))
+        .collect();
+    assert!(
+        names.contains(&(a, "one.test")) && names.contains(&(b, "two.test")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_forged_answer_from_another_port_names_nothing() {
+    let dns = Dnsmasq::start("127.0.0.9 real.test\n", 60);
+    let server = tcp_server("127.0.0.77:0", 0, 0);
+    let cg = TestCgroup::new("forged");
+    let mut d = Daemon::start(&cg, &config(&dns, "5s")).unwrap();
+    let pid = resolve(&cg, &dns, "real.test", server.port(), Some("127.0.0.77"));
+    let e = connect_of(&mut d, pid);
+    assert_eq!(e["dst"], server.to_string());
+    assert!(e.get("dns_name").is_none(), "a forged answer named it: {e}");
+}
+
+#[test]
+fn names_expire_with_the_ttl_and_grace() {
+    let dns = Dnsmasq::start("127.0.0.9 short.test\n", 1);
+    let server = tcp_server("127.0.0.9:0", 0, 0);
+    let cg = TestCgroup::new("ttl");
+    let mut d = Daemon::start(&cg, &config(&dns, "1s")).unwrap();
+    let pid = resolve(&cg, &dns, "short.test", server.port(), None);
+    assert_eq!(connect_of(&mut d, pid)["dns_name"], "short.test");
+    // Another process, no lookup of its own: the host-wide answer names it
+    // while it lives, nothing once TTL (1 s) + grace (1 s) are over.
+    let dst = server.to_string();
+    let other = probe(&cg, &["connect", &dst]).unwrap()["pid"].as_u64().unwrap();
+    let e = connect_of(&mut d, other);
+    assert_eq!(
+        (&e["dns_name"], &e["dns_source"]),
+        (&"short.test".into(), &"cgroup".into()),
+        "{e}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let late = probe(&cg, &["connect", &dst]).unwrap()["pid"].as_u64().unwrap();
+    assert!(connect_of(&mut d, late).get("dns_name").is_none());
+}
