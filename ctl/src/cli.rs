@@ -82,6 +82,10 @@ pub enum Command {
         /// Only this protocol.
         #[arg(long, value_enum)]
         protocol: Option<ProtocolArg>,
+        /// Only connections whose resolved name (what the process looked
+        /// up) or watched host matches this glob, e.g. `*.example.com`.
+        #[arg(long, value_name = "GLOB")]
+        name: Option<String>,
         /// At most this many (the daemon caps answers at 100000).
         #[arg(long, default_value_t = 1000)]
         limit: u32,

@@ -15,6 +15,7 @@ use crate::transport::Transport;
 pub fn connections_params(
     state: Option<StateArg>,
     protocol: Option<ProtocolArg>,
+    name: Option<String>,
     limit: u32,
 ) -> ConnectionsParams {
     ConnectionsParams {
@@ -28,6 +29,7 @@ pub fn connections_params(
             ProtocolArg::Tcp => Protocol::Tcp,
             ProtocolArg::Udp => Protocol::Udp,
         }),
+        name,
         limit: Some(limit),
     }
 }

@@ -78,9 +78,11 @@ fn run(args: &Args) -> Result<(), ClientError> {
         Command::Connections {
             state,
             protocol,
+            name,
             limit,
         } => {
-            let r = c.connections(&commands::connections_params(*state, *protocol, *limit))?;
+            let params = commands::connections_params(*state, *protocol, name.clone(), *limit);
+            let r = c.connections(&params)?;
             print(args.json, &r, list);
         }
         Command::Stats => {

@@ -83,7 +83,7 @@ fn who_ps_and_connections_find_an_open_connection() {
     assert_eq!(code, 1);
     assert_eq!(
         err,
-        "tracectl: invalid address: `not-watched.example` is not an IP address or a hostname connectracerd follows (add it with `tracectl add-host not-watched.example`)\n"
+        "tracectl: invalid address: `not-watched.example` is not an IP address, a hostname connectracerd follows, or a name a traced connection resolved (add it with `tracectl add-host not-watched.example`)\n"
     );
     child.kill().unwrap();
     child.wait().unwrap();

@@ -79,15 +79,21 @@ pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams, resolved: &Resolve
                     let Some((name, port)) = parse_hostname(addr) else {
                         return Err(e);
                     };
-                    let Some(ips) = resolved.get(&name) else {
-                        return Err(invalid(
-                            "address",
-                            format!(
-                                "`{name}` is not an IP address or a hostname connectracerd follows (add it with `tracectl add-host {name}`)"
-                            ),
-                        ));
+                    let named = |c: &Connection| c.dns_name.as_deref() == Some(name.as_str());
+                    let ips: Vec<IpAddr> = match resolved.get(&name) {
+                        Some(ips) => ips.iter().copied().collect(),
+                        // A name only some process resolved: its connections.
+                        None if table.iter().any(named) => Vec::new(),
+                        None => {
+                            return Err(invalid(
+                                "address",
+                                format!(
+                                    "`{name}` is not an IP address, a hostname connectracerd follows, or a name a traced connection resolved (add it with `tracectl add-host {name}`)"
+                                ),
+                            ))
+                        }
                     };
-                    (ips.iter().copied().collect(), port, Some(name))
+                    (ips, port, Some(name))
                 }
             };
             if p.port.is_some() && port_in_address.is_some() {
@@ -104,7 +110,8 @@ pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams, resolved: &Resolve
                 table.by_destination(ip, port)
             });
             let by_name = table.iter().filter(|c| {
-                name.as_deref().is_some_and(|n| c.host.as_deref() == Some(n))
+                name.as_deref()
+                    .is_some_and(|n| c.host.as_deref() == Some(n) || c.dns_name.as_deref() == Some(n))
                     && port.is_none_or(|pt| c.dst.port() == pt)
             });
             let conns = by_ip.chain(by_name).filter(|c| seen.insert(c.id));
@@ -140,9 +147,23 @@ pub fn rows(op: &Operation) -> Option<usize> {
 
 pub fn connections(table: &ConnTable, caller: &Caller, p: &ConnectionsParams) -> Rows {
     let limit = connections_limit(p);
-    let conns = table
-        .iter()
-        .filter(|c| p.state.is_none_or(|s| c.state == s) && p.protocol.is_none_or(|pr| c.protocol == pr));
+    let name = p
+        .name
+        .as_deref()
+        .map(|g| glob::Pattern::new(&g.to_ascii_lowercase()))
+        .transpose()
+        .map_err(|e| invalid("name", format!("not a glob: {e}")))?;
+    let named = |c: &Connection| {
+        name.as_ref().is_none_or(|g| {
+            [c.dns_name.as_deref(), c.host.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|n| g.matches(n))
+        })
+    };
+    let conns = table.iter().filter(|c| {
+        p.state.is_none_or(|s| c.state == s) && p.protocol.is_none_or(|pr| c.protocol == pr) && named(c)
+    });
     reply(caller, conns, limit)
 }
 
@@ -189,7 +210,7 @@ mod tests {
         };
         assert_eq!(
             who(&t, &root, &unknown, &names).unwrap_err().to_string(),
-            "invalid address: `other.example.com` is not an IP address or a hostname connectracerd follows (add it with `tracectl add-host other.example.com`)"
+            "invalid address: `other.example.com` is not an IP address, a hostname connectracerd follows, or a name a traced connection resolved (add it with `tracectl add-host other.example.com`)"
         );
     }
 

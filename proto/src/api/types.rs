@@ -33,6 +33,10 @@ pub struct ConnectionsParams {
     pub state: Option<ConnState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// A glob over the name the connecting process resolved (dns_name) or
+    /// the watched host it matched: `*.example.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
 }

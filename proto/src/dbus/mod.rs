@@ -313,6 +313,7 @@ impl<B: Backend> Tracer<B> {
         let p = ConnectionsParams {
             state: parse_filter::<ConnState>("state", state)?,
             protocol: parse_filter::<Protocol>("protocol", protocol)?,
+            name: None,
             limit: (limit != 0).then_some(limit),
         };
         self.list(conn, &header, Operation::Connections(p)).await

@@ -159,6 +159,7 @@ pub fn inputs(method: &str) -> Vec<Value> {
             Operation::Connections(ConnectionsParams {
                 state: Some(ConnState::Established),
                 protocol: Some(Protocol::Tcp),
+                name: Some("*.example.com".into()),
                 limit: Some(3),
             }),
             Operation::Connections(ConnectionsParams::default()),
