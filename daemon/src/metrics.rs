@@ -79,6 +79,7 @@ impl Budget {
 }
 
 const CONNECTIONS: &str = "connectracer_connections_total";
+const NAMED: &str = "connectracer_connections_named_total";
 const DURATION: &str = "connectracer_connection_duration_seconds";
 const SENT: &str = "connectracer_connection_sent_bytes";
 const RECEIVED: &str = "connectracer_connection_received_bytes";
@@ -92,6 +93,10 @@ fn describe() {
 
 /// What connections did, and what the policy said of them.
 fn describe_connections() {
+    describe_counter!(
+        NAMED,
+        "New connections by whose DNS answer named them (process, cgroup, host) or none"
+    );
     describe_counter!(
         "connectracer_connection_outcomes_total",
         "Connections by protocol and outcome, with no label that names a process (served on HTTP)"
@@ -247,6 +252,8 @@ pub struct Metrics {
     budget: Budget,
     /// The per-process counter and the aggregate one, per key.
     counters: HashMap<ConnKey, (metrics::Counter, metrics::Counter)>,
+    /// connections_named_total by source: process, cgroup, host, none.
+    named: [metrics::Counter; 4],
     /// Histogram handles per host label, for closed connections.
     closed: HashMap<Option<String>, ClosedHistograms>,
     /// Whether HTTP serves the per-process families (see metrics_http).
@@ -321,6 +328,7 @@ impl Metrics {
             budget: Budget::new(max_series),
             counters: HashMap::default(),
             closed: HashMap::default(),
+            named: ["process", "cgroup", "host", "none"].map(|s| counter!(NAMED, "source" => s)),
             http_detail: detail,
             labels,
         })
@@ -414,6 +422,18 @@ impl Metrics {
     }
 
     /// The policy refused a connection, or would have in audit mode.
+    /// A new connection, by where its name came from (see answers.rs).
+    pub fn named(&mut self, source: Option<connectracer_proto::NameSource>) {
+        use connectracer_proto::NameSource as S;
+        let i = match source {
+            Some(S::Process) => 0,
+            Some(S::Cgroup) => 1,
+            Some(S::Host) => 2,
+            None => 3,
+        };
+        self.named[i].increment(1);
+    }
+
     pub fn policy_verdict(&mut self, c: &Connection) {
         if c.verdict == connectracer_proto::Verdict::Deny {
             self.connection(c, "denied");

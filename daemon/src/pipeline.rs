@@ -188,6 +188,9 @@ impl Pipeline {
     fn on_new(&mut self, c: &ConnRecord, now: Instant) {
         let process = self.attributor.attribute_shared(c);
         let named = self.answers.name_of(c.pid, c.cgroup_id, c.dst.ip(), now);
+        if let Some(m) = &mut self.metrics {
+            m.named(named.as_ref().map(|n| n.1));
+        }
         let host_id = c.host_id.map(|h| h.get());
         let host = host_id.and_then(|id| self.hosts.get(c.epoch, id));
         let denied = c.verdict == Verdict::Deny;

@@ -114,6 +114,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
             c.bpf.ring_buffer_size,
             c.bpf.wakeup_threshold,
             c.bpf.udp_dedup_entries,
+            c.bpf.dns_answers,
         )
     };
     if loaded(old) != loaded(new) {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use connectracer_tests::{probe, tcp_server, Daemon, Dnsmasq, TestCgroup};
+use connectracer_tests::{free_port, metric, probe, tcp_server, ConfigDir, Daemon, Dnsmasq, TestCgroup};
 use serde_json::Value;
 
 fn config(dns: &Dnsmasq, grace: &str) -> String {
@@ -39,7 +39,15 @@ fn two_processes_resolving_one_address_each_get_their_own_name() {
     let dns = Dnsmasq::start("127.0.0.9 one.test\n127.0.0.9 two.test\n", 60);
     let server = tcp_server("127.0.0.9:0", 0, 0);
     let cg = TestCgroup::new("names");
-    let mut d = Daemon::start(&cg, &config(&dns, "5s")).unwrap();
+    let cfg = ConfigDir::new(&format!("names-{}", std::process::id()), &config(&dns, "5s"));
+    let metrics_port = free_port();
+    cfg.write_dropin(
+        "99-metrics.toml",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    );
+    let socket = std::env::temp_dir().join(format!("connectracer-names-{}.sock", std::process::id()));
+    let pin_dir = format!("/sys/fs/bpf/connectracer-names-{}", std::process::id()).into();
+    let mut d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
 
     let a = resolve(&cg, &dns, "one.test", server.port(), None);
     let b = resolve(&cg, &dns, "Two.Test", server.port(), None);
@@ -101,4 +109,15 @@ fn names_expire_with_the_ttl_and_grace() {
     std::thread::sleep(Duration::from_millis(2500));
     let late = probe(&cg, &["connect", &dst]).unwrap()["pid"].as_u64().unwrap();
     assert!(connect_of(&mut d, late).get("dns_name").is_none());
+}
+
+#[test]
+fn with_dns_answers_off_nothing_is_named() {
+    let dns = Dnsmasq::start("127.0.0.9 off.test\n", 60);
+    let server = tcp_server("127.0.0.9:0", 0, 0);
+    let cg = TestCgroup::new("names-off");
+    let config = format!("{}[bpf]\ndns_answers = false\n", config(&dns, "5s"));
+    let mut d = Daemon::start(&cg, &config).unwrap();
+    let pid = resolve(&cg, &dns, "off.test", server.port(), None);
+    assert!(connect_of(&mut d, pid).get("dns_name").is_none());
 }

@@ -13,6 +13,8 @@ use super::skel::ConnectracerSkel;
 pub struct Target<'a> {
     pub cgroup: &'a std::fs::File,
     pub pin_dir: Option<&'a Path>,
+    /// Whether the DNS answer programs are attached.
+    pub dns_answers: bool,
 }
 
 /// Attaches every program; the links made or adopted go to `links` even
@@ -30,10 +32,26 @@ pub fn attach_all(
         ("sendmsg4", &progs.ct_sendmsg4),
         ("sendmsg6", &progs.ct_sendmsg6),
         ("sock_release", &progs.ct_sock_release),
-        ("dns_egress", &progs.ct_dns_egress),
-        ("dns_ingress", &progs.ct_dns_ingress),
     ] {
         links.push(cgroup_link(name, prog, to, adoption)?);
+    }
+    // Off: not attached at all, so that they cost the packets nothing.
+    if to.dns_answers {
+        for (name, prog) in [
+            ("dns_egress", &progs.ct_dns_egress),
+            ("dns_ingress", &progs.ct_dns_ingress),
+        ] {
+            links.push(cgroup_link(name, prog, to, adoption)?);
+        }
+    } else if let Some(dir) = to.pin_dir {
+        // An earlier instance's pinned links would keep them attached.
+        for name in ["dns_egress", "dns_ingress"] {
+            let p = link_path(dir, name);
+            if let Some(mut old) = p.exists().then(|| Link::open(&p).ok()).flatten() {
+                let _ = old.detach();
+                let _ = old.unpin();
+            }
+        }
     }
     for (name, prog) in [
         ("inet_sock_set_state", &progs.ct_state),

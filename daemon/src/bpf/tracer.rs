@@ -123,6 +123,7 @@ impl Tracer {
         let to = Target {
             cgroup: &tracer.cgroup,
             pin_dir: tracer.pin_dir.as_deref(),
+            dns_answers: !opts.dns_ports.is_empty(),
         };
         if let Err(e) = attach_all(&tracer.skel, &to, &mut tracer.adoption, &mut links) {
             tracer.undo_failed_start(links);

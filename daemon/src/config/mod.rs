@@ -163,6 +163,8 @@ pub struct BpfConfig {
     /// (socket, destination) pairs remembered to report each unconnected
     /// UDP destination once (least recently used forgotten beyond that).
     pub udp_dedup_entries: u32,
+    /// Copy DNS answers to the sockets that asked, to name connections.
+    pub dns_answers: bool,
 }
 
 /// Pending bytes at which the kernel wakes the reader, unless configured:
@@ -237,6 +239,7 @@ impl Default for Config {
                 wakeup_threshold: default_wakeup_threshold(4 << 20),
                 udp_dedup_entries: 65536,
                 keep_pinned_on_stop: false,
+                dns_answers: true,
             },
             metrics: MetricsConfig {
                 listen: DEFAULT_METRICS_LISTEN.parse().ok(),

@@ -135,6 +135,7 @@ pub struct RawBpf {
     pub wakeup_threshold: Option<Spanned<RawSize>>,
     pub udp_dedup_entries: Option<Spanned<i64>>,
     pub keep_pinned_on_stop: Option<Spanned<bool>>,
+    pub dns_answers: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -220,6 +220,9 @@ fn bpf(ctx: &mut Ctx<'_>, b: &RawBpf, m: &mut Merge) {
     if let Some(v) = &b.keep_pinned_on_stop {
         c.keep_pinned_on_stop = *v.get_ref();
     }
+    if let Some(v) = &b.dns_answers {
+        c.dns_answers = *v.get_ref();
+    }
     if let Some(v) = &b.udp_dedup_entries {
         if let Some(n) = int_in(ctx, v, "bpf.udp_dedup_entries", 1, 1 << 24) {
             c.udp_dedup_entries = n as u32;

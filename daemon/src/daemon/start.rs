@@ -40,8 +40,11 @@ pub(super) fn tracer_options(
 }
 
 /// Port 53, then the ports of the configured nameservers: the resolvers
-/// whose answers name connections (see bpf/dns.bpf.h).
+/// whose answers name connections (see bpf/dns.bpf.h); none when off.
 fn dns_ports(config: &Config) -> Vec<u16> {
+    if !config.bpf.dns_answers {
+        return Vec::new();
+    }
     let mut ports = vec![53];
     for ns in &config.dns.nameservers {
         if !ports.contains(&ns.port()) {
