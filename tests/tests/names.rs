@@ -74,6 +74,37 @@ fn two_processes_resolving_one_address_each_get_their_own_name() {
         names.contains(&(a, "one.test")) && names.contains(&(b, "two.test")),
         "{out}"
     );
+    // Any name a process resolved is a destination `who` and `--name` know.
+    let pids = |args: &[&str]| -> Vec<u64> {
+        let (rc, out, err) = d.tracectl(args);
+        assert_eq!(rc, 0, "{args:?}: {err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let mut pids: Vec<u64> = v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["process"]["pid"].as_u64().unwrap())
+            .collect();
+        pids.sort_unstable();
+        pids
+    };
+    assert_eq!(pids(&["--json", "who", "one.test"]), [a]);
+    assert_eq!(
+        pids(&["--json", "who", &format!("two.test:{}", server.port())]),
+        [b]
+    );
+    let mut both = vec![a, b];
+    both.sort_unstable();
+    assert_eq!(pids(&["--json", "connections", "--name", "*.test"]), both);
+    assert!(pids(&["--json", "connections", "--name", "three.*"]).is_empty());
+    let named = |source: &str| {
+        metric(
+            metrics_port,
+            &format!("connectracer_connections_named_total{{source=\"{source}\"}}"),
+        )
+    };
+    assert_eq!(named("process"), Some(2));
+    assert_eq!(named("host"), Some(0));
 }
 
 #[test]
