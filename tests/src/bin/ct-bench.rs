@@ -144,6 +144,11 @@ fn main() -> anyhow::Result<()> {
             strace: false,
         },
         Scenario {
+            name: "trace=all, DNS answers not captured (dns_answers = false)",
+            config: Some(format!("trace = \"all\"\n[bpf]\ndns_answers = false\n{quiet}")),
+            strace: false,
+        },
+        Scenario {
             name: "trace=all, wake per event (wakeup_threshold = 0)",
             config: Some(format!("trace = \"all\"\n[bpf]\nwakeup_threshold = 0\n{quiet}")),
             strace: false,

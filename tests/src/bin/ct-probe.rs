@@ -8,6 +8,7 @@
 //!                                      (rst: close with SO_LINGER 0, leaving no TIME_WAIT)
 //! ct-probe hold ADDR SECONDS           connect, print the local address, keep it open
 //! ct-probe alternate A B N             N rounds of one connect to A then one to B
+//! ct-probe lookups RESOLVER NAME N    N lookups of NAME in a row over one UDP socket
 //! ct-probe resolve RESOLVER NAME PORT [FORGED_IP]
 //!                                      look NAME up over UDP with a query built here
 //!                                      (no libc resolver), connect to its first A
@@ -141,6 +142,21 @@ mod dns {
         }
     }
 
+    /// `n` lookups of `name`, one after another on one socket.
+    pub fn lookups(resolver: SocketAddr, name: &str, n: u32) -> anyhow::Result<u32> {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        let mut answered = 0;
+        for i in 0..n {
+            let id = (i & 0xffff) as u16;
+            s.send_to(&query(id, name)?.to_vec()?, resolver)?;
+            if first_a(&s, id)?.is_some() {
+                answered += 1;
+            }
+        }
+        Ok(answered)
+    }
+
     /// Resolves `name` at `resolver`; with `forged`, a second local socket
     /// first sends a fake answer to the querying socket, which is read and
     /// used instead.
@@ -193,6 +209,13 @@ fn run(args: &[String]) -> anyhow::Result<serde_json::Value> {
                 let _ = TcpStream::connect(b);
             }
             Ok(serde_json::json!({ "pid": std::process::id(), "rounds": n }))
+        }
+        [cmd, resolver, name, n] if cmd == "lookups" => {
+            let t = std::time::Instant::now();
+            let answered = dns::lookups(addr(resolver)?, name, n.parse()?)?;
+            Ok(
+                serde_json::json!({ "pid": std::process::id(), "answered": answered, "secs": t.elapsed().as_secs_f64() }),
+            )
         }
         [cmd, resolver, name, port, forged @ ..] if cmd == "resolve" && forged.len() <= 1 => {
             resolve_connect(addr(resolver)?, name, port.parse()?, forged.first())
