@@ -18,14 +18,20 @@ impl Dnsmasq {
     /// `records`: lines of a hosts file ("127.0.0.5 api.test"); every answer
     /// has a TTL of `ttl` seconds.
     pub fn start(records: &str, ttl: u32) -> Self {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let hosts = std::env::temp_dir().join(format!("connectracer-test-{}-{n}.hosts", std::process::id()));
-        std::fs::write(&hosts, records).expect("hosts file");
         let port = {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("free port");
             s.local_addr().expect("addr").port()
         };
+        Self::start_on("127.0.0.1", port, records, ttl)
+    }
+
+    /// On `addr`:`port`, e.g. port 53 of an otherwise unused loopback
+    /// address for clients that cannot be given a port (libc's resolver).
+    pub fn start_on(addr: &str, port: u16, records: &str, ttl: u32) -> Self {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let hosts = std::env::temp_dir().join(format!("connectracer-test-{}-{n}.hosts", std::process::id()));
+        std::fs::write(&hosts, records).expect("hosts file");
         let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -37,12 +43,8 @@ impl Dnsmasq {
                 "--no-hosts",
                 "--bind-interfaces",
             ])
-            .args([
-                "--listen-address=127.0.0.1",
-                "--user=root",
-                "--pid-file",
-                "--local=/test/",
-            ])
+            .arg(format!("--listen-address={addr}"))
+            .args(["--user=root", "--pid-file", "--local=/test/"])
             .arg(format!("--port={port}"))
             .arg(format!("--addn-hosts={}", hosts.display()))
             .arg(format!("--local-ttl={ttl}"))
@@ -52,7 +54,7 @@ impl Dnsmasq {
             .expect("starting dnsmasq");
         // Ready once it answers on TCP.
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if std::net::TcpStream::connect((addr, port)).is_ok() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -152,3 +152,76 @@ fn with_dns_answers_off_nothing_is_named() {
     let pid = resolve(&cg, &dns, "off.test", server.port(), None);
     assert!(connect_of(&mut d, pid).get("dns_name").is_none());
 }
+
+/// Runs `script` with sh in the test cgroup, in a private mount namespace
+/// whose /etc/resolv.conf names `resolver` (port 53), so that libc's
+/// resolver and dig query the test's dnsmasq.
+fn with_resolver(cg: &TestCgroup, resolver: &str, script: &str) -> String {
+    let conf = std::env::temp_dir().join(format!("connectracer-resolv-{}.conf", std::process::id()));
+    std::fs::write(
+        &conf,
+        format!("nameserver {resolver}\noptions attempts:1 timeout:2\n"),
+    )
+    .unwrap();
+    let full = format!("mount --bind {} /etc/resolv.conf && {script}", conf.display());
+    let out = cg
+        .command(std::path::Path::new("/usr/bin/unshare"))
+        .args(["-m", "--propagation", "private", "sh", "-c", &full])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn libc_getaddrinfo_and_dig_answers_name_connections() {
+    // libc's resolver only speaks to port 53: dnsmasq on port 53 of a
+    // loopback address nothing else uses.
+    let dns = Dnsmasq::start_on("127.0.0.153", 53, "127.0.0.9 libc.test\n127.0.0.9 dig.test\n", 60);
+    let server = tcp_server("127.0.0.9:0", 0, 0);
+    let cg = TestCgroup::new("names-libc");
+    let mut d = Daemon::start(&cg, "trace = \"all\"\n").unwrap();
+    // getaddrinfo (A and AAAA queries in flight together on one socket),
+    // then a connect, in one process.
+    let py = format!(
+        "/usr/bin/python3 -c 'import os, socket; s = socket.create_connection((\"libc.test\", {})); print(os.getpid())'",
+        server.port()
+    );
+    let pid: u64 = with_resolver(&cg, "127.0.0.153", &py).trim().parse().unwrap();
+    // Its first connect is libc's, to the resolver.
+    let dst = server.to_string();
+    d.wait_for(Duration::from_secs(5), |s| {
+        s.iter()
+            .any(|e| e["event"] == "connect" && e["process"]["pid"] == pid && e["dst"] == dst.as_str())
+    })
+    .unwrap();
+    let e = d
+        .events("connect", Some(pid))
+        .find(|e| e["dst"] == dst.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (&e["dns_name"], &e["dns_source"]),
+        (&"libc.test".into(), &"process".into()),
+        "{e}"
+    );
+    // dig only looks up; a later connect from the same cgroup to what it
+    // got is named from the cgroup's answers.
+    let got = with_resolver(&cg, "127.0.0.153", "/usr/bin/dig +short +tries=1 dig.test");
+    assert_eq!(got.trim(), "127.0.0.9");
+    drop(dns);
+    let other = probe(&cg, &["connect", &server.to_string()]).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let e = connect_of(&mut d, other);
+    // The last answer for 127.0.0.9 in this cgroup was dig's.
+    assert_eq!(
+        (&e["dns_name"], &e["dns_source"]),
+        (&"dig.test".into(), &"cgroup".into()),
+        "{e}"
+    );
+}
