@@ -276,7 +276,8 @@ struct ct_dns_query {
 	__u16 port;		/* resolver port, host order; 0: slot free */
 	__u16 txid;		/* as on the wire */
 	__u16 family;
-	__u16 pad;
+	__u8 protocol;		/* IPPROTO_UDP or IPPROTO_TCP */
+	__u8 pad;
 };
 
 /* Per-socket storage of the queries a socket sent and awaits answers to. */

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * DNS answers per socket (included by connectracer.bpf.c). Egress notes
- * each UDP query to a resolver port (resolver, port, transaction id) in the
- * socket's storage; ingress copies an answer into the ring only when it
- * comes from that resolver and port with that id, so a local process
+ * each query (UDP, or TCP in one segment) to a resolver port (resolver,
+ * port, protocol, transaction id) in the socket's storage; ingress copies
+ * an answer into the ring only when it comes from that resolver and port
+ * with that id, so a local process
  * cannot make another socket (or the daemon) believe a name it forged from
  * another port. Both always let the packet through.
  */
@@ -26,13 +27,14 @@ struct {
 
 struct ct_dns_event _ct_dns_event = {};
 
-struct udp_pkt {
+struct dns_pkt {
 	__u16 family;
 	__u16 sport;
 	__u16 dport;
-	__u16 pad;
-	__u32 payload_off;
-	__u32 payload_len;
+	__u8 protocol;
+	__u8 pad;
+	__u32 payload_off;	/* the DNS message (after TCP's 2-byte length) */
+	__u32 payload_len;	/* of the message, as far as this packet holds it */
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
@@ -48,19 +50,25 @@ static __always_inline bool dns_port(__u16 port)
 	return false;
 }
 
-/* The UDP header of an unfragmented IPv4 or IPv6 (no extension headers) datagram. */
-static __always_inline int parse_udp(struct __sk_buff *skb, struct udp_pkt *p)
+/*
+ * The DNS message of an unfragmented IPv4 or IPv6 (no extension headers)
+ * UDP datagram or TCP segment. Over TCP, only a segment that holds one
+ * whole length-prefixed message counts (a query, or an answer on loopback
+ * or a LAN); an answer split across segments is not seen.
+ */
+static __always_inline int parse_dns(struct __sk_buff *skb, struct dns_pkt *p)
 {
-	struct udphdr uh;
-	__u32 off;
+	__u32 off, end = skb->len;
+	__u8 proto;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 
 		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
 			return -1;
-		if (ip.protocol != IPPROTO_UDP || (ip.frag_off & bpf_htons(0x3fff)))
+		if (ip.frag_off & bpf_htons(0x3fff))
 			return -1;
+		proto = ip.protocol;
 		off = ip.ihl * 4;
 		if (off < sizeof(ip))
 			return -1;
@@ -72,8 +80,7 @@ static __always_inline int parse_udp(struct __sk_buff *skb, struct udp_pkt *p)
 
 		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
 			return -1;
-		if (ip6.nexthdr != IPPROTO_UDP)
-			return -1;
+		proto = ip6.nexthdr;
 		off = sizeof(ip6);
 		p->family = AF_INET6;
 		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
@@ -81,12 +88,36 @@ static __always_inline int parse_udp(struct __sk_buff *skb, struct udp_pkt *p)
 	} else {
 		return -1;
 	}
-	if (bpf_skb_load_bytes(skb, off, &uh, sizeof(uh)))
+	p->protocol = proto;
+	if (proto == IPPROTO_UDP) {
+		struct udphdr uh;
+
+		if (bpf_skb_load_bytes(skb, off, &uh, sizeof(uh)))
+			return -1;
+		p->sport = bpf_ntohs(uh.source);
+		p->dport = bpf_ntohs(uh.dest);
+		off += sizeof(uh);
+	} else if (proto == IPPROTO_TCP) {
+		struct tcphdr th;
+		__u16 msg_len;
+
+		if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)))
+			return -1;
+		p->sport = bpf_ntohs(th.source);
+		p->dport = bpf_ntohs(th.dest);
+		if (!dns_port(p->sport) && !dns_port(p->dport))
+			return -1;
+		off += th.doff * 4;
+		if (bpf_skb_load_bytes(skb, off, &msg_len, sizeof(msg_len)))
+			return -1;
+		off += sizeof(msg_len);
+		if (end < off || bpf_ntohs(msg_len) != end - off)
+			return -1;
+	} else {
 		return -1;
-	p->sport = bpf_ntohs(uh.source);
-	p->dport = bpf_ntohs(uh.dest);
-	p->payload_off = off + sizeof(uh);
-	p->payload_len = skb->len > p->payload_off ? skb->len - p->payload_off : 0;
+	}
+	p->payload_off = off;
+	p->payload_len = end > off ? end - off : 0;
 	return 0;
 }
 
@@ -102,12 +133,12 @@ int ct_dns_egress(struct __sk_buff *skb)
 {
 	struct ct_dns_sock *s;
 	struct ct_dns_query *q;
-	struct udp_pkt p = {};
+	struct dns_pkt p = {};
 	struct bpf_sock *sk;
 	__u16 txid;
 	__u32 slot;
 
-	if (!dns_ports[0] || parse_udp(skb, &p) || !dns_port(p.dport) || p.payload_len < DNS_HDR_LEN)
+	if (!dns_ports[0] || parse_dns(skb, &p) || !dns_port(p.dport) || p.payload_len < DNS_HDR_LEN)
 		return 1;
 	sk = skb->sk;
 	if (!sk)
@@ -120,26 +151,33 @@ int ct_dns_egress(struct __sk_buff *skb)
 	s = bpf_sk_storage_get(&dns_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!s)
 		return 1;
-	/* UDP sends run in the sender's context: the querying process. */
-	s->pid = bpf_get_current_pid_tgid() >> 32;
-	s->cgroup_id = bpf_get_current_cgroup_id();
+	/*
+	 * A UDP send, and a TCP socket's first, run in the sender's context;
+	 * a TCP retransmission may run in any task's, which must not rename
+	 * the socket's owner.
+	 */
+	if (!s->pid || p.protocol == IPPROTO_UDP) {
+		s->pid = bpf_get_current_pid_tgid() >> 32;
+		s->cgroup_id = bpf_get_current_cgroup_id();
+	}
 	slot = s->next++ % CT_DNS_PENDING;
 	q = &s->q[slot];
 	__builtin_memcpy(q->addr, p.daddr, 16);
 	q->port = p.dport;
 	q->txid = txid;
 	q->family = p.family;
+	q->protocol = p.protocol;
 	return 1;
 }
 
 /* The pending query this datagram answers, cleared; -1 if none. */
-static __always_inline int take_query(struct ct_dns_sock *s, const struct udp_pkt *p, __u16 txid)
+static __always_inline int take_query(struct ct_dns_sock *s, const struct dns_pkt *p, __u16 txid)
 {
 	for (int i = 0; i < CT_DNS_PENDING; i++) {
 		struct ct_dns_query *q = &s->q[i];
 
 		if (q->port && q->port == p->sport && q->txid == txid && q->family == p->family &&
-		    same_addr(q->addr, p->saddr, p->family)) {
+		    q->protocol == p->protocol && same_addr(q->addr, p->saddr, p->family)) {
 			q->port = 0;
 			return i;
 		}
@@ -152,12 +190,12 @@ int ct_dns_ingress(struct __sk_buff *skb)
 {
 	struct ct_dns_event *e;
 	struct ct_dns_sock *s;
-	struct udp_pkt p = {};
+	struct dns_pkt p = {};
 	struct bpf_sock *sk;
 	__u8 hdr[4];
 	__u32 len;
 
-	if (!dns_ports[0] || parse_udp(skb, &p) || !dns_port(p.sport) || p.payload_len < DNS_HDR_LEN)
+	if (!dns_ports[0] || parse_dns(skb, &p) || !dns_port(p.sport) || p.payload_len < DNS_HDR_LEN)
 		return 1;
 	sk = skb->sk;
 	if (!sk)

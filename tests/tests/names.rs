@@ -181,7 +181,12 @@ fn with_resolver(cg: &TestCgroup, resolver: &str, script: &str) -> String {
 fn libc_getaddrinfo_and_dig_answers_name_connections() {
     // libc's resolver only speaks to port 53: dnsmasq on port 53 of a
     // loopback address nothing else uses.
-    let dns = Dnsmasq::start_on("127.0.0.153", 53, "127.0.0.9 libc.test\n127.0.0.9 dig.test\n", 60);
+    let dns = Dnsmasq::start_on(
+        "127.0.0.153",
+        53,
+        "127.0.0.9 libc.test\n127.0.0.9 dig.test\n127.0.0.10 tcp.test\n",
+        60,
+    );
     let server = tcp_server("127.0.0.9:0", 0, 0);
     let cg = TestCgroup::new("names-libc");
     let mut d = Daemon::start(&cg, "trace = \"all\"\n").unwrap();
@@ -213,6 +218,19 @@ fn libc_getaddrinfo_and_dig_answers_name_connections() {
     // got is named from the cgroup's answers.
     let got = with_resolver(&cg, "127.0.0.153", "/usr/bin/dig +short +tries=1 dig.test");
     assert_eq!(got.trim(), "127.0.0.9");
+    // Over TCP too (one segment each way on loopback).
+    let got = with_resolver(&cg, "127.0.0.153", "/usr/bin/dig +tcp +short +tries=1 tcp.test");
+    assert_eq!(got.trim(), "127.0.0.10");
+    let tcp_server_b = tcp_server("127.0.0.10:0", 0, 0);
+    let third = probe(&cg, &["connect", &tcp_server_b.to_string()]).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let e = connect_of(&mut d, third);
+    assert_eq!(
+        (&e["dns_name"], &e["dns_source"]),
+        (&"tcp.test".into(), &"cgroup".into()),
+        "{e}"
+    );
     drop(dns);
     let other = probe(&cg, &["connect", &server.to_string()]).unwrap()["pid"]
         .as_u64()
