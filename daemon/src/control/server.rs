@@ -255,16 +255,16 @@ impl Client<'_> {
     /// client goes away. A client that falls behind is told how many it missed.
     async fn watch(&self, conn: &mut Conn, filter: &WatchParams) -> zlink::Result<()> {
         use tokio::sync::broadcast::error::RecvError;
+        let matcher = match filter.matcher() {
+            Ok(m) => m,
+            Err(e) => return send_error(conn, &e).await,
+        };
         let mut events = self.watchers.subscribe();
         loop {
             let reply = match events.recv().await {
                 Ok(ev) => {
                     let c = &ev.connection;
-                    let host_ok = filter
-                        .host
-                        .as_ref()
-                        .is_none_or(|h| c.host.as_ref() == Some(h) || c.label.as_ref() == Some(h));
-                    if !self.caller.may_see(c) || filter.pid.is_some_and(|p| p != c.process.pid) || !host_ok {
+                    if !self.caller.may_see(c) || !matcher.matches(ev.kind.as_str(), c) {
                         continue;
                     }
                     WatchReply::Event {
