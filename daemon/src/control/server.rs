@@ -215,12 +215,14 @@ impl Client<'_> {
                 continue;
             }
             let reply = match Method::parse(call.method()) {
-                Ok(Method::Operation(Operation::Watch(filter))) if call.more() => {
-                    // A stream takes over the connection until the client leaves.
-                    return self.watch(conn, &filter).await;
-                }
-                Ok(Method::Operation(Operation::Watch(_))) => Err(super::watch_needs_more()),
-                Ok(Method::Operation(op)) => self.ask(op).await,
+                Ok(Method::Operation(op)) => match *op {
+                    Operation::Watch(filter) if call.more() => {
+                        // A stream takes over the connection until the client leaves.
+                        return self.watch(conn, &filter).await;
+                    }
+                    Operation::Watch(_) => Err(super::watch_needs_more()),
+                    op => self.ask(op).await,
+                },
                 Ok(Method::GetInfo) => info(),
                 Ok(Method::GetInterfaceDescription { interface }) => describe(&interface),
                 Err(e) => Err(e),
