@@ -1,4 +1,5 @@
-//! `tracectl top`: driven in a real terminal (tmux) with keys, and as plain
+//! tracectl in a real terminal (tmux): `top` driven with keys, colour only
+//! where it belongs; and `top` as plain
 //! periodic text when its output is not a terminal.
 
 use std::process::Command;
@@ -132,4 +133,41 @@ fn top_prints_plain_views_when_not_on_a_terminal() {
 
     let (code, _, err) = d.tracectl(&["top", "-n", "0"]);
     assert_eq!(code, 2, "{err}");
+}
+
+/// Colour on a terminal only, and not with NO_COLOR set.
+#[test]
+fn colour_only_on_a_terminal_without_no_color() {
+    let cg = TestCgroup::new("colour");
+    let d = Daemon::start(&cg, "[[host]]\nname = \"127.0.0.1\"\n").unwrap();
+    let tracectl = format!(
+        "{} --socket {}",
+        bin_path("tracectl").display(),
+        d.socket.display()
+    );
+    let tmux = Tmux::new();
+    let command = format!("{tracectl} hosts; NO_COLOR=1 {tracectl} hosts; echo done; sleep 60");
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "132",
+        "-y",
+        "30",
+        &command,
+    ]);
+    tmux.wait_for("done");
+    let screen = tmux.run(&["capture-pane", "-p", "-e", "-t", "top"]);
+    let rows: Vec<&str> = screen.lines().filter(|l| l.starts_with("127.0.0.1")).collect();
+    assert_eq!(rows.len(), 2, "{screen:?}");
+    assert!(
+        rows[0].contains("\x1b[32mok"),
+        "green on a terminal: {:?}",
+        rows[0]
+    );
+    assert!(!rows[1].contains('\x1b'), "NO_COLOR: {:?}", rows[1]);
+    let (_, piped, _) = d.tracectl(&["hosts"]);
+    assert!(!piped.contains('\x1b'), "{piped:?}");
 }

@@ -121,6 +121,10 @@ fn every_command_prints_one_envelope_and_its_text() {
         (code, out.as_str()),
         (0, "no egress policy configured: every connection is allowed\n")
     );
+    let (code, out, _) = d.tracectl(&["policy", "check", "--uid", "0", "--dest", "127.0.0.1:1"]);
+    assert_eq!(code, 0, "allowed: {out}");
+    assert!(out.starts_with("127.0.0.1:1: allow by "), "{out}");
+    assert!(out.lines().nth(1).unwrap().starts_with("  caller: "), "{out}");
     let (code, out, _) = d.tracectl(&["version"]);
     assert_eq!(code, 0);
     let v = env!("CARGO_PKG_VERSION");
