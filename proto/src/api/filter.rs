@@ -225,125 +225,78 @@ mod tests {
         f.matcher().unwrap().matches(&conn())
     }
 
+    /// A filter with one field set.
+    fn with(set: impl FnOnce(&mut Filter)) -> Filter {
+        let mut f = Filter::default();
+        set(&mut f);
+        f
+    }
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
     #[test]
     fn each_field_matches_and_refuses() {
         assert!(matches(Filter::default()));
-        let cases: [(Filter, Filter); 9] = [
+        let cases = [
             (
-                Filter {
-                    unit: Some("*.service".into()),
-                    ..Default::default()
-                },
-                Filter {
-                    unit: Some("web.service".into()),
-                    ..Default::default()
-                },
+                with(|f| f.unit = s("*.service")),
+                with(|f| f.unit = s("web.service")),
             ),
             (
-                Filter {
-                    container: Some("0123".into()),
-                    ..Default::default()
-                },
-                Filter {
-                    container: Some("1234".into()),
-                    ..Default::default()
-                },
+                with(|f| f.container = s("0123")),
+                with(|f| f.container = s("1234")),
+            ),
+            (with(|f| f.comm = s("cu*")), with(|f| f.comm = s("wget"))),
+            (with(|f| f.exe = s("/usr/bin/*")), with(|f| f.exe = s("/bin/*"))),
+            (with(|f| f.user = s("1000")), with(|f| f.user = s("bob"))),
+            (with(|f| f.user = s("alice")), with(|f| f.user = s("1001"))),
+            (
+                with(|f| f.dest = s("10.0.0.0/8")),
+                with(|f| f.dest = s("10.1.2.4")),
+            ),
+            (with(|f| f.port = Some(443)), with(|f| f.port = Some(80))),
+            (
+                with(|f| f.verdict = Some(Verdict::Allow)),
+                with(|f| f.verdict = Some(Verdict::Deny)),
             ),
             (
-                Filter {
-                    comm: Some("cu*".into()),
-                    ..Default::default()
-                },
-                Filter {
-                    comm: Some("wget".into()),
-                    ..Default::default()
-                },
-            ),
-            (
-                Filter {
-                    exe: Some("/usr/bin/*".into()),
-                    ..Default::default()
-                },
-                Filter {
-                    exe: Some("/bin/*".into()),
-                    ..Default::default()
-                },
-            ),
-            (
-                Filter {
-                    user: Some("1000".into()),
-                    ..Default::default()
-                },
-                Filter {
-                    user: Some("bob".into()),
-                    ..Default::default()
-                },
-            ),
-            (
-                Filter {
-                    dest: Some("10.0.0.0/8".into()),
-                    ..Default::default()
-                },
-                Filter {
-                    dest: Some("10.1.2.4".into()),
-                    ..Default::default()
-                },
-            ),
-            (
-                Filter {
-                    port: Some(443),
-                    ..Default::default()
-                },
-                Filter {
-                    port: Some(80),
-                    ..Default::default()
-                },
-            ),
-            (
-                Filter {
-                    verdict: Some(Verdict::Allow),
-                    ..Default::default()
-                },
-                Filter {
-                    verdict: Some(Verdict::Deny),
-                    ..Default::default()
-                },
-            ),
-            (
-                Filter {
-                    name: Some("*.EXAMPLE.com".into()),
-                    ..Default::default()
-                },
-                Filter {
-                    name: Some("*.example.org".into()),
-                    ..Default::default()
-                },
+                with(|f| f.name = s("*.EXAMPLE.com")),
+                with(|f| f.name = s("*.example.org")),
             ),
         ];
         for (yes, no) in cases {
             assert!(matches(yes.clone()), "{yes:?}");
             assert!(!matches(no.clone()), "{no:?}");
         }
-        assert!(matches(Filter {
-            user: Some("alice".into()),
-            ..Default::default()
-        }));
     }
 
     #[test]
     fn bad_values_name_their_field() {
-        let bad = Filter {
-            dest: Some("10.0.0.0/99".into()),
-            ..Default::default()
-        };
+        let bad = with(|f| f.dest = s("10.0.0.0/99"));
         assert_eq!(
             bad.matcher().unwrap_err(),
             invalid("dest", "`10.0.0.0/99` is not an address or CIDR".into())
         );
-        let bad = Filter {
-            comm: Some("[".into()),
+        let bad = with(|f| f.comm = s("["));
+        assert!(matches!(bad.matcher(), Err(CallError::InvalidArgument { field, .. }) if field == "comm"));
+    }
+
+    #[test]
+    fn watch_takes_known_event_kinds_and_matches_them() {
+        let p = super::super::WatchParams {
+            events: vec!["closed".into()],
+            host: s("api"),
             ..Default::default()
         };
-        assert!(matches!(bad.matcher(), Err(CallError::InvalidArgument { field, .. }) if field == "comm"));
+        let m = p.matcher().unwrap();
+        assert!(m.matches("closed", &conn()));
+        assert!(!m.matches("connect", &conn()));
+        let bad = super::super::WatchParams {
+            events: vec!["exploded".into()],
+            ..Default::default()
+        };
+        assert!(matches!(bad.matcher(), Err(CallError::InvalidArgument { field, .. }) if field == "events"));
     }
 }
