@@ -4,7 +4,7 @@
 //! transport.
 
 use connectracer_proto::api::{
-    AddHostParams, CallError, ConnectionsParams, ConnectionsReply, HostsReply, PolicyCheckParams,
+    AddHostParams, CallError, ConnectionsParams, ConnectionsReply, Filter, HostsReply, PolicyCheckParams,
     PolicyCheckReply, PolicyShowReply, ReloadReply, StatsReply, VersionReply, WatchParams, WatchReply,
     WhoParams,
 };
@@ -50,6 +50,14 @@ fn connections(list: Vec<ConnectionInfo>) -> Result<ConnectionsReply, ClientErro
         .collect::<Result<_, _>>()
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     Ok(ConnectionsReply { connections })
+}
+
+/// The bus methods take no filter: it is applied to their answer here
+/// (after the daemon's limit, so a filtered answer may be shorter).
+fn filtered(mut r: ConnectionsReply, f: &Filter) -> Result<ConnectionsReply, ClientError> {
+    let m = f.matcher().map_err(ClientError::Call)?;
+    r.connections.retain(|c| m.matches(c));
+    Ok(r)
 }
 
 fn reload((epoch, needs_restart): (u32, Vec<String>)) -> ReloadReply {
@@ -100,7 +108,7 @@ impl BusClient {
                 }))
             }
         };
-        connections(list.map_err(tracer_error)?)
+        filtered(connections(list.map_err(tracer_error)?)?, &p.filter)
     }
 
     pub fn ps(&self, pid: u32) -> Result<ConnectionsReply, ClientError> {
@@ -114,7 +122,7 @@ impl BusClient {
             .rt
             .block_on(self.proxy.connections(state, protocol, p.limit.unwrap_or(0)))
             .map_err(tracer_error)?;
-        connections(list)
+        filtered(connections(list)?, &p.filter)
     }
 
     pub fn hosts(&self) -> Result<HostsReply, ClientError> {
@@ -184,6 +192,9 @@ impl BusClient {
         filter: &WatchParams,
         mut each: impl FnMut(WatchReply) -> bool,
     ) -> Result<(), ClientError> {
+        // Signals are broadcast: the filter is applied here, by the same
+        // matcher the daemon applies to the control socket's stream.
+        let matcher = filter.matcher().map_err(ClientError::Call)?;
         self.rt.block_on(async {
             let events = self.proxy.receive_connection_event().await.map_err(bus_error)?;
             let denials = self.proxy.receive_denied().await.map_err(bus_error)?;
@@ -199,12 +210,8 @@ impl BusClient {
             while let Some(args) = all.next().await {
                 let (event, info, denial) = args.map_err(bus_error)?;
                 let c = Connection::try_from(info).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                let host_ok = filter
-                    .host
-                    .as_ref()
-                    .is_none_or(|h| c.host.as_ref() == Some(h) || c.label.as_ref() == Some(h));
                 let duplicate = denial && c.host.is_some();
-                if duplicate || !host_ok || filter.pid.is_some_and(|p| p != c.process.pid) {
+                if duplicate || !matcher.matches(&event, &c) {
                     continue;
                 }
                 let reply = WatchReply::Event {

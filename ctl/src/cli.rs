@@ -4,12 +4,21 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use filter::FilterArgs;
+
+use crate::out::Format;
+
 /// Ask connectracerd which process owns a connection, list traced
 /// connections and read the daemon's counters.
 #[derive(Debug, Parser)]
 #[command(name = "tracectl", version, about, long_about = None)]
 pub struct Args {
-    /// Print JSON instead of tables.
+    /// What to print: tables (text, wide: every column), one JSON document
+    /// (json) or one JSON object a line (jsonl).
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+
+    /// Same as `-o json`.
     #[arg(long, global = true)]
     pub json: bool,
 
@@ -65,6 +74,8 @@ pub enum Command {
         /// At most this many, newest first (the daemon caps answers at 100000).
         #[arg(long, default_value_t = 1000)]
         limit: u32,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Open and recently closed connections of a process.
     Ps {
@@ -82,13 +93,11 @@ pub enum Command {
         /// Only this protocol.
         #[arg(long, value_enum)]
         protocol: Option<ProtocolArg>,
-        /// Only connections whose resolved name (what the process looked
-        /// up) or watched host matches this glob, e.g. `*.example.com`.
-        #[arg(long, value_name = "GLOB")]
-        name: Option<String>,
         /// At most this many (the daemon caps answers at 100000).
         #[arg(long, default_value_t = 1000)]
         limit: u32,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Kernel and daemon counters: events, drops, table size.
     Stats,
@@ -134,7 +143,38 @@ pub enum Command {
         /// Only connections to this watched host (its name or label).
         #[arg(long)]
         host: Option<String>,
+        /// Only events of this kind; repeatable.
+        #[arg(long = "event", value_name = "KIND", value_enum)]
+        events: Vec<EventArg>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
+    /// A live view of who connects: rates, open connections, failures
+    /// and denials per unit, container, process or destination.
+    Top(crate::top::TopArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventArg {
+    Connect,
+    Send,
+    Established,
+    Failed,
+    Closed,
+    Denied,
+}
+
+impl EventArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Send => "send",
+            Self::Established => "established",
+            Self::Failed => "failed",
+            Self::Closed => "closed",
+            Self::Denied => "denied",
+        }
+    }
 }
 
 /// A destination to check: every address HOST stands for, one port, and
@@ -206,5 +246,17 @@ pub enum PolicyCommand {
     },
 }
 
+mod filter;
 #[cfg(test)]
 mod man;
+
+impl Args {
+    /// `-o`, with `--json` as its alias.
+    pub fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            self.output
+        }
+    }
+}

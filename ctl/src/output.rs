@@ -1,10 +1,12 @@
 //! Human-readable tables.
 
-use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use connectracer_proto::api::{HostInfo, Stats, WatchReply};
-use connectracer_proto::Connection;
+use connectracer_proto::api::{HostInfo, Stats};
+use connectracer_proto::{ConnState, Connection, Verdict};
+
+use crate::out::{paint, Paint, Printer};
+use crate::table::{cell, Table};
 
 fn age(t: SystemTime) -> String {
     let secs = SystemTime::now()
@@ -18,9 +20,36 @@ fn age(t: SystemTime) -> String {
     }
 }
 
-/// One row per connection, aligned columns.
-pub fn connections(conns: &[Connection]) -> String {
-    let header = [
+fn state_cell(c: &Connection) -> (String, Option<Paint>) {
+    let state = match c.fail_reason {
+        Some(r) => format!("{}({})", c.state.as_str(), r.as_str()),
+        None => c.state.as_str().to_string(),
+    };
+    let paint = (c.state == ConnState::Failed).then_some(Paint::Red);
+    (state, paint)
+}
+
+fn verdict_paint(v: Verdict) -> Option<Paint> {
+    match v {
+        Verdict::Allow => None,
+        Verdict::WouldDeny => Some(Paint::Yellow),
+        Verdict::Deny => Some(Paint::Red),
+    }
+}
+
+fn dash(s: Option<impl ToString>) -> String {
+    s.map_or_else(|| "-".into(), |s| s.to_string())
+}
+
+/// A container id as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// One row per connection, aligned columns; `wide` adds the executable,
+/// resolved name, verdict, rule, bytes and duration.
+pub fn connections(conns: &[Connection], p: Printer) -> String {
+    let mut header = vec![
         "PID",
         "COMM",
         "USER",
@@ -33,58 +62,49 @@ pub fn connections(conns: &[Connection]) -> String {
         "CONTAINER",
         "AGE",
     ];
-    let rows: Vec<[String; 11]> = conns
-        .iter()
-        .map(|c| {
-            let p = &c.process;
-            let state = match c.fail_reason {
-                Some(r) => format!("{}({})", c.state.as_str(), r.as_str()),
-                None => c.state.as_str().to_string(),
-            };
-            [
-                p.pid.to_string(),
-                p.comm.clone(),
-                p.user.clone().unwrap_or_else(|| p.uid.to_string()),
-                c.protocol.as_str().to_string(),
-                state,
-                c.src.map_or_else(|| "-".into(), |s| s.to_string()),
-                c.dst.to_string(),
-                c.label
-                    .clone()
-                    .or_else(|| c.host.clone())
-                    .unwrap_or_else(|| "-".into()),
-                p.unit.clone().unwrap_or_else(|| "-".into()),
-                p.container_id
-                    .as_deref()
-                    .map_or_else(|| "-".into(), |id| id[..id.len().min(12)].to_string()),
-                age(c.started),
-            ]
-        })
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
+    if p.wide() {
+        header.extend(["EXE", "NAME", "VERDICT", "RULE", "SENT", "RECEIVED", "DURATION"]);
     }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut l = String::new();
-        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
-            if i + 1 == widths.len() {
-                l.push_str(cell);
-            } else {
-                let _ = write!(l, "{cell:<w$}  ");
-            }
+    let mut t = Table::new(&header);
+    for c in conns {
+        let pr = &c.process;
+        let mut row = vec![
+            cell(pr.pid.to_string()),
+            cell(pr.comm.clone()),
+            cell(pr.user.clone().unwrap_or_else(|| pr.uid.to_string())),
+            cell(c.protocol.as_str()),
+            state_cell(c),
+            cell(dash(c.src)),
+            cell(c.dst.to_string()),
+            cell(dash(c.label.as_ref().or(c.host.as_ref()))),
+            cell(dash(pr.unit.as_ref())),
+            cell(dash(pr.container_id.as_deref().map(short_id))),
+            cell(age(c.started)),
+        ];
+        if p.wide() {
+            row.extend([
+                cell(dash(pr.exe.as_ref())),
+                cell(dash(c.dns_name.as_ref())),
+                (c.verdict.as_str().to_string(), verdict_paint(c.verdict)),
+                cell(dash(c.policy_rule)),
+                cell(dash(c.bytes_sent)),
+                cell(dash(c.bytes_received)),
+                cell(dash(c.duration_ns.map(duration))),
+            ]);
         }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(&mut header.iter().copied());
-    for r in &rows {
-        line(&mut r.iter().map(String::as_str));
+        t.row(row);
     }
-    out
+    t.render(p.colour)
+}
+
+/// A duration as people read it: `850ms`, `12.3s`, `4m05s`.
+pub fn duration(ns: u64) -> String {
+    let ms = ns / 1_000_000;
+    match ms {
+        m if m < 1000 => format!("{m}ms"),
+        m if m < 60_000 => format!("{:.1}s", m as f64 / 1000.0),
+        m => format!("{}m{:02}s", m / 60_000, (m / 1000) % 60),
+    }
 }
 
 pub fn stats(s: &Stats) -> String {
@@ -149,66 +169,51 @@ fn counters(s: &Stats) -> String {
     )
 }
 
-/// One line per watched host.
-pub fn hosts(hosts: &[HostInfo]) -> String {
-    let mut out = String::new();
+/// One row per watched host; "no hosts" when there are none.
+pub fn hosts(hosts: &[HostInfo], p: Printer) -> String {
+    if hosts.is_empty() {
+        return "no hosts\n".into();
+    }
+    let mut t = Table::new(&[
+        "NAME",
+        "KIND",
+        "PORTS",
+        "LABEL",
+        "ADDRESSES",
+        "TTL",
+        "STATE",
+        "SOURCE",
+    ]);
     for h in hosts {
         let ports = if h.ports.is_empty() {
-            "all ports".to_string()
+            "all".to_string()
         } else {
             h.ports.join(",")
         };
-        let _ = write!(out, "{} [{}] {ports}", h.name, h.kind);
-        if let Some(l) = &h.label {
-            let _ = write!(out, " label={l}");
-        }
         let addrs = if h.addresses.is_empty() {
             "-".to_string()
         } else {
             h.addresses.join(",")
         };
-        let _ = write!(out, " -> {addrs}");
-        if let Some(ttl) = h.ttl_seconds {
-            let _ = write!(out, " ttl={ttl}s");
-        }
-        if let Some(e) = &h.last_error {
-            let _ = write!(
-                out,
-                " error=\"{e}\" failures={}",
-                h.consecutive_failures.unwrap_or(0)
-            );
-        }
-        let _ = writeln!(out, " ({})", h.source);
+        let state = match &h.last_error {
+            Some(e) => (
+                format!("failing ({} times): {e}", h.consecutive_failures.unwrap_or(0)),
+                Some(Paint::Red),
+            ),
+            None => (String::from("ok"), Some(Paint::Green)),
+        };
+        t.row(vec![
+            cell(h.name.clone()),
+            cell(h.kind.clone()),
+            cell(ports),
+            cell(dash(h.label.as_ref())),
+            cell(addrs),
+            cell(dash(h.ttl_seconds.map(|t| format!("{t}s")))),
+            state,
+            cell(h.source.clone()),
+        ]);
     }
-    out
-}
-
-/// One line per streamed event.
-pub fn watch_line(r: &WatchReply) -> String {
-    match r {
-        WatchReply::Missed { missed } => format!("({missed} events missed: this client read too slowly)"),
-        WatchReply::Event { event, connection: c } => {
-            let p = &c.process;
-            let mut s = format!("{event} {} ", c.protocol.as_str());
-            if let Some(src) = c.src {
-                let _ = write!(s, "{src} -> ");
-            }
-            let _ = write!(s, "{} pid={} comm={}", c.dst, p.pid, p.comm);
-            if let Some(exe) = &p.exe {
-                let _ = write!(s, " exe={exe}");
-            }
-            if let Some(h) = c.label.as_ref().or(c.host.as_ref()) {
-                let _ = write!(s, " host={h}");
-            }
-            if let Some(u) = &p.unit {
-                let _ = write!(s, " unit={u}");
-            }
-            if let Some(r) = c.fail_reason {
-                let _ = write!(s, " reason={}", r.as_str());
-            }
-            s
-        }
-    }
+    t.render(p.colour)
 }
 
 pub fn policy(p: &connectracer_proto::api::PolicyShowReply) -> String {
@@ -254,10 +259,15 @@ pub fn policy(p: &connectracer_proto::api::PolicyShowReply) -> String {
     s
 }
 
-pub fn policy_check(dest: std::net::SocketAddr, r: &connectracer_proto::api::PolicyCheckReply) -> String {
+pub fn policy_check(
+    dest: std::net::SocketAddr,
+    r: &connectracer_proto::api::PolicyCheckReply,
+    colour: bool,
+) -> String {
+    let verdict = r.verdict.as_str();
     format!(
         "{dest}: {} by {}: {}\n  caller: {}\n",
-        r.verdict.as_str(),
+        verdict_paint(r.verdict).map_or_else(|| verdict.to_string(), |p| paint(colour, p, verdict)),
         r.scope,
         r.reason,
         r.subject

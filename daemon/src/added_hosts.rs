@@ -90,6 +90,11 @@ impl AddedHosts {
         }
     }
 
+    /// Whether `file` is one of the sources added hosts are read from.
+    pub fn is_source(&self, file: &Path) -> bool {
+        file == self.path || file == Path::new(RUNTIME_SOURCE)
+    }
+
     pub fn runtime(&self) -> &[AddedHost] {
         &self.runtime
     }
@@ -186,6 +191,26 @@ impl AddedHosts {
     }
 }
 
+/// Checks one host on its own, through the configuration parser, before it
+/// goes near a reload: a host that cannot be valid is the request's fault,
+/// not the configuration's, and must not count as a failed reload. Errors
+/// name the request's argument (`port`, `label`, `name`) and say why.
+pub fn check(host: &AddedHost) -> Result<(), (String, String)> {
+    let text = render(std::slice::from_ref(host));
+    let Err(errors) = crate::config::parse_config(Path::new(RUNTIME_SOURCE), &text) else {
+        return Ok(());
+    };
+    let first = errors.0.into_iter().next().map(|e| {
+        let field = match e.key.rsplit_once('.').map_or(e.key.as_str(), |(_, k)| k) {
+            k if k.starts_with("ports") => "port",
+            "label" => "label",
+            _ => "name",
+        };
+        (field.to_string(), e.message)
+    });
+    Err(first.unwrap_or_else(|| ("name".into(), "not a valid host".into())))
+}
+
 fn render(hosts: &[AddedHost]) -> String {
     let header = "# Hosts added with `tracectl add-host`; managed by connectracerd.\n";
     let body = toml::to_string(&HostsFile { host: hosts.to_vec() }).unwrap_or_default();
@@ -195,6 +220,19 @@ fn render(hosts: &[AddedHost]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_host_is_refused_naming_its_argument() {
+        let host = |name: &str, ports: Vec<toml::Value>| AddedHost {
+            name: name.into(),
+            ports,
+            label: None,
+        };
+        let field = |h: &AddedHost| check(h).unwrap_err().0;
+        assert_eq!(check(&host("127.0.0.2", vec![toml::Value::Integer(443)])), Ok(()));
+        assert_eq!(field(&host("127.0.0.2", vec![toml::Value::Integer(0)])), "port");
+        assert_eq!(field(&host("10.0.0.1/99", vec![])), "name");
+    }
 
     #[test]
     fn round_trips_through_the_config_parser() {

@@ -50,6 +50,15 @@ fn json_lines(r: impl Read + Send + 'static, tx: mpsc::Sender<Value>, echo: bool
     });
 }
 
+/// A bpffs directory for a daemon's pins: bpffs refuses '.' in names, and a
+/// test cgroup may be a systemd-style `NAME.slice`.
+fn pin_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/bpf/connectracer-test-{}",
+        name.replace('.', "_")
+    ))
+}
+
 /// connectracerd on `cg` with its own configuration, socket, pins and state
 /// directory: the arguments every test daemon runs with.
 pub fn daemon_command(cg: &TestCgroup, cfg: &ConfigDir, socket: &Path, pin_dir: &Path) -> Command {
@@ -75,7 +84,7 @@ impl Daemon {
         let name = format!("{}-d{}", &cg.rel[1..], SEQ.fetch_add(1, Ordering::Relaxed));
         let cfg = ConfigDir::new(&name, config);
         let socket = std::env::temp_dir().join(format!("connectracer-test-{name}.sock"));
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/connectracer-test-{name}"));
+        let pin_dir = pin_dir(&name);
         Self::start_with(cg, cfg, socket, pin_dir)
     }
 
@@ -86,7 +95,7 @@ impl Daemon {
         let name = format!("{}-s{}", &cg.rel[1..], SEQ.fetch_add(1, Ordering::Relaxed));
         let cfg = ConfigDir::new(&name, config);
         let socket = std::env::temp_dir().join(format!("connectracer-test-{name}.sock"));
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/connectracer-test-{name}"));
+        let pin_dir = pin_dir(&name);
         Self::spawn(cg, cfg, socket, pin_dir, NO_BUS, false)
     }
 
@@ -135,7 +144,7 @@ impl Daemon {
         let name = format!("{}-b{}", &cg.rel[1..], SEQ.fetch_add(1, Ordering::Relaxed));
         let cfg = ConfigDir::new(&name, config);
         let socket = std::env::temp_dir().join(format!("connectracer-test-{name}.sock"));
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/connectracer-test-{name}"));
+        let pin_dir = pin_dir(&name);
         let mut d = Self::start_on(cg, cfg, socket, pin_dir, &bus.address)?;
         // The bus task may log before the control socket does.
         if d.logged("D-Bus: serving").is_none() {

@@ -73,17 +73,18 @@ fn who_ps_and_connections_find_an_open_connection() {
     assert_eq!(v["stats"]["kernel"]["connects"], 1);
     assert_eq!(v["stats"]["table_open"], 1);
 
+    // Usage errors: exit 2, naming the argument.
     let (code, _, err) = d.tracectl(&["who", "not an address"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert_eq!(
         err,
-        "tracectl: invalid address: `not an address` is not an IP address or ADDRESS:PORT\n"
+        "tracectl: invalid value for ADDRESS[:PORT]: `not an address` is not an IP address or ADDRESS:PORT\n"
     );
     let (code, _, err) = d.tracectl(&["who", "not-watched.example"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert_eq!(
         err,
-        "tracectl: invalid address: `not-watched.example` is not an IP address, a hostname connectracerd follows, or a name a traced connection resolved (add it with `tracectl add-host not-watched.example`)\n"
+        "tracectl: invalid value for ADDRESS[:PORT]: `not-watched.example` is not an IP address, a hostname connectracerd follows, or a name a traced connection resolved (add it with `tracectl add-host not-watched.example`)\n"
     );
     child.kill().unwrap();
     child.wait().unwrap();
@@ -222,13 +223,14 @@ fn add_host_persists_runtime_does_not_and_remove_undoes() {
 
     // Bad and duplicate hosts are refused with the reason; nothing changes.
     let (code, _, err) = d.tracectl(&["add-host", "10.0.0.1/99"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage error: {err}");
+    assert!(err.starts_with("tracectl: invalid value for NAME: "), "{err}");
     assert!(
         err.contains("`10.0.0.1/99` is not an IP address, CIDR or hostname"),
         "{err}"
     );
     let (code, _, err) = d.tracectl(&["add-host", "127.0.0.1", "--port", &p, "--label", "again"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("already watched"), "{err}");
 
     let (code, out, _) = d.tracectl(&["--json", "hosts"]);
@@ -263,7 +265,7 @@ fn add_host_persists_runtime_does_not_and_remove_undoes() {
 
     // Only added hosts can be removed here.
     let (code, _, err) = d.tracectl(&["remove-host", "127.0.0.9"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "NAME names a host this command cannot remove: {err}");
     assert!(
         err.contains("is configured in") && err.contains("connectracer.toml: edit that file"),
         "{err}"
@@ -308,9 +310,10 @@ fn watch_streams_live_events_with_filters() {
     let mut kinds = Vec::new();
     while kinds.len() < 2 {
         let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        if v["connection"]["process"]["pid"] == pid {
-            kinds.push(v["event"].as_str().unwrap().to_string());
-            assert_eq!(v["connection"]["dst"], dst.as_str());
+        let ev = &v["event"];
+        if ev["connection"]["process"]["pid"] == pid {
+            kinds.push(ev["kind"].as_str().unwrap().to_string());
+            assert_eq!(ev["connection"]["dst"], dst.as_str());
         }
     }
     assert_eq!(kinds, ["connect", "failed"]);

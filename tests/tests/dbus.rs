@@ -105,7 +105,7 @@ fn every_operation_answers_the_same_over_the_bus_as_over_the_socket() {
 
     // Typed errors, with the field named; same text as over the socket.
     let (code, _, err) = bus.tracectl(&["who", "not-an-address"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert_eq!(err, d.tracectl(&["who", "not-an-address"]).2);
     let (code, _, err) = dbus_send(&bus, "Who", &["string:nowhere", "uint16:0"]);
     assert_ne!(code, 0);
@@ -338,9 +338,9 @@ fn watch_over_the_bus_follows_the_signals() {
         let (mut c, pid, _) = hold(&cg, &server.to_string(), None);
         let until = Instant::now() + Duration::from_secs(2);
         while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            let v = json(&line);
+            let v = json(&line)["event"].clone();
             if v["connection"]["process"]["pid"] == pid {
-                seen.push(v["event"].as_str().unwrap().to_string());
+                seen.push(v["kind"].as_str().unwrap().to_string());
                 assert_eq!(v["connection"]["label"], "local");
                 if seen.iter().any(|e| e == "established") {
                     let _ = c.kill();
@@ -692,7 +692,9 @@ fn policy_over_the_bus_and_the_denied_signal() {
         let mut over_bus = vec!["--bus"];
         over_bus.extend_from_slice(&args);
         let via_bus = run(&over_bus);
-        assert_eq!(socket.0, 0, "{args:?}: {}", socket.2);
+        // policy check exits 1 on a deny.
+        let denied = json(&socket.1)["decisions"][0]["decision"]["verdict"] == "deny";
+        assert_eq!(socket.0, i32::from(denied), "{args:?}: {}", socket.2);
         assert_eq!(via_bus, socket, "{args:?} over the bus");
     }
     let check = json(
@@ -708,8 +710,8 @@ fn policy_over_the_bus_and_the_denied_signal() {
         ])
         .1,
     );
-    assert_eq!(check[0]["decision"]["verdict"], "deny");
-    assert_eq!(check[0]["decision"]["rule"], 1);
+    assert_eq!(check["decisions"][0]["decision"]["verdict"], "deny");
+    assert_eq!(check["decisions"][0]["decision"]["rule"], 1);
     let (code, _, err) = run(&[
         "--bus",
         "policy",
@@ -719,9 +721,9 @@ fn policy_over_the_bus_and_the_denied_signal() {
         "--dest",
         "127.0.0.2:9",
     ]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage error");
     assert!(
-        err.contains("invalid cgroup: `x` is not an absolute cgroup path"),
+        err.contains("invalid value for --cgroup: `x` is not an absolute cgroup path"),
         "{err}"
     );
 
@@ -748,7 +750,7 @@ fn policy_over_the_bus_and_the_denied_signal() {
         assert_eq!(out["results"][0]["errno"], 1, "EPERM");
         let pid = out["pid"].clone();
         while let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
-            let v = json(&line);
+            let v = json(&line)["event"].clone();
             if v["connection"]["process"]["pid"] == pid {
                 denied = Some(v);
                 break;
@@ -758,7 +760,7 @@ fn policy_over_the_bus_and_the_denied_signal() {
     let _ = watch.kill();
     let _ = watch.wait();
     let v = denied.expect("a Denied signal");
-    assert_eq!(v["event"], "denied");
+    assert_eq!(v["kind"], "denied");
     assert_eq!(v["connection"]["verdict"], "deny");
     assert_eq!(v["connection"]["policy_rule"], 1);
     assert_eq!(v["connection"]["dst"], "127.0.0.2:9");

@@ -65,7 +65,7 @@ fn watched_hostname_follows_dns_with_grace_and_survives_a_dead_server() {
         "{out}"
     );
     let (code, _, err) = d.tracectl(&["who", "unknown.test"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage error");
     assert!(
         err.contains("add it with `tracectl add-host unknown.test`"),
         "{err}"

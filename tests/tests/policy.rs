@@ -35,9 +35,12 @@ fn check(d: &Daemon, subject: &[&str], dest: &str) -> Value {
     let mut args = vec!["--json", "policy", "check", "--dest", dest];
     args.extend_from_slice(subject);
     let (code, out, err) = d.tracectl(&args);
-    assert_eq!(code, 0, "policy check {subject:?} {dest}: {err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    v[0]["decision"].clone()
+    let decision = v["decisions"][0]["decision"].clone();
+    // Exit status 1 says deny, as the man page's EXIT STATUS documents.
+    let expected = if decision["verdict"] == "deny" { 1 } else { 0 };
+    assert_eq!(code, expected, "policy check {subject:?} {dest}: {err} {out}");
+    decision
 }
 
 /// Each row: connect from `cg` (as `uid`), expect `errno`, and the daemon's
@@ -446,7 +449,7 @@ fn policy_show_lists_the_merged_rules() {
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = d.tracectl(&["--json", "policy", "show"]);
     assert_eq!(code, 0, "{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v: Value = serde_json::from_str::<Value>(&out).unwrap()["policy"].clone();
     assert_eq!(v["active"], true);
     assert_eq!(v["mode"], "audit");
     assert_eq!(

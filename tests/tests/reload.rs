@@ -133,7 +133,7 @@ fn edits_dropins_sighup_and_control_requests_all_reload() {
     d.config.write(&watched("127.0.0.1", port, "control"));
     let (code, out) = tracectl(&d, &["--json", "reload"]);
     assert_eq!(code, 0, "{out}");
-    let reply: Value = serde_json::from_str(&out).unwrap();
+    let reply = serde_json::from_str::<Value>(&out).unwrap()["reload"].clone();
     assert!(reply["epoch"].as_u64().unwrap() >= 5, "{reply}");
     assert_eq!(connect_event(&mut d, &cg, &dst).unwrap()["label"], "control");
 
@@ -144,7 +144,7 @@ fn edits_dropins_sighup_and_control_requests_all_reload() {
     ));
     let (code, out) = tracectl(&d, &["--json", "reload"]);
     assert_eq!(code, 0, "{out}");
-    let reply: Value = serde_json::from_str(&out).unwrap();
+    let reply = serde_json::from_str::<Value>(&out).unwrap()["reload"].clone();
     assert_eq!(reply["needs_restart"], serde_json::json!(["bpf"]));
 
     // An invalid configuration over the control socket: a typed error.

@@ -21,14 +21,18 @@ const DESCRIPTION: &[Item] = &[
 
 const EXIT_STATUS: &[Item] = &[
     Tagged("0", "Success."),
-    Tagged("1", "An error: the daemon refused the request (an invalid host, a configuration that does not validate), or the connection broke."),
-    Tagged("2", "A usage error: an unknown command or option, or a malformed argument."),
+    Tagged("1", "An error: the daemon refused the request (a configuration that does not validate, a host that is not there), or the connection broke. policy check exits 1 when the policy denies any of the destination's addresses, so that scripts can test it."),
+    Tagged("2", "A usage error: an unknown command or option, or an argument tracectl or the daemon refuses (a port of 0, a CIDR that is not one, an add-host the configuration cannot hold); the message names the argument."),
     Tagged("3", "Access denied: by the socket's permissions, the daemon, the bus policy or polkit."),
     Tagged("4", "The daemon is not running: no control socket, no system bus, or nobody owning org.connectracer.Tracer1."),
 ];
 
 const ENVIRONMENT: &[Item] = &[
     Tagged("CONNECTRACER_SOCKET", "The control socket, as with --socket."),
+    Tagged(
+        "NO_COLOR",
+        "When set and not empty, no colour, even on a terminal (output to anything else never has colour).",
+    ),
     Tagged(
         "DBUS_SYSTEM_BUS_ADDRESS",
         "The system bus used with --bus, instead of /run/dbus/system_bus_socket.",
@@ -74,6 +78,22 @@ const EXAMPLES: &[Item] = &[
     Tagged(
         "tracectl watch --host api",
         "Stream the events of connections to it as they happen.",
+    ),
+    Tagged(
+        "tracectl watch --unit '*.service' --verdict deny --event denied",
+        "Stream only the denials of system services.",
+    ),
+    Tagged(
+        "tracectl -o jsonl connections --user www-data --dest 10.0.0.0/8 --port 5432",
+        "One JSON object a line for each connection of www-data to a database in 10.0.0.0/8.",
+    ),
+    Tagged(
+        "tracectl top --by destination",
+        "A live view of who connects where; g, s and q change the grouping, the order, and quit.",
+    ),
+    Tagged(
+        "tracectl top --once --by process | head",
+        "One plain view, for scripts.",
     ),
     Tagged(
         "tracectl policy check --unit backup.service --dest s3.example.com:443",

@@ -104,3 +104,15 @@ impl EventKind {
         }
     }
 }
+
+#[cfg(test)]
+mod kind_tests {
+    use super::EventKind;
+
+    /// Watch filters are checked against the API's list of kinds.
+    #[test]
+    fn the_api_knows_every_event_kind() {
+        let names = EventKind::ALL.map(EventKind::as_str);
+        assert_eq!(names, connectracer_proto::api::EVENT_KINDS);
+    }
+}

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use connectracer_proto::api::{
-    CallError, ConnectionsParams, ConnectionsReply, Operation, PsParams, WhoParams,
+    CallError, ConnectionsParams, ConnectionsReply, Filter, Operation, PsParams, WhoParams,
 };
 use connectracer_proto::Connection;
 
@@ -42,8 +42,14 @@ pub fn parse_address(s: &str) -> Result<(IpAddr, Option<u16>), CallError> {
 /// Sorted and cut on references: only what is returned is copied and
 /// serialized, so a destination with the whole table behind it answers in
 /// the time of `limit` entries.
-fn reply<'a>(caller: &Caller, conns: impl Iterator<Item = &'a Connection>, limit: usize) -> Rows {
-    let mut seen: Vec<&Connection> = conns.filter(|c| caller.may_see(c)).collect();
+fn reply<'a>(
+    caller: &Caller,
+    filter: &Filter,
+    conns: impl Iterator<Item = &'a Connection>,
+    limit: usize,
+) -> Rows {
+    let m = filter.matcher()?;
+    let mut seen: Vec<&Connection> = conns.filter(|c| caller.may_see(c) && m.matches(c)).collect();
     if seen.len() > limit {
         seen.select_nth_unstable_by_key(limit, |c| std::cmp::Reverse(c.id));
         seen.truncate(limit);
@@ -69,9 +75,21 @@ fn parse_hostname(s: &str) -> Option<(String, Option<u16>)> {
 
 /// Connections to a destination: an address (and port), a hostname the
 /// daemon follows (every address it has resolved it to, plus connections
-/// attributed to the watched host of that name), or from a local port.
-pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams, resolved: &Resolved) -> Rows {
+/// attributed to the watched host of that name), a watched host's label,
+/// or from a local port.
+pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams, resolved: &Resolved, labels: &[&str]) -> Rows {
     match (&p.address, p.local_port) {
+        (Some(addr), None) if label_of(addr, labels).is_some() => {
+            let (label, port) = label_of(addr, labels).unwrap_or_default();
+            if p.port.is_some() && port.is_some() {
+                return Err(invalid("port", "given both in address and as port"));
+            }
+            let port = p.port.or(port);
+            let conns = table
+                .iter()
+                .filter(|c| c.label.as_deref() == Some(label) && port.is_none_or(|pt| c.dst.port() == pt));
+            reply(caller, &p.filter, conns, limit(p.limit))
+        }
         (Some(addr), None) => {
             let (ips, port_in_address, name) = match parse_address(addr) {
                 Ok((ip, port)) => (vec![ip], port, None),
@@ -115,9 +133,9 @@ pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams, resolved: &Resolve
                     && port.is_none_or(|pt| c.dst.port() == pt)
             });
             let conns = by_ip.chain(by_name).filter(|c| seen.insert(c.id));
-            reply(caller, conns, limit(p.limit))
+            reply(caller, &p.filter, conns, limit(p.limit))
         }
-        (None, Some(lport)) => reply(caller, table.by_local_port(lport), limit(p.limit)),
+        (None, Some(lport)) => reply(caller, &p.filter, table.by_local_port(lport), limit(p.limit)),
         (Some(_), Some(_)) => Err(invalid(
             "local_port",
             "give either address or local_port, not both",
@@ -126,8 +144,18 @@ pub fn who(table: &ConnTable, caller: &Caller, p: &WhoParams, resolved: &Resolve
     }
 }
 
+/// `web` or `web:443` where `web` is a watched host's label: the label, and
+/// the port if given. Labels are matched as configured (case and all).
+fn label_of<'a>(addr: &'a str, labels: &[&str]) -> Option<(&'a str, Option<u16>)> {
+    let (label, port) = match addr.rsplit_once(':') {
+        Some((l, p)) => (l, Some(p.parse::<u16>().ok()?)),
+        None => (addr, None),
+    };
+    labels.contains(&label).then_some((label, port))
+}
+
 pub fn ps(table: &ConnTable, caller: &Caller, p: &PsParams) -> Rows {
-    reply(caller, table.by_pid(p.pid), limit(p.limit))
+    reply(caller, &Filter::default(), table.by_pid(p.pid), limit(p.limit))
 }
 
 fn connections_limit(p: &ConnectionsParams) -> usize {
@@ -147,24 +175,10 @@ pub fn rows(op: &Operation) -> Option<usize> {
 
 pub fn connections(table: &ConnTable, caller: &Caller, p: &ConnectionsParams) -> Rows {
     let limit = connections_limit(p);
-    let name = p
-        .name
-        .as_deref()
-        .map(|g| glob::Pattern::new(&g.to_ascii_lowercase()))
-        .transpose()
-        .map_err(|e| invalid("name", format!("not a glob: {e}")))?;
-    let named = |c: &Connection| {
-        name.as_ref().is_none_or(|g| {
-            [c.dns_name.as_deref(), c.host.as_deref()]
-                .into_iter()
-                .flatten()
-                .any(|n| g.matches(n))
-        })
-    };
-    let conns = table.iter().filter(|c| {
-        p.state.is_none_or(|s| c.state == s) && p.protocol.is_none_or(|pr| c.protocol == pr) && named(c)
-    });
-    reply(caller, conns, limit)
+    let conns = table
+        .iter()
+        .filter(|c| p.state.is_none_or(|s| c.state == s) && p.protocol.is_none_or(|pr| c.protocol == pr));
+    reply(caller, &p.filter, conns, limit)
 }
 
 #[cfg(test)]
@@ -187,7 +201,7 @@ mod tests {
             limit: Some(3),
             ..Default::default()
         };
-        let r = who(&t, &root, &p, &Resolved::new()).unwrap();
+        let r = who(&t, &root, &p, &Resolved::new(), &[]).unwrap();
         let ids: Vec<u64> = r.connections.iter().map(|c| c.id).collect();
         assert_eq!(ids, [10, 9, 8]);
         let all = ps(&t, &root, &PsParams { pid: 7, limit: None }).unwrap();
@@ -202,14 +216,14 @@ mod tests {
             address: Some("API.example.com:443".into()),
             ..Default::default()
         };
-        let r = who(&t, &root, &by_name, &names).unwrap();
+        let r = who(&t, &root, &by_name, &names, &[]).unwrap();
         assert_eq!(r.connections.len(), 10);
         let unknown = WhoParams {
             address: Some("other.example.com".into()),
             ..Default::default()
         };
         assert_eq!(
-            who(&t, &root, &unknown, &names).unwrap_err().to_string(),
+            who(&t, &root, &unknown, &names, &[]).unwrap_err().to_string(),
             "invalid address: `other.example.com` is not an IP address, a hostname connectracerd follows, or a name a traced connection resolved (add it with `tracectl add-host other.example.com`)"
         );
     }

@@ -215,12 +215,14 @@ impl Client<'_> {
                 continue;
             }
             let reply = match Method::parse(call.method()) {
-                Ok(Method::Operation(Operation::Watch(filter))) if call.more() => {
-                    // A stream takes over the connection until the client leaves.
-                    return self.watch(conn, &filter).await;
-                }
-                Ok(Method::Operation(Operation::Watch(_))) => Err(super::watch_needs_more()),
-                Ok(Method::Operation(op)) => self.ask(op).await,
+                Ok(Method::Operation(op)) => match *op {
+                    Operation::Watch(filter) if call.more() => {
+                        // A stream takes over the connection until the client leaves.
+                        return self.watch(conn, &filter).await;
+                    }
+                    Operation::Watch(_) => Err(super::watch_needs_more()),
+                    op => self.ask(op).await,
+                },
                 Ok(Method::GetInfo) => info(),
                 Ok(Method::GetInterfaceDescription { interface }) => describe(&interface),
                 Err(e) => Err(e),
@@ -255,16 +257,16 @@ impl Client<'_> {
     /// client goes away. A client that falls behind is told how many it missed.
     async fn watch(&self, conn: &mut Conn, filter: &WatchParams) -> zlink::Result<()> {
         use tokio::sync::broadcast::error::RecvError;
+        let matcher = match filter.matcher() {
+            Ok(m) => m,
+            Err(e) => return send_error(conn, &e).await,
+        };
         let mut events = self.watchers.subscribe();
         loop {
             let reply = match events.recv().await {
                 Ok(ev) => {
                     let c = &ev.connection;
-                    let host_ok = filter
-                        .host
-                        .as_ref()
-                        .is_none_or(|h| c.host.as_ref() == Some(h) || c.label.as_ref() == Some(h));
-                    if !self.caller.may_see(c) || filter.pid.is_some_and(|p| p != c.process.pid) || !host_ok {
+                    if !self.caller.may_see(c) || !matcher.matches(ev.kind.as_str(), c) {
                         continue;
                     }
                     WatchReply::Event {

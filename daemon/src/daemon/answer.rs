@@ -22,7 +22,15 @@ impl Daemon {
                     .unwrap_or_default(),
             }),
             Operation::GetStats => self.stats().await?.into(),
-            Operation::Who(p) => query::who(self.pipeline.table(), caller, p, &self.resolved)?.into(),
+            Operation::Who(p) => {
+                let labels: Vec<&str> = self
+                    .config
+                    .hosts
+                    .iter()
+                    .filter_map(|h| h.label.as_deref())
+                    .collect();
+                query::who(self.pipeline.table(), caller, p, &self.resolved, &labels)?.into()
+            }
             Operation::Ps(p) => query::ps(self.pipeline.table(), caller, p)?.into(),
             Operation::Connections(p) => query::connections(self.pipeline.table(), caller, p)?.into(),
             Operation::Reload => {
@@ -66,18 +74,28 @@ impl Daemon {
                 .collect(),
             label: p.label.clone(),
         };
+        crate::added_hosts::check(&host)
+            .map_err(|(field, reason)| CallError::InvalidArgument { field, reason })?;
         self.source
             .added
             .stage_add(host, p.runtime)
             .map_err(state_error)?;
+        // Refused with the request's own errors (a duplicate, say) before
+        // the reload: they are the caller's mistake, not a failed reload.
+        if let Err(errors) = self.load_config().await {
+            if errors.0.iter().all(|e| self.source.added.is_source(&e.file)) {
+                self.source.added.discard();
+                let reasons: Vec<String> = errors.0.iter().map(|e| e.message.clone()).collect();
+                return Err(CallError::InvalidArgument {
+                    field: "name".into(),
+                    reason: reasons.join("; "),
+                });
+            }
+        }
         let result = self.reload(&format!("add-host {} by uid {uid}", p.name)).await;
-        self.settle_added(result).map_err(|e| match e {
-            CallError::ConfigInvalid { errors } => CallError::InvalidArgument {
-                field: "name".into(),
-                reason: errors.join("; "),
-            },
-            other => other,
-        })
+        // What fails from here on is the whole configuration's (the kernel's
+        // maps full, say): a failed reload, reported as one.
+        self.settle_added(result)
     }
 
     /// Commits the staged change to the added hosts if its reload applied

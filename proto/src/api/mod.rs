@@ -4,11 +4,13 @@
 //! JSON on the control socket, D-Bus structs on the bus) serialize them.
 
 mod error;
+mod filter;
 mod types;
 
 use serde::Serialize;
 
 pub use error::CallError;
+pub use filter::{Filter, Matcher, WatchMatcher, EVENT_KINDS};
 pub use types::*;
 
 use crate::varlink::INTERFACE;

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Filter;
 use crate::{ConnState, Connection, Protocol, Verdict};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +18,8 @@ pub struct WhoParams {
     /// At most this many, newest first (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Filter::is_empty")]
+    pub filter: Filter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,12 +36,10 @@ pub struct ConnectionsParams {
     pub state: Option<ConnState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
-    /// A glob over the name the connecting process resolved (dns_name) or
-    /// the watched host it matched: `*.example.com`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Filter::is_empty")]
+    pub filter: Filter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +248,12 @@ pub struct WatchParams {
     /// A watched host's name as configured (or its label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Event kinds (connect, send, established, failed, closed, denied,
+    /// ...); empty: every kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    #[serde(default, skip_serializing_if = "Filter::is_empty")]
+    pub filter: Filter,
 }
 
 /// One reply of a Watch stream: an event, or how many this client missed

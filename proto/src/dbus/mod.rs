@@ -262,6 +262,7 @@ impl<B: Backend> Tracer<B> {
             port: (port != 0).then_some(port),
             local_port: None,
             limit: None,
+            filter: Default::default(),
         };
         self.list(conn, &header, Operation::Who(p)).await
     }
@@ -282,6 +283,7 @@ impl<B: Backend> Tracer<B> {
             port: None,
             local_port: Some(local_port),
             limit: None,
+            filter: Default::default(),
         };
         self.list(conn, &header, Operation::Who(p)).await
     }
@@ -313,8 +315,8 @@ impl<B: Backend> Tracer<B> {
         let p = ConnectionsParams {
             state: parse_filter::<ConnState>("state", state)?,
             protocol: parse_filter::<Protocol>("protocol", protocol)?,
-            name: None,
             limit: (limit != 0).then_some(limit),
+            filter: Default::default(),
         };
         self.list(conn, &header, Operation::Connections(p)).await
     }
