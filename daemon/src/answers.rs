@@ -5,7 +5,9 @@
 //! (a CDN) each see their own, where a host-wide reverse map would show
 //! whichever answer came last.
 
-use std::collections::HashMap;
+// Looked up for every new connection; foldhash is seeded per process, so
+// addresses an answer chose cannot be crafted to collide.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -89,9 +91,9 @@ fn live<'a, K: Hash + Eq>(map: &'a HashMap<K, Entry>, key: &K, now: Instant) -> 
 impl Answers {
     pub fn new(grace: Duration) -> Self {
         Self {
-            by_process: HashMap::new(),
-            by_cgroup: HashMap::new(),
-            by_host: HashMap::new(),
+            by_process: HashMap::default(),
+            by_cgroup: HashMap::default(),
+            by_host: HashMap::default(),
             grace,
             stats: AnswerStats::default(),
         }

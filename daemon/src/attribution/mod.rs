@@ -5,7 +5,8 @@ pub mod cgroups;
 pub mod process;
 pub mod users;
 
-use std::collections::HashMap;
+// Looked up for every connection record; SipHash showed in profiles.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +49,7 @@ impl Attributor {
             processes: ProcessCache::new(Path::new("/proc"), max_processes, process_retention),
             cgroups: CgroupResolver::new(cgroup_mount),
             users: UserNames::default(),
-            recent: HashMap::new(),
+            recent: HashMap::default(),
         }
     }
 

@@ -3,7 +3,8 @@
 //! is read only for processes the records never described: those that
 //! predate the daemon.
 
-use std::collections::HashMap;
+// Looked up for every connection record; SipHash showed in profiles.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,7 +67,7 @@ impl ProcessCache {
             .flatten()
             .unwrap_or(100);
         Self {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             proc_root: proc_root.to_path_buf(),
             max_entries,
             retention,

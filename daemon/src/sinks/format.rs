@@ -3,7 +3,8 @@
 //! `Arc<Process>`, which the attributor hands out per process); JSON is
 //! written by serde straight from borrowed fields, with no Value tree.
 
-use std::collections::HashMap;
+// Looked up for every line; SipHash showed in profiles.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -275,7 +276,10 @@ impl Formatter {
     }
 }
 
-/// `,"key":"value"` for a value known to need no escaping.
+/// `,"key":"value"` for a value known to need no escaping. Inlined, so
+/// that the key is a constant and its copy no call to memcpy (a line is a
+/// score of small copies; the calls were a fifth of the writer's time).
+#[inline(always)]
 fn text(out: &mut Vec<u8>, key: &str, value: &str) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
@@ -284,6 +288,7 @@ fn text(out: &mut Vec<u8>, key: &str, value: &str) {
     out.push(b'"');
 }
 
+#[inline(always)]
 fn number(out: &mut Vec<u8>, key: &str, value: u64) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
@@ -293,6 +298,7 @@ fn number(out: &mut Vec<u8>, key: &str, value: u64) {
 
 /// An address as `Display` writes it (serde's form too), IPv4 without the
 /// formatting machinery.
+#[inline(always)]
 fn address(out: &mut Vec<u8>, key: &str, a: SocketAddr) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
