@@ -214,8 +214,10 @@ impl BusClient {
                 if duplicate || !matcher.matches(&event, &c) {
                     continue;
                 }
+                // The D-Bus signal carries no time: tracectl's own is shown.
                 let reply = WatchReply::Event {
                     event,
+                    time: None,
                     connection: Box::new(c),
                 };
                 if !each(reply) {

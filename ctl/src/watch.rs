@@ -39,7 +39,8 @@ pub fn watch(c: &mut Transport, p: Printer, filter: &WatchParams) -> Result<(), 
         matched.store(true, Ordering::Relaxed);
         let line = match p.format {
             Format::Json | Format::Jsonl => envelope(&r).to_string(),
-            Format::Text | Format::Wide => line(&r, SystemTime::now(), p.colour),
+            // The kernel's time of the event; the arrival time without one.
+            Format::Text | Format::Wide => line(&r, r.time().unwrap_or_else(SystemTime::now), p.colour),
         };
         if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
             out::gone(&e);
@@ -52,8 +53,12 @@ pub fn watch(c: &mut Transport, p: Printer, filter: &WatchParams) -> Result<(), 
 /// top-level key a line, as every other command's JSON.
 pub fn envelope(r: &WatchReply) -> serde_json::Value {
     match r {
-        WatchReply::Event { event, connection } => serde_json::json!({
-            "event": { "kind": event, "connection": connection }
+        WatchReply::Event {
+            event,
+            time,
+            connection,
+        } => serde_json::json!({
+            "event": { "kind": event, "time": time, "connection": connection }
         }),
         WatchReply::Missed { missed } => serde_json::json!({ "missed": missed }),
     }
@@ -104,7 +109,9 @@ pub fn line(r: &WatchReply, at: SystemTime, colour: bool) -> String {
                 clock(at)
             )
         }
-        WatchReply::Event { event, connection } => (event, connection),
+        WatchReply::Event {
+            event, connection, ..
+        } => (event, connection),
     };
     let p = &c.process;
     let kind = match event.as_str() {

@@ -314,6 +314,10 @@ fn watch_streams_live_events_with_filters() {
         if ev["connection"]["process"]["pid"] == pid {
             kinds.push(ev["kind"].as_str().unwrap().to_string());
             assert_eq!(ev["connection"]["dst"], dst.as_str());
+            // The kernel's time of the event: a connect's is its start.
+            if ev["kind"] == "connect" {
+                assert_eq!(ev["time"], ev["connection"]["started"], "{ev}");
+            }
         }
     }
     assert_eq!(kinds, ["connect", "failed"]);

@@ -271,6 +271,7 @@ impl Client<'_> {
                     }
                     WatchReply::Event {
                         event: ev.kind.as_str().to_string(),
+                        time: Some(humantime::format_rfc3339_micros(ev.at).to_string()),
                         connection: Box::new(c.clone()),
                     }
                 }

@@ -263,11 +263,24 @@ pub struct WatchParams {
 pub enum WatchReply {
     Event {
         event: String,
+        /// When it happened, from the kernel's timestamp (RFC 3339, UTC).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        time: Option<String>,
         connection: Box<Connection>,
     },
     Missed {
         missed: u64,
     },
+}
+
+impl WatchReply {
+    /// The event's kernel time, when the stream gave one.
+    pub fn time(&self) -> Option<std::time::SystemTime> {
+        match self {
+            WatchReply::Event { time: Some(t), .. } => humantime::parse_rfc3339(t).ok(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -279,6 +279,7 @@ pub fn outputs(method: &str) -> Vec<Value> {
         "Watch" => vec![
             json(&WatchReply::Event {
                 event: "connect".into(),
+                time: Some("2026-11-29T10:00:00.000001Z".into()),
                 connection: Box::new(connection(true)),
             }),
             json(&WatchReply::Missed { missed: 3 }),
