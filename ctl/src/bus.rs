@@ -52,7 +52,7 @@ fn connections(list: Vec<ConnectionInfo>) -> Result<ConnectionsReply, ClientErro
     Ok(ConnectionsReply { connections })
 }
 
-/// The bus methods take no filter: it is applied to their answer here
+/// Who takes no filter over the bus: it is applied to its answer here
 /// (after the daemon's limit, so a filtered answer may be shorter).
 fn filtered(mut r: ConnectionsReply, f: &Filter) -> Result<ConnectionsReply, ClientError> {
     let m = f.matcher().map_err(ClientError::Call)?;
@@ -115,14 +115,32 @@ impl BusClient {
         connections(self.rt.block_on(self.proxy.ps(pid)).map_err(tracer_error)?)
     }
 
+    /// Through FindConnections, so that the daemon filters before its
+    /// limit, as over the socket.
     pub fn connections(&self, p: &ConnectionsParams) -> Result<ConnectionsReply, ClientError> {
-        let state = p.state.map_or("", |s| s.as_str());
-        let protocol = p.protocol.map_or("", |s| s.as_str());
+        let f = &p.filter;
+        let mut d = std::collections::HashMap::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                d.insert(k.to_string(), v);
+            }
+        };
+        put("state", p.state.map(|s| s.as_str().to_string()));
+        put("protocol", p.protocol.map(|s| s.as_str().to_string()));
+        put("unit", f.unit.clone());
+        put("container", f.container.clone());
+        put("comm", f.comm.clone());
+        put("exe", f.exe.clone());
+        put("user", f.user.clone());
+        put("dest", f.dest.clone());
+        put("port", f.port.map(|p| p.to_string()));
+        put("verdict", f.verdict.map(|v| v.as_str().to_string()));
+        put("name", f.name.clone());
         let list = self
             .rt
-            .block_on(self.proxy.connections(state, protocol, p.limit.unwrap_or(0)))
+            .block_on(self.proxy.find_connections(d, p.limit.unwrap_or(0)))
             .map_err(tracer_error)?;
-        filtered(connections(list)?, &p.filter)
+        connections(list)
     }
 
     pub fn hosts(&self) -> Result<HostsReply, ClientError> {

@@ -229,6 +229,29 @@ fn every_operation_answers_the_same_over_the_bus_as_over_the_socket() {
         assert!(out.contains(&format!(".{member} ")), "{member} not in:\n{out}");
     }
 
+    // A newer connection of another command: a filtered, limited answer
+    // still finds the older one, filtered in the daemon and then cut, over
+    // the bus (FindConnections) as over the socket.
+    let other = cg
+        .command(&bin_path("ct-probe"))
+        .env("CT_PROBE_COMM", "other")
+        .args(["connect", &dst])
+        .output()
+        .unwrap();
+    assert!(other.status.success());
+    let args = ["--json", "connections", "--comm", "ct-probe", "--limit", "1"];
+    let (code, bus_out, err) = bus.tracectl(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(pids(&json(&bus_out)), [pid]);
+    assert_eq!(bus_out, d.tracectl(&args).1);
+    let (code, _, err) = dbus_send(
+        &bus,
+        "FindConnections",
+        &["dict:string:string:colour,red", "uint32:0"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("InvalidArgument") && err.contains("colour"), "{err}");
+
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -8,6 +8,7 @@
 //! is the backend's decision.
 
 mod error;
+mod filter;
 mod types;
 
 use std::collections::HashMap;
@@ -318,6 +319,22 @@ impl<B: Backend> Tracer<B> {
             limit: (limit != 0).then_some(limit),
             filter: Default::default(),
         };
+        self.list(conn, &header, Operation::Connections(p)).await
+    }
+
+    /// Connections matching a filter: keys state, protocol, unit,
+    /// container, comm, exe, user, dest (address or CIDR), port, verdict
+    /// and name (globs where tracectl takes globs); the newest limit (0:
+    /// the default, 1000).
+    #[zbus(out_args("connections"))]
+    async fn find_connections(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        filter: HashMap<String, String>,
+        limit: u32,
+    ) -> Result<Vec<ConnectionInfo>, TracerError> {
+        let p = filter::connections_params(filter, limit)?;
         self.list(conn, &header, Operation::Connections(p)).await
     }
 
