@@ -260,6 +260,8 @@ struct ct_dgram_key {
 struct ct_dns_event {
 	__u32 kind;		/* CT_EV_DNS */
 	__u32 pid;		/* tgid that sent the query */
+	__u32 uid;		/* its uid */
+	__u32 pad0;
 	__u64 ts_ns;
 	__u64 cookie;		/* the querying socket */
 	__u64 cgroup_id;	/* of the task that sent the query */
@@ -283,7 +285,9 @@ struct ct_dns_query {
 /* Per-socket storage of the queries a socket sent and awaits answers to. */
 struct ct_dns_sock {
 	__u32 pid;
+	__u32 uid;
 	__u32 next;		/* slot the next query takes */
+	__u32 pad;
 	__u64 cgroup_id;
 	struct ct_dns_query q[CT_DNS_PENDING];
 };

@@ -176,6 +176,7 @@ int ct_dns_egress(struct __sk_buff *skb)
 	 */
 	if (!s->pid || p.protocol == IPPROTO_UDP) {
 		s->pid = bpf_get_current_pid_tgid() >> 32;
+		s->uid = (__u32)bpf_get_current_uid_gid();
 		s->cgroup_id = bpf_get_current_cgroup_id();
 	}
 	slot = s->next++ % CT_DNS_PENDING;
@@ -234,6 +235,8 @@ int ct_dns_ingress(struct __sk_buff *skb)
 		return 1;
 	e->kind = CT_EV_DNS;
 	e->pid = s->pid;
+	e->uid = s->uid;
+	e->pad0 = 0;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->cookie = bpf_get_socket_cookie(skb);
 	e->cgroup_id = s->cgroup_id;

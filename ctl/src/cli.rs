@@ -77,6 +77,17 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// DNS answers traced processes received, newest first: the name asked
+    /// for, its addresses and TTL, the resolver (your own processes' unless
+    /// you are root or in group connectracer).
+    Dns {
+        /// Only the answers to this process's queries.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Open and recently closed connections of a process.
     Ps {
         /// The process id.

@@ -1,8 +1,8 @@
 //! Each command: its request, and how its answer is printed.
 
 use connectracer_proto::api::{
-    AddHostParams, ConnectionsParams, ConnectionsReply, PolicyCheckParams, ReloadReply, VersionReply,
-    WatchParams, WhoParams,
+    AddHostParams, AnswersParams, ConnectionsParams, ConnectionsReply, PolicyCheckParams, ReloadReply,
+    VersionReply, WatchParams, WhoParams,
 };
 use connectracer_proto::{ConnState, Protocol, Verdict};
 
@@ -49,6 +49,13 @@ pub fn run(c: &mut Transport, cmd: &Command, p: Printer) -> Result<u8, ClientErr
             connections(p, &c.who(&params)?);
         }
         Command::Ps { pid, limit } => connections(p, &c.ps(*pid, *limit)?),
+        Command::Dns { pid, limit } => {
+            let r = c.answers(AnswersParams {
+                pid: *pid,
+                limit: Some(*limit),
+            })?;
+            p.list(("answers", "answer"), &r.answers, |a| output::answers(a, p));
+        }
         Command::Connections {
             state,
             protocol,

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use connectracer_proto::api::{HostInfo, Stats};
+use connectracer_proto::api::{DnsAnswer, HostInfo, Stats};
 use connectracer_proto::{ConnState, Connection, Verdict};
 
 use crate::out::{paint, Paint, Printer};
@@ -211,6 +211,30 @@ pub fn hosts(hosts: &[HostInfo], p: Printer) -> String {
             cell(dash(h.ttl_seconds.map(|t| format!("{t}s")))),
             state,
             cell(h.source.clone()),
+        ]);
+    }
+    t.render(p.colour)
+}
+
+pub fn answers(answers: &[DnsAnswer], p: Printer) -> String {
+    if answers.is_empty() {
+        return "no DNS answers seen\n".into();
+    }
+    let mut t = Table::new(&["TIME", "PID", "UID", "NAME", "ADDRESSES", "TTL", "RESOLVER"]);
+    for a in answers {
+        let addrs = if a.addresses.is_empty() {
+            "-".to_string()
+        } else {
+            a.addresses.join(",")
+        };
+        t.row(vec![
+            cell(a.time.clone()),
+            cell(a.pid.to_string()),
+            cell(a.uid.to_string()),
+            cell(a.name.clone()),
+            cell(addrs),
+            cell(format!("{}s", a.ttl_seconds)),
+            cell(a.resolver.clone()),
         ]);
     }
     t.render(p.colour)

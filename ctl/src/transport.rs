@@ -2,9 +2,9 @@
 //! (varlink) or the system bus (`--bus`).
 
 use connectracer_proto::api::{
-    AddHostParams, ConnectionsParams, ConnectionsReply, HostsReply, Operation, PolicyCheckParams,
-    PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams, StatsReply, VersionReply,
-    WatchParams, WatchReply, WhoParams,
+    AddHostParams, AnswersParams, AnswersReply, ConnectionsParams, ConnectionsReply, HostsReply, Operation,
+    PolicyCheckParams, PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams,
+    StatsReply, VersionReply, WatchParams, WatchReply, WhoParams,
 };
 
 use crate::bus::BusClient;
@@ -83,6 +83,16 @@ impl Transport {
         match self {
             Self::Socket(c) => c.call(&Operation::RemoveHost(RemoveHostParams { name: name.into() })),
             Self::Bus(b) => b.remove_host(name),
+        }
+    }
+
+    /// Over the control socket only: the bus interface has no method for it.
+    pub fn answers(&mut self, p: AnswersParams) -> Result<AnswersReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&Operation::Answers(p)),
+            Self::Bus(_) => Err(ClientError::Protocol(
+                "DNS answers are served on the control socket only (without --bus)".into(),
+            )),
         }
     }
 

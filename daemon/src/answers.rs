@@ -8,10 +8,11 @@
 // Looked up for every new connection; foldhash is seeded per process, so
 // addresses an answer chose cannot be crafted to collide.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use std::collections::VecDeque;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use connectracer_proto::NameSource;
 use hickory_proto::op::{Message, MessageType};
@@ -22,6 +23,21 @@ use crate::bpf::event::DnsRecord;
 /// Addresses remembered per scope (process, cgroup, host); at the bound,
 /// expired ones are dropped first, then new answers are not kept (counted).
 const MAX_ENTRIES: usize = 65536;
+
+/// Answers kept for `tracectl dns`, the oldest forgotten first.
+const RECENT: usize = 1024;
+
+/// One answer as `tracectl dns` lists it.
+#[derive(Debug, Clone)]
+pub struct Recent {
+    pub at: SystemTime,
+    pub pid: u32,
+    pub uid: u32,
+    pub name: Arc<str>,
+    pub addresses: Vec<IpAddr>,
+    pub ttl: u32,
+    pub resolver: SocketAddr,
+}
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -48,6 +64,7 @@ pub struct Answers {
     /// answer expired.
     grace: Duration,
     stats: AnswerStats,
+    recent: VecDeque<Recent>,
 }
 
 /// An answer: the name asked for and the addresses it resolved to (through
@@ -96,6 +113,7 @@ impl Answers {
             by_host: HashMap::default(),
             grace,
             stats: AnswerStats::default(),
+            recent: VecDeque::new(),
         }
     }
 
@@ -107,14 +125,32 @@ impl Answers {
         self.stats
     }
 
+    /// The answers kept for listing, newest first.
+    pub fn recent(&self) -> impl Iterator<Item = &Recent> + '_ {
+        self.recent.iter().rev()
+    }
+
     /// Remembers the addresses of one answer for its process, its cgroup
-    /// and the host, until their TTL (plus the grace) runs out.
-    pub fn record(&mut self, rec: &DnsRecord, now: Instant) {
+    /// and the host, until their TTL (plus the grace) runs out; `at` is its
+    /// wall-clock arrival.
+    pub fn record(&mut self, rec: &DnsRecord, now: Instant, at: SystemTime) {
         let Some((name, addrs)) = addresses(&rec.payload) else {
             self.stats.undecodable += 1;
             return;
         };
         self.stats.answers += 1;
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Recent {
+            at,
+            pid: rec.pid,
+            uid: rec.uid,
+            name: name.clone(),
+            addresses: addrs.iter().map(|a| a.0).collect(),
+            ttl: addrs.iter().map(|a| a.1).min().unwrap_or(0),
+            resolver: rec.resolver,
+        });
         for (ip, ttl) in addrs {
             let entry = Entry {
                 name: name.clone(),
@@ -171,9 +207,16 @@ mod tests {
         m.to_vec().unwrap()
     }
 
+    impl Answers {
+        fn record_now(&mut self, rec: &DnsRecord, now: Instant) {
+            self.record(rec, now, SystemTime::now());
+        }
+    }
+
     fn rec(pid: u32, cgroup_id: u64, payload: Vec<u8>) -> DnsRecord {
         DnsRecord {
             pid,
+            uid: 0,
             cgroup_id,
             ts_ns: 0,
             cookie: 1,
@@ -194,11 +237,11 @@ mod tests {
     fn each_process_sees_its_own_name_for_a_shared_address() {
         let mut x = Answers::new(Duration::ZERO);
         let now = Instant::now();
-        x.record(
+        x.record_now(
             &rec(10, 5, answer("one.test.", vec![a("one.test.", "10.0.0.1", 60)])),
             now,
         );
-        x.record(
+        x.record_now(
             &rec(11, 5, answer("Two.Test.", vec![a("two.test.", "10.0.0.1", 60)])),
             now,
         );
@@ -237,7 +280,7 @@ mod tests {
             2,
             RData::AAAA(AAAA("2001:db8::7".parse().unwrap())),
         );
-        x.record(
+        x.record_now(
             &rec(
                 1,
                 1,
@@ -259,10 +302,10 @@ mod tests {
     #[test]
     fn garbage_and_queries_are_counted_not_kept() {
         let mut x = Answers::new(Duration::ZERO);
-        x.record(&rec(1, 1, vec![0xff; 40]), Instant::now());
+        x.record_now(&rec(1, 1, vec![0xff; 40]), Instant::now());
         let mut q = Message::new(7, MessageType::Query, hickory_proto::op::OpCode::Query);
         q.add_query(Query::query(Name::from_ascii("x.test.").unwrap(), RecordType::A));
-        x.record(&rec(1, 1, q.to_vec().unwrap()), Instant::now());
+        x.record_now(&rec(1, 1, q.to_vec().unwrap()), Instant::now());
         assert_eq!((x.stats().answers, x.stats().undecodable), (0, 2));
     }
 }

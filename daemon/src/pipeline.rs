@@ -93,6 +93,10 @@ impl Pipeline {
         self.answers.stats()
     }
 
+    pub fn answers(&self) -> &Answers {
+        &self.answers
+    }
+
     /// `[dns] grace`, reloadable: how long a name outlives its answer's TTL.
     pub fn set_name_grace(&mut self, grace: Duration) {
         self.answers.set_grace(grace);
@@ -164,7 +168,10 @@ impl Pipeline {
         self.stats.records += 1;
         match rec {
             Record::Proc(p) => self.attributor.on_process(&p, now),
-            Record::Dns(d) => self.answers.record(&d, now),
+            Record::Dns(d) => {
+                let at = self.kernel_time(d.ts_ns);
+                self.answers.record(&d, now, at);
+            }
             Record::Conn(c) => match c.kind {
                 ConnKind::Connect | ConnKind::Sendmsg => self.on_new(&c, now),
                 ConnKind::Established => self.on_established(&c),

@@ -69,6 +69,7 @@ impl Method {
             (INTERFACE, "GetStats") => Operation::GetStats,
             (INTERFACE, "Who") => Operation::Who(params(p)?),
             (INTERFACE, "Ps") => Operation::Ps(params(p)?),
+            (INTERFACE, "Answers") => Operation::Answers(params(p)?),
             (INTERFACE, "Connections") => Operation::Connections(params(p)?),
             (INTERFACE, "Reload") => Operation::Reload,
             (INTERFACE, "AddHost") => Operation::AddHost(params(p)?),

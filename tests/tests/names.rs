@@ -105,6 +105,27 @@ fn two_processes_resolving_one_address_each_get_their_own_name() {
     };
     assert_eq!(named("process"), Some(2));
     assert_eq!(named("host"), Some(0));
+    // tracectl dns: the answers themselves, per process.
+    let (rc, out, err) = d.tracectl(&["--json", "dns", "--pid", &a.to_string()]);
+    assert_eq!(rc, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let answers = v["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 1, "{out}");
+    let ans = &answers[0];
+    assert_eq!(
+        (&ans["pid"], &ans["name"]),
+        (&a.into(), &"one.test".into()),
+        "{ans}"
+    );
+    assert_eq!(ans["addresses"], serde_json::json!(["127.0.0.9"]));
+    assert_eq!(ans["resolver"], format!("127.0.0.1:{}", dns.port));
+    assert_eq!(ans["ttl_seconds"], 60);
+    let (rc, out, _) = d.tracectl(&["dns"]);
+    assert_eq!(rc, 0);
+    assert!(
+        out.starts_with("TIME") && out.contains("two.test") && out.contains("one.test"),
+        "{out}"
+    );
 }
 
 #[test]

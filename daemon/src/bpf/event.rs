@@ -122,8 +122,9 @@ pub enum ProcRecord {
 /// A DNS answer a socket received from the resolver it queried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsRecord {
-    /// The process that sent the query.
+    /// The process that sent the query, and its uid.
     pub pid: u32,
+    pub uid: u32,
     pub cgroup_id: u64,
     pub ts_ns: u64,
     pub cookie: u64,
@@ -241,6 +242,7 @@ fn decode_dns(e: &ct_dns_event) -> DnsRecord {
     let len = usize::from(e.len).min(e.payload.len());
     DnsRecord {
         pid: e.pid,
+        uid: e.uid,
         cgroup_id: e.cgroup_id,
         ts_ns: e.ts_ns,
         cookie: e.cookie,

@@ -42,6 +42,7 @@ fn needs_privilege(op: &Operation) -> Option<&'static str> {
         | Operation::Ps(_)
         | Operation::Connections(_)
         | Operation::Hosts
+        | Operation::Answers(_)
         | Operation::Watch(_) => None,
         Operation::Reload => Some("reloading"),
         Operation::AddHost(_) | Operation::RemoveHost(_) => Some("changing watched hosts"),

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use connectracer_proto::api::{
-    CallError, ConnectionsParams, ConnectionsReply, Filter, Operation, PsParams, WhoParams,
+    AnswersParams, AnswersReply, CallError, ConnectionsParams, ConnectionsReply, DnsAnswer, Filter,
+    Operation, PsParams, WhoParams,
 };
 use connectracer_proto::Connection;
 
@@ -154,6 +155,26 @@ fn label_of<'a>(addr: &'a str, labels: &[&str]) -> Option<(&'a str, Option<u16>)
     labels.contains(&label).then_some((label, port))
 }
 
+/// The DNS answers the caller may see (all for the privileged, their own
+/// processes' otherwise), newest first.
+pub fn answers(a: &crate::answers::Answers, caller: &Caller, p: &AnswersParams) -> AnswersReply {
+    let answers = a
+        .recent()
+        .filter(|r| (caller.privileged || r.uid == caller.uid) && p.pid.is_none_or(|pid| r.pid == pid))
+        .take(limit(p.limit))
+        .map(|r| DnsAnswer {
+            time: humantime::format_rfc3339_micros(r.at).to_string(),
+            pid: r.pid,
+            uid: r.uid,
+            name: r.name.to_string(),
+            addresses: r.addresses.iter().map(ToString::to_string).collect(),
+            ttl_seconds: r.ttl,
+            resolver: r.resolver.to_string(),
+        })
+        .collect();
+    AnswersReply { answers }
+}
+
 pub fn ps(table: &ConnTable, caller: &Caller, p: &PsParams) -> Rows {
     reply(caller, &Filter::default(), table.by_pid(p.pid), limit(p.limit))
 }
@@ -168,6 +189,7 @@ pub fn rows(op: &Operation) -> Option<usize> {
     match op {
         Operation::Who(p) => Some(limit(p.limit)),
         Operation::Ps(p) => Some(limit(p.limit)),
+        Operation::Answers(p) => Some(limit(p.limit)),
         Operation::Connections(p) => Some(connections_limit(p)),
         _ => None,
     }

@@ -44,6 +44,8 @@ pub enum Operation {
     PolicyShow,
     #[serde(rename = "org.connectracer.Tracer.PolicyCheck")]
     PolicyCheck(PolicyCheckParams),
+    #[serde(rename = "org.connectracer.Tracer.Answers")]
+    Answers(AnswersParams),
     /// A stream of events (varlink `more`; on D-Bus, signals): served by
     /// the transports from the event broadcast, never by the owner.
     #[serde(rename = "org.connectracer.Tracer.Watch")]
@@ -65,6 +67,7 @@ impl Operation {
             Self::Hosts => "Hosts",
             Self::PolicyShow => "PolicyShow",
             Self::PolicyCheck(_) => "PolicyCheck",
+            Self::Answers(_) => "Answers",
             Self::Watch(_) => "Watch",
         }
     }
@@ -95,6 +98,7 @@ impl Operation {
             Self::Hosts,
             Self::PolicyShow,
             Self::PolicyCheck(PolicyCheckParams::default()),
+            Self::Answers(AnswersParams::default()),
             Self::Watch(WatchParams::default()),
         ]
     }
@@ -112,6 +116,7 @@ pub enum Answer {
     Hosts(HostsReply),
     PolicyShow(PolicyShowReply),
     PolicyCheck(PolicyCheckReply),
+    Answers(AnswersReply),
 }
 
 impl Answer {
@@ -124,6 +129,7 @@ impl Answer {
             Self::Hosts(_) => "hosts",
             Self::PolicyShow(_) => "policy",
             Self::PolicyCheck(_) => "policy decision",
+            Self::Answers(_) => "answers",
         }
     }
 }
@@ -166,6 +172,7 @@ answer_kind! {
     Hosts(HostsReply) = "hosts",
     PolicyShow(PolicyShowReply) = "policy",
     PolicyCheck(PolicyCheckReply) = "policy decision",
+    Answers(AnswersReply) = "answers",
 }
 
 #[cfg(test)]
@@ -177,7 +184,7 @@ mod tests {
         let names: std::collections::BTreeSet<&str> =
             Operation::every().iter().map(Operation::name).collect();
         assert_eq!(names.len(), Operation::every().len());
-        assert_eq!(names.len(), 12);
+        assert_eq!(names.len(), 13);
     }
 
     #[test]

@@ -287,3 +287,34 @@ impl WatchReply {
 pub struct StatsReply {
     pub stats: Stats,
 }
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswersParams {
+    /// Only the answers to this process's queries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// At most this many, newest first (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A DNS answer a traced process received, as the kernel copied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsAnswer {
+    /// When it arrived (RFC 3339, UTC).
+    pub time: String,
+    /// The process that asked, and its uid.
+    pub pid: u32,
+    pub uid: u32,
+    /// The name asked for (a CNAME chain's addresses are listed under it).
+    pub name: String,
+    pub addresses: Vec<String>,
+    /// The shortest TTL among the addresses.
+    pub ttl_seconds: u32,
+    pub resolver: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswersReply {
+    pub answers: Vec<DnsAnswer>,
+}

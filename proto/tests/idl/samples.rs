@@ -159,6 +159,13 @@ pub fn inputs(method: &str) -> Vec<Value> {
             }),
             Operation::Who(WhoParams::default()),
         ],
+        "Answers" => vec![
+            Operation::Answers(AnswersParams {
+                pid: Some(7),
+                limit: Some(5),
+            }),
+            Operation::Answers(AnswersParams::default()),
+        ],
         "Ps" => vec![
             Operation::Ps(PsParams {
                 pid: 1,
@@ -266,6 +273,17 @@ pub fn outputs(method: &str) -> Vec<Value> {
         }),
         "Reload" | "AddHost" | "RemoveHost" => both(&|f| json(&reload(f))),
         "Hosts" => both(&|f| json(&HostsReply { hosts: vec![host(f)] })),
+        "Answers" => vec![json(&AnswersReply {
+            answers: vec![DnsAnswer {
+                time: "2026-11-29T10:00:00.000001Z".into(),
+                pid: 7,
+                uid: 1000,
+                name: "api.test".into(),
+                addresses: vec!["10.0.0.1".into(), "2001:db8::1".into()],
+                ttl_seconds: 60,
+                resolver: "127.0.0.53:53".into(),
+            }],
+        })],
         "PolicyShow" => both(&|f| json(&policy(f))),
         "PolicyCheck" => both(&|f| {
             json(&PolicyCheckReply {
