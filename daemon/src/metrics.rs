@@ -85,6 +85,17 @@ const SENT: &str = "connectracer_connection_sent_bytes";
 const RECEIVED: &str = "connectracer_connection_received_bytes";
 const VERDICTS: &str = "connectracer_policy_verdicts_total";
 
+/// A closed TCP connection's duration and byte counts, into its host's histograms.
+fn record_closed(h: &ClosedHistograms, c: &Connection) {
+    if let Some(ns) = c.duration_ns {
+        h.duration.record(ns as f64 / 1e9);
+    }
+    if let (Some(tx), Some(rx)) = (c.bytes_sent, c.bytes_received) {
+        h.sent.record(tx as f64);
+        h.received.record(rx as f64);
+    }
+}
+
 fn describe() {
     describe_connections();
     describe_kernel_and_pipeline();
@@ -454,26 +465,20 @@ impl Metrics {
 
     /// A TCP connection closed: its duration and byte counts.
     pub fn closed(&mut self, c: &Connection) {
-        let fresh = !self.closed.contains_key(&c.host);
-        if fresh {
-            let h = self.closed_histograms(c.host.clone().unwrap_or_default());
-            if self.closed.len() >= MAX_CACHED_COUNTERS {
-                self.closed.clear();
+        // One lookup for a host seen before; admit() counted a new one's overflow.
+        if let Some(h) = self.closed.get(&c.host) {
+            if let Some(o) = &h.overflow {
+                o.increment(1);
             }
-            self.closed.insert(c.host.clone(), h);
+            record_closed(h, c);
+            return;
         }
-        let h = &self.closed[&c.host];
-        if let (false, Some(o)) = (fresh, &h.overflow) {
-            // admit() counted the first one.
-            o.increment(1);
+        let h = self.closed_histograms(c.host.clone().unwrap_or_default());
+        record_closed(&h, c);
+        if self.closed.len() >= MAX_CACHED_COUNTERS {
+            self.closed.clear();
         }
-        if let Some(ns) = c.duration_ns {
-            h.duration.record(ns as f64 / 1e9);
-        }
-        if let (Some(tx), Some(rx)) = (c.bytes_sent, c.bytes_received) {
-            h.sent.record(tx as f64);
-            h.received.record(rx as f64);
-        }
+        self.closed.insert(c.host.clone(), h);
     }
 
     fn closed_histograms(&mut self, host: String) -> ClosedHistograms {

@@ -31,6 +31,16 @@ pub use paths::{bin_path, repo_root};
 pub use users::{TestGroup, TestUser};
 pub use wait::{eventually, wait_until};
 
+/// The pids of the connections a tracectl JSON answer (`{"connections": [...]}`) lists, in its order.
+pub fn connection_pids(v: &serde_json::Value) -> Vec<u64> {
+    v["connections"]
+        .as_array()
+        .expect("a connections answer")
+        .iter()
+        .map(|c| c["process"]["pid"].as_u64().expect("a pid"))
+        .collect()
+}
+
 pub fn pretty(v: &[Value]) -> String {
     v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
 }

@@ -8,7 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use connectracer_tests::{
-    bin_path, hold, output, tcp_server, Daemon, PrivateBus, TestCgroup, TestGroup, TestUser,
+    bin_path, connection_pids as pids, hold, output, tcp_server, Daemon, PrivateBus, TestCgroup, TestGroup,
+    TestUser,
 };
 use serde_json::Value;
 
@@ -36,15 +37,6 @@ fn dbus_send(bus: &PrivateBus, method: &str, args: &[&str]) -> (i32, String, Str
             .arg(format!("{NAME}.{method}"))
             .args(args),
     )
-}
-
-fn pids(v: &Value) -> Vec<u64> {
-    v["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["process"]["pid"].as_u64().unwrap())
-        .collect()
 }
 
 #[test]

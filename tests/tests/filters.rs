@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use connectracer_tests::{bin_path, closed_port, probe, probe_as, tcp_server, Daemon, TestCgroup};
+use connectracer_tests::{
+    bin_path, closed_port, connection_pids, probe, probe_as, tcp_server, Daemon, TestCgroup,
+};
 use serde_json::Value;
 
 const CONTAINER: &str = "9f1c2b3a5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708";
@@ -19,12 +21,8 @@ fn pids(d: &Daemon, args: &[&str]) -> BTreeSet<u64> {
     a.extend(args);
     let (code, out, err) = d.tracectl(&a);
     assert_eq!(code, 0, "{args:?}: {err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["process"]["pid"].as_u64().unwrap())
+    connection_pids(&serde_json::from_str(&out).unwrap())
+        .into_iter()
         .collect()
 }
 

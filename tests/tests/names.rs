@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use connectracer_tests::{free_port, metric, probe, tcp_server, ConfigDir, Daemon, Dnsmasq, TestCgroup};
+use connectracer_tests::{
+    connection_pids, free_port, metric, probe, tcp_server, ConfigDir, Daemon, Dnsmasq, TestCgroup,
+};
 use serde_json::Value;
 
 fn config(dns: &Dnsmasq, grace: &str) -> String {
@@ -78,13 +80,7 @@ fn two_processes_resolving_one_address_each_get_their_own_name() {
     let pids = |args: &[&str]| -> Vec<u64> {
         let (rc, out, err) = d.tracectl(args);
         assert_eq!(rc, 0, "{args:?}: {err}");
-        let v: Value = serde_json::from_str(&out).unwrap();
-        let mut pids: Vec<u64> = v["connections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["process"]["pid"].as_u64().unwrap())
-            .collect();
+        let mut pids = connection_pids(&serde_json::from_str(&out).unwrap());
         pids.sort_unstable();
         pids
     };
