@@ -116,6 +116,31 @@ struct {
 	__type(value, struct ct_scope_val);
 } policy_scopes SEC(".maps");
 
+/* Hostnames rules name, per generation (see struct ct_dns_name_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CT_DNS_NAME_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ct_dns_name_key);
+	__type(value, struct ct_dns_name_val);
+} dns_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CT_DNS_NAME_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ct_dns_rule_key);
+	__type(value, struct ct_policy_val);
+} dns_rules SEC(".maps");
+
+/* Written by the DNS ingress program only; survives a daemon restart. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_DNS_ADDR_ENTRIES);
+	__type(key, struct ct_dns_addr_key);
+	__type(value, struct ct_dns_addr_val);
+} dns_addrs SEC(".maps");
+
 /*
  * Socket-local storage rather than a cookie-keyed hash: the state
  * tracepoint runs for every TCP socket on the host, and a storage lookup
@@ -158,6 +183,12 @@ struct ct_policy_v4_key _ct_policy_v4_key = {};
 struct ct_policy_v6_key _ct_policy_v6_key = {};
 struct ct_policy_val _ct_policy_val = {};
 struct ct_scope_key _ct_scope_key = {};
+enum ct_dns_capacity _ct_dns_capacity = 0;
+struct ct_dns_name_key _ct_dns_name_key = {};
+struct ct_dns_name_val _ct_dns_name_val = {};
+struct ct_dns_rule_key _ct_dns_rule_key = {};
+struct ct_dns_addr_key _ct_dns_addr_key = {};
+struct ct_dns_addr_val _ct_dns_addr_val = {};
 struct ct_scope_val _ct_scope_val = {};
 
 static __always_inline void count(__u32 idx)
@@ -305,7 +336,81 @@ struct judgement {
 	__u8 verdict;
 	__u8 decided;
 	__u32 rule;
+	/* Hostnames the destination was seen for in DNS answers, unexpired. */
+	__u32 nnames;
+	__u64 names[CT_DNS_NAME_SLOTS];
 };
+
+struct hit {
+	__u8 protocol;		/* in: the call's */
+	__u8 verdict;
+	__u8 found;
+	__u32 rule;
+};
+
+/*
+ * The first of rules [from, to) of `v` that matches, into `h`; 0 if one
+ * does. A global function, verified once: inlined, its loop made each
+ * connect program take seconds to verify.
+ */
+__noinline int first_match(const struct ct_policy_val *v, __u32 from, __u32 to, const struct dest *d,
+			   struct hit *h)
+{
+	int i;
+
+	if (!v || !d || !h)
+		return -1;
+	bpf_for(i, 0, CT_MAX_PORT_RULES) {
+		const struct ct_policy_rule *r = &v->rules[i];
+
+		if (i < from)
+			continue;
+		if (i >= to || i >= v->nrules)
+			break;
+		if (d->port < r->lo || d->port > r->hi)
+			continue;
+		if (r->protocol && r->protocol != h->protocol)
+			continue;
+		h->rule = r->rule_id;
+		h->verdict = r->verdict;
+		h->found = 1;
+		return 0;
+	}
+	return -1;
+}
+
+/*
+ * The earliest (lowest rule id) rule that matches among the address's own
+ * ones and those of the names it was seen for; sets `j` and returns 1 if
+ * one does.
+ */
+static __always_inline int judge_names(__u32 scope, __u32 gen, const struct dest *d, __u8 protocol,
+				       const struct ct_policy_val *v, __u32 own, struct judgement *j)
+{
+	struct hit best = { .protocol = protocol };
+	int n;
+
+	if (v)
+		first_match(v, 0, own, d, &best);
+	bpf_for(n, 0, CT_DNS_NAME_SLOTS) {
+		struct ct_dns_rule_key k = { .gen = gen, .scope = scope };
+		struct hit h = { .protocol = protocol };
+
+		if (n >= j->nnames)
+			break;
+		k.hash = j->names[n];
+		if (first_match(bpf_map_lookup_elem(&dns_rules, &k), 0, CT_MAX_PORT_RULES, d, &h))
+			continue;
+		if (!best.found || h.rule < best.rule)
+			best = h;
+	}
+	if (!best.found)
+		return 0;
+	j->verdict = best.verdict;
+	j->rule = best.rule;
+	j->decided = 1;
+	return 1;
+}
 
 /*
  * One scope's say on a destination: IPv6 blocking first, then the rules of
@@ -323,6 +428,7 @@ __noinline int judge_scope(__u32 scope, __u32 gen, const struct dest *d, __u8 pr
 	const struct ct_scope_val *sv = bpf_map_lookup_elem(&policy_scopes, &sk);
 	const struct ct_policy_val *v;
 	__u32 tag = bpf_htonl((gen << 24) | (scope & 0xffffff));
+	__u32 own;
 
 	if (!j || !d)
 		return 0;
@@ -345,19 +451,18 @@ __noinline int judge_scope(__u32 scope, __u32 gen, const struct dest *d, __u8 pr
 		__builtin_memcpy(k.addr, d->addr, 16);
 		v = bpf_map_lookup_elem(&policy_v6, &k);
 	}
+	own = 0;
+	if (v && v->plen == (d->family == AF_INET ? 32 : 128))
+		own = v->nown;
+	if (j->nnames && judge_names(scope, gen, d, protocol, v, own, j))
+		return 0;
 	if (v) {
-		for (int i = 0; i < CT_MAX_PORT_RULES; i++) {
-			const struct ct_policy_rule *r;
+		struct hit h = { .protocol = protocol };
 
-			if (i >= v->nrules)
-				break;
-			r = &v->rules[i];
-			if (d->port < r->lo || d->port > r->hi)
-				continue;
-			if (r->protocol && r->protocol != protocol)
-				continue;
-			j->verdict = r->verdict;
-			j->rule = r->rule_id;
+		/* With names, the own rules were asked above. */
+		if (!first_match(v, j->nnames ? own : 0, CT_MAX_PORT_RULES, d, &h)) {
+			j->verdict = h.verdict;
+			j->rule = h.rule;
 			j->decided = 1;
 			return 0;
 		}
@@ -368,6 +473,28 @@ __noinline int judge_scope(__u32 scope, __u32 gen, const struct dest *d, __u8 pr
 		j->decided = 1;
 	}
 	return 0;
+}
+
+static __always_inline void seen_names(const struct dest *d, struct judgement *j)
+{
+	struct ct_dns_addr_key k = { .family = d->family };
+	const struct ct_dns_addr_val *v;
+	__u64 now;
+
+	if (d->family == AF_INET)
+		__builtin_memcpy(k.addr, d->addr, 4);
+	else
+		__builtin_memcpy(k.addr, d->addr, 16);
+	v = bpf_map_lookup_elem(&dns_addrs, &k);
+	if (!v)
+		return;
+	now = bpf_ktime_get_ns();
+	for (int i = 0; i < CT_DNS_NAME_SLOTS; i++) {
+		if (!v->hash[i] || v->expires_ns[i] <= now)
+			continue;
+		j->names[j->nnames & (CT_DNS_NAME_SLOTS - 1)] = v->hash[i];
+		j->nnames++;
+	}
 }
 
 static __always_inline __u32 scope_of(__u32 gen, __u32 kind, __u64 id, __u64 dev)
@@ -389,6 +516,8 @@ static __always_inline void judge(const struct ct_config *cfg, __u32 gen, const 
 	__u64 ancestors[CT_MAX_CGROUP_DEPTH];
 	__u32 scope, n = 0;
 
+	if (cfg->policy & CT_POLICY_NAMES)
+		seen_names(d, j);
 	judge_scope(CT_SCOPE_BUILTIN, gen, d, protocol, j);
 	if (j->decided)
 		return;

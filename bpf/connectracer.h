@@ -158,6 +158,7 @@ enum ct_policy_flag {
 	CT_POLICY_CGROUP = 2,	/* some scope selects by cgroup */
 	CT_POLICY_UID = 4,	/* some scope selects by user */
 	CT_POLICY_EXE = 8,	/* some scope selects by executable */
+	CT_POLICY_NAMES = 16,	/* some rule names a hostname: answers seen in the kernel count */
 };
 
 /*
@@ -219,10 +220,17 @@ struct ct_policy_rule {
 	__u32 rule_id;		/* 1-based position in the merged configuration */
 };
 
-/* Like ct_watch_val: own rules, then those of covering prefixes, in precedence order. */
+/*
+ * Like ct_watch_val: own rules, then those of covering prefixes, in
+ * precedence order. The first `nown` are the entry's own; for a whole
+ * address (`plen` 32 or 128) they rank with the rules of the hostnames the
+ * address was seen for in DNS answers, by rule id.
+ */
 struct ct_policy_val {
 	__u32 nrules;
-	__u32 pad;
+	__u16 nown;
+	__u8 plen;		/* the entry's address prefix length */
+	__u8 pad;
 	struct ct_policy_rule rules[CT_MAX_PORT_RULES];
 };
 
@@ -256,6 +264,9 @@ struct ct_dgram_key {
 #define CT_DNS_LEN 2048		/* payload bytes kept (a power of two): more than a 1232-byte EDNS answer */
 #define CT_DNS_PORTS 4		/* resolver ports followed (53 and configured ones) */
 #define CT_DNS_PENDING 4	/* queries in flight per socket (A and AAAA, retries) */
+#define CT_DNS_RECORDS 64	/* answer records looked at for hostname policy */
+#define CT_DNS_NAME_SLOTS 4	/* hostnames one address is remembered for */
+#define CT_DNS_QNAME_LEN 256	/* a question name's wire form, at most */
 
 struct ct_dns_event {
 	__u32 kind;		/* CT_EV_DNS */
@@ -280,6 +291,7 @@ struct ct_dns_query {
 	__u16 family;
 	__u8 protocol;		/* IPPROTO_UDP or IPPROTO_TCP */
 	__u8 pad;
+	__u64 qhash;		/* of the question (ct_name_hash); an answer must repeat it */
 };
 
 /* Per-socket storage of the queries a socket sent and awaits answers to. */
@@ -290,6 +302,49 @@ struct ct_dns_sock {
 	__u32 pad;
 	__u64 cgroup_id;
 	struct ct_dns_query q[CT_DNS_PENDING];
+};
+
+/*
+ * Hostname policy from the answers themselves. A name some rule names is
+ * known to the kernel by the FNV-1a hash of its wire form, lowercased
+ * (length bytes included, the root label not); an answer to a pending
+ * query for such a name marks its A and AAAA addresses with the hash
+ * until TTL + grace, before the querying process can read it, and a
+ * connect to a marked address is judged by that name's rules as if the
+ * daemon had resolved it itself.
+ */
+enum ct_dns_capacity {
+	CT_DNS_NAME_ENTRIES = 16384,	/* names and (scope, name) rules, both generations */
+	CT_DNS_ADDR_ENTRIES = 16384,	/* addresses seen, least recently used replaced */
+};
+
+struct ct_dns_name_key {
+	__u32 gen;
+	__u32 pad;
+	__u64 hash;
+};
+
+struct ct_dns_name_val {
+	__u32 grace_s;		/* kept this long past the answer's TTL */
+	__u32 pad;
+};
+
+/* A scope's rules for one name: a ct_policy_val whose rules are all own. */
+struct ct_dns_rule_key {
+	__u32 gen;
+	__u32 scope;
+	__u64 hash;
+};
+
+struct ct_dns_addr_key {
+	__u16 family;
+	__u16 pad;
+	__u8 addr[16];		/* network order; IPv4 in the first 4 bytes, the rest 0 */
+};
+
+struct ct_dns_addr_val {
+	__u64 hash[CT_DNS_NAME_SLOTS];		/* 0: free */
+	__u64 expires_ns[CT_DNS_NAME_SLOTS];	/* bpf_ktime_get_ns() time */
 };
 
 #endif /* __CONNECTRACER_H */

@@ -28,6 +28,11 @@ impl Dnsmasq {
     /// On `addr`:`port`, e.g. port 53 of an otherwise unused loopback
     /// address for clients that cannot be given a port (libc's resolver).
     pub fn start_on(addr: &str, port: u16, records: &str, ttl: u32) -> Self {
+        Self::start_with(addr, port, records, ttl, &[])
+    }
+
+    /// With more dnsmasq options (`--cname=alias,target`, ...).
+    pub fn start_with(addr: &str, port: u16, records: &str, ttl: u32, extra: &[&str]) -> Self {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let hosts = std::env::temp_dir().join(format!("connectracer-test-{}-{n}.hosts", std::process::id()));
@@ -48,6 +53,7 @@ impl Dnsmasq {
             .arg(format!("--port={port}"))
             .arg(format!("--addn-hosts={}", hosts.display()))
             .arg(format!("--local-ttl={ttl}"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -6,15 +6,15 @@
 use libbpf_rs::{MapCore, MapFlags};
 
 use super::error::TracerError;
-use super::layout::{Entries, Generation, MAP_NAMES};
+use super::layout::{Entries, Generation, MAPS, MAP_NAMES};
 
 /// The maps of one generation. The policy maps are shared with the other
 /// generation (its entries carry the other generation number), so their
 /// room is what the other one leaves.
 pub struct GenerationMaps<'a> {
-    pub maps: [&'a dyn MapCore; 5],
+    pub maps: [&'a dyn MapCore; MAPS],
     /// Whether the map at the same index is shared by both generations.
-    pub shared: [bool; 5],
+    pub shared: [bool; MAPS],
 }
 
 impl std::fmt::Debug for GenerationMaps<'_> {

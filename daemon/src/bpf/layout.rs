@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 
 use super::types::{
-    ct_lpm_v4_key, ct_lpm_v6_key, ct_policy_rule, ct_policy_v4_key, ct_policy_v6_key, ct_policy_val,
-    ct_port_rule, ct_scope_key, ct_scope_kind, ct_scope_val, ct_watch_val,
+    ct_dns_name_key, ct_dns_name_val, ct_dns_rule_key, ct_lpm_v4_key, ct_lpm_v6_key, ct_policy_rule,
+    ct_policy_v4_key, ct_policy_v6_key, ct_policy_val, ct_port_rule, ct_scope_key, ct_scope_kind,
+    ct_scope_val, ct_watch_val,
 };
 
 /// Port rules one kernel entry holds (`CT_MAX_PORT_RULES` in connectracer.h).
@@ -58,6 +59,18 @@ pub struct PolicyEntry {
     pub scope: u32,
     pub net: IpNet,
     pub rules: Vec<KernelRule>,
+    /// The first `own` of `rules` are the prefix's own.
+    pub own: usize,
+}
+
+/// A scope's rules for one hostname, for connects to addresses the kernel
+/// saw in answers for it (see `ruleset::names`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameRules {
+    pub scope: u32,
+    /// `ruleset::names::name_hash` of the name.
+    pub hash: u64,
+    pub rules: Vec<KernelRule>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,6 +101,9 @@ pub struct CompiledPolicy {
     pub flags: u8,
     pub entries: Vec<PolicyEntry>,
     pub scopes: Vec<(ScopeKey, ScopeVal)>,
+    pub names: Vec<NameRules>,
+    /// Seconds an address seen in an answer stays past its TTL.
+    pub name_grace_s: u32,
 }
 
 // SAFETY: plain integer/byte-array structs generated from connectracer.h.
@@ -106,6 +122,12 @@ unsafe impl plain::Plain for ct_policy_val {}
 unsafe impl plain::Plain for ct_scope_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for ct_scope_val {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_dns_name_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_dns_name_val {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_dns_rule_key {}
 
 pub fn bytes<T: plain::Plain>(v: &T) -> &[u8] {
     // SAFETY: Plain types are integers and byte arrays without padding
@@ -152,29 +174,46 @@ pub struct Generation {
     pub policy_v4: Entries,
     pub policy_v6: Entries,
     pub scopes: Entries,
+    pub dns_names: Entries,
+    pub dns_rules: Entries,
 }
 
+/// Maps a generation writes.
+pub const MAPS: usize = 7;
+
 /// Names in the order `Generation::parts` yields the maps.
-pub const MAP_NAMES: [&str; 5] = ["watch_v4", "watch_v6", "policy_v4", "policy_v6", "policy_scopes"];
+pub const MAP_NAMES: [&str; MAPS] = [
+    "watch_v4",
+    "watch_v6",
+    "policy_v4",
+    "policy_v6",
+    "policy_scopes",
+    "dns_names",
+    "dns_rules",
+];
 
 impl Generation {
-    pub(super) fn parts_mut(&mut self) -> [&mut Entries; 5] {
+    pub(super) fn parts_mut(&mut self) -> [&mut Entries; MAPS] {
         [
             &mut self.watch_v4,
             &mut self.watch_v6,
             &mut self.policy_v4,
             &mut self.policy_v6,
             &mut self.scopes,
+            &mut self.dns_names,
+            &mut self.dns_rules,
         ]
     }
 
-    pub fn parts(&self) -> [&Entries; 5] {
+    pub fn parts(&self) -> [&Entries; MAPS] {
         [
             &self.watch_v4,
             &self.watch_v6,
             &self.policy_v4,
             &self.policy_v6,
             &self.scopes,
+            &self.dns_names,
+            &self.dns_rules,
         ]
     }
 
@@ -217,20 +256,9 @@ impl Generation {
 
     fn add_policy(&mut self, gen: u32, p: &CompiledPolicy) {
         for e in &p.entries {
-            let mut val = ct_policy_val {
-                nrules: e.rules.len().min(MAX_RULES) as u32,
-                ..Default::default()
-            };
-            for (slot, r) in val.rules.iter_mut().zip(&e.rules) {
-                *slot = ct_policy_rule {
-                    lo: r.lo,
-                    hi: r.hi,
-                    protocol: r.protocol,
-                    verdict: r.verdict,
-                    rule_id: r.rule_id,
-                    ..Default::default()
-                };
-            }
+            let mut val = policy_val(&e.rules);
+            val.nown = e.own.min(MAX_RULES) as u16;
+            val.plen = e.net.prefix_len();
             let scope = scope_tag(gen, e.scope);
             let val = bytes(&val).to_vec();
             match e.net {
@@ -258,7 +286,50 @@ impl Generation {
                 bytes(&scope_val(*v)).to_vec(),
             );
         }
+        self.add_names(gen, p);
     }
+
+    fn add_names(&mut self, gen: u32, p: &CompiledPolicy) {
+        let grace = ct_dns_name_val {
+            grace_s: p.name_grace_s,
+            ..Default::default()
+        };
+        for n in &p.names {
+            let name = ct_dns_name_key {
+                gen,
+                hash: n.hash,
+                ..Default::default()
+            };
+            self.dns_names
+                .insert(bytes(&name).to_vec(), bytes(&grace).to_vec());
+            let mut val = policy_val(&n.rules);
+            val.nown = val.nrules as u16;
+            let key = ct_dns_rule_key {
+                gen,
+                scope: n.scope,
+                hash: n.hash,
+            };
+            self.dns_rules.insert(bytes(&key).to_vec(), bytes(&val).to_vec());
+        }
+    }
+}
+
+fn policy_val(rules: &[KernelRule]) -> ct_policy_val {
+    let mut val = ct_policy_val {
+        nrules: rules.len().min(MAX_RULES) as u32,
+        ..Default::default()
+    };
+    for (slot, r) in val.rules.iter_mut().zip(rules) {
+        *slot = ct_policy_rule {
+            lo: r.lo,
+            hi: r.hi,
+            protocol: r.protocol,
+            verdict: r.verdict,
+            rule_id: r.rule_id,
+            ..Default::default()
+        };
+    }
+    val
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use libbpf_rs::{MapCore, Object, OpenObject};
 use super::error::TracerError;
 
 /// Maps whose content must survive a restart: counters, records not yet
-/// read, per-socket state of open connections, the UDP dedup memory. The
-/// watch lists and generation switch are rebuilt from the configuration.
-pub const MAPS: [&str; 4] = ["events", "stats", "socks", "dgrams"];
+/// read, per-socket state of open connections, the UDP dedup memory, the
+/// addresses DNS answers gave hostname rules. The watch lists and
+/// generation switch are rebuilt from the configuration.
+pub const MAPS: [&str; 5] = ["events", "stats", "socks", "dgrams", "dns_addrs"];
 
 /// What a start found pinned by an earlier instance.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -244,8 +244,16 @@ impl Tracer {
             (&maps.watch_v4_1, &maps.watch_v6_1)
         };
         GenerationMaps {
-            maps: [v4, v6, &maps.policy_v4, &maps.policy_v6, &maps.policy_scopes],
-            shared: [false, false, true, true, true],
+            maps: [
+                v4,
+                v6,
+                &maps.policy_v4,
+                &maps.policy_v6,
+                &maps.policy_scopes,
+                &maps.dns_names,
+                &maps.dns_rules,
+            ],
+            shared: [false, false, true, true, true, true, true],
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 
 use crate::bpf::layout::{CompiledPolicy, LpmEntry};
-use crate::bpf::types::ct_capacity;
+use crate::bpf::types::{ct_capacity, ct_dns_capacity};
 
 /// Entries of one family's watch trie: each generation has its own.
 pub const WATCH_ENTRIES: usize = ct_capacity::CT_WATCH_ENTRIES.0 as usize;
@@ -17,6 +17,8 @@ pub const WATCH_ENTRIES: usize = ct_capacity::CT_WATCH_ENTRIES.0 as usize;
 /// the next configuration always fits beside the one in force.
 pub const POLICY_ENTRIES: usize = ct_capacity::CT_POLICY_ENTRIES.0 as usize / 2;
 pub const SCOPE_ENTRIES: usize = ct_capacity::CT_SCOPE_ENTRIES.0 as usize / 2;
+/// Hostnames, and (scope, hostname) rule sets, likewise halved.
+pub const NAME_ENTRIES: usize = ct_dns_capacity::CT_DNS_NAME_ENTRIES.0 as usize / 2;
 
 /// Where an overflow comes from, for the error's location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +138,27 @@ pub fn check(watch: &[LpmEntry], policy: &CompiledPolicy) -> Vec<Overflow> {
             culprit: Culprit::Scopes,
         });
     }
+    // dns_names holds one entry per distinct name, dns_rules one per
+    // (scope, name): the second is never the smaller.
+    if policy.names.len() > NAME_ENTRIES {
+        out.push(Overflow {
+            map: "dns_rules",
+            what: format!(
+                "hostname rules: {} (scope, hostname) pairs",
+                group(policy.names.len())
+            ),
+            needed: policy.names.len(),
+            limit: NAME_ENTRIES,
+            hint: "; name fewer hosts per scope".into(),
+            culprit: Culprit::Rule(
+                policy
+                    .names
+                    .get(NAME_ENTRIES)
+                    .and_then(|n| n.rules.first())
+                    .map_or(0, |r| r.rule_id),
+            ),
+        });
+    }
     out
 }
 
@@ -190,6 +213,7 @@ mod tests {
                 verdict: 2,
                 rule_id,
             }],
+            own: 1,
         };
         let mut p = CompiledPolicy {
             entries: (0..=POLICY_ENTRIES).map(|i| entry(i, 2)).collect(),

@@ -28,6 +28,8 @@ pub enum Flat<S, R> {
         scope: S,
         net: IpNet,
         rules: Vec<R>,
+        /// How many of `rules` are the prefix's own (the rest are inherited).
+        own: usize,
     },
     TooMany {
         scope: S,
@@ -90,6 +92,7 @@ impl<S: Copy + Eq + std::hash::Hash, R: Clone> Prefixes<S, R> {
                     scope: *scope,
                     net: *net,
                     rules,
+                    own: own.len(),
                 }
             });
         }

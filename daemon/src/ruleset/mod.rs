@@ -8,6 +8,7 @@
 
 pub mod capacity;
 mod lpm;
+pub mod names;
 pub mod policy;
 pub mod watch;
 
@@ -82,7 +83,10 @@ pub fn compile(
 ) -> Result<Ruleset, Vec<Problem>> {
     let (watch, too_many) = watch::build(&c.hosts, env.resolved);
     let mut problems: Vec<Problem> = too_many.into_iter().map(Problem::Watch).collect();
-    let (policy, too_many) = policy::compile(&c.policy, env, ids);
+    let (mut policy, too_many) = policy::compile(&c.policy, env, ids);
+    // Whole seconds, rounded up: the kernel keeps an address at least as long as asked.
+    policy.name_grace_s =
+        u32::try_from(c.dns.grace.as_secs() + u64::from(c.dns.grace.subsec_nanos() > 0)).unwrap_or(u32::MAX);
     problems.extend(too_many.into_iter().map(Problem::Policy));
     problems.extend(
         capacity::check(&watch, &policy)

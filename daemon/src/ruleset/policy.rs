@@ -6,6 +6,7 @@ use connectracer_proto::Protocol;
 use ipnet::IpNet;
 
 use super::lpm::{Flat, Prefixes};
+use super::names;
 use crate::bpf::layout::{CompiledPolicy, KernelRule, PolicyEntry, ScopeKey, ScopeVal, MAX_RULES};
 use crate::bpf::types::{ct_policy_flag, ct_verdict};
 use crate::config::policy::{Action, Dest, Mode, Policy, Selector};
@@ -14,10 +15,11 @@ use crate::policy::scopes::Identities;
 use crate::policy::{Environment, Scope, SCOPE_BUILTIN};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{net} in {scope} needs {needed} rules counting those of the wider prefixes that cover it; the kernel holds at most {MAX_RULES} per prefix: merge port ranges or overlap fewer prefixes")]
+#[error("{dest} in {scope} needs {needed} rules counting those of the wider prefixes that cover it; the kernel holds at most {MAX_RULES} per prefix: merge port ranges or overlap fewer prefixes")]
 pub struct TooManyRules {
     pub scope: String,
-    pub net: IpNet,
+    /// The prefix, or the hostname.
+    pub dest: String,
     pub needed: usize,
     /// A rule on that prefix, for locating the problem.
     pub rule: Option<u32>,
@@ -101,6 +103,7 @@ fn entries(
     out: &mut CompiledPolicy,
 ) -> Vec<TooManyRules> {
     let mut prefixes: Prefixes<u32, KernelRule> = Prefixes::default();
+    let mut by_name = names::Collect::default();
     for (net, ports, _) in policy.exceptions(env) {
         prefixes.add(SCOPE_BUILTIN, net, port_rules(&ports, 0, 0, 0));
     }
@@ -110,6 +113,12 @@ fn entries(
             .find(|s| s.selector == r.selector)
             .expect("every rule's selector is numbered");
         let verdict = verdict_code(r.action, scope.mode);
+        let rules = port_rules(&r.ports, protocol_code(r.protocol), verdict, r.id);
+        for d in &r.dest {
+            if let Dest::Name(name) = d {
+                by_name.add(scope.id, name, rules.iter().copied());
+            }
+        }
         for net in r.dest.iter().flat_map(|d| nets(d, env)) {
             prefixes.add(
                 scope.id,
@@ -118,22 +127,48 @@ fn entries(
             );
         }
     }
-    let mut errors = Vec::new();
+    let scope_name = |scope: u32| {
+        scopes
+            .iter()
+            .find(|s| s.id == scope)
+            .and_then(|s| s.selector.as_ref())
+            .map_or_else(|| "the global scope".to_string(), ToString::to_string)
+    };
+    let (named, too_many) = by_name.finish();
+    if !named.is_empty() {
+        out.flags |= ct_policy_flag::CT_POLICY_NAMES.0 as u8;
+    }
+    out.names = named;
+    let mut errors: Vec<TooManyRules> = too_many
+        .into_iter()
+        .map(|e| TooManyRules {
+            scope: scope_name(e.scope),
+            dest: e.name,
+            needed: e.needed,
+            rule: e.first,
+        })
+        .collect();
     for flat in prefixes.flatten() {
         match flat {
-            Flat::Entry { scope, net, rules } => out.entries.push(PolicyEntry { scope, net, rules }),
+            Flat::Entry {
+                scope,
+                net,
+                rules,
+                own,
+            } => out.entries.push(PolicyEntry {
+                scope,
+                net,
+                rules,
+                own,
+            }),
             Flat::TooMany {
                 scope,
                 net,
                 needed,
                 first_own,
             } => errors.push(TooManyRules {
-                scope: scopes
-                    .iter()
-                    .find(|s| s.id == scope)
-                    .and_then(|s| s.selector.as_ref())
-                    .map_or_else(|| "the global scope".to_string(), ToString::to_string),
-                net,
+                scope: scope_name(scope),
+                dest: net.to_string(),
                 needed,
                 rule: first_own.map(|r| r.rule_id).filter(|id| *id != 0),
             }),

@@ -5,6 +5,7 @@ use connectracer_proto::Verdict;
 
 use super::*;
 use crate::bpf::layout::{CompiledPolicy, ScopeKey};
+use crate::bpf::types::ct_policy_flag;
 use crate::policy::tests::{env, policy, to, unit, EXAMPLE, TCP, UDP};
 use crate::policy::{Target, SCOPE_BUILTIN, SCOPE_GLOBAL};
 
@@ -129,6 +130,52 @@ fn too_many_overlapping_rules_are_refused_with_their_location() {
     let e = errs.0[0].to_string();
     assert!(
         e.starts_with("/x.toml:2:1: rule 1: 10.0.0.0/8 in the global scope needs 17 rules"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostname_rules_reach_the_kernel_by_name_per_scope_in_declaration_order() {
+    let p = policy(
+        "[[rule]]\naction = \"deny\"\ndest = \"Api.Example.com\"\nports = [443]\n\
+         [[rule]]\naction = \"allow\"\ndest = [\"api.example.com\", \"10.0.0.0/8\"]\n\
+         [[rule]]\nunit = \"backup.service\"\naction = \"allow\"\ndest = \"api.example.com\"\n",
+    );
+    let (c, errors) = policy::compile(&p, &env(), &Identities::default());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_ne!(c.flags & ct_policy_flag::CT_POLICY_NAMES.0 as u8, 0);
+    let hash = names::name_hash("api.example.com");
+    let global: Vec<_> = c.names.iter().filter(|n| n.scope == SCOPE_GLOBAL).collect();
+    assert_eq!(global.len(), 1);
+    assert_eq!(global[0].hash, hash);
+    let ids: Vec<u32> = global[0].rules.iter().map(|r| r.rule_id).collect();
+    assert_eq!(ids, [1, 2], "the name's own rules, first declared first");
+    assert!(c
+        .names
+        .iter()
+        .any(|n| n.scope != SCOPE_GLOBAL && n.hash == hash && n.rules[0].rule_id == 3));
+    // Addresses' own rules are counted apart from those they inherit.
+    let wide = c
+        .entries
+        .iter()
+        .find(|e| e.net.to_string() == "10.0.0.0/8")
+        .unwrap();
+    assert_eq!(wide.own, 1);
+}
+
+#[test]
+fn too_many_rules_for_one_hostname_are_refused_with_their_location() {
+    let mut text = String::new();
+    for port in 1..=17 {
+        text.push_str(&format!(
+            "[[rule]]\naction = \"deny\"\ndest = \"many.example.com\"\nports = [{port}]\n"
+        ));
+    }
+    let errs = check_files(&[("/x.toml".into(), text)]).unwrap_err();
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    let e = errs.0[0].to_string();
+    assert!(
+        e.starts_with("/x.toml:2:1: rule 1: many.example.com in the global scope needs 17 rules"),
         "{e}"
     );
 }

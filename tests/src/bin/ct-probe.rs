@@ -11,8 +11,9 @@
 //! ct-probe lookups RESOLVER NAME N    N lookups of NAME in a row over one UDP socket
 //! ct-probe resolve RESOLVER NAME PORT [FORGED_IP]
 //!                                      look NAME up over UDP with a query built here
-//!                                      (no libc resolver), connect to its first A
-//!                                      address on PORT; with FORGED_IP, first have
+//!                                      (no libc resolver; NAME aaaa:HOST asks for AAAA),
+//!                                      connect to its first address on PORT;
+//!                                      with FORGED_IP, first have
 //!                                      another local socket send this one a fake
 //!                                      answer (NAME -> FORGED_IP), then connect there
 
@@ -110,22 +111,35 @@ fn hold(dst: SocketAddr, secs: u64) -> anyhow::Result<serde_json::Value> {
 }
 
 mod dns {
-    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
     use hickory_proto::rr::rdata::A;
     use hickory_proto::rr::{Name, RData, Record, RecordType};
 
+    /// `aaaa:NAME` asks for AAAA records, `NAME` for A.
+    fn question(name: &str) -> (&str, RecordType) {
+        match name.strip_prefix("aaaa:") {
+            Some(n) => (n, RecordType::AAAA),
+            None => (name, RecordType::A),
+        }
+    }
+
     fn query(id: u16, name: &str) -> anyhow::Result<Message> {
+        let (name, rtype) = question(name);
         let mut m = Message::new(id, MessageType::Query, OpCode::Query);
         m.metadata.recursion_desired = true;
-        m.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+        m.add_query(Query::query(Name::from_ascii(name)?, rtype));
+        // EDNS, as resolvers send it: answers past 512 bytes come whole.
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        m.set_edns(edns);
         Ok(m)
     }
 
-    /// The first A address of the answer to `id` read from `s`, skipping
-    /// anything else that arrives.
-    fn first_a(s: &UdpSocket, id: u16) -> anyhow::Result<Option<Ipv4Addr>> {
+    /// The first A (or AAAA) address of the answer to `id` read from `s`,
+    /// skipping anything else that arrives.
+    fn first_a(s: &UdpSocket, id: u16) -> anyhow::Result<Option<IpAddr>> {
         let mut buf = [0u8; 4096];
         loop {
             let n = s.recv(&mut buf)?;
@@ -136,7 +150,8 @@ mod dns {
                 continue;
             }
             return Ok(m.answers.iter().find_map(|r| match &r.data {
-                RData::A(a) => Some(a.0),
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
                 _ => None,
             }));
         }
@@ -160,7 +175,7 @@ mod dns {
     /// Resolves `name` at `resolver`; with `forged`, a second local socket
     /// first sends a fake answer to the querying socket, which is read and
     /// used instead.
-    pub fn resolve(resolver: SocketAddr, name: &str, forged: Option<Ipv4Addr>) -> anyhow::Result<Ipv4Addr> {
+    pub fn resolve(resolver: SocketAddr, name: &str, forged: Option<Ipv4Addr>) -> anyhow::Result<IpAddr> {
         let s = UdpSocket::bind("127.0.0.1:0")?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
         let id = (std::process::id() & 0xffff) as u16;
@@ -168,15 +183,19 @@ mod dns {
         if let Some(ip) = forged {
             let mut fake = query(id, name)?;
             fake.metadata.message_type = MessageType::Response;
-            fake.add_answer(Record::from_rdata(Name::from_ascii(name)?, 300, RData::A(A(ip))));
+            fake.add_answer(Record::from_rdata(
+                Name::from_ascii(question(name).0)?,
+                300,
+                RData::A(A(ip)),
+            ));
             let forger = UdpSocket::bind("127.0.0.1:0")?;
             forger.send_to(&fake.to_vec()?, s.local_addr()?)?;
             // Both answers reach this socket, in either order.
             first_a(&s, id)?;
             first_a(&s, id)?;
-            return Ok(ip);
+            return Ok(IpAddr::V4(ip));
         }
-        first_a(&s, id)?.ok_or_else(|| anyhow::anyhow!("{name}: no A record"))
+        first_a(&s, id)?.ok_or_else(|| anyhow::anyhow!("{name}: no address"))
     }
 }
 
@@ -190,7 +209,10 @@ fn resolve_connect(
     let ip = dns::resolve(resolver, name, forged)?;
     let dst = SocketAddr::from((ip, port));
     let r = TcpStream::connect(dst);
-    Ok(serde_json::json!({ "pid": std::process::id(), "dst": dst.to_string(), "ok": r.is_ok() }))
+    let errno = r.as_ref().err().and_then(std::io::Error::raw_os_error);
+    Ok(
+        serde_json::json!({ "pid": std::process::id(), "dst": dst.to_string(), "ok": r.is_ok(), "errno": errno }),
+    )
 }
 
 fn run(args: &[String]) -> anyhow::Result<serde_json::Value> {

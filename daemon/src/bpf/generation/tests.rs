@@ -45,23 +45,23 @@ fn contents(map: &dyn MapCore) -> Entries {
 /// Watch tries per generation, policy maps shared, as in the program.
 struct Maps {
     watch: [[MapHandle; 2]; 2],
-    shared: [MapHandle; 3],
+    shared: [MapHandle; 5],
 }
 
 impl Maps {
     fn new(max: u32) -> Self {
         Self {
             watch: [0, 1].map(|g| ["w4", "w6"].map(|n| lpm(&format!("{n}_{g}"), max))),
-            shared: ["p4", "p6", "ps"].map(|n| lpm(n, max)),
+            shared: ["p4", "p6", "ps", "dn", "dr"].map(|n| lpm(n, max)),
         }
     }
 
     fn view(&self, gen: usize) -> GenerationMaps<'_> {
         let [a, b] = &self.watch[gen];
-        let [c, d, e] = &self.shared;
+        let [c, d, e, f, h] = &self.shared;
         GenerationMaps {
-            maps: [a, b, c, d, e],
-            shared: [false, false, true, true, true],
+            maps: [a, b, c, d, e, f, h],
+            shared: [false, false, true, true, true, true, true],
         }
     }
 
@@ -89,7 +89,9 @@ fn generation(watch: std::ops::Range<u32>, policy: std::ops::Range<u32>) -> Gene
         watch_v6: entries(watch),
         policy_v4: entries(policy.clone()),
         policy_v6: entries(policy.clone()),
-        scopes: entries(policy),
+        scopes: entries(policy.clone()),
+        dns_names: entries(policy.clone()),
+        dns_rules: entries(policy),
     }
 }
 

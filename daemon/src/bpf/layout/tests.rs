@@ -70,6 +70,7 @@ fn policy_keys_lead_with_generation_and_scope() {
                 verdict: 2,
                 rule_id: 5,
             }],
+            own: 1,
         }],
         scopes: vec![(
             ScopeKey::Uid(1000),
@@ -79,6 +80,7 @@ fn policy_keys_lead_with_generation_and_scope() {
                 ipv6_verdict: 0,
             },
         )],
+        ..Default::default()
     };
     let g = Generation::of(
         1,
@@ -97,6 +99,8 @@ fn policy_keys_lead_with_generation_and_scope() {
     );
     assert_eq!(&k[8..], [192, 0, 2, 0]);
     assert_eq!(u32_at(v, 0), 1);
+    assert_eq!(u16::from_ne_bytes([v[4], v[5]]), 1, "own rules");
+    assert_eq!(v[6], 25, "the prefix length");
     assert_eq!(u16::from_ne_bytes([v[8], v[9]]), 53);
     assert_eq!(u16::from_ne_bytes([v[10], v[11]]), 53);
     assert_eq!([v[12], v[13]], [17, 2], "protocol, verdict");
@@ -129,4 +133,47 @@ fn more_rules_than_an_entry_holds_are_cut_at_the_count() {
     let (_, v) = one(&g.watch_v4);
     assert_eq!(u32_at(v, 0) as usize, MAX_RULES);
     assert_eq!(v.len(), std::mem::size_of::<ct_watch_val>());
+}
+
+#[test]
+fn hostname_rules_are_keyed_by_generation_scope_and_name_hash() {
+    let rule = KernelRule {
+        lo: 443,
+        hi: 443,
+        protocol: 6,
+        verdict: 2,
+        rule_id: 9,
+    };
+    let policy = CompiledPolicy {
+        names: vec![NameRules {
+            scope: 7,
+            hash: 0x1122_3344_5566_7788,
+            rules: vec![rule],
+        }],
+        name_grace_s: 30,
+        ..Default::default()
+    };
+    let g = Generation::of(
+        1,
+        &Ruleset {
+            policy,
+            ..Default::default()
+        },
+    );
+    let (k, v) = one(&g.dns_names);
+    assert_eq!(u32_at(k, 0), 1, "generation");
+    assert_eq!(
+        u64::from_ne_bytes(k[8..16].try_into().unwrap()),
+        0x1122_3344_5566_7788
+    );
+    assert_eq!(u32_at(v, 0), 30, "grace");
+    let (k, v) = one(&g.dns_rules);
+    assert_eq!((u32_at(k, 0), u32_at(k, 4)), (1, 7), "generation, scope");
+    assert_eq!(
+        u64::from_ne_bytes(k[8..16].try_into().unwrap()),
+        0x1122_3344_5566_7788
+    );
+    assert_eq!(u32_at(v, 0), 1);
+    assert_eq!(u16::from_ne_bytes([v[4], v[5]]), 1, "all own");
+    assert_eq!(u32_at(v, 16), 9);
 }
