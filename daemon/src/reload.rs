@@ -120,6 +120,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if loaded(old) != loaded(new) {
         changed.push("bpf".to_string());
     }
+    // NVML is loaded (or not) and its thread started once.
+    if old.gpu != new.gpu {
+        changed.push("gpu".to_string());
+    }
     changed
 }
 
@@ -127,6 +131,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 pub fn keep_restart_only(old: &Config, new: &mut Config) {
     new.cgroup.clone_from(&old.cgroup);
     new.metrics.listen = old.metrics.listen;
+    new.gpu = old.gpu.clone();
     new.bpf = crate::config::BpfConfig {
         keep_pinned_on_stop: new.bpf.keep_pinned_on_stop,
         ..old.bpf.clone()
