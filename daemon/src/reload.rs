@@ -241,9 +241,11 @@ mod tests {
         new.bpf.ring_buffer_size = 8 << 20;
         new.cgroup = Some("/system.slice".into());
         new.trace = crate::config::TraceMode::All;
-        assert_eq!(restart_only_changes(&old, &new), ["cgroup", "bpf"]);
+        new.gpu.enabled = crate::config::GpuMode::Off;
+        assert_eq!(restart_only_changes(&old, &new), ["cgroup", "bpf", "gpu"]);
         keep_restart_only(&old, &mut new);
         assert_eq!(new.bpf, old.bpf);
+        assert_eq!(new.gpu, old.gpu, "NVML is loaded, or not, once");
         assert_eq!(new.cgroup, None);
         assert_eq!(
             new.trace,
