@@ -88,6 +88,11 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// GPU telemetry: each NVIDIA GPU's memory, utilization, temperature and
+    /// power, and the processes using them with their unit, container and
+    /// pod (your own processes unless you are root or in group
+    /// connectracer); says so when the daemon runs without it.
+    Gpu,
     /// Open and recently closed connections of a process.
     Ps {
         /// The process id.

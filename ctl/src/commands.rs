@@ -84,6 +84,7 @@ pub fn run(c: &mut Transport, cmd: &Command, p: Printer) -> Result<u8, ClientErr
                 format!("no longer watching {name} (configuration epoch {})\n", r.epoch)
             });
         }
+        Command::Gpu => p.one("gpu", &c.gpu()?, |g| crate::gpu::render(g, p)),
         Command::Hosts => p.list(("hosts", "host"), &c.hosts()?.hosts, |h| output::hosts(h, p)),
         Command::Watch {
             pid,

@@ -2,6 +2,7 @@ mod bus;
 mod cli;
 mod client;
 mod commands;
+mod gpu;
 mod out;
 mod output;
 mod socket;

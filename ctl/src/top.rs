@@ -1,6 +1,7 @@
-//! `tracectl top`: polls `Connections` and `GetStats` and shows, per unit,
-//! container, process or destination, how many connections start each
-//! second, are open, failed or were denied. On a terminal it redraws in
+//! `tracectl top`: polls `Connections`, `GetStats` and `Gpu` and shows, per
+//! unit, container, process or destination, how many connections start each
+//! second, are open, failed or were denied (and, on hosts with GPUs, their
+//! GPU memory and SM use). On a terminal it redraws in
 //! place on the alternate screen and takes keys; otherwise (or with
 //! `--once` / `-n`) it prints one plain view per interval.
 
@@ -67,6 +68,10 @@ impl Poller<'_> {
         };
         let conns = self.c.connections(&p)?.connections;
         self.stats = self.c.stats()?.stats;
+        // GPU columns only where the daemon reports GPUs: a daemon without
+        // the telemetry, without GPUs, or a bus connection shows none.
+        let gpu = self.c.gpu().ok().filter(|g| g.enabled && !g.devices.is_empty());
+        self.model.gpu(gpu.as_ref().map(|g| g.processes.as_slice()));
         let now = Instant::now();
         self.model
             .sample(&conns, now.duration_since(self.last).as_secs_f64());

@@ -2,8 +2,8 @@
 //! (varlink) or the system bus (`--bus`).
 
 use connectracer_proto::api::{
-    AddHostParams, AnswersParams, AnswersReply, ConnectionsParams, ConnectionsReply, HostsReply, Operation,
-    PolicyCheckParams, PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams,
+    AddHostParams, AnswersParams, AnswersReply, ConnectionsParams, ConnectionsReply, GpuReply, HostsReply,
+    Operation, PolicyCheckParams, PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams,
     StatsReply, VersionReply, WatchParams, WatchReply, WhoParams,
 };
 
@@ -92,6 +92,16 @@ impl Transport {
             Self::Socket(c) => c.call(&Operation::Answers(p)),
             Self::Bus(_) => Err(ClientError::Protocol(
                 "DNS answers are served on the control socket only (without --bus)".into(),
+            )),
+        }
+    }
+
+    /// Over the control socket only: the bus interface has no method for it.
+    pub fn gpu(&mut self) -> Result<GpuReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&Operation::Gpu),
+            Self::Bus(_) => Err(ClientError::Protocol(
+                "GPU telemetry is served on the control socket only (without --bus)".into(),
             )),
         }
     }

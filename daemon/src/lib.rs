@@ -14,6 +14,7 @@ pub mod dbus;
 pub mod dns;
 pub mod downtime;
 pub mod epochs;
+pub mod gpu;
 pub mod kernel;
 #[cfg(test)]
 mod layers;

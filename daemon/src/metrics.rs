@@ -271,6 +271,8 @@ pub struct Metrics {
     http_detail: Arc<std::sync::atomic::AtomicBool>,
     /// The opt-in labels of `connections_total`.
     labels: ConnectionLabels,
+    /// Families rendered elsewhere (GPU telemetry), served with the rest.
+    extra: Arc<std::sync::RwLock<String>>,
 }
 
 /// Duration, sent and received of one host label, looked up once; an
@@ -317,9 +319,11 @@ impl Metrics {
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let detail = Arc::new(std::sync::atomic::AtomicBool::new(http_detail));
+        let extra = Arc::new(std::sync::RwLock::new(String::new()));
         if let Some(addr) = listen {
-            let served = handle.clone();
-            crate::metrics_http::spawn(addr, Arc::new(move || render(&served)), detail.clone())
+            let (served, more) = (handle.clone(), extra.clone());
+            let text = move || render(&served, &more.read().unwrap_or_else(|e| e.into_inner()));
+            crate::metrics_http::spawn(addr, Arc::new(text), detail.clone())
                 .map_err(|source| MetricsError::Bind { addr, source })?;
         }
         metrics::set_global_recorder(recorder).map_err(MetricsError::Install)?;
@@ -342,6 +346,7 @@ impl Metrics {
             named: ["process", "cgroup", "host", "none"].map(|s| counter!(NAMED, "source" => s)),
             http_detail: detail,
             labels,
+            extra,
         })
     }
 
@@ -495,7 +500,17 @@ impl Metrics {
 
     /// The exposition: families in a stable order, process metrics included.
     pub fn render(&self) -> String {
-        render(&self.handle)
+        render(
+            &self.handle,
+            &self.extra.read().unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Replaces the families rendered outside the recorder with what
+    /// `text` renders under this registry's series budget.
+    pub fn set_extra(&mut self, text: impl FnOnce(&mut Budget) -> String) {
+        let text = text(&mut self.budget);
+        *self.extra.write().unwrap_or_else(|e| e.into_inner()) = text;
     }
 
     /// Saves the per-label connection counters, which live only in this

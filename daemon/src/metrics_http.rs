@@ -14,10 +14,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Families whose labels say who connected where.
-pub const DETAILED: [&str; 2] = [
+/// Families whose labels say who connected where, or whose processes use
+/// a GPU.
+pub const DETAILED: [&str; 5] = [
     "connectracer_connections_total",
     "connectracer_policy_verdicts_total",
+    "connectracer_gpu_process_memory_bytes",
+    "connectracer_gpu_process_sm_utilization_ratio",
+    "connectracer_gpu_process_memory_utilization_ratio",
 ];
 
 const MAX_REQUEST: usize = 8192;

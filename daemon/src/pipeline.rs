@@ -134,6 +134,11 @@ impl Pipeline {
         self.metrics = Some(metrics);
     }
 
+    /// For processes found by pid rather than by a record (GPU telemetry).
+    pub fn attributor(&mut self) -> &mut Attributor {
+        &mut self.attributor
+    }
+
     pub fn metrics(&mut self) -> Option<&mut Metrics> {
         self.metrics.as_mut()
     }

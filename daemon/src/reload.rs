@@ -120,6 +120,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if loaded(old) != loaded(new) {
         changed.push("bpf".to_string());
     }
+    // NVML is loaded (or not) and its thread started once.
+    if old.gpu != new.gpu {
+        changed.push("gpu".to_string());
+    }
     changed
 }
 
@@ -127,6 +131,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 pub fn keep_restart_only(old: &Config, new: &mut Config) {
     new.cgroup.clone_from(&old.cgroup);
     new.metrics.listen = old.metrics.listen;
+    new.gpu = old.gpu.clone();
     new.bpf = crate::config::BpfConfig {
         keep_pinned_on_stop: new.bpf.keep_pinned_on_stop,
         ..old.bpf.clone()
@@ -236,9 +241,11 @@ mod tests {
         new.bpf.ring_buffer_size = 8 << 20;
         new.cgroup = Some("/system.slice".into());
         new.trace = crate::config::TraceMode::All;
-        assert_eq!(restart_only_changes(&old, &new), ["cgroup", "bpf"]);
+        new.gpu.enabled = crate::config::GpuMode::Off;
+        assert_eq!(restart_only_changes(&old, &new), ["cgroup", "bpf", "gpu"]);
         keep_restart_only(&old, &mut new);
         assert_eq!(new.bpf, old.bpf);
+        assert_eq!(new.gpu, old.gpu, "NVML is loaded, or not, once");
         assert_eq!(new.cgroup, None);
         assert_eq!(
             new.trace,

@@ -70,6 +70,7 @@ impl Method {
             (INTERFACE, "Who") => Operation::Who(params(p)?),
             (INTERFACE, "Ps") => Operation::Ps(params(p)?),
             (INTERFACE, "Answers") => Operation::Answers(params(p)?),
+            (INTERFACE, "Gpu") => Operation::Gpu,
             (INTERFACE, "Connections") => Operation::Connections(params(p)?),
             (INTERFACE, "Reload") => Operation::Reload,
             (INTERFACE, "AddHost") => Operation::AddHost(params(p)?),

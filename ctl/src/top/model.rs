@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use connectracer_proto::api::Stats;
-use connectracer_proto::{ConnState, Connection, Verdict};
+use connectracer_proto::api::{GpuProcess, Stats};
+use connectracer_proto::{ConnState, Connection, Process, Verdict};
 use serde::Serialize;
 
 use crate::out::Paint;
@@ -33,9 +33,9 @@ impl GroupBy {
         }
     }
 
-    fn key(self, c: &Connection) -> String {
-        let p = &c.process;
-        match self {
+    /// The group of a process; None when grouping by destination.
+    fn process_key(self, p: &Process) -> Option<String> {
+        Some(match self {
             Self::Unit => p
                 .unit
                 .clone()
@@ -46,12 +46,19 @@ impl GroupBy {
                 .as_deref()
                 .map_or_else(|| "(host)".into(), |id| crate::output::short_id(id).to_string()),
             Self::Process => format!("{}[{}]", p.comm, p.pid),
+            Self::Destination => return None,
+        })
+    }
+
+    fn key(self, c: &Connection) -> String {
+        match self {
             Self::Destination => c
                 .label
                 .clone()
                 .or_else(|| c.host.clone())
                 .or_else(|| c.dns_name.clone())
                 .map_or_else(|| c.dst.to_string(), |n| format!("{n}:{}", c.dst.port())),
+            _ => self.process_key(&c.process).unwrap_or_default(),
         }
     }
 }
@@ -104,6 +111,12 @@ pub struct Row {
     pub total: u64,
     pub failed: u64,
     pub denied: u64,
+    /// GPU memory and SM utilization of the group's processes, summed;
+    /// only while the daemon reports GPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_sm: Option<f64>,
 }
 
 /// One view: the totals line, the counters of the header and the rows.
@@ -114,7 +127,17 @@ pub struct Frame {
     pub totals: Row,
     pub ring_drops: u64,
     pub lost_lines: u64,
+    /// Whether the daemon reports GPUs: the GPU columns are shown.
+    pub gpu: bool,
     pub rows: Vec<Row>,
+}
+
+/// One GPU process's use, with its group under each grouping.
+#[derive(Debug)]
+struct GpuUse {
+    keys: [Option<String>; 4],
+    memory: Option<u64>,
+    sm: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +145,8 @@ pub struct Model {
     entries: HashMap<u64, Entry>,
     sample: u64,
     seconds: f64,
+    /// The last GPU answer's processes; None: no GPUs (or telemetry off).
+    gpu: Option<Vec<GpuUse>>,
 }
 
 impl Model {
@@ -146,6 +171,23 @@ impl Model {
         self.entries = next;
     }
 
+    /// Takes the processes of a GPU answer; None when the daemon has no
+    /// GPU telemetry or no GPU.
+    pub fn gpu(&mut self, processes: Option<&[GpuProcess]>) {
+        self.gpu = processes.map(|ps| {
+            ps.iter()
+                .map(|g| GpuUse {
+                    keys: GroupBy::ALL.map(|by| match &g.process {
+                        Some(p) => by.process_key(p),
+                        None => (by != GroupBy::Destination).then(|| format!("(exited)[{}]", g.pid)),
+                    }),
+                    memory: g.memory_bytes,
+                    sm: g.sm_utilization,
+                })
+                .collect()
+        });
+    }
+
     pub fn frame(&self, by: GroupBy, sort: SortBy, stats: &Stats) -> Frame {
         let latest = self.sample.saturating_sub(1);
         let slot = GroupBy::ALL.iter().position(|g| *g == by).unwrap_or(0);
@@ -166,6 +208,17 @@ impl Model {
                 }
             }
         }
+        for g in self.gpu.iter().flatten() {
+            let Some(key) = &g.keys[slot] else { continue };
+            let row = groups.entry(key).or_default();
+            for r in [&mut *row, &mut totals] {
+                r.gpu_memory_bytes = Some(r.gpu_memory_bytes.unwrap_or(0) + g.memory.unwrap_or(0));
+                r.gpu_sm = match (r.gpu_sm, g.sm) {
+                    (a, None) => a,
+                    (a, Some(b)) => Some(a.unwrap_or(0.0) + b),
+                };
+            }
+        }
         let mut rows: Vec<Row> = groups
             .into_iter()
             .map(|(k, mut r)| {
@@ -180,6 +233,7 @@ impl Model {
             totals,
             ring_drops: stats.kernel.drops,
             lost_lines: stats.sinks.iter().map(|s| s.lost).sum(),
+            gpu: self.gpu.is_some(),
             rows,
         }
     }
@@ -214,18 +268,28 @@ impl Frame {
             self.by.heading().to_ascii_lowercase(),
             format!("{:?}", self.sort).to_ascii_lowercase(),
         );
-        let mut table = Table::new(&[self.by.heading(), "CONN/S", "OPEN", "TOTAL", "FAILED", "DENIED"])
-            .right_aligned(&[1, 2, 3, 4, 5]);
+        let mut header = vec![self.by.heading(), "CONN/S", "OPEN", "TOTAL", "FAILED", "DENIED"];
+        if self.gpu {
+            header.extend(["GPU-MEM", "GPU-SM"]);
+        }
+        let mut table = Table::new(&header).right_aligned(&[1, 2, 3, 4, 5, 6, 7]);
         for r in self.rows.iter().take(rows) {
             let red = |n: u64| (n.to_string(), (n > 0).then_some(Paint::Red));
-            table.row(vec![
+            let mut row = vec![
                 cell(r.group.clone()),
                 cell(format!("{:.1}", r.rate)),
                 cell(r.open.to_string()),
                 cell(r.total.to_string()),
                 red(r.failed),
                 red(r.denied),
-            ]);
+            ];
+            if self.gpu {
+                row.push(cell(
+                    r.gpu_memory_bytes.map_or_else(|| "-".into(), crate::gpu::bytes),
+                ));
+                row.push(cell(crate::gpu::percent(r.gpu_sm)));
+            }
+            table.row(row);
         }
         s.push_str(&table.render(colour));
         s
@@ -272,5 +336,57 @@ mod tests {
         let by_name = m.frame(GroupBy::Process, SortBy::Name, &Stats::default());
         assert_eq!(by_name.rows[0].group, "curl[7]");
         assert_eq!(next(&GroupBy::ALL, GroupBy::Destination), GroupBy::Unit);
+        assert!(
+            !f.gpu && !f.render(10, false).contains("GPU"),
+            "no GPU, no GPU columns"
+        );
+    }
+
+    #[test]
+    fn gpu_columns_come_with_gpus_and_sum_per_group() {
+        let mut m = Model::default();
+        m.sample(&[conn(1, "curl", "established")], 1.0);
+        let gpu = |pid: u32, gib: u64, sm: f64, process: Option<Process>| GpuProcess {
+            gpu: 0,
+            uuid: "GPU-a".into(),
+            gpu_instance: None,
+            pid,
+            memory_bytes: Some(gib << 30),
+            sm_utilization: Some(sm),
+            memory_utilization: None,
+            process,
+        };
+        let mut train = conn(2, "train", "established").process.as_ref().clone();
+        train.pid = 9;
+        let used = [
+            gpu(9, 2, 0.25, Some(train.clone())),
+            gpu(9, 1, 0.25, Some(train)),
+            gpu(11, 1, 0.0, None),
+        ];
+        m.gpu(Some(&used));
+        let f = m.frame(GroupBy::Process, SortBy::Name, &Stats::default());
+        assert!(f.gpu);
+        let rows: Vec<_> = f
+            .rows
+            .iter()
+            .map(|r| (r.group.as_str(), r.gpu_memory_bytes, r.gpu_sm))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("(exited)[11]", Some(1 << 30), Some(0.0)),
+                ("curl[7]", None, None),
+                ("train[9]", Some(3 << 30), Some(0.5)),
+            ]
+        );
+        let text = f.render(10, false);
+        assert!(
+            text.contains("GPU-MEM") && text.contains("3.0 GiB") && text.contains("50%"),
+            "{text}"
+        );
+        let by_dest = m.frame(GroupBy::Destination, SortBy::Name, &Stats::default());
+        assert!(by_dest.rows.iter().all(|r| r.gpu_memory_bytes.is_none()));
+        m.gpu(None);
+        assert!(!m.frame(GroupBy::Unit, SortBy::Name, &Stats::default()).gpu);
     }
 }

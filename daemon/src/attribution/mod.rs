@@ -105,6 +105,41 @@ impl Attributor {
         }
     }
 
+    /// The attribution of a process found by pid rather than by a kernel
+    /// record (a GPU process): the process cache for exe, argv and uid,
+    /// `cgroup` (its /proc/PID/cgroup path) for unit, container and pod.
+    /// None when neither the cache nor `uid` knows the process: it is gone.
+    pub fn attribute_pid(
+        &mut self,
+        pid: u32,
+        uid: Option<u32>,
+        cgroup: Option<&str>,
+        cgroup_id: u64,
+    ) -> Option<Attribution> {
+        let proc: Option<Arc<Process>> = self.processes.get(pid);
+        let uid = proc.as_ref().map(|p| p.uid).or(uid)?;
+        let info = cgroup.map(cgroup_path::parse_cgroup_path).unwrap_or_default();
+        let container = info.container.as_ref();
+        Some(Attribution {
+            pid,
+            tid: pid,
+            ppid: proc.as_ref().map(|p| p.ppid),
+            uid,
+            user: self.users.name(uid),
+            comm: proc.as_ref().map(|p| p.comm.clone()).unwrap_or_default(),
+            exe: proc.as_ref().and_then(|p| p.exe.clone()),
+            argv: proc.as_ref().map(|p| p.argv.clone()).unwrap_or_default(),
+            cgroup_id,
+            cgroup: cgroup.map(str::to_string),
+            unit: info.unit.clone(),
+            user_unit: info.user_unit.clone(),
+            slice: info.slice.clone(),
+            container_runtime: container.map(|c| c.runtime.as_str().to_string()),
+            container_id: container.map(|c| c.id.clone()),
+            pod_uid: container.and_then(|c| c.pod_uid.clone()),
+        })
+    }
+
     pub fn prune(&mut self, now: Instant) {
         self.processes.prune(now);
         // Entries of processes the cache forgot would pin their images.
@@ -166,5 +201,23 @@ mod tests {
             "exec replaced the image"
         );
         assert_eq!(one.exe.as_deref(), Some("/bin/first"));
+    }
+
+    #[test]
+    fn a_pid_is_attributed_from_the_cache_and_its_cgroup() {
+        let mut a = Attributor::new(Path::new("/nonexistent"), 100, Duration::from_secs(60));
+        let pid = 4_000_001;
+        a.on_process(&exec(pid, "/usr/bin/python3"), Instant::now());
+        let cg = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_0000_1111_2222_333344445555.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+        let p = a.attribute_pid(pid, Some(0), Some(cg), 77).unwrap();
+        assert_eq!(p.exe.as_deref(), Some("/usr/bin/python3"));
+        assert_eq!(p.uid, 1000, "the cache knows the process: its uid wins");
+        assert_eq!(p.cgroup_id, 77);
+        assert_eq!(p.pod_uid.as_deref(), Some("1b2c3d4e-0000-1111-2222-333344445555"));
+        assert_eq!(p.container_runtime.as_deref(), Some("containerd"));
+        // Unknown to the cache and /proc: the uid /proc gave, or gone.
+        let other = pid + 1;
+        assert_eq!(a.attribute_pid(other, Some(5), None, 0).unwrap().uid, 5);
+        assert!(a.attribute_pid(other, None, None, 0).is_none());
     }
 }

@@ -4,6 +4,7 @@
 
 mod decode;
 mod dns;
+mod gpu;
 #[cfg(test)]
 mod man_page;
 pub mod policy;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use dns::DnsConfig;
+pub use gpu::{GpuConfig, GpuMode};
 pub use sink::{EventKind, FileSink, SinkConfig, SinkFilter, SinkKind};
 pub use validate::{parse_config, parse_files, validate, Validated};
 
@@ -63,6 +65,7 @@ pub struct Config {
     pub table: TableConfig,
     pub log: LogConfig,
     pub policy: policy::Policy,
+    pub gpu: GpuConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +265,7 @@ impl Default for Config {
                 sinks: Vec::new(),
             },
             policy: policy::Policy::default(),
+            gpu: GpuConfig::default(),
         }
     }
 }

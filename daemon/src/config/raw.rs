@@ -25,6 +25,16 @@ pub struct RawConfig {
     pub rule: Vec<RawRule>,
     #[serde(default)]
     pub scope: Vec<RawScope>,
+    pub gpu: Option<RawGpu>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpu {
+    /// `"auto"`, `true` or `false` (checked by hand: spans do not survive
+    /// serde's untagged enums).
+    pub enabled: Option<Spanned<toml::Value>>,
+    pub poll_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,6 +1,7 @@
 //! Stage two: raw values to the validated model, every error collected.
 
 mod finish;
+mod gpu;
 mod policy;
 mod sinks;
 
@@ -192,6 +193,9 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
     }
     if let Some(l) = &raw.log {
         log(ctx, l, &mut m.config.log);
+    }
+    if let Some(g) = &raw.gpu {
+        gpu::apply(ctx, g, &mut m.config.gpu);
     }
 }
 

@@ -43,6 +43,7 @@ fn needs_privilege(op: &Operation) -> Option<&'static str> {
         | Operation::Connections(_)
         | Operation::Hosts
         | Operation::Answers(_)
+        | Operation::Gpu
         | Operation::Watch(_) => None,
         Operation::Reload => Some("reloading"),
         Operation::AddHost(_) | Operation::RemoveHost(_) => Some("changing watched hosts"),

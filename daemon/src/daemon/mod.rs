@@ -93,6 +93,8 @@ struct Daemon {
     cgroup_tx: mpsc::UnboundedSender<PathBuf>,
     cgroup_rx: mpsc::UnboundedReceiver<PathBuf>,
     cgroup_watcher: Option<notify::RecommendedWatcher>,
+    /// NVML polls, and the last one attributed.
+    gpu: crate::gpu::Telemetry,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -143,6 +145,10 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let signals = Signals::install()?;
     let control_socket = paths.control_socket.as_path();
     let (mount, cgroup_dir) = start::attach_point(&config)?;
+    // Before anything is bound or attached: `enabled = true` without NVML
+    // fails the start here. NVML opens the device files it needs now,
+    // while every capability is still held.
+    let gpu = crate::gpu::Telemetry::start(&config.gpu, &mount, crate::gpu::open_nvml)?;
     let resolved = Resolved::new();
     let (tx, rx) = mpsc::channel(RECORD_QUEUE);
     // Watching before the tree is walked: a cgroup created in between is
@@ -207,6 +213,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         cgroup_tx,
         cgroup_rx,
         cgroup_watcher,
+        gpu,
     };
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
@@ -267,6 +274,7 @@ impl Daemon {
                 }
                 Some(update) = self.dns_updates.recv() => self.on_dns(update).await,
                 Some(dir) = self.cgroup_rx.recv() => self.on_new_cgroup(&dir),
+                Some(sample) = self.gpu.next() => self.on_gpu(&sample),
                 _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
                 _ = status_tick.tick() => self.refresh_status().await,
                 Some(()) = fs_rx.recv() => {
@@ -290,6 +298,19 @@ impl Daemon {
         followers.abort();
         self.shutdown().await;
         Ok(())
+    }
+
+    /// A GPU poll: its processes attributed like connections, its metrics
+    /// rendered for the next scrape.
+    fn on_gpu(&mut self, sample: &crate::gpu::sample::Sample) {
+        let attributor = self.pipeline.attributor();
+        self.gpu.apply(sample, &mut |pid, host| {
+            attributor.attribute_pid(pid, host.uid, host.cgroup.as_deref(), host.cgroup_id)
+        });
+        let gpu = &self.gpu;
+        if let Some(m) = self.pipeline.metrics() {
+            m.set_extra(|budget| gpu.exposition(budget));
+        }
     }
 
     /// File changes under the configuration directory go to `tx`; None

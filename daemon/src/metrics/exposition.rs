@@ -9,9 +9,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::metrics_http::family;
 
-/// Everything this process exports, families sorted by name.
-pub fn render(handle: &PrometheusHandle) -> String {
+/// Everything this process exports (`extra`: families rendered as text
+/// elsewhere), families sorted by name.
+pub fn render(handle: &PrometheusHandle, extra: &str) -> String {
     let mut text = handle.render();
+    text.push('\n');
+    text.push_str(extra);
     if let Some(s) = super::process::sample() {
         text.push_str(&super::process::exposition(&s));
     }
@@ -83,7 +86,7 @@ a_seconds_sum 0.2\na_seconds_count 1\n\n# TYPE b_total counter\nb_total{x=\"1\"}
                 metrics::counter!(format!("m{i}_total"), "k" => format!("{}", 50 - i)).increment(1);
             }
         });
-        let first = render(&handle);
+        let first = render(&handle, "");
         let names: Vec<&str> = first
             .lines()
             .filter(|l| l.starts_with("# TYPE"))
@@ -99,6 +102,6 @@ a_seconds_sum 0.2\na_seconds_count 1\n\n# TYPE b_total counter\nb_total{x=\"1\"}
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        assert_eq!(strip(&first), strip(&render(&handle)));
+        assert_eq!(strip(&first), strip(&render(&handle, "")));
     }
 }

@@ -46,6 +46,8 @@ pub enum Operation {
     PolicyCheck(PolicyCheckParams),
     #[serde(rename = "org.connectracer.Tracer.Answers")]
     Answers(AnswersParams),
+    #[serde(rename = "org.connectracer.Tracer.Gpu")]
+    Gpu,
     /// A stream of events (varlink `more`; on D-Bus, signals): served by
     /// the transports from the event broadcast, never by the owner.
     #[serde(rename = "org.connectracer.Tracer.Watch")]
@@ -68,6 +70,7 @@ impl Operation {
             Self::PolicyShow => "PolicyShow",
             Self::PolicyCheck(_) => "PolicyCheck",
             Self::Answers(_) => "Answers",
+            Self::Gpu => "Gpu",
             Self::Watch(_) => "Watch",
         }
     }
@@ -99,6 +102,7 @@ impl Operation {
             Self::PolicyShow,
             Self::PolicyCheck(PolicyCheckParams::default()),
             Self::Answers(AnswersParams::default()),
+            Self::Gpu,
             Self::Watch(WatchParams::default()),
         ]
     }
@@ -117,6 +121,7 @@ pub enum Answer {
     PolicyShow(PolicyShowReply),
     PolicyCheck(PolicyCheckReply),
     Answers(AnswersReply),
+    Gpu(GpuReply),
 }
 
 impl Answer {
@@ -130,6 +135,7 @@ impl Answer {
             Self::PolicyShow(_) => "policy",
             Self::PolicyCheck(_) => "policy decision",
             Self::Answers(_) => "answers",
+            Self::Gpu(_) => "gpu",
         }
     }
 }
@@ -173,6 +179,7 @@ answer_kind! {
     PolicyShow(PolicyShowReply) = "policy",
     PolicyCheck(PolicyCheckReply) = "policy decision",
     Answers(AnswersReply) = "answers",
+    Gpu(GpuReply) = "gpu",
 }
 
 #[cfg(test)]
@@ -184,7 +191,7 @@ mod tests {
         let names: std::collections::BTreeSet<&str> =
             Operation::every().iter().map(Operation::name).collect();
         assert_eq!(names.len(), Operation::every().len());
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 14);
     }
 
     #[test]

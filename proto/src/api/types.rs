@@ -318,3 +318,60 @@ pub struct DnsAnswer {
 pub struct AnswersReply {
     pub answers: Vec<DnsAnswer>,
 }
+
+/// GPU telemetry as the daemon's last NVML poll saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuReply {
+    /// Whether GPU telemetry runs (`[gpu] enabled`, and NVML found).
+    pub enabled: bool,
+    /// Why it is off (`enabled = false`, no libnvidia-ml.so.1, no GPU).
+    pub reason: Option<String>,
+    /// When the devices and processes below were sampled (RFC 3339, UTC);
+    /// none before the first poll.
+    pub sampled: Option<String>,
+    pub poll_interval_seconds: f64,
+    pub devices: Vec<GpuDevice>,
+    /// The caller's own processes unless root or in group connectracer.
+    pub processes: Vec<GpuProcess>,
+}
+
+/// One GPU, by NVML index. A value NVML could not give is none (the reason
+/// is in `errors` unless the device does not support it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuDevice {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    /// MIG mode on: per-process utilization is not available, memory is.
+    pub mig: bool,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    /// Share of the last sample period a kernel ran (0 to 1).
+    pub utilization: Option<f64>,
+    /// Share of the last sample period device memory was read or written.
+    pub memory_utilization: Option<f64>,
+    pub temperature_celsius: Option<u32>,
+    pub power_watts: Option<f64>,
+    /// NVML calls that failed in this poll: `CALL: REASON`.
+    pub errors: Vec<String>,
+}
+
+/// One process's use of one GPU (of one MIG instance on a MIG device).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuProcess {
+    /// The device's NVML index and UUID.
+    pub gpu: u32,
+    pub uuid: String,
+    /// The MIG GPU instance, on MIG devices.
+    pub gpu_instance: Option<u32>,
+    /// Host pid, as NVML reports it.
+    pub pid: u32,
+    pub memory_bytes: Option<u64>,
+    /// Share of the poll interval the process's kernels ran on the SMs, and
+    /// read or wrote device memory (none on MIG or where unsupported).
+    pub sm_utilization: Option<f64>,
+    pub memory_utilization: Option<f64>,
+    /// The same attribution as connections (exe, user, unit, container,
+    /// pod); none when the process was gone before it could be looked up.
+    pub process: Option<crate::Process>,
+}

@@ -87,6 +87,64 @@ fn stats(full: bool) -> StatsReply {
     }
 }
 
+fn gpu(full: bool) -> GpuReply {
+    if !full {
+        return GpuReply {
+            reason: Some("libnvidia-ml.so.1 not found".into()),
+            ..Default::default()
+        };
+    }
+    GpuReply {
+        enabled: true,
+        reason: None,
+        sampled: Some("2026-11-29T10:00:00.000001Z".into()),
+        poll_interval_seconds: 5.0,
+        devices: vec![
+            GpuDevice {
+                index: 0,
+                uuid: "GPU-1".into(),
+                name: "NVIDIA H200".into(),
+                mig: false,
+                memory_used_bytes: Some(1 << 30),
+                memory_total_bytes: Some(141 << 30),
+                utilization: Some(0.5),
+                memory_utilization: Some(0.25),
+                temperature_celsius: Some(40),
+                power_watts: Some(120.5),
+                errors: vec![],
+            },
+            GpuDevice {
+                index: 1,
+                uuid: "GPU-2".into(),
+                errors: vec!["temperature: GPU is lost".into()],
+                ..Default::default()
+            },
+        ],
+        processes: vec![
+            GpuProcess {
+                gpu: 0,
+                uuid: "GPU-1".into(),
+                gpu_instance: Some(1),
+                pid: 7,
+                memory_bytes: Some(1 << 20),
+                sm_utilization: Some(0.1),
+                memory_utilization: Some(0.0),
+                process: Some(process(true)),
+            },
+            GpuProcess {
+                gpu: 0,
+                uuid: "GPU-1".into(),
+                gpu_instance: None,
+                pid: 8,
+                memory_bytes: None,
+                sm_utilization: None,
+                memory_utilization: None,
+                process: None,
+            },
+        ],
+    }
+}
+
 fn host(full: bool) -> HostInfo {
     HostInfo {
         id: 0,
@@ -284,6 +342,7 @@ pub fn outputs(method: &str) -> Vec<Value> {
                 resolver: "127.0.0.53:53".into(),
             }],
         })],
+        "Gpu" => both(&|f| json(&gpu(f))),
         "PolicyShow" => both(&|f| json(&policy(f))),
         "PolicyCheck" => both(&|f| {
             json(&PolicyCheckReply {

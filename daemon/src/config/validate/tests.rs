@@ -70,7 +70,7 @@ events = false
 fn syntax_and_unknown_keys_name_the_line() {
     assert_eq!(
         errors("trace = \"all\"\ntrcae = 1\n"),
-        ["/etc/connectracer/connectracer.toml:2:1: trcae: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`, `event_sink`, `mode`, `policy`, `rule`, `scope`"]
+        ["/etc/connectracer/connectracer.toml:2:1: trcae: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`, `event_sink`, `mode`, `policy`, `rule`, `scope`, `gpu`"]
     );
     let e = errors("[[host]]\nname = \"10.0.0.1\"\nport = [1]\n");
     assert!(
@@ -242,4 +242,35 @@ fn wakeup_threshold_must_fit_in_the_ring() {
         e,
         ["/etc/connectracer/connectracer.toml:3:20: bpf.wakeup_threshold: 65536 bytes: must be below bpf.ring_buffer_size (65536 bytes)"]
     );
+}
+
+#[test]
+fn gpu_modes_and_poll_interval() {
+    let c = parse_config(Path::new("x.toml"), "").unwrap();
+    assert_eq!(c.gpu.enabled, crate::config::GpuMode::Auto);
+    for (text, mode) in [
+        ("enabled = \"auto\"", crate::config::GpuMode::Auto),
+        ("enabled = true", crate::config::GpuMode::On),
+        ("enabled = false", crate::config::GpuMode::Off),
+    ] {
+        let c = parse_config(
+            Path::new("x.toml"),
+            &format!("[gpu]\n{text}\npoll_interval = \"2s\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.gpu.enabled, mode, "{text}");
+        assert_eq!(c.gpu.poll_interval, Duration::from_secs(2));
+    }
+    assert_eq!(
+        errors("[gpu]\nenabled = \"yes\"\npoll_interval = \"100ms\"\n"),
+        [
+            "/etc/connectracer/connectracer.toml:2:11: gpu.enabled: `\"yes\"`: expected \"auto\", true or false",
+            "/etc/connectracer/connectracer.toml:3:17: gpu.poll_interval: `100ms`: must be from 1s to 1h",
+        ]
+    );
+    assert_eq!(
+        errors("[gpu]\nenabled = 1\npoll_interval = \"soon\"\n")[1],
+        "/etc/connectracer/connectracer.toml:3:17: gpu.poll_interval: `soon` is not a duration (expected number at 0); e.g. \"90s\" or \"5m\""
+    );
+    assert!(errors("[gpu]\nenabled = 1\n")[0].contains("gpu.enabled: `1`: expected"));
 }
