@@ -1,6 +1,7 @@
 //! Stage two: raw values to the validated model, every error collected.
 
 mod finish;
+mod otlp;
 mod policy;
 mod sinks;
 
