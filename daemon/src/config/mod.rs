@@ -21,7 +21,7 @@ use ipnet::IpNet;
 
 pub use dns::DnsConfig;
 pub use gpu::{GpuConfig, GpuMode};
-pub use sink::{EventKind, FileSink, SinkConfig, SinkFilter, SinkKind};
+pub use sink::{EventKind, FileSink, OtlpProtocol, OtlpSink, SinkConfig, SinkFilter, SinkKind};
 pub use validate::{parse_config, parse_files, validate, Validated};
 
 /// Where the daemon looks when `--config` is not given.

@@ -183,6 +183,10 @@ pub struct RawEventSink {
     pub unit: Option<Spanned<String>>,
     pub container: Option<Spanned<String>>,
     pub exe: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

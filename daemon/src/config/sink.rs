@@ -1,6 +1,7 @@
 //! The validated model of `[[event_sink]]`: where event lines go, and which.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use connectracer_proto::Verdict;
 
@@ -29,6 +30,8 @@ pub enum SinkKind {
     },
     Journal,
     File(FileSink),
+    /// OpenTelemetry logs to a collector.
+    Otlp(OtlpSink),
     /// Counts what it is given and writes nothing.
     Discard,
 }
@@ -40,6 +43,7 @@ impl SinkKind {
             SinkKind::Stdout { .. } => "stdout",
             SinkKind::Journal => "journal",
             SinkKind::File(_) => "file",
+            SinkKind::Otlp(_) => "otlp",
             SinkKind::Discard => "none",
         }
     }
@@ -54,6 +58,37 @@ pub struct FileSink {
     pub keep: u32,
     pub compress: bool,
 }
+
+/// OTLP logs export: one `ExportLogsServiceRequest` per batch of events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpSink {
+    /// Where requests go: `http://HOST:PORT` for gRPC; the full URL
+    /// (`/v1/logs` added to a bare one) for HTTP.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// Sent with every request (gRPC metadata or HTTP headers); names are
+    /// lowercase.
+    pub headers: Vec<(String, String)>,
+    /// A request's time limit, connecting included.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which events a sink takes; `None` in a field: any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

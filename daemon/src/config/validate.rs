@@ -2,6 +2,7 @@
 
 mod finish;
 mod gpu;
+mod otlp;
 mod policy;
 mod sinks;
 

@@ -7,6 +7,7 @@ mod file;
 mod filter;
 mod format;
 mod journal;
+mod otlp;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,12 +6,14 @@
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use tracing::error;
 
 use super::file::RotatingFile;
 use super::format::{batch, Formatter};
 use super::journal::Journal;
+use super::otlp::{Delivery, Exporter};
 use super::Counters;
 use super::WatchEvent;
 use crate::config::{LogFormat, SinkKind};
@@ -83,6 +85,7 @@ enum Output {
     Stdout(LogFormat),
     Journal(Journal),
     File(RotatingFile),
+    Otlp(Box<Exporter>),
     Discard,
 }
 
@@ -92,18 +95,38 @@ impl Output {
             SinkKind::Stdout { format } => Output::Stdout(format.unwrap_or(LogFormat::Text)),
             SinkKind::Journal => Output::Journal(Journal::new()),
             SinkKind::File(f) => Output::File(RotatingFile::new(f)),
+            SinkKind::Otlp(o) => Output::Otlp(Box::new(Exporter::new(o))),
             SinkKind::Discard => Output::Discard,
         }
     }
 
-    fn write(&mut self, f: &mut Formatter, events: &[Chunk], buf: &mut Buffers) -> Outcome {
-        let n = events.iter().map(Chunk::len).sum::<usize>() as u64;
-        match self {
+    /// A reload changed the output. An exporter's held lines go to its new
+    /// endpoint; another type of output cannot take them, so they are lost.
+    fn reconfigure(self, kind: SinkKind) -> (Self, Delivery) {
+        match (self, kind) {
+            (Output::Otlp(old), SinkKind::Otlp(o)) => {
+                (Output::Otlp(Exporter::reconfigured(old, o)), Delivery::default())
+            }
+            (Output::Otlp(old), kind) => {
+                let lost = Delivery {
+                    lost: old.held(),
+                    ..Delivery::default()
+                };
+                (Output::new(kind), lost)
+            }
+            (_, kind) => (Output::new(kind), Delivery::default()),
+        }
+    }
+
+    /// Writes the lines (an exporter takes them over, and may hold some).
+    fn write(&mut self, f: &mut Formatter, lines: &mut Vec<Chunk>, buf: &mut Buffers) -> Delivery {
+        let n = lines.iter().map(Chunk::len).sum::<usize>() as u64;
+        let o = match self {
             Output::Stdout(format) => {
                 batch(
                     f,
                     *format == LogFormat::Json,
-                    each(events),
+                    each(lines),
                     &mut buf.bytes,
                     &mut buf.ends,
                 );
@@ -120,14 +143,45 @@ impl Output {
                 }
             }
             Output::File(file) => {
-                batch(f, true, each(events), &mut buf.bytes, &mut buf.ends);
+                batch(f, true, each(lines), &mut buf.bytes, &mut buf.ends);
                 file.write_lines(&buf.bytes, &buf.ends)
             }
-            Output::Journal(j) => j.write(f, each(events)),
+            Output::Journal(j) => j.write(f, each(lines)),
+            Output::Otlp(x) => return x.take(f, lines),
             Output::Discard => Outcome {
                 written: n,
                 error: None,
             },
+        };
+        lines.clear();
+        Delivery {
+            written: o.written,
+            lost: n - o.written,
+            error: o.error,
+            retrying: false,
+        }
+    }
+
+    /// When lines held back for a retry are due.
+    fn retry_at(&self) -> Option<Instant> {
+        match self {
+            Output::Otlp(x) => x.retry_at(),
+            _ => None,
+        }
+    }
+
+    fn retry(&mut self, f: &mut Formatter) -> Delivery {
+        match self {
+            Output::Otlp(x) => x.retry(f),
+            _ => Delivery::default(),
+        }
+    }
+
+    /// The queue is closed: held lines get a last try.
+    fn finish(&mut self, f: &mut Formatter) -> Delivery {
+        match self {
+            Output::Otlp(x) => x.finish(f),
+            _ => Delivery::default(),
         }
     }
 
@@ -153,78 +207,114 @@ pub(super) fn spawn(
     let sink = name.to_string();
     std::thread::Builder::new()
         .name(format!("sink-{name}"))
-        .spawn(move || run(&sink, Output::new(kind), &counters, &rx))
+        .spawn(move || {
+            let mut w = Writer {
+                name: &sink,
+                out: Output::new(kind),
+                f: Formatter::default(),
+                buf: Buffers::default(),
+                c: &counters,
+                reported: None,
+            };
+            w.run(&rx);
+        })
         .expect("spawning a sink writer thread")
 }
 
-fn run(name: &str, mut out: Output, c: &Counters, rx: &mpsc::Receiver<Msg>) {
-    let mut f = Formatter::default();
-    let mut buf = Buffers::default();
-    let mut lines: Vec<Chunk> = Vec::new();
-    let mut reported: Option<String> = None;
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        // Everything queued now is one batch; a change of output ends it.
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Lines(chunk) => {
-                    lines.push(chunk);
-                    next = rx.try_recv().ok();
-                }
-                Msg::Configure(kind) => {
-                    write(name, &mut out, &mut f, &mut lines, &mut buf, c, &mut reported);
-                    out = Output::new(kind);
-                    next = rx.try_recv().ok();
-                }
-                Msg::Reopen => {
-                    write(name, &mut out, &mut f, &mut lines, &mut buf, c, &mut reported);
-                    out.reopen();
-                    next = rx.try_recv().ok();
-                }
+/// The next message; None once the queue is closed. While lines are held
+/// for a retry, the retry is made when it is due and no message comes.
+fn next(w: &mut Writer<'_>, rx: &mpsc::Receiver<Msg>) -> Option<Msg> {
+    loop {
+        let Some(at) = w.out.retry_at() else {
+            return rx.recv().ok();
+        };
+        match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+            Ok(msg) => return Some(msg),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let d = w.out.retry(&mut w.f);
+                w.account(d);
             }
         }
-        write(name, &mut out, &mut f, &mut lines, &mut buf, c, &mut reported);
     }
 }
 
-/// Writes and counts a batch; an error is logged when it first appears
-/// (not once per batch) and kept for `tracectl stats`.
-fn write(
-    name: &str,
-    out: &mut Output,
-    f: &mut Formatter,
-    lines: &mut Vec<Chunk>,
-    buf: &mut Buffers,
-    c: &Counters,
-    reported: &mut Option<String>,
-) {
-    if lines.is_empty() {
-        return;
-    }
-    let n = lines.iter().map(Chunk::len).sum::<usize>() as u64;
-    let o = out.write(f, lines, buf);
-    lines.clear();
-    c.written.fetch_add(o.written, Ordering::Relaxed);
-    c.lost.fetch_add(n - o.written, Ordering::Relaxed);
-    c.queued.fetch_sub(n, Ordering::Relaxed);
-    match o.error {
-        Some(e) => {
-            c.errors.fetch_add(1, Ordering::Relaxed);
-            if reported.as_ref() != Some(&e) {
-                error!(
-                    sink = name,
-                    "event sink {name}: {e}; its lines are lost until it recovers"
-                );
-                *reported = Some(e.clone());
+struct Writer<'a> {
+    name: &'a str,
+    out: Output,
+    f: Formatter,
+    buf: Buffers,
+    c: &'a Counters,
+    /// The error last logged, so that each is logged when it first appears.
+    reported: Option<String>,
+}
+
+impl Writer<'_> {
+    fn run(&mut self, rx: &mpsc::Receiver<Msg>) {
+        let mut lines: Vec<Chunk> = Vec::new();
+        while let Some(first) = next(self, rx) {
+            let mut next = Some(first);
+            // Everything queued now is one batch; a change of output ends it.
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Lines(chunk) => lines.push(chunk),
+                    Msg::Configure(kind) => {
+                        self.write(&mut lines);
+                        let out = std::mem::replace(&mut self.out, Output::Discard);
+                        let (out, d) = out.reconfigure(kind);
+                        self.out = out;
+                        self.account(d);
+                    }
+                    Msg::Reopen => {
+                        self.write(&mut lines);
+                        self.out.reopen();
+                    }
+                }
+                next = rx.try_recv().ok();
             }
-            c.set_error(Some(e));
+            self.write(&mut lines);
         }
-        None if reported.is_some() => {
-            tracing::info!(sink = name, "event sink {name} writes again");
-            *reported = None;
-            c.set_error(None);
+        let d = self.out.finish(&mut self.f);
+        self.account(d);
+    }
+
+    fn write(&mut self, lines: &mut Vec<Chunk>) {
+        if lines.is_empty() {
+            return;
         }
-        None => {}
+        let d = self.out.write(&mut self.f, lines, &mut self.buf);
+        self.account(d);
+    }
+
+    /// Counts what an attempt delivered or lost (the rest stays queued);
+    /// an error is logged when it first appears (not once per batch) and
+    /// kept for `tracectl stats`.
+    fn account(&mut self, d: Delivery) {
+        let (c, name) = (self.c, self.name);
+        c.written.fetch_add(d.written, Ordering::Relaxed);
+        c.lost.fetch_add(d.lost, Ordering::Relaxed);
+        c.queued.fetch_sub(d.written + d.lost, Ordering::Relaxed);
+        match d.error {
+            Some(e) => {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                if self.reported.as_ref() != Some(&e) {
+                    let then = if d.retrying {
+                        "its lines stay queued, up to its bound, and are sent again"
+                    } else {
+                        "its lines are lost until it recovers"
+                    };
+                    error!(sink = name, "event sink {name}: {e}; {then}");
+                    self.reported = Some(e.clone());
+                }
+                c.set_error(Some(e));
+            }
+            None if self.reported.is_some() && d.written > 0 => {
+                tracing::info!(sink = name, "event sink {name} writes again");
+                self.reported = None;
+                c.set_error(None);
+            }
+            None => {}
+        }
     }
 }
 

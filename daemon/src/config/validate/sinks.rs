@@ -66,7 +66,7 @@ pub(super) fn finish(m: &mut Merge, errors: &mut Vec<ConfigError>) {
                 }
                 paths.insert(f.path.clone(), loc.clone());
             }
-            SinkKind::Journal | SinkKind::Discard => {}
+            SinkKind::Journal | SinkKind::Otlp(_) | SinkKind::Discard => {}
         }
         names.insert(s.name.clone(), loc);
         m.config.log.sinks.push(s);
@@ -125,6 +125,12 @@ fn kind(ctx: &mut Ctx<'_>, r: &RawEventSink, key: &str) -> Option<SinkKind> {
         only(ctx, r.keep.as_ref().map(Spanned::span), "keep", "file");
         only(ctx, r.compress.as_ref().map(Spanned::span), "compress", "file");
     }
+    if t != "otlp" {
+        only(ctx, r.endpoint.as_ref().map(Spanned::span), "endpoint", "otlp");
+        only(ctx, r.protocol.as_ref().map(Spanned::span), "protocol", "otlp");
+        only(ctx, r.headers.as_ref().map(Spanned::span), "headers", "otlp");
+        only(ctx, r.timeout.as_ref().map(Spanned::span), "timeout", "otlp");
+    }
     match t {
         "stdout" => {
             let format = match &r.format {
@@ -144,9 +150,10 @@ fn kind(ctx: &mut Ctx<'_>, r: &RawEventSink, key: &str) -> Option<SinkKind> {
         "journal" => Some(SinkKind::Journal),
         "none" => Some(SinkKind::Discard),
         "file" => file(ctx, r, key).map(SinkKind::File),
+        "otlp" => super::otlp::sink(ctx, r, key).map(SinkKind::Otlp),
         other => {
             let msg = format!(
-                "unknown sink type `{other}`; expected \"stdout\", \"journal\", \"file\" or \"none\""
+                "unknown sink type `{other}`; expected \"stdout\", \"journal\", \"file\", \"otlp\" or \"none\""
             );
             ctx.spanned(&r.kind, &format!("{key}.type"), msg);
             None
@@ -407,7 +414,7 @@ name = "stdout"
         assert_eq!(
             e,
             [
-                format!("{F}:2:8: event_sink[0].type: unknown sink type `syslog`; expected \"stdout\", \"journal\", \"file\" or \"none\""),
+                format!("{F}:2:8: event_sink[0].type: unknown sink type `syslog`; expected \"stdout\", \"journal\", \"file\", \"otlp\" or \"none\""),
                 format!("{F}:6:10: event_sink[1].format: `format` applies only to type = \"stdout\", not \"journal\""),
                 format!("{F}:5:8: event_sink[1].path: `path` applies only to type = \"file\", not \"journal\""),
                 format!("{F}:9:8: event_sink[2].path: `relative.jsonl` is not an absolute path"),
