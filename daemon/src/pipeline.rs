@@ -227,6 +227,7 @@ impl Pipeline {
             duration_ns: denied.then_some(0),
             bytes_sent: None,
             bytes_received: None,
+            container: Default::default(),
             process,
         };
         self.stats.connections += 1;

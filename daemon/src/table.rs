@@ -322,6 +322,7 @@ pub(crate) fn test_connection(cookie: u64, pid: u32, uid: u32, dst: &str) -> Con
         duration_ns: None,
         bytes_sent: None,
         bytes_received: None,
+        container: Default::default(),
         process: Arc::new(Process {
             pid,
             tid: pid,

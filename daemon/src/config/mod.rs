@@ -2,6 +2,7 @@
 //! validated model (this module), collecting every error with its file, line
 //! and key so one run of `--check-config` reports them all.
 
+pub mod containers;
 mod decode;
 mod dns;
 #[cfg(test)]
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use containers::ContainersConfig;
 pub use dns::DnsConfig;
 pub use sink::{EventKind, FileSink, SinkConfig, SinkFilter, SinkKind};
 pub use validate::{parse_config, parse_files, validate, Validated};
@@ -63,6 +65,7 @@ pub struct Config {
     pub table: TableConfig,
     pub log: LogConfig,
     pub policy: policy::Policy,
+    pub containers: ContainersConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +265,7 @@ impl Default for Config {
                 sinks: Vec::new(),
             },
             policy: policy::Policy::default(),
+            containers: ContainersConfig::default(),
         }
     }
 }

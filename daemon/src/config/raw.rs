@@ -25,6 +25,19 @@ pub struct RawConfig {
     pub rule: Vec<RawRule>,
     #[serde(default)]
     pub scope: Vec<RawScope>,
+    pub containers: Option<RawContainers>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContainers {
+    pub enabled: Option<Spanned<bool>>,
+    /// A path or "off".
+    pub docker_socket: Option<Spanned<String>>,
+    pub podman_socket: Option<Spanned<String>>,
+    pub containerd_socket: Option<Spanned<String>>,
+    pub crio_socket: Option<Spanned<String>>,
+    pub pod_labels: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,5 +1,6 @@
 //! Stage two: raw values to the validated model, every error collected.
 
+mod containers;
 mod finish;
 mod policy;
 mod sinks;
@@ -192,6 +193,9 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
     }
     if let Some(l) = &raw.log {
         log(ctx, l, &mut m.config.log);
+    }
+    if let Some(c) = &raw.containers {
+        containers::apply(ctx, c, &mut m.config.containers);
     }
 }
 

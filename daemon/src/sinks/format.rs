@@ -431,6 +431,7 @@ pub(super) mod tests {
                 duration_ns: Some(245_123_456),
                 bytes_sent: Some(517),
                 bytes_received: Some(4821),
+                container: Default::default(),
                 process: Arc::new(process()),
             },
         }
