@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
         "table",
     ],
     // What the policy means; where event lines go.
-    &["policy", "sinks"],
+    &["policy", "sinks", "containers"],
     // The ruleset stage (model to kernel layout), the kernel's owner thread,
     // the event path.
     &["ruleset", "kernel", "pipeline"],

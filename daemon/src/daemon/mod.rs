@@ -93,6 +93,9 @@ struct Daemon {
     cgroup_tx: mpsc::UnboundedSender<PathBuf>,
     cgroup_rx: mpsc::UnboundedReceiver<PathBuf>,
     cgroup_watcher: Option<notify::RecommendedWatcher>,
+    /// What the container runtimes' workers answer.
+    container_tx: mpsc::UnboundedSender<crate::containers::Answer>,
+    container_rx: mpsc::UnboundedReceiver<crate::containers::Answer>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -165,7 +168,8 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
     start::log_attached(&kernel, &config, &cgroup_dir);
     let counters_file = paths.state_dir.join(COUNTERS_FILE);
-    let mut pipeline = start::pipeline(&config, &mount, paths);
+    let (container_tx, container_rx) = mpsc::unbounded_channel();
+    let mut pipeline = start::pipeline(&config, &mount, paths, &container_tx);
 
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
     // The owner publishes its counters here every second; metrics, the
@@ -207,6 +211,8 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         cgroup_tx,
         cgroup_rx,
         cgroup_watcher,
+        container_tx,
+        container_rx,
     };
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
@@ -267,6 +273,7 @@ impl Daemon {
                 }
                 Some(update) = self.dns_updates.recv() => self.on_dns(update).await,
                 Some(dir) = self.cgroup_rx.recv() => self.on_new_cgroup(&dir),
+                Some(answer) = self.container_rx.recv() => self.pipeline.on_container_answer(answer),
                 _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
                 _ = status_tick.tick() => self.refresh_status().await,
                 Some(()) = fs_rx.recv() => {
