@@ -1,5 +1,5 @@
 //! `tracectl top`: polls `Connections` and `GetStats` and shows, per unit,
-//! container, process or destination, how many connections start each
+//! container, pod, process or destination, how many connections start each
 //! second, are open, failed or were denied. On a terminal it redraws in
 //! place on the alternate screen and takes keys; otherwise (or with
 //! `--once` / `-n`) it prints one plain view per interval.
@@ -135,6 +135,7 @@ fn live(poller: &mut Poller<'_>, p: Printer, args: &TopArgs, every: Duration) ->
                 b's' => sort = next(&SortBy::ALL, sort),
                 b'u' => by = GroupBy::Unit,
                 b'c' => by = GroupBy::Container,
+                b'o' => by = GroupBy::Pod,
                 b'p' => by = GroupBy::Process,
                 b'd' => by = GroupBy::Destination,
                 _ => continue,

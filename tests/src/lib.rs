@@ -13,8 +13,10 @@ mod command;
 pub mod config_dir;
 mod daemon;
 mod dnsmasq;
+mod dockerd;
 mod net;
 mod paths;
+pub mod rootfs;
 mod users;
 pub mod wait;
 
@@ -26,6 +28,7 @@ pub use command::output;
 pub use config_dir::ConfigDir;
 pub use daemon::{daemon_command, Daemon};
 pub use dnsmasq::Dnsmasq;
+pub use dockerd::Dockerd;
 pub use net::{closed_port, free_port, http_get, http_get_raw, metric, tcp_server};
 pub use paths::{bin_path, repo_root};
 pub use users::{TestGroup, TestUser};

@@ -17,17 +17,25 @@ use crate::table::{cell, Table};
 pub enum GroupBy {
     Unit,
     Container,
+    Pod,
     Process,
     Destination,
 }
 
 impl GroupBy {
-    pub const ALL: [GroupBy; 4] = [Self::Unit, Self::Container, Self::Process, Self::Destination];
+    pub const ALL: [GroupBy; 5] = [
+        Self::Unit,
+        Self::Container,
+        Self::Pod,
+        Self::Process,
+        Self::Destination,
+    ];
 
     fn heading(self) -> &'static str {
         match self {
             Self::Unit => "UNIT",
             Self::Container => "CONTAINER",
+            Self::Pod => "POD",
             Self::Process => "PROCESS",
             Self::Destination => "DESTINATION",
         }
@@ -41,10 +49,13 @@ impl GroupBy {
                 .clone()
                 .or_else(|| p.user_unit.clone())
                 .unwrap_or_else(|| "-".into()),
-            Self::Container => p
-                .container_id
-                .as_deref()
-                .map_or_else(|| "(host)".into(), |id| crate::output::short_id(id).to_string()),
+            // The runtime's name once it answered, the short id until then.
+            Self::Container => c.container.container_name.clone().unwrap_or_else(|| {
+                p.container_id
+                    .as_deref()
+                    .map_or_else(|| "(host)".into(), |id| crate::output::short_id(id).to_string())
+            }),
+            Self::Pod => c.container.pod().unwrap_or_else(|| "-".into()),
             Self::Process => format!("{}[{}]", p.comm, p.pid),
             Self::Destination => c
                 .label
@@ -87,7 +98,7 @@ pub fn next<T: Copy + PartialEq>(all: &[T], now: T) -> T {
 
 #[derive(Debug)]
 struct Entry {
-    keys: [String; 4],
+    keys: [String; 5],
     open: bool,
     failed: bool,
     denied: bool,
