@@ -23,6 +23,7 @@ pub struct Dockerd {
     pub socket: PathBuf,
     /// `--cgroup-parent`, relative to the cgroup2 mount.
     pub cgroup_parent: String,
+    test_cgroup: String,
     child: Option<Child>,
 }
 
@@ -36,6 +37,7 @@ impl Dockerd {
         let d = Self {
             socket,
             cgroup_parent: format!("{}/docker", cg.rel),
+            test_cgroup: cg.rel.clone(),
             child: None,
             dir,
         };
@@ -107,55 +109,54 @@ impl Dockerd {
         self.stop();
         self.spawned()
     }
+}
 
-    /// Unmounts what dockerd left mounted under its directory (the
-    /// network namespace file, overlay mounts after a crash).
-    fn unmount_leftovers(root: &Path) {
-        let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-            return;
+/// Removes what a runtime made below the test cgroup `test` (relative to
+/// the cgroup2 mount): `test/below` in the v2 hierarchy (the test cgroup
+/// itself is the test's to remove), and all of `test` in the v1 ones, where
+/// runc makes the controllers' directories too on hybrid hosts.
+pub(crate) fn remove_cgroups(test: &str, below: &str) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let test = test.trim_start_matches('/');
+    for l in mounts.lines() {
+        let Some((pre, post)) = l.split_once(" - ") else {
+            continue;
         };
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| Path::new(p).starts_with(root))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for p in points {
-            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        let (Some(point), Some(fs)) = (pre.split(' ').nth(4), post.split(' ').next()) else {
+            continue;
+        };
+        let dir = match fs {
+            "cgroup2" => Path::new(point).join(test).join(below),
+            "cgroup" => Path::new(point).join(test),
+            _ => continue,
+        };
+        if !dir.exists() {
+            continue;
+        }
+        let mut dirs: Vec<PathBuf> = walk(&dir);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
         }
     }
+}
 
-    /// Removes `rel` and what is below it in every cgroup hierarchy; runc
-    /// makes the v1 controllers' directories too on hybrid hosts, and their
-    /// parents there (the test cgroup's v2 directory is the test's).
-    fn remove_cgroups(rel: &str) {
-        let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-            return;
-        };
-        for l in mounts.lines() {
-            let Some((pre, post)) = l.split_once(" - ") else {
-                continue;
-            };
-            let (Some(point), Some(fs)) = (pre.split(' ').nth(4), post.split(' ').next()) else {
-                continue;
-            };
-            let mut dir = Path::new(point).join(rel.trim_start_matches('/'));
-            match fs {
-                "cgroup2" => {}
-                "cgroup" => {
-                    dir.pop();
-                }
-                _ => continue,
-            }
-            if !dir.exists() {
-                continue;
-            }
-            let mut dirs: Vec<PathBuf> = walk(&dir);
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            for d in dirs {
-                let _ = std::fs::remove_dir(d);
-            }
-        }
+/// Unmounts what a runtime left mounted under `root` (network namespace
+/// files, overlay mounts after a crash), deepest first.
+pub(crate) fn unmount_below(root: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(root))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -191,7 +192,7 @@ impl Drop for Dockerd {
                 );
             }
         }
-        Self::unmount_leftovers(self.dir.path());
-        Self::remove_cgroups(&self.cgroup_parent);
+        unmount_below(self.dir.path());
+        remove_cgroups(&self.test_cgroup, "docker");
     }
 }

@@ -11,6 +11,7 @@ mod bus;
 mod cgroup;
 mod command;
 pub mod config_dir;
+pub mod containerd;
 mod daemon;
 mod dnsmasq;
 mod dockerd;
