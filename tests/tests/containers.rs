@@ -95,7 +95,7 @@ fn an_absent_runtime_costs_one_log_line_and_events_keep_their_ids() {
 #[test]
 fn a_docker_container_named_web_connects_with_its_name_image_and_id() {
     let cg = TestCgroup::new("ctr-docker");
-    let mut dockerd = Dockerd::start(&cg).unwrap();
+    let dockerd = Dockerd::start(&cg).unwrap();
     let rootfs = busybox_rootfs(dockerd.dir.path()).unwrap();
     dockerd
         .docker(&["import", &rootfs.to_string_lossy(), IMAGE])
@@ -181,9 +181,15 @@ fn a_docker_container_named_web_connects_with_its_name_image_and_id() {
         "{out}"
     );
 
-    // dockerd stops mid-run: a container it never told us about keeps its
-    // id, with one log line; when it is back, one more.
     dockerd.docker(&["rm", "--force", "web"]).unwrap();
+    let dockerd = stops_mid_run(&cg, &mut d, dockerd, &server.to_string());
+    drop(d);
+    drop(dockerd);
+}
+
+/// dockerd stops mid-run: a container it never told us about keeps its id,
+/// with one log line for any number of events; when it is back, one more.
+fn stops_mid_run(cg: &TestCgroup, d: &mut Daemon, mut dockerd: Dockerd, dst: &str) -> Dockerd {
     dockerd.stop();
     let docker_dir = TestCgroup {
         path: cg.path.join("docker"),
@@ -191,9 +197,8 @@ fn a_docker_container_named_web_connects_with_its_name_image_and_id() {
     };
     let other = "cd".repeat(32);
     let ctr = fake_container(&docker_dir, &other);
-    let dst = server.to_string();
     for _ in 0..3 {
-        probe(&ctr, &["flood", &dst, "10"]).unwrap();
+        probe(&ctr, &["flood", dst, "10"]).unwrap();
     }
     d.wait_for(Duration::from_secs(10), |s| {
         s.iter()
@@ -202,22 +207,24 @@ fn a_docker_container_named_web_connects_with_its_name_image_and_id() {
             >= 30
     })
     .unwrap();
-    drain_logs(&mut d, Duration::from_secs(1));
-    assert_eq!(down_lines(&d), 1, "{:#?}", d.logs);
+    drain_logs(d, Duration::from_secs(1));
+    assert_eq!(down_lines(d), 1, "{:#?}", d.logs);
     let dockerd = dockerd.restart().unwrap();
     // Asked again once the 5 s pause is over.
     std::thread::sleep(Duration::from_secs(5));
-    probe(&ctr, &["connect", &dst]).unwrap();
-    d.wait_log("container runtime docker", Duration::from_secs(10))
-        .and_then(|l| {
-            let m = l["message"].as_str().unwrap_or_default();
-            anyhow::ensure!(m.contains("answers again"), "{l}");
-            Ok(())
-        })
+    probe(&ctr, &["connect", dst]).unwrap();
+    let back = d
+        .wait_log("container runtime docker", Duration::from_secs(10))
         .unwrap();
-    assert_eq!(down_lines(&d), 1);
+    assert!(
+        back["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("answers again"),
+        "{back}"
+    );
+    assert_eq!(down_lines(d), 1);
     drop(ctr);
     drop(docker_dir);
-    drop(d);
-    drop(dockerd);
+    dockerd
 }
