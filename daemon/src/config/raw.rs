@@ -26,6 +26,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub scope: Vec<RawScope>,
     pub gpu: Option<RawGpu>,
+    pub containers: Option<RawContainers>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +36,18 @@ pub struct RawGpu {
     /// serde's untagged enums).
     pub enabled: Option<Spanned<toml::Value>>,
     pub poll_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContainers {
+    pub enabled: Option<Spanned<bool>>,
+    /// A path or "off".
+    pub docker_socket: Option<Spanned<String>>,
+    pub podman_socket: Option<Spanned<String>>,
+    pub containerd_socket: Option<Spanned<String>>,
+    pub crio_socket: Option<Spanned<String>>,
+    pub pod_labels: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -305,6 +305,11 @@ impl Daemon {
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline.set_log(&new.log);
         self.pipeline.set_name_grace(new.dns.grace);
+        if new.containers != self.config.containers {
+            self.pipeline
+                .containers()
+                .configure(&new.containers, &self.container_tx);
+        }
         let names = new.hostnames();
         if let Some(dns) = &self.dns {
             if new.dns != self.config.dns {
