@@ -111,6 +111,12 @@ impl Pipeline {
         self.containers.on_answer(a);
     }
 
+    pub fn container_metas(
+        &self,
+    ) -> std::collections::HashMap<String, std::sync::Arc<connectracer_proto::ContainerMeta>> {
+        self.containers.known_metas()
+    }
+
     pub fn answer_stats(&self) -> AnswerStats {
         self.answers.stats()
     }
