@@ -203,7 +203,8 @@ impl Pipeline {
             Record::Proc(p) => self.attributor.on_process(&p, now),
             Record::Dns(d) => {
                 let at = self.kernel_time(d.ts_ns);
-                self.answers.record(&d, now, at);
+                let cgroup = self.attributor.cgroup(d.cgroup_id);
+                self.answers.record(&d, now, at, cgroup);
             }
             Record::Conn(c) => match c.kind {
                 ConnKind::Connect | ConnKind::Sendmsg => self.on_new(&c, now),
