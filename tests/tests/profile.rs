@@ -168,6 +168,42 @@ fn a_short_command_is_profiled_completely_and_by_unit() {
 }
 
 #[test]
+fn i386_calls_are_profiled_under_their_own_abi_with_their_families() {
+    let cg = TestCgroup::new("profile-i386");
+    let mut d = Daemon::start(&cg, "").unwrap();
+    let work = cg.child("work");
+    let file = tmp("i386.json");
+    let t = start_profile(
+        &mut d,
+        &["--cgroup", &work.rel, "--for", "2s", "--format", "json"],
+        &file,
+    );
+    let (code, _, err) = output(work.command(&bin_path("ct-seccomp")).arg("int80"));
+    assert_eq!(code, 0, "{err}");
+    finish(t);
+    let reply: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&file);
+    let compat: BTreeSet<(u64, &str)> = reply["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["arch"] == "x86")
+        .map(|s| (s["number"].as_u64().unwrap(), s["name"].as_str().unwrap()))
+        .collect();
+    let want: BTreeSet<(u64, &str)> = [(20, "getpid"), (359, "socket"), (6, "close")].into();
+    assert_eq!(compat, want, "{reply:#}");
+    // socket(2) through the i386 ABI: its family read from ebx.
+    assert!(
+        reply["families"]
+            .as_array()
+            .unwrap()
+            .contains(&(libc::AF_INET6 as u64).into()),
+        "{reply:#}"
+    );
+    assert_eq!(reply["socketcall"], 0);
+}
+
+#[test]
 fn systemd_analyze_verify_accepts_the_drop_in() {
     let cg = TestCgroup::new("profile-systemd");
     let mut d = Daemon::start(&cg, "").unwrap();

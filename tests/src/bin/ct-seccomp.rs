@@ -6,6 +6,12 @@
 //!   ct-seccomp PROFILE exec CMD [ARGS...]
 //!   ct-seccomp PROFILE call SYSCALL
 //!
+//!   ct-seccomp int80
+//!
+//! `int80` applies nothing: it makes i386 syscalls through `int 0x80`
+//! (getpid, and socket(AF_INET6) then close), as a 32-bit program would,
+//! and exits 0 if they worked.
+//!
 //! `call` exits 0 when the syscall failed with EPERM, 1 when it succeeded,
 //! 2 when it failed otherwise: after the filter, nothing is printed (the
 //! profile may not allow the writes).
@@ -58,8 +64,47 @@ fn filter(names: &[Sysno]) -> anyhow::Result<BpfProgram> {
     Ok(f.try_into()?)
 }
 
+/// One i386 syscall, as a 32-bit program makes it: the kernel marks the
+/// task TS_COMPAT for it and takes the number from the i386 table.
+fn int80(nr: u32, a: u32, b: u32, c: u32) -> i32 {
+    let ret: i32;
+    // SAFETY: int 0x80 with register arguments only; the syscalls used
+    // take no pointers. rbx is reserved by LLVM, hence the swap.
+    unsafe {
+        std::arch::asm!(
+            "xchg {a:r}, rbx",
+            "int 0x80",
+            "xchg {a:r}, rbx",
+            a = inout(reg) u64::from(a) => _,
+            inlateout("eax") nr => ret,
+            in("ecx") b,
+            in("edx") c,
+        );
+    }
+    ret
+}
+
+fn compat_calls() -> anyhow::Result<()> {
+    const GETPID: u32 = 20;
+    const SOCKET: u32 = 359;
+    const CLOSE: u32 = 6;
+    let pid = int80(GETPID, 0, 0, 0);
+    if pid != std::process::id() as i32 {
+        bail!("i386 getpid answered {pid}");
+    }
+    let fd = int80(SOCKET, libc::AF_INET6 as u32, libc::SOCK_DGRAM as u32, 0);
+    if fd < 0 {
+        bail!("i386 socket failed: {fd}");
+    }
+    int80(CLOSE, fd as u32, 0, 0);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "int80") {
+        return compat_calls();
+    }
     let [path, mode, rest @ ..] = args.as_slice() else {
         bail!("usage: ct-seccomp PROFILE exec CMD [ARGS...] | ct-seccomp PROFILE call SYSCALL");
     };
