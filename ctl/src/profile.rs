@@ -45,14 +45,14 @@ pub struct ProfileArgs {
     /// the answer comes when the recording ends.
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Duration,
-    /// What to write.
-    #[arg(long, value_enum, default_value_t = ProfileFormat::Oci)]
-    pub format: ProfileFormat,
+    /// What to write [default: oci; json with -o json or -o jsonl].
+    #[arg(long, value_enum)]
+    pub format: Option<ProfileFormat>,
     /// With --format systemd: allow only the syscalls seen (a group named
     /// only where every member was), not @system-service and the rest.
     #[arg(long)]
     pub exact: bool,
-    /// Write to FILE instead of stdout (`-o` is the global output format).
+    /// Write to FILE instead of stdout (`-o` is tracectl's output format).
     #[arg(short = 'w', long = "write", value_name = "FILE")]
     pub write: Option<PathBuf>,
 }
@@ -66,7 +66,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Records, then writes the profile where asked.
-pub fn profile(c: &mut Transport, a: &ProfileArgs) -> Result<(), ClientError> {
+pub fn profile(c: &mut Transport, a: &ProfileArgs, output: out::Format) -> Result<(), ClientError> {
     let params = ProfileParams {
         cgroup: a.cgroup.clone(),
         unit: a.unit.clone(),
@@ -79,7 +79,12 @@ pub fn profile(c: &mut Transport, a: &ProfileArgs) -> Result<(), ClientError> {
             reply.unknown
         );
     }
-    let text = match a.format {
+    let format = a.format.unwrap_or(if output.is_json() {
+        ProfileFormat::Json
+    } else {
+        ProfileFormat::Oci
+    });
+    let text = match format {
         ProfileFormat::Oci => oci(&reply),
         ProfileFormat::Systemd => systemd(&reply, groups::from_systemd_analyze().as_ref(), a.exact),
         ProfileFormat::Json => {

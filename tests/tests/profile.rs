@@ -262,10 +262,17 @@ fn a_profile_ends_when_its_caller_goes_away() {
     d.wait_log("syscall profile ended", Duration::from_secs(5))
         .expect("the recording ends with its caller");
     assert!(!file.exists());
-    // Its slot and the program are free for the next one.
-    let t = start_profile(&mut d, &["--cgroup", &cg.rel, "--for", "200ms"], &file);
+    // Its slot and the program are free for the next one; -o json (with
+    // no --format) asks for the daemon's JSON.
+    let t = start_profile(
+        &mut d,
+        &["--cgroup", &cg.rel, "--for", "200ms", "-o", "json"],
+        &file,
+    );
     finish(t);
-    assert!(std::fs::read_to_string(&file).unwrap().contains("SCMP_ACT_ALLOW"));
+    let reply: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(reply["cgroup"], cg.rel.as_str(), "{reply:#}");
+    assert_eq!(reply["duration_ms"], 200, "{reply:#}");
     let _ = std::fs::remove_file(&file);
 }
 

@@ -45,6 +45,8 @@ pub enum ProfileError {
     NoLevel,
     #[error("no profile is recording in slot {0}")]
     NotRecording(usize),
+    #[error("kernel map profiles answered {0} bytes, fewer than a profile's")]
+    Short(usize),
     #[error(transparent)]
     Kernel(#[from] TracerError),
 }
@@ -167,10 +169,7 @@ impl Tracer {
             .map_err(map_err("profiles"))?
             .unwrap_or_default();
         let mut p = ct_profile::default();
-        plain::copy_from_bytes(&mut p, &value).map_err(|_| TracerError::Map {
-            map: "profiles",
-            source: libbpf_rs::Error::from(std::io::Error::from(std::io::ErrorKind::InvalidData)),
-        })?;
+        plain::copy_from_bytes(&mut p, &value).map_err(|_| ProfileError::Short(value.len()))?;
         Ok(RawProfile {
             native: p.counts[..SYSCALLS].to_vec(),
             compat: p.counts[SYSCALLS..].to_vec(),
