@@ -111,6 +111,12 @@ impl Pipeline {
         self.containers.on_answer(a);
     }
 
+    pub fn container_metas(
+        &self,
+    ) -> std::collections::HashMap<String, std::sync::Arc<connectracer_proto::ContainerMeta>> {
+        self.containers.known_metas()
+    }
+
     pub fn answer_stats(&self) -> AnswerStats {
         self.answers.stats()
     }
@@ -197,7 +203,8 @@ impl Pipeline {
             Record::Proc(p) => self.attributor.on_process(&p, now),
             Record::Dns(d) => {
                 let at = self.kernel_time(d.ts_ns);
-                self.answers.record(&d, now, at);
+                let cgroup = self.attributor.cgroup(d.cgroup_id);
+                self.answers.record(&d, now, at, cgroup);
             }
             Record::Conn(c) => match c.kind {
                 ConnKind::Connect | ConnKind::Sendmsg => self.on_new(&c, now),

@@ -228,3 +228,98 @@ fn stops_mid_run(cg: &TestCgroup, d: &mut Daemon, mut dockerd: Dockerd, dst: &st
     drop(docker_dir);
     dockerd
 }
+
+/// A rule selecting a container by the name its runtime reports: the
+/// container's first connects (while the runtime is asked) are judged
+/// without it, every one after the answer with it, and a reload keeps it.
+#[test]
+fn a_container_name_rule_applies_once_the_runtime_has_answered() {
+    let cg = TestCgroup::new("ctr-policy");
+    let dockerd = Dockerd::start(&cg).unwrap();
+    let rootfs = busybox_rootfs(dockerd.dir.path()).unwrap();
+    dockerd
+        .docker(&["import", &rootfs.to_string_lossy(), IMAGE])
+        .unwrap();
+    let server = tcp_server("127.0.0.1:0", 0, 0);
+    let config = format!(
+        "trace = \"all\"\nmode = \"enforce\"\n[policy]\nallow_loopback = false\n\
+         [containers]\ndocker_socket = \"{}\"\npodman_socket = \"off\"\n\
+         containerd_socket = \"off\"\ncrio_socket = \"off\"\n\n\
+         [[rule]]\ncontainer_name = \"w?b\"\naction = \"deny\"\ndest = \"127.0.0.1\"\nports = [{}]\n",
+        dockerd.socket.to_string_lossy(),
+        server.port()
+    );
+    let mut d = Daemon::start(&cg, &config).unwrap();
+    let port = server.port().to_string();
+    let script =
+        format!("i=0; while [ $i -lt 40 ]; do nc 127.0.0.1 {port} </dev/null; sleep 0.2; i=$((i+1)); done");
+    let id = dockerd
+        .docker(&[
+            "run",
+            "--detach",
+            "--name",
+            "web",
+            "--network",
+            "host",
+            IMAGE,
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .unwrap();
+    let of_web = |e: &Value| e["process"]["container_id"] == id.as_str() && e["protocol"] == "tcp";
+    d.wait_log(
+        "policy: a container joins its scope by name",
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    d.wait_for(Duration::from_secs(20), |s| {
+        s.iter().filter(|e| of_web(e) && e["event"] == "denied").count() >= 3
+    })
+    .unwrap();
+
+    let tries: Vec<&Value> = d
+        .seen
+        .iter()
+        .filter(|e| of_web(e) && (e["event"] == "connect" || e["event"] == "denied"))
+        .collect();
+    let first_denied = tries.iter().position(|e| e["event"] == "denied").unwrap();
+    assert!(
+        first_denied >= 1,
+        "the first connect went out before the runtime answered: {tries:#?}"
+    );
+    assert!(
+        tries[first_denied..]
+            .iter()
+            .all(|e| e["event"] == "denied" && e["policy_rule"] == 1 && e["verdict"] == "deny"),
+        "{tries:#?}"
+    );
+    // A reload re-places the containers it knows by name.
+    d.config.write_dropin(
+        "50-more.toml",
+        "[[rule]]\naction = \"deny\"\ndest = \"192.0.2.1\"\n",
+    );
+    let (code, _, err) = d.tracectl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    let before = d
+        .seen
+        .iter()
+        .filter(|e| of_web(e) && e["event"] == "denied")
+        .count();
+    d.wait_for(Duration::from_secs(10), |s| {
+        s.iter().filter(|e| of_web(e) && e["event"] == "denied").count() >= before + 3
+    })
+    .unwrap();
+    let last: Vec<&Value> = d
+        .seen
+        .iter()
+        .filter(|e| of_web(e) && (e["event"] == "connect" || e["event"] == "denied"))
+        .collect();
+    assert!(
+        last[last.len() - 3..].iter().all(|e| e["event"] == "denied"),
+        "after the reload: {last:#?}"
+    );
+    dockerd.docker(&["rm", "--force", "web"]).unwrap();
+    drop(d);
+    drop(dockerd);
+}

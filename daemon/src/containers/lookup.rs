@@ -89,6 +89,7 @@ impl Worker {
                         id: id.clone(),
                         meta: meta.unwrap_or_default(),
                         generation,
+                        cgroup_dir: req.cgroup_dir.clone(),
                     });
                     if !watched {
                         // Not kept: asked again at its next event, if any.

@@ -57,6 +57,8 @@ pub enum Answer {
         id: String,
         meta: ContainerMeta,
         generation: u32,
+        /// The container's cgroup, for policy scopes that select by name.
+        cgroup_dir: PathBuf,
     },
     /// The runtime could not be asked; not before `retry_at` again.
     Unavailable {
@@ -179,9 +181,22 @@ impl ContainerNames {
         }
     }
 
+    /// Every container whose names are known, by id.
+    pub fn known_metas(&self) -> std::collections::HashMap<String, Arc<ContainerMeta>> {
+        self.entries
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Known(m) if !m.is_empty() => Some((id.clone(), m.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn on_answer(&mut self, a: Answer) {
         match a {
-            Answer::Found { id, meta, generation } if generation == self.generation => {
+            Answer::Found {
+                id, meta, generation, ..
+            } if generation == self.generation => {
                 let meta = if meta.is_empty() {
                     self.none.clone()
                 } else {

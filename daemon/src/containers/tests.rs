@@ -169,6 +169,7 @@ async fn answers_of_replaced_workers_and_other_runtimes_change_nothing() {
             ..Default::default()
         },
         generation: names.generation - 1,
+        cgroup_dir: tmp.path().to_path_buf(),
     };
     names.on_answer(stale);
     assert!(names.is_empty());

@@ -299,7 +299,7 @@ impl Daemon {
                 Some(update) = self.dns_updates.recv() => self.on_dns(update).await,
                 Some(dir) = self.cgroup_rx.recv() => self.on_new_cgroup(&dir),
                 Some(sample) = self.gpu.next() => self.on_gpu(&sample),
-                Some(answer) = self.container_rx.recv() => self.pipeline.on_container_answer(answer),
+                Some(answer) = self.container_rx.recv() => self.on_container_answer(answer),
                 _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
                 _ = status_tick.tick() => self.refresh_status().await,
                 Some(()) = fs_rx.recv() => {

@@ -234,6 +234,7 @@ pub fn inputs(method: &str) -> Vec<Value> {
         "Answers" => vec![
             Operation::Answers(AnswersParams {
                 pid: Some(7),
+                unit: Some("backup*.service".into()),
                 limit: Some(5),
             }),
             Operation::Answers(AnswersParams::default()),
@@ -372,6 +373,8 @@ pub fn outputs(method: &str) -> Vec<Value> {
                 addresses: vec!["10.0.0.1".into(), "2001:db8::1".into()],
                 ttl_seconds: 60,
                 resolver: "127.0.0.53:53".into(),
+                cgroup: Some("/system.slice/backup.service".into()),
+                unit: Some("backup.service".into()),
             }],
         })],
         "Gpu" => both(&|f| json(&gpu(f))),

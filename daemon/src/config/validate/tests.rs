@@ -304,3 +304,26 @@ fn containers_section_parses_and_names_each_bad_value() {
         ]
     );
 }
+
+#[test]
+fn container_name_pod_and_namespace_selectors_are_globs_and_one_per_entry() {
+    let c = parse_config(
+        Path::new("x.toml"),
+        "[[scope]]\npod = \"web-*\"\ndefault = \"deny\"\n[[rule]]\nnamespace = \"shop\"\naction = \"allow\"\ndest = \"any\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.policy.scopes[0].selector.to_string(), "pod web-*");
+    assert_eq!(
+        c.policy.rules[0].selector.as_ref().unwrap().to_string(),
+        "namespace shop"
+    );
+    assert!(c.policy.selects_by_container_meta());
+    assert_eq!(
+        errors("[[rule]]\ncontainer_name = \"a/b\"\naction = \"deny\"\ndest = \"any\"\n"),
+        ["/etc/connectracer/connectracer.toml:2:18: rule[0].container_name: `a/b` is not a container name or glob (e.g. \"web\", \"web-*\")"]
+    );
+    assert!(
+        errors("[[rule]]\npod = \"x\"\nnamespace = \"y\"\naction = \"deny\"\ndest = \"any\"\n")[0]
+            .contains("one selector per entry, found pod and namespace"),
+    );
+}
