@@ -50,7 +50,8 @@ static __always_inline __u32 profile_compat(void)
 #if defined(__TARGET_ARCH_x86)
 	struct task_struct *task = bpf_get_current_task_btf();
 
-	return (BPF_CORE_READ(task, thread_info.status) & CT_TS_COMPAT) ? 1 : 0;
+	/* A trusted BTF pointer: a plain (CO-RE relocated) load, no helper. */
+	return (task->thread_info.status & CT_TS_COMPAT) ? 1 : 0;
 #else
 	return 0;
 #endif
@@ -61,9 +62,9 @@ static __always_inline long profile_family(struct pt_regs *regs, long id, __u32 
 {
 #if defined(__TARGET_ARCH_x86)
 	if (!compat && (id == CT_NR_SOCKET || id == CT_NR_SOCKETPAIR))
-		return (int)BPF_CORE_READ(regs, di);
+		return (int)regs->di;
 	if (compat && (id == CT_NR32_SOCKET || id == CT_NR32_SOCKETPAIR))
-		return (int)BPF_CORE_READ(regs, bx);
+		return (int)regs->bx;
 #endif
 	return -1;
 }
@@ -102,8 +103,11 @@ int BPF_PROG(ct_sys_enter, struct pt_regs *regs, long id)
 	if (!lv)
 		return 0;
 	/* One lookup per level holding a profile (usually one): a task's
-	 * ancestor at that level is the profiled cgroup if any is. */
-	bpf_for(i, 0, CT_PROFILE_LEVELS) {
+	 * ancestor at that level is the profiled cgroup if any is. Unrolled
+	 * rather than bpf_for: its iterator's kfunc calls cost every syscall
+	 * of the host more than the eight short copies cost the verifier. */
+#pragma unroll
+	for (i = 0; i < CT_PROFILE_LEVELS; i++) {
 		if (i >= lv->count)
 			break;
 		cgroup = bpf_get_current_ancestor_cgroup_id(lv->level[i]);
