@@ -5,12 +5,14 @@
 
 mod error;
 mod filter;
+mod profile;
 mod types;
 
 use serde::Serialize;
 
 pub use error::CallError;
 pub use filter::{Filter, Matcher, WatchMatcher, EVENT_KINDS};
+pub use profile::*;
 pub use types::*;
 
 use crate::varlink::INTERFACE;
@@ -48,6 +50,10 @@ pub enum Operation {
     Answers(AnswersParams),
     #[serde(rename = "org.connectracer.Tracer.Gpu")]
     Gpu,
+    /// Records a cgroup's syscalls for a while: the answer comes when the
+    /// recording ends.
+    #[serde(rename = "org.connectracer.Tracer.Profile")]
+    Profile(ProfileParams),
     /// A stream of events (varlink `more`; on D-Bus, signals): served by
     /// the transports from the event broadcast, never by the owner.
     #[serde(rename = "org.connectracer.Tracer.Watch")]
@@ -71,6 +77,7 @@ impl Operation {
             Self::PolicyCheck(_) => "PolicyCheck",
             Self::Answers(_) => "Answers",
             Self::Gpu => "Gpu",
+            Self::Profile(_) => "Profile",
             Self::Watch(_) => "Watch",
         }
     }
@@ -103,6 +110,7 @@ impl Operation {
             Self::PolicyCheck(PolicyCheckParams::default()),
             Self::Answers(AnswersParams::default()),
             Self::Gpu,
+            Self::Profile(ProfileParams::default()),
             Self::Watch(WatchParams::default()),
         ]
     }
@@ -122,6 +130,7 @@ pub enum Answer {
     PolicyCheck(PolicyCheckReply),
     Answers(AnswersReply),
     Gpu(GpuReply),
+    Profile(ProfileReply),
 }
 
 impl Answer {
@@ -136,6 +145,7 @@ impl Answer {
             Self::PolicyCheck(_) => "policy decision",
             Self::Answers(_) => "answers",
             Self::Gpu(_) => "gpu",
+            Self::Profile(_) => "profile",
         }
     }
 }
@@ -180,6 +190,7 @@ answer_kind! {
     PolicyCheck(PolicyCheckReply) = "policy decision",
     Answers(AnswersReply) = "answers",
     Gpu(GpuReply) = "gpu",
+    Profile(ProfileReply) = "profile",
 }
 
 #[cfg(test)]
@@ -191,7 +202,7 @@ mod tests {
         let names: std::collections::BTreeSet<&str> =
             Operation::every().iter().map(Operation::name).collect();
         assert_eq!(names.len(), Operation::every().len());
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 15);
     }
 
     #[test]
