@@ -72,6 +72,7 @@ impl Method {
             (INTERFACE, "Answers") => Operation::Answers(params(p)?),
             (INTERFACE, "Gpu") => Operation::Gpu,
             (INTERFACE, "Profile") => Operation::Profile(params(p)?),
+            (INTERFACE, "PolicySuggest") => Operation::PolicySuggest(params(p)?),
             (INTERFACE, "Connections") => Operation::Connections(params(p)?),
             (INTERFACE, "Reload") => Operation::Reload,
             (INTERFACE, "AddHost") => Operation::AddHost(params(p)?),

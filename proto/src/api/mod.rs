@@ -6,6 +6,7 @@
 mod error;
 mod filter;
 mod profile;
+mod suggest;
 mod types;
 
 use serde::Serialize;
@@ -13,6 +14,7 @@ use serde::Serialize;
 pub use error::CallError;
 pub use filter::{Filter, Matcher, WatchMatcher, EVENT_KINDS};
 pub use profile::*;
+pub use suggest::*;
 pub use types::*;
 
 use crate::varlink::INTERFACE;
@@ -54,6 +56,9 @@ pub enum Operation {
     /// recording ends.
     #[serde(rename = "org.connectracer.Tracer.Profile")]
     Profile(ProfileParams),
+    /// The destinations a unit, cgroup or user reached, for allow-lists.
+    #[serde(rename = "org.connectracer.Tracer.PolicySuggest")]
+    PolicySuggest(SuggestParams),
     /// A stream of events (varlink `more`; on D-Bus, signals): served by
     /// the transports from the event broadcast, never by the owner.
     #[serde(rename = "org.connectracer.Tracer.Watch")]
@@ -78,6 +83,7 @@ impl Operation {
             Self::Answers(_) => "Answers",
             Self::Gpu => "Gpu",
             Self::Profile(_) => "Profile",
+            Self::PolicySuggest(_) => "PolicySuggest",
             Self::Watch(_) => "Watch",
         }
     }
@@ -111,6 +117,7 @@ impl Operation {
             Self::Answers(AnswersParams::default()),
             Self::Gpu,
             Self::Profile(ProfileParams::default()),
+            Self::PolicySuggest(SuggestParams::default()),
             Self::Watch(WatchParams::default()),
         ]
     }
@@ -131,6 +138,7 @@ pub enum Answer {
     Answers(AnswersReply),
     Gpu(GpuReply),
     Profile(ProfileReply),
+    PolicySuggest(SuggestReply),
 }
 
 impl Answer {
@@ -146,6 +154,7 @@ impl Answer {
             Self::Answers(_) => "answers",
             Self::Gpu(_) => "gpu",
             Self::Profile(_) => "profile",
+            Self::PolicySuggest(_) => "egress suggestion",
         }
     }
 }
@@ -191,6 +200,7 @@ answer_kind! {
     Answers(AnswersReply) = "answers",
     Gpu(GpuReply) = "gpu",
     Profile(ProfileReply) = "profile",
+    PolicySuggest(SuggestReply) = "egress suggestion",
 }
 
 #[cfg(test)]
@@ -202,7 +212,7 @@ mod tests {
         let names: std::collections::BTreeSet<&str> =
             Operation::every().iter().map(Operation::name).collect();
         assert_eq!(names.len(), Operation::every().len());
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
     }
 
     #[test]

@@ -251,6 +251,21 @@ pub fn inputs(method: &str) -> Vec<Value> {
                 duration_ms: 1,
             }),
         ],
+        "PolicySuggest" => vec![
+            Operation::PolicySuggest(SuggestParams {
+                unit: s("x.service"),
+                since_ms: Some(60_000),
+                ..SuggestParams::default()
+            }),
+            Operation::PolicySuggest(SuggestParams {
+                cgroup: s("/system.slice"),
+                ..SuggestParams::default()
+            }),
+            Operation::PolicySuggest(SuggestParams {
+                uid: Some(1000),
+                ..SuggestParams::default()
+            }),
+        ],
         "Ps" => vec![
             Operation::Ps(PsParams {
                 pid: 1,
@@ -391,6 +406,21 @@ pub fn outputs(method: &str) -> Vec<Value> {
                 families: if f { vec![1, 2] } else { vec![] },
                 unknown: 0,
                 socketcall: 0,
+            })
+        }),
+        "PolicySuggest" => both(&|f| {
+            json(&SuggestReply {
+                destinations: vec![SeenDestination {
+                    name: f.then(|| "api.example.com".into()),
+                    address: "2001:db8::1".parse().unwrap(),
+                    port: 443,
+                    protocol: if f { Protocol::Udp } else { Protocol::Tcp },
+                    count: 2,
+                    first_seen_ms: 1_700_000_000_000,
+                    last_seen_ms: 1_700_000_001_000,
+                }],
+                dropped: u64::from(f),
+                capacity: 16384,
             })
         }),
         "PolicyShow" => both(&|f| json(&policy(f))),
