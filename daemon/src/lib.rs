@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod dns;
 pub mod downtime;
+pub mod egress;
 pub mod epochs;
 pub mod gpu;
 pub mod kernel;

@@ -14,6 +14,7 @@ use crate::bpf::event::{ConnKind, ConnRecord, Record};
 use crate::config::LogConfig;
 use crate::config::WatchedHost;
 use crate::containers::{self, ContainerNames};
+use crate::egress::EgressSeen;
 use crate::metrics::Metrics;
 pub use crate::sinks::WatchEvent;
 use crate::sinks::{EventKind, Sinks};
@@ -38,6 +39,8 @@ pub struct Pipeline {
     answers: Answers,
     /// What container runtimes say about the containers seen.
     containers: ContainerNames,
+    /// Destinations per cgroup and user, for `policy suggest`.
+    egress: EgressSeen,
     /// CLOCK_MONOTONIC to wall clock, for the kernel's timestamps.
     boot_wall: SystemTime,
     stats: PipelineStats,
@@ -96,6 +99,7 @@ impl Pipeline {
             hosts: crate::epochs::EpochHosts::default(),
             answers: Answers::new(Duration::from_secs(300)),
             containers,
+            egress: EgressSeen::new(),
             boot_wall: monotonic_epoch(),
             stats: PipelineStats::default(),
             metrics: None,
@@ -115,6 +119,10 @@ impl Pipeline {
         &self,
     ) -> std::collections::HashMap<String, std::sync::Arc<connectracer_proto::ContainerMeta>> {
         self.containers.known_metas()
+    }
+
+    pub fn egress(&mut self) -> &mut EgressSeen {
+        &mut self.egress
     }
 
     pub fn answer_stats(&self) -> AnswerStats {
@@ -281,6 +289,7 @@ impl Pipeline {
         };
         let at = conn.started;
         let conn = self.table.insert(conn);
+        self.egress.record(conn);
         emit(&mut self.sinks, &self.watchers, kind, at, conn);
         if c.verdict != Verdict::Allow {
             if let Some(m) = &mut self.metrics {

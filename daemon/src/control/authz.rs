@@ -48,6 +48,8 @@ fn needs_privilege(op: &Operation) -> Option<&'static str> {
         Operation::Reload => Some("reloading"),
         Operation::AddHost(_) | Operation::RemoveHost(_) => Some("changing watched hosts"),
         Operation::PolicyShow | Operation::PolicyCheck(_) => Some("reading the egress policy"),
+        // Every unit's and user's destinations, not only the caller's.
+        Operation::PolicySuggest(_) => Some("reading the destinations seen"),
         // A profile shows what any process on the host does, and costs every
         // syscall of the host while it records.
         Operation::Profile(_) => Some("recording a syscall profile"),
@@ -146,6 +148,7 @@ mod tests {
                     | Operation::PolicyShow
                     | Operation::PolicyCheck(_)
                     | Operation::Profile(_)
+                    | Operation::PolicySuggest(_)
             )
         };
         for op in Operation::every() {

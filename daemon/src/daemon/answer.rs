@@ -55,6 +55,7 @@ impl Daemon {
                 let env = environment(&self.resolved, &dns);
                 crate::policy::explain::check(&self.config.policy, &env, p, &self.mount)?.into()
             }
+            Operation::PolicySuggest(p) => self.suggest(p)?.into(),
             // Profiles answer when their recording ends: see `begin_profile`.
             Operation::Profile(_) => {
                 return Err(CallError::InvalidArgument {
@@ -205,5 +206,34 @@ impl Daemon {
         Ok(StatsReply {
             stats: self.collect_stats(kernel),
         })
+    }
+}
+
+impl Daemon {
+    /// `policy suggest`: exactly one of unit, cgroup and uid; a cgroup may
+    /// be given as its full path under the cgroup2 mount.
+    fn suggest(&mut self, p: &SuggestParams) -> Result<SuggestReply, CallError> {
+        let given = [p.unit.is_some(), p.cgroup.is_some(), p.uid.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(CallError::InvalidArgument {
+                field: "unit".into(),
+                reason: "exactly one of unit, cgroup and uid".into(),
+            });
+        }
+        let mut q = p.clone();
+        if let Some(c) = &p.cgroup {
+            let below = Path::new(c)
+                .strip_prefix(&self.mount)
+                .map(|r| format!("/{}", r.display()))
+                .unwrap_or_else(|_| c.clone());
+            if !below.starts_with('/') {
+                return Err(CallError::InvalidArgument {
+                    field: "cgroup".into(),
+                    reason: format!("`{c}` is not a path below the cgroup2 mount (/system.slice/x.service)"),
+                });
+            }
+            q.cgroup = Some(below);
+        }
+        Ok(self.pipeline.egress().suggest(&q, std::time::SystemTime::now()))
     }
 }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use connectracer_proto::api::{
     AddHostParams, Answer, CallError, HostInfo, HostsReply, Operation, ReloadReply, Stats, StatsReply,
-    VersionReply,
+    SuggestParams, SuggestReply, VersionReply,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
@@ -101,6 +101,9 @@ struct Daemon {
     container_rx: mpsc::UnboundedReceiver<crate::containers::Answer>,
     /// Syscall profiles being looked up or recorded.
     profiles: profile::Profiles,
+    /// Writes the destinations remembered for `policy suggest`; None
+    /// where its thread could not start.
+    egress_saver: Option<crate::egress::saved::Saver>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -190,6 +193,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     info!(socket = %control_socket.display(), "control socket listening");
     start::restore_counters(&mut metrics, paths, &counters_file);
     pipeline.set_metrics(metrics);
+    let egress_saver = start::restore_egress(&mut pipeline, paths);
     // Everything that needs privileges is done: programs attached, pins
     // adopted, /proc scanned, the control socket bound and chowned.
     match privileges::drop_to_steady_state() {
@@ -224,6 +228,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         container_tx,
         container_rx,
         profiles: profile::Profiles::new(),
+        egress_saver,
     };
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
@@ -288,6 +293,7 @@ impl Daemon {
                 () = tokio::time::sleep_until(profile_due), if profile_due_some => self.finish_profiles().await,
                 _ = tick.tick() => {
                     self.housekeeping().await;
+                    self.save_egress();
                     if self.profiles.abandoned() {
                         self.finish_profiles().await;
                     }
@@ -383,6 +389,9 @@ impl Daemon {
             self.pipeline.handle_batch(batch);
         }
         self.kernel.join();
+        if let Some(saver) = self.egress_saver.take() {
+            saver.finish(self.pipeline.egress().snapshot());
+        }
         // A stalled sink (a stdout nobody reads) must not hold up the stop.
         for s in self.pipeline.sinks().shutdown(Instant::now() + SINK_DRAIN) {
             info!(

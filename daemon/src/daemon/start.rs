@@ -141,3 +141,31 @@ pub(super) fn dns(config: &Config, updates: mpsc::Sender<DnsUpdate>) -> Option<D
         }
     }
 }
+
+/// The destinations a previous instance remembered, and the thread that
+/// saves them from now on. A file that cannot be read is left where it is
+/// (renamed aside, so the next save does not overwrite what may be wanted).
+pub(super) fn restore_egress(pipeline: &mut Pipeline, paths: &Paths) -> Option<crate::egress::saved::Saver> {
+    use crate::egress::{saved, EgressSeen};
+    let path = paths.state_dir.join(saved::FILE);
+    match EgressSeen::load(&path) {
+        Ok(seen) => {
+            if !seen.is_empty() {
+                info!(destinations = seen.len(), dropped = seen.dropped(), "restored destinations seen");
+            }
+            *pipeline.egress() = seen;
+        }
+        Err(e) => {
+            let aside = path.with_extension("json.bad");
+            warn!("{e}; starting afresh, the file kept as {}", aside.display());
+            let _ = std::fs::rename(&path, &aside);
+        }
+    }
+    match saved::Saver::spawn(path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!("not saving destinations seen: {e}");
+            None
+        }
+    }
+}

@@ -141,6 +141,20 @@ impl Daemon {
         }
     }
 
+    /// Hands the remembered destinations to their writer thread when they
+    /// changed (every second: a crash loses at most that much).
+    pub(super) fn save_egress(&mut self) {
+        let Some(saver) = &self.egress_saver else {
+            return;
+        };
+        let egress = self.pipeline.egress();
+        if let Some(bytes) = egress.snapshot() {
+            if !saver.offer(bytes) {
+                egress.unsaved();
+            }
+        }
+    }
+
     pub(super) fn write_textfile(&mut self) {
         let Some(path) = self.config.metrics.textfile.clone() else {
             return;
