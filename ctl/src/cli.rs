@@ -268,6 +268,10 @@ pub enum PolicyCommand {
         #[arg(long, value_name = "HOST:PORT[/PROTO]", value_parser = parse_dest)]
         dest: DestArg,
     },
+    /// An allow-list from what a unit, cgroup or user was seen connecting
+    /// to: connectracer rules for conf.d or a systemd IPAddressAllow=
+    /// drop-in (root or group connectracer).
+    Suggest(crate::suggest::SuggestArgs),
 }
 
 mod filter;

@@ -22,6 +22,12 @@ pub enum ClientError {
     SocketDenied(PathBuf),
     #[error("{0}")]
     Call(CallError),
+    /// An argument tracectl itself refuses (exit status 2).
+    #[error("{0}")]
+    Usage(String),
+    /// An answer with nothing to make of it.
+    #[error("{0}")]
+    Nothing(String),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,

@@ -105,6 +105,7 @@ pub fn run(c: &mut Transport, cmd: &Command, p: Printer) -> Result<u8, ClientErr
         Command::Profile(args) => crate::profile::profile(c, args, p.format)?,
         Command::Policy(PolicyCommand::Show) => p.one("policy", &c.policy_show()?, output::policy),
         Command::Policy(check @ PolicyCommand::Check { .. }) => return policy_check(c, p, check),
+        Command::Policy(PolicyCommand::Suggest(args)) => crate::suggest::suggest(c, args, p.format)?,
         Command::Version => {
             let r = c.version()?;
             let v = serde_json::json!({

@@ -7,6 +7,7 @@ mod out;
 mod output;
 mod profile;
 mod socket;
+mod suggest;
 mod table;
 mod top;
 mod transport;
@@ -29,6 +30,7 @@ fn exit_code(e: &ClientError, cmd: &Command) -> u8 {
         | ClientError::BusDenied(_)
         | ClientError::SignalsDenied
         | ClientError::Call(CallError::AccessDenied { .. }) => 3,
+        ClientError::Usage(_) => 2,
         ClientError::NotRunning(_) | ClientError::NotOnBus | ClientError::NoBus(_) => 4,
         ClientError::Call(CallError::InvalidArgument { field, .. }) if argument(cmd, field).is_some() => 2,
         _ => 1,

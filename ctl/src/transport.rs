@@ -3,7 +3,7 @@
 
 use connectracer_proto::api::{
     AddHostParams, AnswersParams, AnswersReply, ConnectionsParams, ConnectionsReply, GpuReply, HostsReply,
-    Operation, PolicyCheckParams, PolicyCheckReply, PolicyShowReply, ProfileParams, ProfileReply, PsParams,
+    Operation, PolicyCheckParams, PolicyCheckReply, PolicyShowReply, ProfileParams, ProfileReply, SuggestParams, SuggestReply, PsParams,
     ReloadReply, RemoveHostParams, StatsReply, VersionReply, WatchParams, WatchReply, WhoParams,
 };
 
@@ -102,6 +102,16 @@ impl Transport {
             Self::Socket(c) => c.call(&Operation::Gpu),
             Self::Bus(_) => Err(ClientError::Protocol(
                 "GPU telemetry is served on the control socket only (without --bus)".into(),
+            )),
+        }
+    }
+
+    /// Over the control socket only, like `profile`.
+    pub fn policy_suggest(&mut self, p: &SuggestParams) -> Result<SuggestReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call(&Operation::PolicySuggest(p.clone())),
+            Self::Bus(_) => Err(ClientError::Protocol(
+                "egress suggestions are served on the control socket only (without --bus)".into(),
             )),
         }
     }

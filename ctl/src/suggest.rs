@@ -1,0 +1,126 @@
+//! `tracectl policy suggest`: the destinations a unit, cgroup or user
+//! reached, as connectracer rules for conf.d, a systemd `IPAddressAllow=`
+//! drop-in or the daemon's JSON.
+
+mod render;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use connectracer_proto::api::SuggestParams;
+
+use crate::client::ClientError;
+use crate::out;
+use crate::transport::Transport;
+
+pub use render::{systemd, toml, Target};
+
+/// What `policy suggest` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SuggestFormat {
+    /// connectracer configuration for conf.d: a [[scope]] with default =
+    /// "deny" and one allow [[rule]] per destination (hostnames by name,
+    /// addresses as /32 or /128) with its ports and protocol.
+    Toml,
+    /// A systemd drop-in: IPAddressDeny=any and IPAddressAllow= the
+    /// addresses seen (systemd cannot allow by hostname, nor by port).
+    Systemd,
+    /// The daemon's answer: every destination with its count and times.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").args(["unit", "cgroup", "user"]).required(true)))]
+pub struct SuggestArgs {
+    /// A systemd unit (connections from cgroups of that name).
+    #[arg(long)]
+    pub unit: Option<String>,
+    /// A cgroup path below the cgroup2 mount, with everything under it.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// A user name or uid.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only destinations seen within this long ("1h", "7days").
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    pub since: Option<Duration>,
+    /// Group addresses into their /24 (IPv4) and /64 (IPv6).
+    #[arg(long)]
+    pub cidr: bool,
+    /// What to write [default: toml; json with -o json or -o jsonl].
+    #[arg(long, value_enum)]
+    pub format: Option<SuggestFormat>,
+    /// Write to FILE instead of stdout (`-o` is tracectl's output format).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+}
+
+fn parse_since(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 1h, 30min, 7days)"))
+}
+
+/// A user name or uid to the uid.
+fn uid_of(user: &str) -> Result<u32, ClientError> {
+    if let Ok(uid) = user.parse() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(ClientError::Usage(format!("--user: no user `{user}`"))),
+        Err(e) => Err(ClientError::Usage(format!("--user: looking up `{user}`: {e}"))),
+    }
+}
+
+pub fn suggest(c: &mut Transport, a: &SuggestArgs, output: out::Format) -> Result<(), ClientError> {
+    let params = SuggestParams {
+        unit: a.unit.clone(),
+        cgroup: a.cgroup.clone(),
+        uid: a.user.as_deref().map(uid_of).transpose()?,
+        since_ms: a.since.map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+    };
+    let reply = c.policy_suggest(&params)?;
+    if reply.dropped > 0 {
+        eprintln!(
+            "tracectl: the daemon's store was full ({} destinations) and left out {} new ones: this suggestion may lack some",
+            reply.capacity, reply.dropped
+        );
+    }
+    let target = match (&a.unit, &a.cgroup, &a.user) {
+        (Some(u), _, _) => Target::Unit(u.clone()),
+        (_, Some(c), _) => Target::Cgroup(c.clone()),
+        (_, _, Some(u)) => Target::User(u.clone()),
+        _ => unreachable!("clap requires one of --unit, --cgroup, --user"),
+    };
+    let format = a.format.unwrap_or(if output.is_json() {
+        SuggestFormat::Json
+    } else {
+        SuggestFormat::Toml
+    });
+    if reply.destinations.is_empty() && format != SuggestFormat::Json {
+        // A scope that denies everything is no suggestion.
+        return Err(ClientError::Nothing(format!(
+            "no connections seen for {target}{}: nothing to suggest",
+            if a.since.is_some() { " in that time" } else { "" }
+        )));
+    }
+    let text = match format {
+        SuggestFormat::Toml => toml(&reply, &target, a.cidr),
+        SuggestFormat::Systemd => systemd(&reply, &target, a.cidr),
+        SuggestFormat::Json => {
+            let mut s = serde_json::to_string_pretty(&reply).expect("plain data serializes");
+            s.push('\n');
+            s
+        }
+    };
+    match &a.write {
+        Some(path) => std::fs::write(path, text).map_err(|source| ClientError::Write {
+            path: path.clone(),
+            source,
+        }),
+        None => {
+            out::write(&text);
+            Ok(())
+        }
+    }
+}
