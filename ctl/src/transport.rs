@@ -3,8 +3,9 @@
 
 use connectracer_proto::api::{
     AddHostParams, AnswersParams, AnswersReply, ConnectionsParams, ConnectionsReply, GpuReply, HostsReply,
-    Operation, PolicyCheckParams, PolicyCheckReply, PolicyShowReply, ProfileParams, ProfileReply, SuggestParams, SuggestReply, PsParams,
-    ReloadReply, RemoveHostParams, StatsReply, VersionReply, WatchParams, WatchReply, WhoParams,
+    Operation, PolicyCheckParams, PolicyCheckReply, PolicyShowReply, ProfileParams, ProfileReply, PsParams,
+    ReloadReply, RemoveHostParams, StatsReply, SuggestParams, SuggestReply, VersionReply, WatchParams,
+    WatchReply, WhoParams,
 };
 
 use crate::bus::BusClient;

@@ -108,6 +108,14 @@ const EXAMPLES: &[Item] = &[
         "The same as a systemd drop-in: @system-service and what the unit used outside it.",
     ),
     Tagged(
+        "tracectl policy suggest --unit backup.service --since 7days -w /etc/connectracer/conf.d/50-backup.toml",
+        "An egress allow-list from what the unit reached in the last week: a [[scope]] that denies by default and an allow [[rule]] per destination, by hostname where its DNS answer was seen. In force with mode = \"enforce\" once the daemon reloads.",
+    ),
+    Tagged(
+        "tracectl policy suggest --unit backup.service --format systemd -w /etc/systemd/system/backup.service.d/50-egress.conf",
+        "The same as IPAddressDeny=any and IPAddressAllow= (addresses only: names become the addresses seen for them).",
+    ),
+    Tagged(
         "tracectl --bus stats",
         "The daemon's counters, over the system bus.",
     ),

@@ -218,7 +218,12 @@ mod tests {
                 assert_eq!(r["unit"].as_str(), Some("app.service"));
                 (
                     r["dest"][0].as_str().unwrap().to_string(),
-                    r["ports"].as_array().unwrap().iter().map(|p| p.as_integer().unwrap()).collect(),
+                    r["ports"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| p.as_integer().unwrap())
+                        .collect(),
                     r["protocol"].as_str().unwrap().to_string(),
                 )
             })
@@ -261,6 +266,9 @@ mod tests {
         );
         assert!(s.contains("cannot allow by hostname: api.example.com"), "{s}");
         let s = systemd(&reply(), &Target::Unit("x.slice".into()), true);
-        assert!(s.contains("[Slice]") && s.contains("192.0.2.0/24 198.51.100.0/24 2001:db8::/64"), "{s}");
+        assert!(
+            s.contains("[Slice]") && s.contains("192.0.2.0/24 198.51.100.0/24 2001:db8::/64"),
+            "{s}"
+        );
     }
 }

@@ -151,7 +151,11 @@ pub(super) fn restore_egress(pipeline: &mut Pipeline, paths: &Paths) -> Option<c
     match EgressSeen::load(&path) {
         Ok(seen) => {
             if !seen.is_empty() {
-                info!(destinations = seen.len(), dropped = seen.dropped(), "restored destinations seen");
+                info!(
+                    destinations = seen.len(),
+                    dropped = seen.dropped(),
+                    "restored destinations seen"
+                );
             }
             *pipeline.egress() = seen;
         }

@@ -158,10 +158,7 @@ impl EgressSeen {
     /// The destinations of one unit, cgroup subtree or uid, merged across
     /// the cgroups and users that reached them.
     pub fn suggest(&self, q: &SuggestParams, now: SystemTime) -> SuggestReply {
-        let since = q
-            .since_ms
-            .map(|ms| unix_ms(now).saturating_sub(ms))
-            .unwrap_or(0);
+        let since = q.since_ms.map(|ms| unix_ms(now).saturating_sub(ms)).unwrap_or(0);
         let cgroup = q.cgroup.as_deref().map(|c| c.trim_end_matches('/'));
         let wanted = |s: &Scope| match (&q.unit, cgroup, q.uid) {
             (Some(u), _, _) => s.unit.as_deref() == Some(u.as_str()),
@@ -200,7 +197,12 @@ impl EgressSeen {
             })
             .collect();
         destinations.sort_by(|a, b| {
-            (&a.name, a.address, a.port, a.protocol as u8).cmp(&(&b.name, b.address, b.port, b.protocol as u8))
+            (&a.name, a.address, a.port, a.protocol as u8).cmp(&(
+                &b.name,
+                b.address,
+                b.port,
+                b.protocol as u8,
+            ))
         });
         SuggestReply {
             destinations,

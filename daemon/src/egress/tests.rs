@@ -51,10 +51,38 @@ fn conn(cgroup: &str, unit: &str, uid: u32, dst: &str, name: Option<&str>, at_s:
 
 fn filled() -> EgressSeen {
     let mut s = EgressSeen::new();
-    s.record(&conn("/x.slice/app.service", "app.service", 0, "127.0.0.5:80", None, 10));
-    s.record(&conn("/x.slice/app.service", "app.service", 0, "127.0.0.5:80", None, 20));
-    s.record(&conn("/x.slice/app.service", "app.service", 0, "127.0.0.6:443", Some("b.test"), 30));
-    s.record(&conn("/y.slice/db.service", "db.service", 1000, "10.0.0.1:5432", None, 40));
+    s.record(&conn(
+        "/x.slice/app.service",
+        "app.service",
+        0,
+        "127.0.0.5:80",
+        None,
+        10,
+    ));
+    s.record(&conn(
+        "/x.slice/app.service",
+        "app.service",
+        0,
+        "127.0.0.5:80",
+        None,
+        20,
+    ));
+    s.record(&conn(
+        "/x.slice/app.service",
+        "app.service",
+        0,
+        "127.0.0.6:443",
+        Some("b.test"),
+        30,
+    ));
+    s.record(&conn(
+        "/y.slice/db.service",
+        "db.service",
+        1000,
+        "10.0.0.1:5432",
+        None,
+        40,
+    ));
     let mut denied = conn("/x.slice/app.service", "app.service", 0, "127.0.0.7:80", None, 50);
     denied.verdict = Verdict::Deny;
     s.record(&denied);
@@ -78,7 +106,16 @@ fn a_scope_gets_its_destinations_counted_and_nothing_refused() {
     let got: Vec<_> = r
         .destinations
         .iter()
-        .map(|d| (d.name.as_deref(), d.address.to_string(), d.port, d.count, d.first_seen_ms, d.last_seen_ms))
+        .map(|d| {
+            (
+                d.name.as_deref(),
+                d.address.to_string(),
+                d.port,
+                d.count,
+                d.first_seen_ms,
+                d.last_seen_ms,
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -89,10 +126,26 @@ fn a_scope_gets_its_destinations_counted_and_nothing_refused() {
     );
     assert_eq!(r.dropped, 0);
     // A cgroup includes what is below it, and only on a path boundary.
-    assert_eq!(s.suggest(&query(None, Some("/x.slice"), None), now).destinations.len(), 2);
-    assert_eq!(s.suggest(&query(None, Some("/x.sli"), None), now).destinations.len(), 0);
-    assert_eq!(s.suggest(&query(None, Some("/"), None), now).destinations.len(), 3);
-    assert_eq!(s.suggest(&query(None, None, Some(1000)), now).destinations.len(), 1);
+    assert_eq!(
+        s.suggest(&query(None, Some("/x.slice"), None), now)
+            .destinations
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.suggest(&query(None, Some("/x.sli"), None), now)
+            .destinations
+            .len(),
+        0
+    );
+    assert_eq!(
+        s.suggest(&query(None, Some("/"), None), now).destinations.len(),
+        3
+    );
+    assert_eq!(
+        s.suggest(&query(None, None, Some(1000)), now).destinations.len(),
+        1
+    );
     // --since: only what was last seen within it.
     let recent = SuggestParams {
         since_ms: Some(75_000),
@@ -107,7 +160,14 @@ fn past_the_bound_new_destinations_are_counted_not_kept() {
     for i in 0..MAX_ENTRIES + 10 {
         let port = (i % 60_000) as u16 + 1;
         let host = i / 60_000;
-        s.record(&conn("/a", "a.service", 0, &format!("10.0.0.{host}:{port}"), None, 1));
+        s.record(&conn(
+            "/a",
+            "a.service",
+            0,
+            &format!("10.0.0.{host}:{port}"),
+            None,
+            1,
+        ));
     }
     assert_eq!(s.len(), MAX_ENTRIES);
     assert_eq!(s.dropped(), 10);
@@ -128,10 +188,17 @@ fn a_save_loads_back_whole() {
     saver.finish(Some(bytes));
     let back = EgressSeen::load(&path).unwrap();
     let now = UNIX_EPOCH + Duration::from_secs(100);
-    for q in [query(Some("app.service"), None, None), query(None, None, Some(1000))] {
+    for q in [
+        query(Some("app.service"), None, None),
+        query(None, None, Some(1000)),
+    ] {
         assert_eq!(back.suggest(&q, now), s.suggest(&q, now));
     }
-    std::fs::write(&path, b"{\"version\": 2, \"scopes\": [], \"entries\": [], \"dropped\": 0}").unwrap();
+    std::fs::write(
+        &path,
+        b"{\"version\": 2, \"scopes\": [], \"entries\": [], \"dropped\": 0}",
+    )
+    .unwrap();
     let e = EgressSeen::load(&path).unwrap_err().to_string();
     assert!(e.contains("version 2"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
