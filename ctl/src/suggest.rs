@@ -82,7 +82,7 @@ pub fn suggest(c: &mut Transport, a: &SuggestArgs, output: out::Format) -> Resul
     let reply = c.policy_suggest(&params)?;
     if reply.dropped > 0 {
         eprintln!(
-            "tracectl: the daemon's store was full ({} destinations) and left out {} new ones: this suggestion may lack some",
+            "tracectl: the daemon's store was full ({} destinations) and forgot the {} least recently seen: this suggestion may lack some",
             reply.capacity, reply.dropped
         );
     }

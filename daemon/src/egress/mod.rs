@@ -19,10 +19,11 @@ use connectracer_proto::{Connection, Protocol, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// Entries remembered, all scopes together: at ~150 bytes each, ~2.5 MiB.
-/// A new destination past it is counted in `dropped`, never stored; the
-/// entries already held keep counting.
+/// Past it the least recently seen eighth is forgotten (see `make_room`)
+/// and counted in `dropped`.
 pub const MAX_ENTRIES: usize = 16_384;
-/// Distinct (cgroup, unit, uid) scopes remembered.
+/// Distinct (cgroup, unit, uid) scopes remembered; scopes whose entries
+/// are all forgotten are forgotten too.
 const MAX_SCOPES: usize = 4_096;
 /// The cgroup-id cache is only a shortcut to `by_path`: cleared when
 /// cgroup churn (containers coming and going) fills it.
@@ -95,12 +96,12 @@ impl EgressSeen {
         if c.verdict == Verdict::Deny {
             return;
         }
-        let Some(scope) = self.scope_of(c) else {
+        let Some(scope) = self.scope_or_room(c) else {
             self.dropped += 1;
             return;
         };
         let at = unix_ms(c.started);
-        let key = Dest {
+        let mut key = Dest {
             scope,
             name: c.dns_name.clone(),
             address: c.dst.ip(),
@@ -112,15 +113,61 @@ impl EgressSeen {
             seen.count += 1;
             seen.first_seen_ms = seen.first_seen_ms.min(at);
             seen.last_seen_ms = seen.last_seen_ms.max(at);
-        } else if self.entries.len() < MAX_ENTRIES {
-            let seen = Seen {
-                count: 1,
-                first_seen_ms: at,
-                last_seen_ms: at,
+            return;
+        }
+        if self.entries.len() >= MAX_ENTRIES {
+            self.make_room();
+            // Scopes were renumbered.
+            let Some(scope) = self.scope_or_room(c) else {
+                self.dropped += 1;
+                return;
             };
-            self.entries.insert(key, seen);
-        } else {
-            self.dropped += 1;
+            key.scope = scope;
+        }
+        let seen = Seen {
+            count: 1,
+            first_seen_ms: at,
+            last_seen_ms: at,
+        };
+        self.entries.insert(key, seen);
+    }
+
+    /// The connection's scope, making room for it when the scopes are full.
+    fn scope_or_room(&mut self, c: &Connection) -> Option<u32> {
+        if let Some(i) = self.scope_of(c) {
+            return Some(i);
+        }
+        self.make_room();
+        self.scope_of(c)
+    }
+
+    /// Forgets the least recently seen eighth of the entries (counted in
+    /// `dropped`) and the scopes left without any: a sort of the store once
+    /// per MAX_ENTRIES / 8 new destinations at most, so what a long-running
+    /// host reaches now is kept over what it reached once long ago.
+    fn make_room(&mut self) {
+        let mut all: Vec<(Dest, Seen)> = self.entries.drain().collect();
+        all.sort_unstable_by_key(|(_, s)| s.last_seen_ms);
+        let forget = (all.len() / 8).max(1).min(all.len());
+        self.dropped += forget as u64;
+        let old = std::mem::take(&mut self.scopes);
+        self.by_path.clear();
+        self.by_id.clear();
+        let mut renumbered: HashMap<u32, u32> = HashMap::new();
+        for (mut d, s) in all.into_iter().skip(forget) {
+            let i = match renumbered.get(&d.scope) {
+                Some(i) => *i,
+                None => {
+                    let i = self.scopes.len() as u32;
+                    let scope = old[d.scope as usize].clone();
+                    self.by_path.insert(scope.clone(), i);
+                    self.scopes.push(scope);
+                    renumbered.insert(d.scope, i);
+                    i
+                }
+            };
+            d.scope = i;
+            self.entries.insert(d, s);
         }
     }
 

@@ -37,7 +37,9 @@ fn conn(cgroup: &str, unit: &str, uid: u32, dst: &str, name: Option<&str>, at_s:
             comm: "t".into(),
             exe: None,
             argv: Vec::new(),
-            cgroup_id: cgroup.len() as u64,
+            cgroup_id: cgroup
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))),
             cgroup: Some(cgroup.into()),
             unit: Some(unit.into()),
             user_unit: None,
@@ -155,25 +157,40 @@ fn a_scope_gets_its_destinations_counted_and_nothing_refused() {
 }
 
 #[test]
-fn past_the_bound_new_destinations_are_counted_not_kept() {
+fn past_the_bound_the_least_recently_seen_are_forgotten_and_counted() {
     let mut s = EgressSeen::new();
-    for i in 0..MAX_ENTRIES + 10 {
-        let port = (i % 60_000) as u16 + 1;
-        let host = i / 60_000;
-        s.record(&conn(
-            "/a",
-            "a.service",
-            0,
-            &format!("10.0.0.{host}:{port}"),
-            None,
-            1,
-        ));
+    // One cgroup per 1000 destinations, each seen at its own second.
+    let record = |s: &mut EgressSeen, i: usize| {
+        let cgroup = format!("/c{}", i / 1000);
+        let dst = format!("10.0.{}.{}:{}", i / 60_000, (i / 250) % 240, (i % 250) + 1);
+        s.record(&conn(&cgroup, "a.service", 0, &dst, None, i as u64));
+    };
+    for i in 0..MAX_ENTRIES {
+        record(&mut s, i);
     }
-    assert_eq!(s.len(), MAX_ENTRIES);
-    assert_eq!(s.dropped(), 10);
-    // One already held still counts.
-    s.record(&conn("/a", "a.service", 0, "10.0.0.0:1", None, 2));
-    assert_eq!(s.dropped(), 10);
+    // The oldest is seen again: the most recent now, so it is kept.
+    let mut again = conn("/c0", "a.service", 0, "10.0.0.0:1", None, 0);
+    again.started = UNIX_EPOCH + Duration::from_secs(MAX_ENTRIES as u64);
+    s.record(&again);
+    let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let of = |s: &EgressSeen, cg: &str| s.suggest(&query(None, Some(cg), None), now).destinations;
+    assert_eq!(
+        (s.len(), s.dropped(), of(&s, "/c0").len()),
+        (MAX_ENTRIES, 0, 1000)
+    );
+    for i in MAX_ENTRIES..MAX_ENTRIES + 10 {
+        record(&mut s, i);
+    }
+    let forgot = MAX_ENTRIES / 8;
+    assert_eq!(s.dropped(), forgot as u64);
+    assert_eq!(s.len(), MAX_ENTRIES - forgot + 10);
+    // /c0's first destination was seen again last; the rest of /c0 and
+    // /c1 are gone, scopes and all; /c2 kept what came after the cut.
+    assert_eq!(of(&s, "/c0").len(), 1);
+    assert_eq!(of(&s, "/c1").len(), 0);
+    assert_eq!(of(&s, "/c2").len(), 3 * 1000 - forgot - 1);
+    assert_eq!(of(&s, "/c16").len(), MAX_ENTRIES + 10 - 16_000);
+    assert!(!s.scopes.iter().any(|sc| sc.cgroup == "/c1"));
 }
 
 #[test]

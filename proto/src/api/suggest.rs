@@ -45,8 +45,9 @@ pub struct SeenDestination {
 pub struct SuggestReply {
     /// Every destination of the scope, by name then address, port, protocol.
     pub destinations: Vec<SeenDestination>,
-    /// Destinations (of any scope) not remembered because the daemon's
-    /// store was full: a suggestion may lack some when this is not zero.
+    /// Destinations (of any scope) forgotten because the daemon's store
+    /// was full (the least recently seen go first): a suggestion may lack
+    /// some when this is not zero.
     pub dropped: u64,
     /// How many destinations the daemon remembers at most, all scopes together.
     pub capacity: u64,
