@@ -46,6 +46,10 @@ const FILES: &[Item] = &[
     Tagged("/run/connectracer/control.sock", "The varlink control socket (0660, group connectracer)."),
     Tagged("/var/lib/connectracer/hosts.toml", "Hosts added with tracectl add-host."),
     Tagged("/var/lib/connectracer/metrics-counters.prom", "Connection counters saved for the next instance."),
+    Tagged(
+        "/var/lib/connectracer/egress-seen.json",
+        "The destinations each cgroup and user reached, for tracectl policy suggest; saved every second when changed.",
+    ),
     Tagged("/sys/fs/bpf/connectracer", "Pinned links and state maps."),
     Tagged("/var/log/connectracer/events.jsonl", "The packaged configuration's file sink."),
     Tagged("/var/lib/prometheus/node-exporter/connectracer.prom", "The node_exporter textfile."),

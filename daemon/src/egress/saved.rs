@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Dest, EgressSeen, Scope, Seen, MAX_ENTRIES, MAX_SCOPES};
 
@@ -135,9 +135,20 @@ impl Saver {
         let thread = std::thread::Builder::new()
             .name("egress-save".into())
             .spawn(move || {
+                // Saves come every second: a state directory that cannot be
+                // written is said once, not every second.
+                let mut failing = false;
                 for bytes in rx {
-                    if let Err(e) = write(&file, &bytes) {
-                        warn!("saving remembered destinations to {}: {e}", file.display());
+                    match write(&file, &bytes) {
+                        Err(e) if !failing => {
+                            warn!("saving remembered destinations to {}: {e}", file.display());
+                            failing = true;
+                        }
+                        Ok(()) if failing => {
+                            info!("saving remembered destinations to {} again", file.display());
+                            failing = false;
+                        }
+                        _ => {}
                     }
                 }
             })?;
