@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod reload;
 pub mod ruleset;
+pub mod sandbox;
 pub mod service;
 pub mod sinks;
 pub mod snapshot;

@@ -79,6 +79,7 @@ impl Method {
             (INTERFACE, "PolicyShow") => Operation::PolicyShow,
             (INTERFACE, "PolicyCheck") => Operation::PolicyCheck(params(p)?),
             (INTERFACE, "Watch") => Operation::Watch(params(p)?),
+            (INTERFACE, "Sandbox") => Operation::Sandbox(params(p)?),
             (SERVICE_INTERFACE | INTERFACE, _) => {
                 return Err(CallError::MethodNotFound {
                     method: raw.method.clone(),

@@ -56,7 +56,7 @@ impl Daemon {
                 crate::policy::explain::check(&self.config.policy, &env, p, &self.mount)?.into()
             }
             // Streams are served by the transports from the event broadcast.
-            Operation::Watch(_) => return Err(crate::control::watch_needs_more()),
+            Operation::Watch(_) | Operation::Sandbox(_) => return Err(crate::control::watch_needs_more()),
         })
     }
 

@@ -5,12 +5,14 @@
 
 mod error;
 mod filter;
+mod sandbox;
 mod types;
 
 use serde::Serialize;
 
 pub use error::CallError;
 pub use filter::{Filter, Matcher, WatchMatcher, EVENT_KINDS};
+pub use sandbox::{SandboxEnded, SandboxParams, SandboxPlaced, SandboxReply, SandboxRule};
 pub use types::*;
 
 use crate::varlink::INTERFACE;
@@ -52,6 +54,10 @@ pub enum Operation {
     /// the transports from the event broadcast, never by the owner.
     #[serde(rename = "org.connectracer.Tracer.Watch")]
     Watch(WatchParams),
+    /// Places a command in a sandbox (`tracectl run`); with a pidfd passed
+    /// along and `more`, served by the transports like Watch.
+    #[serde(rename = "org.connectracer.Tracer.Sandbox")]
+    Sandbox(SandboxParams),
 }
 
 impl Operation {
@@ -72,6 +78,7 @@ impl Operation {
             Self::Answers(_) => "Answers",
             Self::Gpu => "Gpu",
             Self::Watch(_) => "Watch",
+            Self::Sandbox(_) => "Sandbox",
         }
     }
 
@@ -104,6 +111,7 @@ impl Operation {
             Self::Answers(AnswersParams::default()),
             Self::Gpu,
             Self::Watch(WatchParams::default()),
+            Self::Sandbox(SandboxParams::default()),
         ]
     }
 }
@@ -191,7 +199,7 @@ mod tests {
         let names: std::collections::BTreeSet<&str> =
             Operation::every().iter().map(Operation::name).collect();
         assert_eq!(names.len(), Operation::every().len());
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 15);
     }
 
     #[test]
