@@ -76,7 +76,8 @@ pub struct RunArgs {
     /// Write each event as a JSON line to FILE instead of stderr.
     #[arg(long, value_name = "FILE.jsonl")]
     pub log: Option<PathBuf>,
-    /// The daemon's sandbox socket (default: sandbox.sock beside --socket).
+    /// The daemon's sandbox socket (default: beside --socket: sandbox.sock
+    /// for control.sock, NAME.sandbox.sock for NAME.sock).
     #[arg(long, value_name = "PATH", env = "CONNECTRACER_SANDBOX_SOCKET")]
     pub sandbox_socket: Option<PathBuf>,
     /// The command and its arguments.
@@ -221,7 +222,7 @@ impl RunArgs {
     pub fn socket(&self, control: &std::path::Path) -> PathBuf {
         self.sandbox_socket
             .clone()
-            .unwrap_or_else(|| control.with_file_name("sandbox.sock"))
+            .unwrap_or_else(|| connectracer_proto::varlink::sandbox_socket_for(control))
     }
 }
 

@@ -3,7 +3,6 @@
 //! The ruleset is built in the parent, before the fork, so that the child
 //! does nothing but system calls.
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -121,14 +120,17 @@ impl Files {
         let none: Option<&str> = None;
         mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
             .map_err(|e| format!("making / private: {e}"))?;
-        for (p, dir) in &self.deny_read {
-            if *dir {
-                let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-                mount(Some("tmpfs"), p, Some("tmpfs"), flags, Some("mode=000,size=4k"))
-                    .map_err(|e| format!("masking {}: {e}", p.display()))?;
-            } else {
-                mask_file(p)?;
-            }
+        let files: Vec<&PathBuf> = self
+            .deny_read
+            .iter()
+            .filter(|(_, dir)| !dir)
+            .map(|(p, _)| p)
+            .collect();
+        mask_files(&files)?;
+        for (p, _) in self.deny_read.iter().filter(|(_, dir)| *dir) {
+            let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            mount(Some("tmpfs"), p, Some("tmpfs"), flags, Some("mode=000,size=4k"))
+                .map_err(|e| format!("masking {}: {e}", p.display()))?;
         }
         for p in &self.deny_write {
             read_only(p)?;
@@ -137,26 +139,47 @@ impl Files {
     }
 }
 
-/// A file masked by an empty, mode-0 file bound over it.
-fn mask_file(p: &Path) -> Result<(), String> {
-    let name = CString::new("tracectl-masked").expect("no NUL");
-    // SAFETY: memfd_create with a valid C string; the fd is owned below.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!(
-            "masking {}: {}",
-            p.display(),
-            std::io::Error::last_os_error()
-        ));
+/// Files masked by an empty, mode-0 file bound over each. The file lives
+/// on a tmpfs mounted for the moment over /tmp (the targets are held by
+/// O_PATH descriptors first, in case they are below it), then detached:
+/// the binds keep it.
+fn mask_files(files: &[&PathBuf]) -> Result<(), String> {
+    use nix::fcntl::{open, OFlag};
+    if files.is_empty() {
+        return Ok(());
     }
-    // SAFETY: fd was just returned by memfd_create and is not owned elsewhere.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    nix::sys::stat::fchmod(fd.as_raw_fd(), nix::sys::stat::Mode::empty())
-        .map_err(|e| format!("masking {}: {e}", p.display()))?;
-    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let held: Vec<OwnedFd> = files
+        .iter()
+        .map(|p| {
+            open(
+                p.as_path(),
+                OFlag::O_PATH | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            // SAFETY: a new fd from open(2), owned by nobody else.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .map_err(|e| format!("masking {}: {e}", p.display()))
+        })
+        .collect::<Result<_, _>>()?;
     let none: Option<&str> = None;
-    mount(Some(source.as_str()), p, none, MsFlags::MS_BIND, none)
-        .map_err(|e| format!("masking {}: {e}", p.display()))
+    let scratch = Path::new("/tmp");
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("tmpfs"), scratch, Some("tmpfs"), flags, Some("size=4k"))
+        .map_err(|e| format!("a scratch tmpfs for masks: {e}"))?;
+    let blank = scratch.join("masked");
+    let made = std::fs::File::create(&blank)
+        .and_then(|f| f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0)))
+        .map_err(|e| format!("a mask file: {e}"));
+    let bound = made.and_then(|()| {
+        files.iter().zip(&held).try_for_each(|(p, fd)| {
+            let target = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            mount(Some(&blank), target.as_str(), none, MsFlags::MS_BIND, none)
+                .map_err(|e| format!("masking {}: {e}", p.display()))
+        })
+    });
+    nix::mount::umount2(scratch, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| format!("unmounting the scratch tmpfs: {e}"))?;
+    bound
 }
 
 /// `p` bound over itself, read-only; the flags the kernel locked on the

@@ -135,7 +135,7 @@ pub struct Paths {
 impl Paths {
     /// The sandbox socket (`tracectl run`), beside the control socket.
     pub fn sandbox_socket(&self) -> PathBuf {
-        self.control_socket.with_file_name("sandbox.sock")
+        connectracer_proto::varlink::sandbox_socket_for(&self.control_socket)
     }
 }
 
