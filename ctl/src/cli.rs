@@ -170,6 +170,7 @@ pub enum Command {
     Top(crate::top::TopArgs),
     /// Run a command in a sandbox: a network allow-list (hosts, IPs, CIDRs,
     /// ports), file rules, and a trace of its connections (any user).
+    #[command(long_about = crate::run::args::LONG_ABOUT)]
     Run(crate::run::RunArgs),
 }
 

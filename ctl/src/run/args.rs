@@ -6,41 +6,18 @@ use clap::Args;
 use connectracer_proto::api::{SandboxParams, SandboxRule};
 use serde::Deserialize;
 
-/// Run a command in a sandbox: it (and everything it starts) reaches only
-/// what --allow-net allows, and is stopped with tracectl.
-///
-/// NETWORK. The command is placed, before it starts, in a cgroup the
-/// daemon creates and owns (the user cannot move anything out of it, or
-/// in), whose connections the kernel judges before the host's policy:
-/// IPv4 and IPv6 (v4-mapped as IPv4), TCP and UDP, connect() and
-/// sendto(); what the sandbox refuses fails with EPERM, what it allows is
-/// still subject to the host's policy. Loopback is refused unless allowed;
-/// the DNS servers in use are always allowed on port 53. Hostnames are
-/// followed through DNS (refreshed at their TTL) and through the answers
-/// the command itself receives. It protects against a command reaching
-/// the network where it should not; not against it talking to local
-/// services over Unix sockets (D-Bus, ssh-agent, a container runtime),
-/// which may act for it outside the sandbox.
-///
-/// FILES. --allow-read/--allow-write turn on a Landlock allow-list: the
-/// command may then read (and execute) only below the paths given (plus
-/// /usr, /bin, /sbin, /lib*, /etc, /dev and /proc, read-only, so that
-/// programs start) and write only below --allow-write paths. Landlock is
-/// enforced by the kernel on the command and everything it starts, cannot
-/// be lifted, and makes setuid programs run without their privileges; a
-/// rule this kernel cannot enforce fails the run unless --best-effort.
-/// --deny-read/--deny-write mask paths in a private mount namespace (an
-/// unprivileged user namespace): a denied path reads as an inaccessible
-/// empty file or directory, a write-denied one is read-only. Masks hide
-/// the path, not the file: a hard link elsewhere, or a file descriptor
-/// passed in, still reaches it.
-///
-/// TRACE. Each connection and refusal is printed on stderr as it happens
-/// (or written as JSON Lines to --log), and a summary at the end: the
-/// destinations reached and refused, and the bytes sent and received.
-/// tracectl exits with the command's status (128+N if a signal N ended it).
+/// What `tracectl run --help` and the man page say: what each mode
+/// protects against, and its limits.
+pub const LONG_ABOUT: &str = "Run a command in a sandbox: it, and everything it starts, reaches only what --allow-net allows, and is stopped with tracectl. Any user may run it (over the daemon's sandbox socket); it changes nothing for other processes.
+
+NETWORK. Before it starts, the command is placed in a cgroup the daemon creates and owns (nothing inside can move out of it, and nobody but root can move anything in), whose connections the kernel judges before the host's policy: IPv4 and IPv6 (v4-mapped as IPv4), TCP and UDP, connect() and sendto(). What the sandbox refuses fails with EPERM; what it allows is still subject to the host's policy. Loopback is refused unless allowed; the DNS servers in use are always allowed on port 53. Hostnames are followed through DNS (refreshed at their TTL) and through the answers the command itself receives. It protects against a command reaching the network where it should not; not against it asking a local service over a Unix socket (D-Bus, ssh-agent, a container runtime) to act for it outside the sandbox.
+
+FILES. --allow-read and --allow-write turn on a Landlock allow-list: the command may then read (and execute) only below the paths given, plus /usr, /bin, /sbin, /lib*, /etc and /proc read-only and /dev, so that programs start, and write only below --allow-write paths. The kernel enforces it on the command and everything it starts, it cannot be lifted, and setuid programs run without their privileges. A rule this kernel cannot enforce (Landlock ABI older than 5) fails the run unless --best-effort. --deny-read and --deny-write mask paths in a private mount namespace (an unprivileged user namespace): a denied path reads as an inaccessible empty file or directory, a write-denied one is read-only. Masks hide a path, not the file: a hard link elsewhere, or a file descriptor passed in, still reaches it; setuid programs do not work under them.
+
+TRACE. Each connection and refusal is printed on stderr as it happens (or written as JSON Lines to --log), then a summary: the destinations reached and refused, and the bytes sent and received over TCP. tracectl exits with the command's status (128+N if signal N ended it; 126 or 127 if it could not be started). Processes the command leaves behind are stopped when it ends; killing tracectl stops them all.";
+
+/// `tracectl run`'s options and command.
 #[derive(Debug, Clone, Args)]
-#[command(verbatim_doc_comment)]
 pub struct RunArgs {
     /// Allow a destination: HOST, IP or CIDR, with an optional port or
     /// range and protocol: api.example.com:443, 10.0.0.0/8, [2001:db8::1]:443,

@@ -179,3 +179,34 @@ fn too_many_rules_for_one_hostname_are_refused_with_their_location() {
         "{e}"
     );
 }
+
+/// A sandbox's cgroup is keyed as a sandbox (asked first by the kernel),
+/// never as a host cgroup scope, and its scope holds the DNS servers.
+#[test]
+fn a_sandbox_is_keyed_apart_with_the_dns_servers() {
+    let sandbox = "/t/connectracer-sandbox/sb-1";
+    let mut p = policy(&format!(
+        "[[scope]]\ncgroup = \"/t\"\ndefault = \"allow\"\n\n[[scope]]\ncgroup = \"{sandbox}\"\ndefault = \"deny\"\n\n[[rule]]\naction = \"allow\"\ncgroup = \"{sandbox}\"\ndest = \"10.1.2.3\"\n"
+    ));
+    p.sandboxes.insert(sandbox.into());
+    let ids = Identities {
+        cgroups: vec![("/t".into(), 100), (sandbox.into(), 101)],
+        ..Default::default()
+    };
+    let (c, errors) = policy::compile(&p, &env(), &ids);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_ne!(c.flags & ct_policy_flag::CT_POLICY_SANDBOX.0 as u8, 0);
+    let keyed = |k: ScopeKey| c.scopes.iter().find(|(key, _)| *key == k).map(|(_, v)| v.scope);
+    let scope = keyed(ScopeKey::Sandbox(101)).expect("the sandbox's key");
+    // Not a host scope's cgroup: the host chain reaches /t by the walk up.
+    assert_eq!(keyed(ScopeKey::Cgroup(101)), None);
+    assert!(keyed(ScopeKey::Cgroup(100)).is_some());
+    let dns: ipnet::IpNet = "10.0.0.53/32".parse().unwrap();
+    assert!(
+        c.entries
+            .iter()
+            .any(|e| e.scope == scope && e.net == dns && e.rules[0].lo == 53),
+        "{:?}",
+        c.entries
+    );
+}
