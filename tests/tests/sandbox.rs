@@ -520,3 +520,82 @@ fn file_rules_deny_and_allow() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A hostname allowed through the daemon's DNS: once its record changes
+/// and the TTL (and the grace) have passed, the new address is reachable
+/// and the old one is not. Rules come from a --policy file here.
+#[test]
+fn a_hostname_follows_its_record_and_a_policy_file_gives_rules() {
+    let dns = connectracer_tests::Dnsmasq::start("127.0.0.21 api.test\n", 1);
+    let config = format!(
+        "trace = \"watched\"\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\nmin_ttl = \"1s\"\ngrace = \"1s\"\n",
+        dns.port
+    );
+    let cg = TestCgroup::new("sandbox-names");
+    let d = Daemon::start(&cg, &config).expect("daemon");
+    let u = user("h");
+    let old = std::net::TcpListener::bind("127.0.0.21:0").unwrap();
+    let port = old.local_addr().unwrap().port();
+    let new = std::net::TcpListener::bind(("127.0.0.22", port)).unwrap();
+    let dir = log_path("names").with_file_name("");
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[[rule]]\naction = \"allow\"\ndest = \"api.test\"\nports = [{port}]\nprotocol = \"tcp\"\n"),
+    )
+    .unwrap();
+    let probe = bin_path("ct-probe").display().to_string();
+    let round = |n: u32| {
+        format!(
+            "while [ ! -e {0}/go{n} ]; do sleep 0.05; done; {probe} connect 127.0.0.21:{port} 127.0.0.22:{port}",
+            dir.display()
+        )
+    };
+    let script = format!("{}; {}", round(1), round(2));
+    let child = tracectl_run(
+        &d,
+        &u,
+        &["--policy", policy.to_str().unwrap(), "--", "sh", "-c", &script],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let show = || d.tracectl(&["--json", "policy", "show"]).1;
+    wait_until("api.test resolved", Duration::from_secs(10), || {
+        show().contains("127.0.0.21")
+    });
+    std::fs::write(dir.join("go1"), "").unwrap();
+    dns.set_records("127.0.0.22 api.test\n");
+    wait_until(
+        "the new address in force, the old one gone",
+        Duration::from_secs(15),
+        || {
+            let s = show();
+            s.contains("127.0.0.22") && !s.contains("127.0.0.21")
+        },
+    );
+    std::fs::write(dir.join("go2"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let eperm = Some(i64::from(libc::EPERM));
+    let errnos: Vec<Vec<Option<i64>>> = lines(&out.stdout)
+        .iter()
+        .map(|r| {
+            r["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["errno"].as_i64())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        errnos,
+        vec![vec![None, eperm], vec![eperm, None]],
+        "{}",
+        stderr(&out)
+    );
+    drop((old, new));
+    let _ = std::fs::remove_dir_all(&dir);
+}
