@@ -301,21 +301,10 @@ fn a_process_that_is_not_the_callers_child_is_refused() {
     };
     let mut theirs = sleep_as(&b);
     let mut own = sleep_as(&a);
-    let client = r#"
-import json, os, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-fd = os.pidfd_open(int(sys.argv[2]))
-call = {"method": "org.connectracer.Tracer.Sandbox", "parameters": {"rules": []}, "more": True}
-socket.send_fds(s, [json.dumps(call).encode() + b"\0"], [fd])
-buf = b""
-while not buf.endswith(b"\0"):
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    buf += chunk
-print(buf.rstrip(b"\0").decode())
-"#;
+    // Given as text: the test user may not be able to read the checkout.
+    let client =
+        std::fs::read_to_string(connectracer_tests::repo_root().join("tests/python/sandbox_call.py"))
+            .unwrap();
     let sandbox_socket = connectracer_proto::varlink::sandbox_socket_for(&d.socket);
     for (victim, why) in [
         (theirs.id(), "is not the caller's child"),
@@ -325,7 +314,7 @@ print(buf.rstrip(b"\0").decode())
         std::os::unix::process::CommandExt::uid(&mut cmd, a.uid);
         std::os::unix::process::CommandExt::gid(&mut cmd, a.gid);
         let o = cmd
-            .args(["-c", client])
+            .args(["-c", &client])
             .arg(&sandbox_socket)
             .arg(victim.to_string())
             .output()

@@ -168,7 +168,7 @@ fn mask_files(files: &[&PathBuf]) -> Result<(), String> {
         .map_err(|e| format!("a scratch tmpfs for masks: {e}"))?;
     let blank = scratch.join("masked");
     let made = std::fs::File::create(&blank)
-        .and_then(|f| f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0)))
+        .and_then(|f| f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o000)))
         .map_err(|e| format!("a mask file: {e}"));
     let bound = made.and_then(|()| {
         files.iter().zip(&held).try_for_each(|(p, fd)| {

@@ -164,7 +164,20 @@ async fn session(
         unsafe { libc::shutdown(raw, libc::SHUT_WR) };
         code
     });
-    let mut ended = format!("sandbox {} ({})", placed.id, placed.mode);
+    let ended = follow(
+        &mut conn,
+        trace,
+        format!("sandbox {} ({})", placed.id, placed.mode),
+    )
+    .await;
+    let code = waiter.join().unwrap_or(1);
+    drop(conn);
+    Ok((code, ended))
+}
+
+/// The sandbox's replies until its end (or the daemon's); how it ended.
+async fn follow(conn: &mut Connection, trace: &mut Trace, name: String) -> String {
+    let mut ended = name;
     loop {
         match conn.receive_reply::<SandboxReply, CallError>().await {
             Ok((Ok(reply), _)) => {
@@ -194,7 +207,5 @@ async fn session(
             }
         }
     }
-    let code = waiter.join().unwrap_or(1);
-    drop(conn);
-    Ok((code, ended))
+    ended
 }

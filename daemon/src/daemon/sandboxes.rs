@@ -83,41 +83,7 @@ impl Daemon {
                 format!("uid {} has {MAX_PER_USER} sandboxes already", caller.uid),
             ));
         }
-        let denied = |e: place::PlaceError| CallError::AccessDenied {
-            reason: e.to_string(),
-        };
-        let pid = place::verify(pidfd.as_fd(), caller.uid, caller.pid).map_err(denied)?;
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let id = format!("{}-{pid}-{}", caller.uid, started.as_millis());
-        let failed = |e: place::PlaceError| invalid("sandbox", format!("{:#}", anyhow::Error::from(e)));
-        let dir = place::create(&self.cgroup_dir.join(CGROUP_DIR), &format!("sb-{id}")).map_err(failed)?;
-        let entered = place::enter(&dir, pid).map_err(failed).and_then(|()| {
-            // The pid written named the pidfd's process only if it still lives.
-            place::alive(pidfd.as_fd())
-                .then_some(())
-                .ok_or_else(|| denied(place::PlaceError::Gone))
-        });
-        let sandbox = entered.and_then(|()| {
-            let cgroup = crate::sys::cgroup_tree::relative_path(&self.mount, &dir).ok_or_else(|| {
-                invalid(
-                    "sandbox",
-                    format!("{} is outside the cgroup2 mount", dir.display()),
-                )
-            })?;
-            let ino = std::fs::metadata(&dir)
-                .map(|m| m.ino())
-                .map_err(|e| invalid("sandbox", format!("{}: {e}", dir.display())))?;
-            Ok((cgroup, ino))
-        });
-        let (cgroup, cgroup_id) = match sandbox {
-            Ok(s) => s,
-            Err(e) => {
-                abandon(dir);
-                return Err(e);
-            }
-        };
+        let (id, dir, cgroup, cgroup_id, pid) = self.place_command(caller, pidfd)?;
         self.source.sandboxes.stage_add(Sandbox {
             id: id.clone(),
             uid: caller.uid,
@@ -156,6 +122,46 @@ impl Daemon {
             },
             cgroup_id,
         })
+    }
+
+    /// The caller's child checked and moved into a new cgroup: the
+    /// sandbox's id, its directory, path below the mount and id, the pid.
+    fn place_command(
+        &self,
+        caller: &Caller,
+        pidfd: &OwnedFd,
+    ) -> Result<(String, PathBuf, String, u64, i32), CallError> {
+        let denied = |e: place::PlaceError| CallError::AccessDenied {
+            reason: e.to_string(),
+        };
+        let pid = place::verify(pidfd.as_fd(), caller.uid, caller.pid).map_err(denied)?;
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let id = format!("{}-{pid}-{}", caller.uid, started.as_millis());
+        let failed = |e: place::PlaceError| invalid("sandbox", format!("{:#}", anyhow::Error::from(e)));
+        let dir = place::create(&self.cgroup_dir.join(CGROUP_DIR), &format!("sb-{id}")).map_err(failed)?;
+        let entered = place::enter(&dir, pid).map_err(failed).and_then(|()| {
+            // The pid written named the pidfd's process only if it still lives.
+            place::alive(pidfd.as_fd())
+                .then_some(())
+                .ok_or_else(|| denied(place::PlaceError::Gone))
+        });
+        let sandbox = entered.and_then(|()| {
+            let cgroup = crate::sys::cgroup_tree::relative_path(&self.mount, &dir).ok_or_else(|| {
+                invalid(
+                    "sandbox",
+                    format!("{} is outside the cgroup2 mount", dir.display()),
+                )
+            })?;
+            let ino = std::fs::metadata(&dir)
+                .map(|m| m.ino())
+                .map_err(|e| invalid("sandbox", format!("{}: {e}", dir.display())))?;
+            Ok((cgroup, ino))
+        });
+        sandbox
+            .map(|(cgroup, ino)| (id, dir.clone(), cgroup, ino, pid))
+            .inspect_err(|_| abandon(dir.clone()))
     }
 
     /// The caller is done: what is left is killed; the sandbox goes once empty.
