@@ -108,18 +108,23 @@ pub(super) async fn serve(
     let first = SandboxReply::Placed {
         placed: placed.wire.clone(),
     };
-    conn.send(&zlink::Reply::new(Some(first)).set_continues(Some(true)))
-        .await?;
+    // A caller gone already is seen below, and its sandbox removed.
+    let _ = conn
+        .send(&zlink::Reply::new(Some(first)).set_continues(Some(true)))
+        .await;
     // Anything the caller sends now, or its hanging up, ends the sandbox.
     let streamed = {
         let Conn { read, write } = conn;
         let done = read.receive_call::<RawMethod>();
         tokio::pin!(done);
+        // A caller that stops reading loses its trace, not its command.
+        let mut reading = true;
         loop {
             tokio::select! {
                 biased;
                 ev = events.recv() => match event_reply(ev, &placed, &caller) {
-                    Step::Send(reply) => send_on(write, &reply).await?,
+                    Step::Send(reply) if reading => reading = send_on(write, &reply).await.is_ok(),
+                    Step::Send(_) => {}
                     Step::Skip => {}
                     // The daemon is stopping: the sandbox stays for the next one.
                     Step::Closed => return Ok(()),

@@ -191,6 +191,19 @@ impl Daemon {
         let Some(dir) = self.source.sandboxes.get(id).map(|s| s.dir.clone()) else {
             return;
         };
+        // Processes cgroup.kill could not end (stuck in the kernel) stay
+        // confined: the sandbox goes once they are gone (`sandbox_upkeep`).
+        if place::populated(&dir) {
+            warn!(sandbox = %id, "sandbox: processes left after {EMPTY_WAIT:?}; it stays in force until they are gone");
+            self.attached.remove(id);
+            if let Some((done, _)) = self.finishing.remove(id) {
+                let _ = done.send(
+                    "processes are left that could not be stopped; the sandbox stays until they are gone"
+                        .into(),
+                );
+            }
+            return;
+        }
         self.source.sandboxes.stage_remove(id);
         match self.reload(&format!("sandbox {id} ended")).await {
             Ok(_) => {
