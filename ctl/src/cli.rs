@@ -84,6 +84,10 @@ pub enum Command {
         /// Only the answers to this process's queries.
         #[arg(long)]
         pid: Option<u32>,
+        /// Only the answers to queries from this systemd unit (glob, e.g.
+        /// 'backup*.service'; a user manager's units count too).
+        #[arg(long)]
+        unit: Option<String>,
         /// At most this many, newest first.
         #[arg(long, default_value_t = 1000)]
         limit: u32,

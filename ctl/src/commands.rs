@@ -49,9 +49,10 @@ pub fn run(c: &mut Transport, cmd: &Command, p: Printer) -> Result<u8, ClientErr
             connections(p, &c.who(&params)?);
         }
         Command::Ps { pid, limit } => connections(p, &c.ps(*pid, *limit)?),
-        Command::Dns { pid, limit } => {
+        Command::Dns { pid, unit, limit } => {
             let r = c.answers(AnswersParams {
                 pid: *pid,
+                unit: unit.clone(),
                 limit: Some(*limit),
             })?;
             p.list(("answers", "answer"), &r.answers, |a| output::answers(a, p));

@@ -47,7 +47,8 @@ pub fn short_id(id: &str) -> &str {
 }
 
 /// One row per connection, aligned columns; `wide` adds the executable,
-/// resolved name, verdict, rule, bytes and duration.
+/// resolved name, verdict, rule, bytes and duration, and the container's
+/// name and image and its pod (`namespace/name`).
 pub fn connections(conns: &[Connection], p: Printer) -> String {
     let mut header = vec![
         "PID",
@@ -63,7 +64,18 @@ pub fn connections(conns: &[Connection], p: Printer) -> String {
         "AGE",
     ];
     if p.wide() {
-        header.extend(["EXE", "NAME", "VERDICT", "RULE", "SENT", "RECEIVED", "DURATION"]);
+        header.extend([
+            "EXE",
+            "NAME",
+            "VERDICT",
+            "RULE",
+            "SENT",
+            "RECEIVED",
+            "DURATION",
+            "CONTAINER_NAME",
+            "IMAGE",
+            "POD",
+        ]);
     }
     let mut t = Table::new(&header);
     for c in conns {
@@ -90,6 +102,9 @@ pub fn connections(conns: &[Connection], p: Printer) -> String {
                 cell(dash(c.bytes_sent)),
                 cell(dash(c.bytes_received)),
                 cell(dash(c.duration_ns.map(duration))),
+                cell(dash(c.container.container_name.as_ref())),
+                cell(dash(c.container.container_image.as_ref())),
+                cell(dash(c.container.pod())),
             ]);
         }
         t.row(row);

@@ -1,7 +1,7 @@
 //! `tracectl top`: polls `Connections`, `GetStats` and `Gpu` and shows, per
-//! unit, container, process or destination, how many connections start each
-//! second, are open, failed or were denied (and, on hosts with GPUs, their
-//! GPU memory and SM use). On a terminal it redraws in
+//! unit, container, pod, process or destination, how many connections start
+//! each second, are open, failed or were denied (and, on hosts with GPUs,
+//! their GPU memory and SM use). On a terminal it redraws in
 //! place on the alternate screen and takes keys; otherwise (or with
 //! `--once` / `-n`) it prints one plain view per interval.
 
@@ -140,6 +140,7 @@ fn live(poller: &mut Poller<'_>, p: Printer, args: &TopArgs, every: Duration) ->
                 b's' => sort = next(&SortBy::ALL, sort),
                 b'u' => by = GroupBy::Unit,
                 b'c' => by = GroupBy::Container,
+                b'o' => by = GroupBy::Pod,
                 b'p' => by = GroupBy::Process,
                 b'd' => by = GroupBy::Destination,
                 _ => continue,

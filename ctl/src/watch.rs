@@ -87,15 +87,20 @@ fn clock(t: SystemTime) -> String {
 /// Where a connection's process runs: its unit, else its container.
 fn place(c: &Connection) -> Option<String> {
     let p = &c.process;
-    p.unit
+    let unit = p
+        .unit
         .as_ref()
         .or(p.user_unit.as_ref())
-        .map(|u| format!("unit={u}"))
-        .or_else(|| {
-            p.container_id
-                .as_deref()
-                .map(|id| format!("container={}", short_id(id)))
-        })
+        .map(|u| format!("unit={u}"));
+    // The runtime's name once known; the id meanwhile (or without one).
+    let container = match (&c.container.container_name, &p.container_id) {
+        (Some(name), _) => Some(format!("container={name}")),
+        (None, Some(id)) if unit.is_none() => Some(format!("container={}", short_id(id))),
+        _ => None,
+    };
+    let pod = c.container.pod().map(|pod| format!("pod={pod}"));
+    let parts: Vec<String> = [unit, container, pod].into_iter().flatten().collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
 }
 
 /// One line per streamed event: time, kind, protocol, local → remote, the

@@ -37,6 +37,8 @@ pub struct Recent {
     pub addresses: Vec<IpAddr>,
     pub ttl: u32,
     pub resolver: SocketAddr,
+    /// The asking task's cgroup, as the attribution cache resolved it.
+    pub cgroup: Option<Arc<crate::attribution::cgroups::Cgroup>>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,7 +135,13 @@ impl Answers {
     /// Remembers the addresses of one answer for its process, its cgroup
     /// and the host, until their TTL (plus the grace) runs out; `at` is its
     /// wall-clock arrival.
-    pub fn record(&mut self, rec: &DnsRecord, now: Instant, at: SystemTime) {
+    pub fn record(
+        &mut self,
+        rec: &DnsRecord,
+        now: Instant,
+        at: SystemTime,
+        cgroup: Option<Arc<crate::attribution::cgroups::Cgroup>>,
+    ) {
         let Some((name, addrs)) = addresses(&rec.payload) else {
             self.stats.undecodable += 1;
             return;
@@ -150,6 +158,7 @@ impl Answers {
             addresses: addrs.iter().map(|a| a.0).collect(),
             ttl: addrs.iter().map(|a| a.1).min().unwrap_or(0),
             resolver: rec.resolver,
+            cgroup,
         });
         for (ip, ttl) in addrs {
             let entry = Entry {
@@ -209,7 +218,7 @@ mod tests {
 
     impl Answers {
         fn record_now(&mut self, rec: &DnsRecord, now: Instant) {
-            self.record(rec, now, SystemTime::now());
+            self.record(rec, now, SystemTime::now(), None);
         }
     }
 

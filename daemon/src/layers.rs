@@ -29,8 +29,8 @@ const LAYERS: &[&[&str]] = &[
         "metrics",
         "table",
     ],
-    // What the policy means; where event lines go; GPU telemetry.
-    &["policy", "sinks", "gpu"],
+    // What the policy means; where event lines go; GPU telemetry; container names.
+    &["policy", "sinks", "gpu", "containers"],
     // The ruleset stage (model to kernel layout), the kernel's owner thread,
     // the event path.
     &["ruleset", "kernel", "pipeline"],

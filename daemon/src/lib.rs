@@ -7,6 +7,7 @@ pub mod attribution;
 pub mod bpf;
 pub mod cli;
 pub mod config;
+pub mod containers;
 pub mod control;
 pub mod count_warning;
 pub mod daemon;

@@ -13,6 +13,7 @@ use crate::attribution::Attributor;
 use crate::bpf::event::{ConnKind, ConnRecord, Record};
 use crate::config::LogConfig;
 use crate::config::WatchedHost;
+use crate::containers::{self, ContainerNames};
 use crate::metrics::Metrics;
 pub use crate::sinks::WatchEvent;
 use crate::sinks::{EventKind, Sinks};
@@ -35,6 +36,8 @@ pub struct Pipeline {
     hosts: crate::epochs::EpochHosts,
     /// The names processes resolved, from the DNS answers seen.
     answers: Answers,
+    /// What container runtimes say about the containers seen.
+    containers: ContainerNames,
     /// CLOCK_MONOTONIC to wall clock, for the kernel's timestamps.
     boot_wall: SystemTime,
     stats: PipelineStats,
@@ -66,6 +69,16 @@ fn emit(
     }
 }
 
+/// A connection that opened while its container's lookup was pending
+/// takes the names into its later events once they are known.
+fn late_names(containers: &ContainerNames, c: &mut Connection) {
+    if c.container.is_empty() && c.process.container_id.is_some() {
+        if let Some(m) = containers.known(&c.process) {
+            c.container = m;
+        }
+    }
+}
+
 /// Wall-clock time at which CLOCK_MONOTONIC was zero.
 fn monotonic_epoch() -> SystemTime {
     let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -75,18 +88,33 @@ fn monotonic_epoch() -> SystemTime {
 }
 
 impl Pipeline {
-    pub fn new(attributor: Attributor, table: ConnTable, sinks: Sinks) -> Self {
+    pub fn new(attributor: Attributor, table: ConnTable, sinks: Sinks, containers: ContainerNames) -> Self {
         Self {
             attributor,
             table,
             sinks,
             hosts: crate::epochs::EpochHosts::default(),
             answers: Answers::new(Duration::from_secs(300)),
+            containers,
             boot_wall: monotonic_epoch(),
             stats: PipelineStats::default(),
             metrics: None,
             watchers: tokio::sync::broadcast::channel(WATCH_QUEUE).0,
         }
+    }
+
+    pub fn containers(&mut self) -> &mut ContainerNames {
+        &mut self.containers
+    }
+
+    pub fn on_container_answer(&mut self, a: containers::Answer) {
+        self.containers.on_answer(a);
+    }
+
+    pub fn container_metas(
+        &self,
+    ) -> std::collections::HashMap<String, std::sync::Arc<connectracer_proto::ContainerMeta>> {
+        self.containers.known_metas()
     }
 
     pub fn answer_stats(&self) -> AnswerStats {
@@ -175,7 +203,8 @@ impl Pipeline {
             Record::Proc(p) => self.attributor.on_process(&p, now),
             Record::Dns(d) => {
                 let at = self.kernel_time(d.ts_ns);
-                self.answers.record(&d, now, at);
+                let cgroup = self.attributor.cgroup(d.cgroup_id);
+                self.answers.record(&d, now, at, cgroup);
             }
             Record::Conn(c) => match c.kind {
                 ConnKind::Connect | ConnKind::Sendmsg => self.on_new(&c, now),
@@ -199,6 +228,7 @@ impl Pipeline {
 
     fn on_new(&mut self, c: &ConnRecord, now: Instant) {
         let process = self.attributor.attribute_shared(c);
+        let container = self.containers.meta(&process, now);
         let named = self.answers.name_of(c.pid, c.cgroup_id, c.dst.ip(), now);
         if let Some(m) = &mut self.metrics {
             m.named(named.as_ref().map(|n| n.1));
@@ -232,6 +262,7 @@ impl Pipeline {
             duration_ns: denied.then_some(0),
             bytes_sent: None,
             bytes_received: None,
+            container,
             process,
         };
         self.stats.connections += 1;
@@ -265,6 +296,7 @@ impl Pipeline {
         let at = self.kernel_time(c.ts_ns);
         match self.table.established(c.cookie, c.src) {
             Some(conn) => {
+                late_names(&self.containers, conn);
                 emit(&mut self.sinks, &self.watchers, EventKind::Established, at, conn);
                 if let Some(m) = &mut self.metrics {
                     m.connection(conn, "established");
@@ -300,7 +332,8 @@ impl Pipeline {
         };
         let at = self.kernel_time(c.ts_ns);
         for id in ids {
-            if let Some(conn) = self.table.get(id) {
+            if let Some(conn) = self.table.get_mut(id) {
+                late_names(&self.containers, conn);
                 emit(&mut self.sinks, &self.watchers, kind, at, conn);
                 if let Some(m) = &mut self.metrics {
                     if failed {

@@ -188,7 +188,7 @@ impl ConnTable {
     }
 
     /// The TCP handshake completed: the local address is now known.
-    pub fn established(&mut self, cookie: u64, src: SocketAddr) -> Option<&Connection> {
+    pub fn established(&mut self, cookie: u64, src: SocketAddr) -> Option<&mut Connection> {
         // The socket's latest connection (a UDP socket may connect again).
         let slot = *self
             .by_cookie
@@ -241,6 +241,10 @@ impl ConnTable {
     /// A connection `end` returned, until the table next changes.
     pub fn get(&self, slot: Slot) -> Option<&Connection> {
         self.at(slot)
+    }
+
+    pub fn get_mut(&mut self, slot: Slot) -> Option<&mut Connection> {
+        self.at_mut(slot)
     }
 
     /// Drops closed connections past the retention or over the limit.
@@ -322,6 +326,7 @@ pub(crate) fn test_connection(cookie: u64, pid: u32, uid: u32, dst: &str) -> Con
         duration_ns: None,
         bytes_sent: None,
         bytes_received: None,
+        container: Default::default(),
         process: Arc::new(Process {
             pid,
             tid: pid,

@@ -1,6 +1,7 @@
 //! Types that cross the boundary between connectracerd and its clients
 //! (tracectl, log consumers): defined once, serialized the same everywhere.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -155,6 +156,42 @@ pub struct Process {
     pub pod_uid: Option<String>,
 }
 
+/// What the container runtime says about a connection's container: its
+/// name and image, and for a Kubernetes pod its name, namespace and the
+/// labels the configuration selects. Empty while the lookup is pending,
+/// when the runtime cannot be asked, and outside containers: the
+/// connection's `process.container_id` is there from its first event, the
+/// names from the first event after the runtime answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    /// Only the labels `[containers] pod_labels` lists.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl ContainerMeta {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `namespace/name`, as kubectl writes a pod.
+    pub fn pod(&self) -> Option<String> {
+        let name = self.pod_name.as_deref()?;
+        Some(match self.pod_namespace.as_deref() {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_string(),
+        })
+    }
+}
+
 /// One traced connection: an entry of the daemon's connection table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
@@ -188,6 +225,10 @@ pub struct Connection {
     pub duration_ns: Option<u64>,
     pub bytes_sent: Option<u64>,
     pub bytes_received: Option<u64>,
+    /// Its fields sit beside the others on the wire, each left out when
+    /// unknown; shared by every connection of one container.
+    #[serde(flatten, default)]
+    pub container: Arc<ContainerMeta>,
     pub process: Arc<Process>,
 }
 

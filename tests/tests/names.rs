@@ -40,7 +40,8 @@ fn resolve(cg: &TestCgroup, dns: &Dnsmasq, name: &str, port: u16, forged: Option
 fn two_processes_resolving_one_address_each_get_their_own_name() {
     let dns = Dnsmasq::start("127.0.0.9 one.test\n127.0.0.9 two.test\n", 60);
     let server = tcp_server("127.0.0.9:0", 0, 0);
-    let cg = TestCgroup::new("names");
+    // A slice: the unit below it (lookups by unit, at the end) is a unit.
+    let cg = TestCgroup::new("names.slice");
     let cfg = ConfigDir::new(&format!("names-{}", std::process::id()), &config(&dns, "5s"));
     let metrics_port = free_port();
     cfg.write_dropin(
@@ -121,7 +122,28 @@ fn two_processes_resolving_one_address_each_get_their_own_name() {
     assert!(
         out.starts_with("TIME") && out.contains("two.test") && out.contains("one.test"),
         "{out}"
-    );
+    ); // By the unit that asked: a lookup from a unit's cgroup.
+    let unit = cg.child("lookup-unit.service");
+    let asked = resolve(&unit, &dns, "one.test", server.port(), None);
+    // Its connect is read after its answer: both are in by then.
+    connect_of(&mut d, asked);
+    let by_unit = |glob: &str| {
+        let (rc, out, err) = d.tracectl(&["--json", "dns", "--unit", glob]);
+        assert_eq!(rc, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()["answers"].clone()
+    };
+    let answers = by_unit("lookup-*.service");
+    assert_eq!(answers.as_array().map(Vec::len), Some(1), "{answers}");
+    assert_eq!(answers[0]["unit"], "lookup-unit.service");
+    assert!(answers[0]["cgroup"]
+        .as_str()
+        .unwrap()
+        .ends_with("/lookup-unit.service"));
+    assert_eq!(by_unit("other-*.service"), serde_json::json!([]));
+    let (rc, _, err) = d.tracectl(&["dns", "--unit", "[x"]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("unit") && err.contains("glob"), "{err}");
+    drop(unit);
 }
 
 #[test]

@@ -267,7 +267,7 @@ fn a_crashed_daemon_is_replaced_without_losing_tracing_or_counters() {
         .cloned();
     let adopted = adopted.expect("the new instance did not say it re-adopted");
     assert_eq!(
-        adopted["maps"], "[\"events\", \"stats\", \"socks\", \"dgrams\"]",
+        adopted["maps"], "[\"events\", \"stats\", \"socks\", \"dgrams\", \"dns_addrs\"]",
         "{adopted}"
     );
     d.wait_for(WAIT, |s| {

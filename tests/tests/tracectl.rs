@@ -92,7 +92,7 @@ fn every_command_prints_one_envelope_and_its_text() {
     assert_eq!(code, 0, "{err}");
     assert!(
         normalized(&wide, &subs).starts_with(
-            "PID COMM USER PROTO STATE LOCAL REMOTE HOST UNIT CONTAINER AGE EXE NAME VERDICT RULE SENT RECEIVED DURATION\n"
+            "PID COMM USER PROTO STATE LOCAL REMOTE HOST UNIT CONTAINER AGE EXE NAME VERDICT RULE SENT RECEIVED DURATION CONTAINER_NAME IMAGE POD\n"
         ),
         "{wide}"
     );

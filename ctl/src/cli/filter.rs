@@ -43,6 +43,17 @@ pub struct FilterArgs {
     /// up) or watched host matches this glob, e.g. `*.example.com`.
     #[arg(long, value_name = "GLOB")]
     pub name: Option<String>,
+    /// Only containers whose name (as their runtime reports it) matches
+    /// this glob. A container's first events, sent while its runtime is
+    /// asked, have no name yet.
+    #[arg(long, value_name = "GLOB")]
+    pub container_name: Option<String>,
+    /// Only Kubernetes pods whose name matches this glob.
+    #[arg(long, value_name = "GLOB")]
+    pub pod: Option<String>,
+    /// Only Kubernetes pods in a namespace matching this glob.
+    #[arg(long, value_name = "GLOB")]
+    pub namespace: Option<String>,
 }
 
 impl FilterArgs {
@@ -61,6 +72,9 @@ impl FilterArgs {
                 VerdictArg::Deny => Verdict::Deny,
             }),
             name: self.name.clone(),
+            container_name: self.container_name.clone(),
+            pod: self.pod.clone(),
+            namespace: self.namespace.clone(),
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use connectracer_proto::api::{GpuProcess, Stats};
-use connectracer_proto::{ConnState, Connection, Process, Verdict};
+use connectracer_proto::{ConnState, Connection, ContainerMeta, Process, Verdict};
 use serde::Serialize;
 
 use crate::out::Paint;
@@ -17,34 +17,46 @@ use crate::table::{cell, Table};
 pub enum GroupBy {
     Unit,
     Container,
+    Pod,
     Process,
     Destination,
 }
 
 impl GroupBy {
-    pub const ALL: [GroupBy; 4] = [Self::Unit, Self::Container, Self::Process, Self::Destination];
+    pub const ALL: [GroupBy; 5] = [
+        Self::Unit,
+        Self::Container,
+        Self::Pod,
+        Self::Process,
+        Self::Destination,
+    ];
 
     fn heading(self) -> &'static str {
         match self {
             Self::Unit => "UNIT",
             Self::Container => "CONTAINER",
+            Self::Pod => "POD",
             Self::Process => "PROCESS",
             Self::Destination => "DESTINATION",
         }
     }
 
-    /// The group of a process; None when grouping by destination.
-    fn process_key(self, p: &Process) -> Option<String> {
+    /// The group of a process (with its container's names where known);
+    /// None when grouping by destination.
+    fn process_key(self, p: &Process, meta: Option<&ContainerMeta>) -> Option<String> {
         Some(match self {
             Self::Unit => p
                 .unit
                 .clone()
                 .or_else(|| p.user_unit.clone())
                 .unwrap_or_else(|| "-".into()),
-            Self::Container => p
-                .container_id
-                .as_deref()
-                .map_or_else(|| "(host)".into(), |id| crate::output::short_id(id).to_string()),
+            // The runtime's name once it answered, the short id until then.
+            Self::Container => meta.and_then(|m| m.container_name.clone()).unwrap_or_else(|| {
+                p.container_id
+                    .as_deref()
+                    .map_or_else(|| "(host)".into(), |id| crate::output::short_id(id).to_string())
+            }),
+            Self::Pod => meta.and_then(ContainerMeta::pod).unwrap_or_else(|| "-".into()),
             Self::Process => format!("{}[{}]", p.comm, p.pid),
             Self::Destination => return None,
         })
@@ -58,7 +70,9 @@ impl GroupBy {
                 .or_else(|| c.host.clone())
                 .or_else(|| c.dns_name.clone())
                 .map_or_else(|| c.dst.to_string(), |n| format!("{n}:{}", c.dst.port())),
-            _ => self.process_key(&c.process).unwrap_or_default(),
+            _ => self
+                .process_key(&c.process, Some(&c.container))
+                .unwrap_or_default(),
         }
     }
 }
@@ -94,7 +108,7 @@ pub fn next<T: Copy + PartialEq>(all: &[T], now: T) -> T {
 
 #[derive(Debug)]
 struct Entry {
-    keys: [String; 4],
+    keys: [String; 5],
     open: bool,
     failed: bool,
     denied: bool,
@@ -135,7 +149,7 @@ pub struct Frame {
 /// One GPU process's use, with its group under each grouping.
 #[derive(Debug)]
 struct GpuUse {
-    keys: [Option<String>; 4],
+    keys: [Option<String>; GroupBy::ALL.len()],
     memory: Option<u64>,
     sm: Option<f64>,
 }
@@ -178,7 +192,7 @@ impl Model {
             ps.iter()
                 .map(|g| GpuUse {
                     keys: GroupBy::ALL.map(|by| match &g.process {
-                        Some(p) => by.process_key(p),
+                        Some(p) => by.process_key(p, None),
                         None => (by != GroupBy::Destination).then(|| format!("(exited)[{}]", g.pid)),
                     }),
                     memory: g.memory_bytes,

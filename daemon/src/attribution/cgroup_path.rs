@@ -34,6 +34,20 @@ impl ContainerRuntime {
             Self::Nerdctl => "nerdctl",
         }
     }
+
+    /// The runtime `as_str` names.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Docker,
+            Self::Containerd,
+            Self::CriO,
+            Self::Podman,
+            Self::Lxc,
+            Self::Nerdctl,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
 }
 
 /// The container a cgroup belongs to.
@@ -286,6 +300,14 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(&parse_cgroup_path(path), want, "path {path:?}");
         }
+    }
+
+    #[test]
+    fn runtime_names_parse_back() {
+        for r in [Docker, Containerd, CriO, Podman, Lxc, Nerdctl] {
+            assert_eq!(ContainerRuntime::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(ContainerRuntime::parse("rkt"), None);
     }
 
     #[test]

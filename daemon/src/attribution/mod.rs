@@ -140,6 +140,11 @@ impl Attributor {
         })
     }
 
+    /// The cgroup `id` names, resolved through the same cache as connections'.
+    pub fn cgroup(&mut self, id: u64) -> Option<Arc<Cgroup>> {
+        self.cgroups.resolve(id)
+    }
+
     pub fn prune(&mut self, now: Instant) {
         self.processes.prune(now);
         // Entries of processes the cache forgot would pin their images.

@@ -2,6 +2,7 @@
 //! validated model (this module), collecting every error with its file, line
 //! and key so one run of `--check-config` reports them all.
 
+pub mod containers;
 mod decode;
 mod dns;
 mod gpu;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use containers::ContainersConfig;
 pub use dns::DnsConfig;
 pub use gpu::{GpuConfig, GpuMode};
 pub use sink::{EventKind, FileSink, OtlpProtocol, OtlpSink, SinkConfig, SinkFilter, SinkKind};
@@ -66,6 +68,7 @@ pub struct Config {
     pub log: LogConfig,
     pub policy: policy::Policy,
     pub gpu: GpuConfig,
+    pub containers: ContainersConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +269,7 @@ impl Default for Config {
             },
             policy: policy::Policy::default(),
             gpu: GpuConfig::default(),
+            containers: ContainersConfig::default(),
         }
     }
 }

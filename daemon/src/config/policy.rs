@@ -53,6 +53,13 @@ pub enum Selector {
     Cgroup(String),
     /// A container id or a prefix of one (at least 12 characters).
     Container(String),
+    /// A container's name as its runtime reports it (glob): known only once
+    /// the runtime answered, so its first connects are not judged by it.
+    ContainerName(glob::Pattern),
+    /// A Kubernetes pod's name (glob), from the runtime (CRI), likewise.
+    Pod(glob::Pattern),
+    /// A Kubernetes pod's namespace (glob), likewise.
+    Namespace(glob::Pattern),
     User {
         uid: u32,
         name: String,
@@ -67,6 +74,9 @@ impl Selector {
             Selector::Unit(_) => "unit",
             Selector::Cgroup(_) => "cgroup",
             Selector::Container(_) => "container",
+            Selector::ContainerName(_) => "container_name",
+            Selector::Pod(_) => "pod",
+            Selector::Namespace(_) => "namespace",
             Selector::User { .. } => "user",
             Selector::Exe(_) => "exe",
         }
@@ -75,7 +85,21 @@ impl Selector {
     pub fn is_cgroup_based(&self) -> bool {
         matches!(
             self,
-            Selector::Unit(_) | Selector::Cgroup(_) | Selector::Container(_)
+            Selector::Unit(_)
+                | Selector::Cgroup(_)
+                | Selector::Container(_)
+                | Selector::ContainerName(_)
+                | Selector::Pod(_)
+                | Selector::Namespace(_)
+        )
+    }
+
+    /// Whether it selects by what a container runtime says (known only once
+    /// it answered), not by the cgroup path.
+    pub fn needs_container_meta(&self) -> bool {
+        matches!(
+            self,
+            Selector::ContainerName(_) | Selector::Pod(_) | Selector::Namespace(_)
         )
     }
 }
@@ -86,6 +110,9 @@ impl std::fmt::Display for Selector {
             Selector::Unit(u) => write!(f, "unit {}", u.as_str()),
             Selector::Cgroup(c) => write!(f, "cgroup {c}"),
             Selector::Container(c) => write!(f, "container {c}"),
+            Selector::ContainerName(p) => write!(f, "container_name {}", p.as_str()),
+            Selector::Pod(p) => write!(f, "pod {}", p.as_str()),
+            Selector::Namespace(p) => write!(f, "namespace {}", p.as_str()),
             Selector::User { uid, name } => write!(f, "user {name} ({uid})"),
             Selector::Exe(p) => write!(f, "exe {}", p.display()),
         }
@@ -178,6 +205,15 @@ impl Policy {
             || self.default == Action::Deny
             || self.block_ipv6
             || self.scopes.iter().any(|s| s.default.is_some() || s.block_ipv6)
+    }
+
+    /// Whether some scope selects by what container runtimes say.
+    pub fn selects_by_container_meta(&self) -> bool {
+        self.rules
+            .iter()
+            .filter_map(|r| r.selector.as_ref())
+            .chain(self.scopes.iter().map(|s| &s.selector))
+            .any(Selector::needs_container_meta)
     }
 
     /// Hostnames the rules name, for the DNS watcher.

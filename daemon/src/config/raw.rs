@@ -26,6 +26,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub scope: Vec<RawScope>,
     pub gpu: Option<RawGpu>,
+    pub containers: Option<RawContainers>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +36,18 @@ pub struct RawGpu {
     /// serde's untagged enums).
     pub enabled: Option<Spanned<toml::Value>>,
     pub poll_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContainers {
+    pub enabled: Option<Spanned<bool>>,
+    /// A path or "off".
+    pub docker_socket: Option<Spanned<String>>,
+    pub podman_socket: Option<Spanned<String>>,
+    pub containerd_socket: Option<Spanned<String>>,
+    pub crio_socket: Option<Spanned<String>>,
+    pub pod_labels: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +74,9 @@ pub struct RawSelector<'a> {
     pub unit: Option<&'a Spanned<String>>,
     pub cgroup: Option<&'a Spanned<String>>,
     pub container: Option<&'a Spanned<String>>,
+    pub container_name: Option<&'a Spanned<String>>,
+    pub pod: Option<&'a Spanned<String>>,
+    pub namespace: Option<&'a Spanned<String>>,
     pub user: Option<&'a Spanned<RawUser>>,
     pub exe: Option<&'a Spanned<String>>,
 }
@@ -77,6 +93,9 @@ pub struct RawRule {
     pub unit: Option<Spanned<String>>,
     pub cgroup: Option<Spanned<String>>,
     pub container: Option<Spanned<String>>,
+    pub container_name: Option<Spanned<String>>,
+    pub pod: Option<Spanned<String>>,
+    pub namespace: Option<Spanned<String>>,
     pub user: Option<Spanned<RawUser>>,
     pub exe: Option<Spanned<String>>,
     pub comment: Option<Spanned<String>>,
@@ -88,6 +107,9 @@ pub struct RawScope {
     pub unit: Option<Spanned<String>>,
     pub cgroup: Option<Spanned<String>>,
     pub container: Option<Spanned<String>>,
+    pub container_name: Option<Spanned<String>>,
+    pub pod: Option<Spanned<String>>,
+    pub namespace: Option<Spanned<String>>,
     pub user: Option<Spanned<RawUser>>,
     pub exe: Option<Spanned<String>>,
     pub default: Option<Spanned<String>>,
@@ -104,6 +126,9 @@ macro_rules! selector_view {
                     unit: self.unit.as_ref(),
                     cgroup: self.cgroup.as_ref(),
                     container: self.container.as_ref(),
+                    container_name: self.container_name.as_ref(),
+                    pod: self.pod.as_ref(),
+                    namespace: self.namespace.as_ref(),
                     user: self.user.as_ref(),
                     exe: self.exe.as_ref(),
                 }

@@ -1,5 +1,6 @@
 //! Stage two: raw values to the validated model, every error collected.
 
+mod containers;
 mod finish;
 mod gpu;
 mod otlp;
@@ -197,6 +198,9 @@ fn apply(ctx: &mut Ctx<'_>, raw: RawConfig, m: &mut Merge) {
     }
     if let Some(g) = &raw.gpu {
         gpu::apply(ctx, g, &mut m.config.gpu);
+    }
+    if let Some(c) = &raw.containers {
+        containers::apply(ctx, c, &mut m.config.containers);
     }
 }
 

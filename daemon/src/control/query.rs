@@ -157,12 +157,39 @@ fn label_of<'a>(addr: &'a str, labels: &[&str]) -> Option<(&'a str, Option<u16>)
 
 /// The DNS answers the caller may see (all for the privileged, their own
 /// processes' otherwise), newest first.
-pub fn answers(a: &crate::answers::Answers, caller: &Caller, p: &AnswersParams) -> AnswersReply {
+pub fn answers(
+    a: &crate::answers::Answers,
+    caller: &Caller,
+    p: &AnswersParams,
+) -> Result<AnswersReply, CallError> {
+    let unit = p
+        .unit
+        .as_deref()
+        .map(glob::Pattern::new)
+        .transpose()
+        .map_err(|e| CallError::InvalidArgument {
+            field: "unit".into(),
+            reason: format!("not a glob: {e}"),
+        })?;
+    let unit_of = |r: &crate::answers::Recent| r.cgroup.as_ref().and_then(|c| c.info.unit.clone());
+    let in_unit = |r: &crate::answers::Recent| {
+        unit.as_ref().is_none_or(|g| {
+            r.cgroup.as_ref().is_some_and(|c| {
+                [&c.info.unit, &c.info.user_unit]
+                    .into_iter()
+                    .flatten()
+                    .any(|u| g.matches(u))
+            })
+        })
+    };
     let answers = a
         .recent()
         .filter(|r| (caller.privileged || r.uid == caller.uid) && p.pid.is_none_or(|pid| r.pid == pid))
+        .filter(|r| in_unit(r))
         .take(limit(p.limit))
         .map(|r| DnsAnswer {
+            cgroup: r.cgroup.as_ref().map(|c| c.path.clone()),
+            unit: unit_of(r),
             time: humantime::format_rfc3339_micros(r.at).to_string(),
             pid: r.pid,
             uid: r.uid,
@@ -172,7 +199,7 @@ pub fn answers(a: &crate::answers::Answers, caller: &Caller, p: &AnswersParams) 
             resolver: r.resolver.to_string(),
         })
         .collect();
-    AnswersReply { answers }
+    Ok(AnswersReply { answers })
 }
 
 pub fn ps(table: &ConnTable, caller: &Caller, p: &PsParams) -> Rows {

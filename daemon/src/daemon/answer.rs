@@ -33,7 +33,7 @@ impl Daemon {
             }
             Operation::Ps(p) => query::ps(self.pipeline.table(), caller, p)?.into(),
             Operation::Connections(p) => query::connections(self.pipeline.table(), caller, p)?.into(),
-            Operation::Answers(p) => query::answers(self.pipeline.answers(), caller, p).into(),
+            Operation::Answers(p) => query::answers(self.pipeline.answers(), caller, p)?.into(),
             Operation::Gpu => self.gpu.reply(caller.uid, caller.privileged).into(),
             Operation::Reload => {
                 let trigger = format!("control request from uid {}", caller.uid);

@@ -260,7 +260,8 @@ impl Daemon {
     /// kernel took it.
     pub(super) async fn apply(&mut self, new: Config, resolved: Resolved) -> Result<(), CallError> {
         let epoch = self.epoch + 1;
-        let ids = policy_scopes::discover(&new.policy, &self.mount, &self.cgroup_dir);
+        let mut ids = policy_scopes::discover(&new.policy, &self.mount, &self.cgroup_dir);
+        ids.containers = self.pipeline.container_metas();
         let dns = policy_scopes::dns_servers(&new.dns.nameservers);
         let rules = ruleset(epoch, &new, &environment(&resolved, &dns), &ids)
             .map_err(|errors| CallError::ConfigInvalid { errors })?;
@@ -305,6 +306,11 @@ impl Daemon {
         self.pipeline.set_limits(table_limits(&new));
         self.pipeline.set_log(&new.log);
         self.pipeline.set_name_grace(new.dns.grace);
+        if new.containers != self.config.containers {
+            self.pipeline
+                .containers()
+                .configure(&new.containers, &self.container_tx);
+        }
         let names = new.hostnames();
         if let Some(dns) = &self.dns {
             if new.dns != self.config.dns {
@@ -328,7 +334,8 @@ impl Daemon {
         let Some(rel) = crate::sys::cgroup_tree::relative_path(&self.mount, dir) else {
             return;
         };
-        let Some(scope) = crate::ruleset::policy::scope_for_new_cgroup(&self.config.policy, &rel) else {
+        let Some(scope) = crate::ruleset::policy::scope_for_new_cgroup(&self.config.policy, &rel, None)
+        else {
             return;
         };
         match std::fs::metadata(dir) {
@@ -337,6 +344,33 @@ impl Daemon {
                 info!(cgroup = %rel, scope, "policy: new cgroup joins its scope");
             }
             _ => {}
+        }
+    }
+
+    /// A runtime's answer: the names for the events, and for scopes that
+    /// select by container name, pod or namespace, the container's cgroup
+    /// joins the first scope selecting it (its connects before this were
+    /// judged without it).
+    pub(super) fn on_container_answer(&mut self, answer: crate::containers::Answer) {
+        use std::os::unix::fs::MetadataExt;
+        let placement = match &answer {
+            crate::containers::Answer::Found { meta, cgroup_dir, .. }
+                if !meta.is_empty() && self.config.policy.selects_by_container_meta() =>
+            {
+                crate::sys::cgroup_tree::relative_path(&self.mount, cgroup_dir).and_then(|rel| {
+                    crate::ruleset::policy::scope_for_new_cgroup(&self.config.policy, &rel, Some(meta))
+                        .map(|scope| (rel, cgroup_dir.clone(), scope))
+                })
+            }
+            _ => None,
+        };
+        self.pipeline.on_container_answer(answer);
+        let Some((rel, dir, scope)) = placement else {
+            return;
+        };
+        if let Ok(m) = std::fs::metadata(&dir) {
+            self.kernel.add_cgroup_scope(m.ino(), scope);
+            info!(cgroup = %rel, scope, "policy: a container joins its scope by name");
         }
     }
 }

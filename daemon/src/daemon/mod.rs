@@ -104,6 +104,9 @@ struct Daemon {
     attached: std::collections::HashSet<String>,
     /// Sandboxes being removed, and whom to tell why once they are.
     finishing: HashMap<String, (oneshot::Sender<String>, &'static str)>,
+    /// What the container runtimes' workers answer.
+    container_tx: mpsc::UnboundedSender<crate::containers::Answer>,
+    container_rx: mpsc::UnboundedReceiver<crate::containers::Answer>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -190,7 +193,8 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
     start::log_attached(&kernel, &config, &cgroup_dir);
     let counters_file = paths.state_dir.join(COUNTERS_FILE);
-    let mut pipeline = start::pipeline(&config, &mount, paths);
+    let (container_tx, container_rx) = mpsc::unbounded_channel();
+    let mut pipeline = start::pipeline(&config, &mount, paths, &container_tx);
 
     let (ctl_tx, ctl_rx) = mpsc::channel(256);
     // The owner publishes its counters here every second; metrics, the
@@ -252,6 +256,8 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         sandbox_rx,
         attached: std::collections::HashSet::new(),
         finishing: HashMap::new(),
+        container_tx,
+        container_rx,
     };
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
@@ -318,6 +324,7 @@ impl Daemon {
                 Some(update) = self.dns_updates.recv() => self.on_dns(update).await,
                 Some(dir) = self.cgroup_rx.recv() => self.on_new_cgroup(&dir),
                 Some(sample) = self.gpu.next() => self.on_gpu(&sample),
+                Some(answer) = self.container_rx.recv() => self.on_container_answer(answer),
                 _ = watchdog_tick.tick(), if watchdog.is_some() => service::watchdog(),
                 _ = status_tick.tick() => self.refresh_status().await,
                 Some(()) = fs_rx.recv() => {

@@ -95,13 +95,21 @@ pub(super) fn log_attached(kernel: &KernelHandle, config: &Config, cgroup_dir: &
 }
 
 /// The event path: attribution (with /proc scanned), the table, the sinks.
-pub(super) fn pipeline(config: &Config, mount: &Path, paths: &Paths) -> Pipeline {
+pub(super) fn pipeline(
+    config: &Config,
+    mount: &Path,
+    paths: &Paths,
+    container_answers: &mpsc::UnboundedSender<crate::containers::Answer>,
+) -> Pipeline {
     let mut attributor = Attributor::new(mount, MAX_PROCESSES, config.table.process_retention);
     attributor.processes.scan();
+    let mut containers = crate::containers::ContainerNames::new(mount);
+    containers.configure(&config.containers, container_answers);
     let mut pipeline = Pipeline::new(
         attributor,
         ConnTable::new(table_limits(config)),
         Sinks::new(&config.log, paths.journal),
+        containers,
     );
     // The kernel thread put the first configuration in force as epoch 1.
     pipeline.set_hosts(1, &config.hosts);

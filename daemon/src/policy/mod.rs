@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use connectracer_proto::{Protocol, Verdict};
+use connectracer_proto::{ContainerMeta, Protocol, Verdict};
 use ipnet::IpNet;
 
 use crate::attribution::cgroup_path::parse_cgroup_path;
@@ -54,8 +54,30 @@ impl Selector {
                     // it as an ancestor.
                     && path.rsplit('/').next().is_some_and(|last| last.contains(id.as_str()))
             }
-            Selector::User { .. } | Selector::Exe(_) => false,
+            // Known from the runtime, not the path: see `matches_container`.
+            Selector::ContainerName(_)
+            | Selector::Pod(_)
+            | Selector::Namespace(_)
+            | Selector::User { .. }
+            | Selector::Exe(_) => false,
         }
+    }
+
+    /// Whether a container the runtime described as `meta` is selected.
+    pub fn matches_container(&self, meta: &ContainerMeta) -> bool {
+        let glob = |p: &glob::Pattern, v: &Option<String>| v.as_deref().is_some_and(|v| p.matches(v));
+        match self {
+            Selector::ContainerName(p) => glob(p, &meta.container_name),
+            Selector::Pod(p) => glob(p, &meta.pod_name),
+            Selector::Namespace(p) => glob(p, &meta.pod_namespace),
+            _ => false,
+        }
+    }
+
+    /// Whether the cgroup at `path` is selected, `meta` being what the
+    /// runtime said of the container whose cgroup it is (if any).
+    pub fn matches(&self, path: &str, meta: Option<&ContainerMeta>) -> bool {
+        self.matches_cgroup(path) || meta.is_some_and(|m| self.matches_container(m))
     }
 }
 

@@ -17,6 +17,9 @@ pub struct Identities {
     /// Executable selectors' (inode, kernel dev_t); None where the path does
     /// not exist (yet): the selector then matches nothing until a reload.
     pub exes: HashMap<PathBuf, Option<(u64, u64)>>,
+    /// What the runtimes said of the containers known so far, by id: for
+    /// scopes selecting by container name, pod or namespace.
+    pub containers: HashMap<String, std::sync::Arc<connectracer_proto::ContainerMeta>>,
 }
 
 /// `stat`'s st_dev is the user-space encoding; the kernel's `s_dev` packs

@@ -2,11 +2,12 @@
 //! its covering prefixes' rules, like the watch list) and the map from
 //! kernel-visible identities (cgroup ids, uids, executable inodes) to scopes.
 
-use connectracer_proto::Protocol;
+use connectracer_proto::{ContainerMeta, Protocol};
 use ipnet::IpNet;
 
 use super::lpm::{Flat, Prefixes};
 use super::names;
+use crate::attribution::cgroup_path::parse_cgroup_path;
 use crate::bpf::layout::{CompiledPolicy, KernelRule, PolicyEntry, ScopeKey, ScopeVal, MAX_RULES};
 use crate::bpf::types::{ct_policy_flag, ct_verdict};
 use crate::config::policy::{Action, Dest, Mode, Policy, Selector};
@@ -215,6 +216,10 @@ fn scope_keys(scopes: &[Scope], ids: &Identities, out: &mut CompiledPolicy) {
     // Each cgroup goes to the first scope, in declaration order, that
     // selects it; a sandbox's cgroup to its sandbox scope as well.
     for (path, id) in &ids.cgroups {
+        let meta = parse_cgroup_path(path)
+            .container
+            .and_then(|c| ids.containers.get(&c.id))
+            .map(|m| &**m);
         if let Some(s) = scopes
             .iter()
             .find(|s| s.sandbox && matches!(&s.selector, Some(Selector::Cgroup(p)) if p == path))
@@ -222,7 +227,7 @@ fn scope_keys(scopes: &[Scope], ids: &Identities, out: &mut CompiledPolicy) {
             out.flags |= ct_policy_flag::CT_POLICY_SANDBOX.0 as u8;
             out.scopes.push((ScopeKey::Sandbox(*id), member(s.id)));
         }
-        if let Some(s) = host_scope_of(scopes, path) {
+        if let Some(s) = host_scope_of(scopes, path, meta) {
             out.scopes.push((ScopeKey::Cgroup(*id), member(s)));
         }
     }
@@ -230,10 +235,10 @@ fn scope_keys(scopes: &[Scope], ids: &Identities, out: &mut CompiledPolicy) {
 
 /// The first host scope (not a sandbox's), in declaration order, that
 /// selects the cgroup at `path`.
-fn host_scope_of(scopes: &[Scope], path: &str) -> Option<u32> {
+fn host_scope_of(scopes: &[Scope], path: &str, meta: Option<&ContainerMeta>) -> Option<u32> {
     scopes
         .iter()
-        .find(|s| !s.sandbox && s.selector.as_ref().is_some_and(|sel| sel.matches_cgroup(path)))
+        .find(|s| !s.sandbox && s.selector.as_ref().is_some_and(|sel| sel.matches(path, meta)))
         .map(|s| s.id)
 }
 
@@ -250,10 +255,11 @@ fn settings(s: &Scope) -> ScopeVal {
 }
 
 /// The first scope (in declaration order) selecting the cgroup at `path`,
-/// for a cgroup that appeared after the policy was put in force.
-pub fn scope_for_new_cgroup(policy: &Policy, path: &str) -> Option<u32> {
+/// for a cgroup that appeared after the policy was put in force, or whose
+/// container the runtime has just described (`meta`).
+pub fn scope_for_new_cgroup(policy: &Policy, path: &str, meta: Option<&ContainerMeta>) -> Option<u32> {
     if !policy.is_active() {
         return None;
     }
-    host_scope_of(&policy.scopes(), path)
+    host_scope_of(&policy.scopes(), path, meta)
 }

@@ -210,3 +210,46 @@ fn a_sandbox_is_keyed_apart_with_the_dns_servers() {
         c.entries
     );
 }
+
+#[test]
+fn a_container_joins_a_name_scope_only_once_its_runtime_described_it() {
+    let id = "ab".repeat(32);
+    let path = format!("/system.slice/docker-{id}.scope");
+    let p = policy(
+        "[[rule]]\nnamespace = \"shop\"\naction = \"deny\"\ndest = \"10.0.0.0/8\"\n\
+         [[rule]]\ncontainer_name = \"w?b\"\naction = \"deny\"\ndest = \"192.0.2.0/24\"\n",
+    );
+    let mut ids = Identities {
+        cgroups: vec![(path.clone(), 7)],
+        ..Default::default()
+    };
+    let placed = |ids: &Identities| {
+        let (c, errors) = policy::compile(&p, &env(), ids);
+        assert!(errors.is_empty(), "{errors:?}");
+        c.scopes
+            .iter()
+            .find(|(k, _)| *k == ScopeKey::Cgroup(7))
+            .map(|(_, v)| v.scope)
+    };
+    assert_eq!(placed(&ids), None, "no answer yet: no scope");
+    let web = connectracer_proto::ContainerMeta {
+        container_name: Some("web".into()),
+        ..Default::default()
+    };
+    ids.containers
+        .insert(id.clone(), std::sync::Arc::new(web.clone()));
+    let by_name = placed(&ids).expect("named web");
+    // Declaration order decides between two scopes that both select it.
+    let pod = connectracer_proto::ContainerMeta {
+        pod_namespace: Some("shop".into()),
+        ..web
+    };
+    ids.containers.insert(id, std::sync::Arc::new(pod.clone()));
+    let by_namespace = placed(&ids).expect("in shop");
+    assert_ne!(by_name, by_namespace);
+    assert_eq!(
+        policy::scope_for_new_cgroup(&p, &path, Some(&pod)),
+        Some(by_namespace)
+    );
+    assert_eq!(policy::scope_for_new_cgroup(&p, &path, None), None);
+}

@@ -55,6 +55,7 @@ mod tests {
             duration_ns: None,
             bytes_sent: None,
             bytes_received: None,
+            container: Default::default(),
             process: Arc::new(Process {
                 unit: unit.map(String::from),
                 exe: exe.map(String::from),

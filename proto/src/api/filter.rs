@@ -43,6 +43,15 @@ pub struct Filter {
     /// host it matched: `*.example.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Glob over the container's name, as its runtime reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// Glob over the Kubernetes pod's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Glob over the Kubernetes pod's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// A [`Filter`] with its globs and CIDR parsed once, for many connections.
@@ -57,6 +66,9 @@ pub struct Matcher {
     port: Option<u16>,
     verdict: Option<Verdict>,
     name: Option<glob::Pattern>,
+    container_name: Option<glob::Pattern>,
+    pod: Option<glob::Pattern>,
+    namespace: Option<glob::Pattern>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +127,9 @@ impl Filter {
                 "name",
                 self.name.as_deref().map(str::to_ascii_lowercase).as_deref(),
             )?,
+            container_name: pattern("container_name", self.container_name.as_deref())?,
+            pod: pattern("pod", self.pod.as_deref())?,
+            namespace: pattern("namespace", self.namespace.as_deref())?,
         })
     }
 }
@@ -151,6 +166,9 @@ impl Matcher {
             && dest
             && name
             && glob_ok(&self.comm, Some(&p.comm))
+            && glob_ok(&self.container_name, c.container.container_name.as_deref())
+            && glob_ok(&self.pod, c.container.pod_name.as_deref())
+            && glob_ok(&self.namespace, c.container.pod_namespace.as_deref())
             && glob_ok(&self.exe, p.exe.as_deref())
             && self.port.is_none_or(|pt| c.dst.port() == pt)
             && self.verdict.is_none_or(|v| c.verdict == v)
@@ -212,6 +230,8 @@ mod tests {
             "host": "api.example.com", "label": "api", "dns_name": "API.example.com",
             "started": "2026-01-01T00:00:00Z", "duration_ns": null,
             "bytes_sent": null, "bytes_received": null,
+            "container_name": "web-1", "container_image": "nginx:1.25",
+            "pod_name": "web-7d4b9", "pod_namespace": "shop", "pod_labels": {"app": "web"},
             "process": {"pid": 7, "tid": 7, "ppid": 1, "uid": 1000, "user": "alice",
                 "comm": "curl", "exe": "/usr/bin/curl", "argv": [], "cgroup_id": 9,
                 "cgroup": null, "unit": "backup.service", "user_unit": null, "slice": null,
@@ -265,10 +285,32 @@ mod tests {
                 with(|f| f.name = s("*.EXAMPLE.com")),
                 with(|f| f.name = s("*.example.org")),
             ),
+            (
+                with(|f| f.container_name = s("web-?")),
+                with(|f| f.container_name = s("db*")),
+            ),
+            (with(|f| f.pod = s("web-*")), with(|f| f.pod = s("web"))),
+            (
+                with(|f| f.namespace = s("sh[o]p")),
+                with(|f| f.namespace = s("kube-*")),
+            ),
         ];
         for (yes, no) in cases {
             assert!(matches(yes.clone()), "{yes:?}");
             assert!(!matches(no.clone()), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn outside_a_container_the_container_globs_match_nothing() {
+        let mut c = conn();
+        c.container = Default::default();
+        for f in [
+            with(|f| f.container_name = s("*")),
+            with(|f| f.pod = s("*")),
+            with(|f| f.namespace = s("*")),
+        ] {
+            assert!(!f.matcher().unwrap().matches(&c), "{f:?}");
         }
     }
 
@@ -281,6 +323,8 @@ mod tests {
         );
         let bad = with(|f| f.comm = s("["));
         assert!(matches!(bad.matcher(), Err(CallError::InvalidArgument { field, .. }) if field == "comm"));
+        let bad = with(|f| f.pod = s("web-["));
+        assert!(matches!(bad.matcher(), Err(CallError::InvalidArgument { field, .. }) if field == "pod"));
     }
 
     #[test]

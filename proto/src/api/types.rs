@@ -293,6 +293,10 @@ pub struct AnswersParams {
     /// Only the answers to this process's queries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Only the answers to queries from this systemd unit (a glob, matched
+    /// against the unit and the user-manager unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     /// At most this many, newest first (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
@@ -312,6 +316,12 @@ pub struct DnsAnswer {
     /// The shortest TTL among the addresses.
     pub ttl_seconds: u32,
     pub resolver: String,
+    /// The cgroup of the task that asked (below the cgroup2 mount), and its
+    /// systemd unit, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,6 +33,9 @@ pub fn connections_params(
         user: d.remove("user"),
         dest: d.remove("dest"),
         name: d.remove("name"),
+        pod: d.remove("pod"),
+        namespace: d.remove("namespace"),
+        container_name: d.remove("container_name"),
         ..Filter::default()
     };
     if let Some(p) = d.remove("port") {
@@ -47,7 +50,7 @@ pub fn connections_params(
     if let Some(k) = d.keys().min() {
         return Err(invalid(
             k,
-            "not a filter key (state, protocol, unit, container, comm, exe, user, dest, port, verdict, name)"
+            "not a filter key (state, protocol, unit, container, container_name, pod, namespace, comm, exe, user, dest, port, verdict, name)"
                 .to_string(),
         ));
     }

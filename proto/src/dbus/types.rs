@@ -3,6 +3,7 @@
 //! array of zero or one element, which keeps `None` and `Some(0)` apart and
 //! lets a client rebuild exactly what the varlink interface returns.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -14,7 +15,7 @@ use crate::api::{
     HostInfo, KernelCounters, PolicyCheckReply, PolicyRuleInfo, PolicyScopeInfo, PolicyShowReply, SinkStats,
     Stats,
 };
-use crate::{Connection, Process};
+use crate::{Connection, ContainerMeta, Process};
 
 /// Why a D-Bus value could not be turned back into a wire type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +54,17 @@ pub struct ProcessInfo {
     pub pod_uid: Vec<String>,
 }
 
+/// What the container runtime says about a connection's container
+/// (`proto::ContainerMeta`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ContainerInfo {
+    pub name: Vec<String>,
+    pub image: Vec<String>,
+    pub pod_name: Vec<String>,
+    pub pod_namespace: Vec<String>,
+    pub pod_labels: BTreeMap<String, String>,
+}
+
 /// One traced connection (`proto::Connection`); `started_usec` is
 /// microseconds since the Unix epoch, the precision the varlink form prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
@@ -76,6 +88,7 @@ pub struct ConnectionInfo {
     pub duration_ns: Vec<u64>,
     pub bytes_sent: Vec<u64>,
     pub bytes_received: Vec<u64>,
+    pub container: ContainerInfo,
     pub process: ProcessInfo,
 }
 
@@ -352,6 +365,30 @@ impl From<ProcessInfo> for Process {
     }
 }
 
+impl From<&ContainerMeta> for ContainerInfo {
+    fn from(m: &ContainerMeta) -> Self {
+        Self {
+            name: opt(m.container_name.clone()),
+            image: opt(m.container_image.clone()),
+            pod_name: opt(m.pod_name.clone()),
+            pod_namespace: opt(m.pod_namespace.clone()),
+            pod_labels: m.pod_labels.clone(),
+        }
+    }
+}
+
+impl From<ContainerInfo> for ContainerMeta {
+    fn from(m: ContainerInfo) -> Self {
+        Self {
+            container_name: one(m.name),
+            container_image: one(m.image),
+            pod_name: one(m.pod_name),
+            pod_namespace: one(m.pod_namespace),
+            pod_labels: m.pod_labels,
+        }
+    }
+}
+
 impl From<&Connection> for ConnectionInfo {
     fn from(c: &Connection) -> Self {
         let started = c.started.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -375,6 +412,7 @@ impl From<&Connection> for ConnectionInfo {
             duration_ns: opt(c.duration_ns),
             bytes_sent: opt(c.bytes_sent),
             bytes_received: opt(c.bytes_received),
+            container: ContainerInfo::from(&*c.container),
             process: ProcessInfo::from(&*c.process),
         }
     }
@@ -418,6 +456,7 @@ impl TryFrom<ConnectionInfo> for Connection {
             duration_ns: one(c.duration_ns),
             bytes_sent: one(c.bytes_sent),
             bytes_received: one(c.bytes_received),
+            container: Arc::new(c.container.into()),
             process: Arc::new(c.process.into()),
         })
     }
@@ -511,6 +550,13 @@ mod tests {
     use crate::{ConnState, FailReason, Protocol, Verdict};
 
     fn sample(bytes_sent: Option<u64>) -> Connection {
+        let container = ContainerMeta {
+            container_name: bytes_sent.map(|_| "web".into()),
+            container_image: Some("busybox:1".into()),
+            pod_name: None,
+            pod_namespace: Some("default".into()),
+            pod_labels: [("app".to_string(), "web".to_string())].into(),
+        };
         Connection {
             id: 7,
             cookie: 99,
@@ -531,6 +577,7 @@ mod tests {
             duration_ns: Some(0),
             bytes_sent,
             bytes_received: None,
+            container: Arc::new(container),
             process: Arc::new(Process {
                 pid: 1,
                 tid: 2,
@@ -582,5 +629,8 @@ mod tests {
         assert!(ConnectionInfo::SIGNATURE
             .to_string()
             .starts_with("(ttssassausasauuasasasasta"));
+        assert!(ConnectionInfo::SIGNATURE
+            .to_string()
+            .ends_with("atatat(asasasasa{ss})(uuauuassasastasasasasasasas))"));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use connectracer_proto::api::*;
-use connectracer_proto::{ConnState, Connection, FailReason, Process, Protocol, Verdict};
+use connectracer_proto::{ConnState, Connection, ContainerMeta, FailReason, Process, Protocol, Verdict};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -57,6 +57,17 @@ fn connection(full: bool) -> Connection {
         duration_ns: full.then_some(1),
         bytes_sent: full.then_some(2),
         bytes_received: full.then_some(3),
+        container: Arc::new(ContainerMeta {
+            container_name: full.then(|| "web".into()),
+            container_image: full.then(|| "nginx:1.25".into()),
+            pod_name: full.then(|| "web-7d4b9".into()),
+            pod_namespace: full.then(|| "shop".into()),
+            pod_labels: if full {
+                [("app".to_string(), "web".to_string())].into()
+            } else {
+                Default::default()
+            },
+        }),
         process: Arc::new(process(full)),
     }
 }
@@ -213,6 +224,9 @@ pub fn inputs(method: &str) -> Vec<Value> {
                     port: Some(443),
                     verdict: Some(Verdict::Deny),
                     name: s("*.example.com"),
+                    container_name: s("web*"),
+                    pod: s("web-*"),
+                    namespace: s("shop"),
                 },
             }),
             Operation::Who(WhoParams::default()),
@@ -220,6 +234,7 @@ pub fn inputs(method: &str) -> Vec<Value> {
         "Answers" => vec![
             Operation::Answers(AnswersParams {
                 pid: Some(7),
+                unit: Some("backup*.service".into()),
                 limit: Some(5),
             }),
             Operation::Answers(AnswersParams::default()),
@@ -246,6 +261,9 @@ pub fn inputs(method: &str) -> Vec<Value> {
                     port: Some(443),
                     verdict: Some(Verdict::Deny),
                     name: s("*.example.com"),
+                    container_name: s("web*"),
+                    pod: s("web-*"),
+                    namespace: s("shop"),
                 },
             }),
             Operation::Connections(ConnectionsParams::default()),
@@ -295,6 +313,9 @@ pub fn inputs(method: &str) -> Vec<Value> {
                     port: Some(443),
                     verdict: Some(Verdict::Deny),
                     name: s("*.example.com"),
+                    container_name: s("web*"),
+                    pod: s("web-*"),
+                    namespace: s("shop"),
                 },
             }),
             Operation::Watch(WatchParams::default()),
@@ -358,6 +379,8 @@ pub fn outputs(method: &str) -> Vec<Value> {
                 addresses: vec!["10.0.0.1".into(), "2001:db8::1".into()],
                 ttl_seconds: 60,
                 resolver: "127.0.0.53:53".into(),
+                cgroup: Some("/system.slice/backup.service".into()),
+                unit: Some("backup.service".into()),
             }],
         })],
         "Gpu" => both(&|f| json(&gpu(f))),

@@ -115,6 +115,13 @@ fn main() -> anyhow::Result<()> {
     let enforce = format!(
         "trace = \"watched\"\nmode = \"enforce\"\n[policy]\nallow_loopback = false\n[[scope]]\nunit = \"bench-*.service\"\ndefault = \"deny\"\n{rules}{quiet}"
     );
+    // The same, plus 100 hostname rules: every connect also asks whether a
+    // DNS answer marked its destination (a miss here). The daemon's own
+    // lookups of the names go to a closed loopback port.
+    let names: String = (0..100u32)
+        .map(|i| format!("[[rule]]\naction = \"deny\"\ndest = \"host{i}.bench.invalid\"\n"))
+        .collect();
+    let enforce_names = format!("{enforce}{names}[dns]\nnameservers = [\"127.0.0.1:9\"]\n");
     let audit = format!(
         "trace = \"watched\"\nmode = \"audit\"\n[policy]\nallow_loopback = false\n[[rule]]\naction = \"deny\"\ndest = \"127.0.0.0/8\"\n{quiet}"
     );
@@ -156,6 +163,11 @@ fn main() -> anyhow::Result<()> {
         Scenario {
             name: "enforce, 10,000 rules, destination allowed",
             config: Some(enforce),
+            strace: false,
+        },
+        Scenario {
+            name: "enforce, 10,000 rules and 100 hostname rules, destination allowed",
+            config: Some(enforce_names),
             strace: false,
         },
         Scenario {

@@ -115,6 +115,9 @@ fn first_span(s: &RawSelector<'_>) -> Option<std::ops::Range<usize>> {
         s.unit.map(Spanned::span),
         s.cgroup.map(Spanned::span),
         s.container.map(Spanned::span),
+        s.container_name.map(Spanned::span),
+        s.pod.map(Spanned::span),
+        s.namespace.map(Spanned::span),
         s.user.map(Spanned::span),
         s.exe.map(Spanned::span),
     ]
@@ -129,6 +132,9 @@ fn selector(ctx: &mut Ctx<'_>, s: &RawSelector<'_>, key: &str) -> Result<Option<
         ("unit", s.unit.is_some()),
         ("cgroup", s.cgroup.is_some()),
         ("container", s.container.is_some()),
+        ("container_name", s.container_name.is_some()),
+        ("pod", s.pod.is_some()),
+        ("namespace", s.namespace.is_some()),
         ("user", s.user.is_some()),
         ("exe", s.exe.is_some()),
     ]
@@ -152,6 +158,12 @@ fn selector(ctx: &mut Ctx<'_>, s: &RawSelector<'_>, key: &str) -> Result<Option<
         cgroup(ctx, v, &format!("{key}.cgroup"))
     } else if let Some(v) = s.container {
         container(ctx, v, &format!("{key}.container"))
+    } else if let Some(v) = s.container_name {
+        name_glob(ctx, v, &format!("{key}.container_name"), "container name").map(Selector::ContainerName)
+    } else if let Some(v) = s.pod {
+        name_glob(ctx, v, &format!("{key}.pod"), "pod name").map(Selector::Pod)
+    } else if let Some(v) = s.namespace {
+        name_glob(ctx, v, &format!("{key}.namespace"), "namespace").map(Selector::Namespace)
     } else if let Some(v) = s.user {
         user(ctx, v, &format!("{key}.user"))
     } else if let Some(v) = s.exe {
@@ -201,6 +213,26 @@ fn cgroup(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Selector>
         return None;
     }
     Some(Selector::Cgroup(c.trim_end_matches('/').to_string()))
+}
+
+/// A container name, pod name or namespace, or a glob of them.
+fn name_glob(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str, what: &str) -> Option<glob::Pattern> {
+    let n = v.get_ref().trim();
+    if n.is_empty() || n.contains('/') || n.chars().any(char::is_whitespace) {
+        ctx.spanned(
+            v,
+            key,
+            format!("`{n}` is not a {what} or glob (e.g. \"web\", \"web-*\")"),
+        );
+        return None;
+    }
+    match glob::Pattern::new(n) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            ctx.spanned(v, key, format!("`{n}`: bad glob: {e}"));
+            None
+        }
+    }
 }
 
 fn container(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Selector> {
@@ -369,7 +401,7 @@ fn scope(ctx: &mut Ctx<'_>, s: &RawScope, i: usize) -> Option<ScopeSettings> {
         ctx.error(
             anchor,
             &key,
-            "a [[scope]] needs one of unit, cgroup, container, user or exe; global settings go in [policy] and the top-level `mode`",
+            "a [[scope]] needs one of unit, cgroup, container, container_name, pod, namespace, user or exe; global settings go in [policy] and the top-level `mode`",
         );
         return None;
     };

@@ -70,7 +70,7 @@ events = false
 fn syntax_and_unknown_keys_name_the_line() {
     assert_eq!(
         errors("trace = \"all\"\ntrcae = 1\n"),
-        ["/etc/connectracer/connectracer.toml:2:1: trcae: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`, `event_sink`, `mode`, `policy`, `rule`, `scope`, `gpu`"]
+        ["/etc/connectracer/connectracer.toml:2:1: trcae: unknown field `trcae`, expected one of `trace`, `cgroup`, `host`, `dns`, `bpf`, `metrics`, `table`, `log`, `event_sink`, `mode`, `policy`, `rule`, `scope`, `gpu`, `containers`"]
     );
     let e = errors("[[host]]\nname = \"10.0.0.1\"\nport = [1]\n");
     assert!(
@@ -273,4 +273,57 @@ fn gpu_modes_and_poll_interval() {
         "/etc/connectracer/connectracer.toml:3:17: gpu.poll_interval: `soon` is not a duration (expected number at 0); e.g. \"90s\" or \"5m\""
     );
     assert!(errors("[gpu]\nenabled = 1\n")[0].contains("gpu.enabled: `1`: expected"));
+}
+
+#[test]
+fn containers_section_parses_and_names_each_bad_value() {
+    let c = parse_config(
+        Path::new("x.toml"),
+        "[containers]\ndocker_socket = \"/tmp/d.sock\"\ncrio_socket = \"off\"\npod_labels = [\"team\", \"example.com/tier\"]\n",
+    )
+    .unwrap();
+    let want = crate::config::ContainersConfig {
+        docker_socket: Some("/tmp/d.sock".into()),
+        crio_socket: None,
+        pod_labels: vec!["team".into(), "example.com/tier".into()],
+        ..Default::default()
+    };
+    assert_eq!(c.containers, want);
+    assert_eq!(
+        errors("[containers]\nenabled = true\npodman_socket = \"run/podman.sock\"\npod_labels = [\"app\", \"-x\", \"app\"]\nsockets = 1\n"),
+        [
+            "/etc/connectracer/connectracer.toml:5:1: containers.sockets: unknown field `sockets`, expected one of `enabled`, `docker_socket`, `podman_socket`, `containerd_socket`, `crio_socket`, `pod_labels`",
+        ]
+    );
+    assert_eq!(
+        errors("[containers]\nenabled = true\npodman_socket = \"run/podman.sock\"\npod_labels = [\"app\", \"-x\", \"app\"]\n"),
+        [
+            "/etc/connectracer/connectracer.toml:3:17: containers.podman_socket: `run/podman.sock`: the absolute path of the runtime's Unix socket, or \"off\"",
+            "/etc/connectracer/connectracer.toml:4:22: containers.pod_labels[1]: `-x` is not a Kubernetes label key: the name part holds letters, digits, '-', '_' and '.', and starts and ends with a letter or digit",
+            "/etc/connectracer/connectracer.toml:4:28: containers.pod_labels[2]: `app` is listed twice",
+        ]
+    );
+}
+
+#[test]
+fn container_name_pod_and_namespace_selectors_are_globs_and_one_per_entry() {
+    let c = parse_config(
+        Path::new("x.toml"),
+        "[[scope]]\npod = \"web-*\"\ndefault = \"deny\"\n[[rule]]\nnamespace = \"shop\"\naction = \"allow\"\ndest = \"any\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.policy.scopes[0].selector.to_string(), "pod web-*");
+    assert_eq!(
+        c.policy.rules[0].selector.as_ref().unwrap().to_string(),
+        "namespace shop"
+    );
+    assert!(c.policy.selects_by_container_meta());
+    assert_eq!(
+        errors("[[rule]]\ncontainer_name = \"a/b\"\naction = \"deny\"\ndest = \"any\"\n"),
+        ["/etc/connectracer/connectracer.toml:2:18: rule[0].container_name: `a/b` is not a container name or glob (e.g. \"web\", \"web-*\")"]
+    );
+    assert!(
+        errors("[[rule]]\npod = \"x\"\nnamespace = \"y\"\naction = \"deny\"\ndest = \"any\"\n")[0]
+            .contains("one selector per entry, found pod and namespace"),
+    );
 }

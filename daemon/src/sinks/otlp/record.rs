@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use connectracer_proto::Process;
+use connectracer_proto::{ContainerMeta, Process};
 use opentelemetry_proto::tonic::common::v1::{
     any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
 };
@@ -77,10 +77,7 @@ fn unix_nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The process's attributes. Container and pod metadata, where `Process`
-/// carries it, maps to `container.name`, `container.image.name`,
-/// `k8s.pod.name`, `k8s.namespace.name` and `k8s.pod.label.<key>`, one
-/// line each here.
+/// The process's attributes.
 fn process(a: &mut Attributes, p: &Process) {
     a.int("process.pid", p.pid);
     if let Some(ppid) = p.ppid {
@@ -109,6 +106,18 @@ fn process(a: &mut Attributes, p: &Process) {
 }
 
 /// Every attribute of an event: the connection's, then its process's.
+/// What the container runtime said of the connection's container, under
+/// the semantic conventions' names.
+fn container(a: &mut Attributes, m: &ContainerMeta) {
+    a.opt_str("container.name", m.container_name.as_deref());
+    a.opt_str("container.image.name", m.container_image.as_deref());
+    a.opt_str("k8s.pod.name", m.pod_name.as_deref());
+    a.opt_str("k8s.namespace.name", m.pod_namespace.as_deref());
+    for (k, v) in &m.pod_labels {
+        a.str(&format!("k8s.pod.label.{k}"), v);
+    }
+}
+
 pub fn attributes(ev: &WatchEvent) -> Vec<KeyValue> {
     let c = &ev.connection;
     let mut a = Attributes::default();
@@ -144,6 +153,7 @@ pub fn attributes(ev: &WatchEvent) -> Vec<KeyValue> {
     a.uint("connectracer.bytes_sent", c.bytes_sent);
     a.uint("connectracer.bytes_received", c.bytes_received);
     process(&mut a, &c.process);
+    container(&mut a, &c.container);
     a.0
 }
 
@@ -288,7 +298,24 @@ mod tests {
         p.exe = None;
         p.argv.clear();
         c.process = Arc::new(p);
+        c.container = Arc::new(connectracer_proto::ContainerMeta {
+            container_name: Some("web".into()),
+            container_image: Some("shop/web:1.2".into()),
+            pod_name: Some("web-7d4b9".into()),
+            pod_namespace: Some("shop".into()),
+            pod_labels: [("app".to_string(), "web".to_string())].into(),
+        });
         let m = map(&ev);
+        assert_eq!(m["container.name"], "web");
+        assert_eq!(m["container.image.name"], "shop/web:1.2");
+        assert_eq!(
+            (
+                &m["k8s.pod.name"],
+                &m["k8s.namespace.name"],
+                &m["k8s.pod.label.app"]
+            ),
+            (&"web-7d4b9".to_string(), &"shop".to_string(), &"web".to_string())
+        );
         assert_eq!(m["network.type"], "ipv6");
         assert_eq!(m["network.peer.address"], "2001:db8::1");
         assert_eq!(m["server.address"], "api.example.net");
