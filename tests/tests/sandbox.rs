@@ -320,3 +320,67 @@ fn a_sandbox_cannot_widen_the_host_policy_and_audit_only_reports() {
         ]
     );
 }
+
+/// The addresses in the command's own DNS answers count for its hostname
+/// rules as they arrive, though the daemon's own resolver knows nothing
+/// of the name.
+#[test]
+fn a_hostname_is_allowed_by_the_answer_the_command_received() {
+    let own = connectracer_tests::Dnsmasq::start("", 60);
+    let theirs = connectracer_tests::Dnsmasq::start_on(
+        "127.0.0.155",
+        53,
+        "127.0.0.31 ok.test\n127.0.0.32 other.test\n",
+        60,
+    );
+    let ok = tcp_server("127.0.0.31:0", 0, 0);
+    let other = tcp_server("127.0.0.32:0", 0, 0);
+    let config = format!(
+        "trace = \"watched\"\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n",
+        own.port
+    );
+    let cg = TestCgroup::new("sandbox-answers");
+    let d = Daemon::start(&cg, &config).expect("daemon");
+    let u = user("d");
+    let probe = bin_path("ct-probe").display().to_string();
+    let script = format!(
+        "{probe} resolve 127.0.0.155:53 ok.test {}; {probe} resolve 127.0.0.155:53 other.test {}",
+        ok.port(),
+        other.port()
+    );
+    let allow = format!("ok.test:{}", ok.port());
+    let out = run(
+        &d,
+        &u,
+        &[
+            "--allow-net",
+            &allow,
+            "--allow-net",
+            "127.0.0.155:53/udp",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let results: Vec<(Value, Value)> = lines(&out.stdout)
+        .iter()
+        .map(|r| (r["dst"].clone(), r["ok"].clone()))
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            (ok.to_string().into(), true.into()),
+            (other.to_string().into(), false.into())
+        ],
+        "{}",
+        stderr(&out)
+    );
+    let (_, show, _) = d.tracectl(&["--json", "policy", "show"]);
+    assert!(
+        !show.contains("127.0.0.31"),
+        "the daemon resolved it itself: {show}"
+    );
+    drop(theirs);
+}
