@@ -97,27 +97,13 @@ fn split_port(s: &str) -> Option<(&str, Option<&str>)> {
             p => Some((host, Some(p.strip_prefix(':')?))),
         };
     }
-    if s.parse::<std::net::IpAddr>().is_ok() || s.parse::<ipnet_like::Net>().is_ok() {
+    if s.parse::<std::net::IpAddr>().is_ok() || s.parse::<ipnet::IpNet>().is_ok() {
         return Some((s, None));
     }
     match s.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') => Some((host, Some(port))),
         Some(_) => None,
         None => Some((s, None)),
-    }
-}
-
-/// An IPv6 CIDR is told from `host:port` by its address part.
-mod ipnet_like {
-    pub struct Net;
-    impl std::str::FromStr for Net {
-        type Err = ();
-        fn from_str(s: &str) -> Result<Self, ()> {
-            let (addr, len) = s.split_once('/').ok_or(())?;
-            addr.parse::<std::net::IpAddr>().map_err(|_| ())?;
-            len.parse::<u8>().map_err(|_| ())?;
-            Ok(Net)
-        }
     }
 }
 
