@@ -349,4 +349,43 @@ struct ct_dns_addr_val {
 	__u64 expires_ns[CT_DNS_NAME_SLOTS];	/* bpf_ktime_get_ns() time */
 };
 
+/*
+ * Syscall profiles (profile.bpf.h). The daemon maps each profiled cgroup
+ * to a slot of `profiles` and lists the cgroup levels that hold one; a
+ * task is counted in the profile of every profiled ancestor of its cgroup
+ * (or its own), so cgroups created under a profiled one while it records
+ * are in it too.
+ */
+enum ct_profile_capacity {
+	CT_PROFILE_SLOTS = 64,		/* profiles recorded at once */
+	CT_PROFILE_LEVELS = 8,		/* distinct cgroup levels holding a profile at once */
+	CT_PROFILE_SYSCALLS = 512,	/* syscall numbers per architecture: x86_64 and i386 stay below */
+};
+
+enum ct_profile_arch {
+	CT_PROFILE_NATIVE = 0,	/* the kernel's own ABI (x86_64) */
+	CT_PROFILE_COMPAT = 1,	/* 32-bit compat syscalls (i386 on x86_64) */
+	CT_PROFILE__ARCHES,
+};
+
+/* The value of `profile_cgroups`: the cgroup's profile. */
+struct ct_profile_target {
+	__u32 slot;		/* index into `profiles` */
+	__u32 _pad;
+};
+
+/* The one value of `profile_levels`. */
+struct ct_profile_levels {
+	__u32 count;				/* entries of `level` in use */
+	__u32 level[CT_PROFILE_LEVELS];		/* cgroup levels (root: 0) of profiled cgroups */
+};
+
+struct ct_profile {
+	/* [arch * CT_PROFILE_SYSCALLS + nr]: flat, as the Rust skeleton cannot derive nested arrays */
+	__u64 counts[CT_PROFILE__ARCHES * CT_PROFILE_SYSCALLS];
+	__u64 families;		/* bit n: socket(2) or socketpair(2) with address family n */
+	__u64 unknown;		/* syscalls outside the table (x32, numbers past CT_PROFILE_SYSCALLS) */
+	__u64 socketcall;	/* i386 socketcall(2): its family is behind a user pointer, not read */
+};
+
 #endif /* __CONNECTRACER_H */

@@ -71,6 +71,7 @@ fn main() {
         SRC,
         "../bpf/connectracer.h",
         "../bpf/dns.bpf.h",
+        "../bpf/profile.bpf.h",
         "../bpf/include/vmlinux.h",
     ] {
         println!("cargo:rerun-if-changed={path}");

@@ -169,6 +169,10 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Record the syscalls a cgroup or unit (and what runs below it) makes
+    /// for a while, and write them as an OCI seccomp profile, a systemd
+    /// drop-in or JSON (root or group connectracer).
+    Profile(crate::profile::ProfileArgs),
     /// A live view of who connects: rates, open connections, failures
     /// and denials per unit, container, process or destination.
     Top(crate::top::TopArgs),

@@ -22,6 +22,12 @@ pub enum ClientError {
     SocketDenied(PathBuf),
     #[error("{0}")]
     Call(CallError),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("talking to connectracerd at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -120,6 +126,18 @@ impl Client {
             .map_err(ClientError::Call)?
             .into_parameters()
             .ok_or_else(|| ClientError::Protocol("a reply without parameters".into()))
+    }
+
+    /// A call whose answer may take longer than the read timeout allows
+    /// (a profile answers when its recording ends).
+    pub fn call_untimed<R: DeserializeOwned + std::fmt::Debug>(
+        &mut self,
+        op: &Operation,
+    ) -> Result<R, ClientError> {
+        self.timed.store(false, Ordering::Relaxed);
+        let r = self.call(op);
+        self.timed.store(true, Ordering::Relaxed);
+        r
     }
 
     /// A streaming call (`more: true`): `each` gets every reply until it

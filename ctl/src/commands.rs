@@ -102,6 +102,7 @@ pub fn run(c: &mut Transport, cmd: &Command, p: Printer) -> Result<u8, ClientErr
             crate::watch::watch(c, p, &params)?;
         }
         Command::Top(args) => crate::top::top(c, p, args)?,
+        Command::Profile(args) => crate::profile::profile(c, args, p.format)?,
         Command::Policy(PolicyCommand::Show) => p.one("policy", &c.policy_show()?, output::policy),
         Command::Policy(check @ PolicyCommand::Check { .. }) => return policy_check(c, p, check),
         Command::Version => {

@@ -5,6 +5,7 @@ mod commands;
 mod gpu;
 mod out;
 mod output;
+mod profile;
 mod run;
 mod socket;
 mod table;
@@ -44,6 +45,7 @@ fn argument(cmd: &Command, field: &str) -> Option<String> {
         "name" if positional_name => "NAME".into(),
         "events" => "--event".into(),
         "local_port" => "--local-port".into(),
+        "duration_ms" => "--for".into(),
         "unit" | "container" | "comm" | "exe" | "user" | "dest" | "port" | "verdict" | "name" | "label"
         | "pid" | "uid" | "cgroup" | "host" => format!("--{field}"),
         _ => return None,

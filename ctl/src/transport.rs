@@ -3,8 +3,8 @@
 
 use connectracer_proto::api::{
     AddHostParams, AnswersParams, AnswersReply, ConnectionsParams, ConnectionsReply, GpuReply, HostsReply,
-    Operation, PolicyCheckParams, PolicyCheckReply, PolicyShowReply, PsParams, ReloadReply, RemoveHostParams,
-    StatsReply, VersionReply, WatchParams, WatchReply, WhoParams,
+    Operation, PolicyCheckParams, PolicyCheckReply, PolicyShowReply, ProfileParams, ProfileReply, PsParams,
+    ReloadReply, RemoveHostParams, StatsReply, VersionReply, WatchParams, WatchReply, WhoParams,
 };
 
 use crate::bus::BusClient;
@@ -102,6 +102,16 @@ impl Transport {
             Self::Socket(c) => c.call(&Operation::Gpu),
             Self::Bus(_) => Err(ClientError::Protocol(
                 "GPU telemetry is served on the control socket only (without --bus)".into(),
+            )),
+        }
+    }
+
+    /// Over the control socket only: the bus interface has no method for it.
+    pub fn profile(&mut self, p: &ProfileParams) -> Result<ProfileReply, ClientError> {
+        match self {
+            Self::Socket(c) => c.call_untimed(&Operation::Profile(p.clone())),
+            Self::Bus(_) => Err(ClientError::Protocol(
+                "syscall profiles are served on the control socket only (without --bus)".into(),
             )),
         }
     }

@@ -37,8 +37,16 @@ pub struct Recent {
     pub addresses: Vec<IpAddr>,
     pub ttl: u32,
     pub resolver: SocketAddr,
-    /// The asking task's cgroup, as the attribution cache resolved it.
-    pub cgroup: Option<Arc<crate::attribution::cgroups::Cgroup>>,
+    /// Where the asking task was, as the attribution cache resolved it.
+    pub asker: Option<Arc<Asker>>,
+}
+
+/// The cgroup (below the cgroup2 mount) of a task that asked, and its units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asker {
+    pub cgroup: String,
+    pub unit: Option<String>,
+    pub user_unit: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,13 +143,7 @@ impl Answers {
     /// Remembers the addresses of one answer for its process, its cgroup
     /// and the host, until their TTL (plus the grace) runs out; `at` is its
     /// wall-clock arrival.
-    pub fn record(
-        &mut self,
-        rec: &DnsRecord,
-        now: Instant,
-        at: SystemTime,
-        cgroup: Option<Arc<crate::attribution::cgroups::Cgroup>>,
-    ) {
+    pub fn record(&mut self, rec: &DnsRecord, now: Instant, at: SystemTime, asker: Option<Arc<Asker>>) {
         let Some((name, addrs)) = addresses(&rec.payload) else {
             self.stats.undecodable += 1;
             return;
@@ -158,7 +160,7 @@ impl Answers {
             addresses: addrs.iter().map(|a| a.0).collect(),
             ttl: addrs.iter().map(|a| a.1).min().unwrap_or(0),
             resolver: rec.resolver,
-            cgroup,
+            asker,
         });
         for (ip, ttl) in addrs {
             let entry = Entry {

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bpf::event::Record;
 use crate::bpf::layout::Ruleset;
 use crate::bpf::pins::Adoption;
+use crate::bpf::profile::RawProfile;
 use crate::bpf::stats::KernelStats;
 use crate::bpf::tracer::{Tracer, TracerError, TracerOptions};
 
@@ -28,6 +29,16 @@ enum Command {
     AddCgroupScope {
         cgroup_id: u64,
         scope: u32,
+    },
+    /// Starts a syscall profile; the reply is its slot.
+    ProfileStart {
+        cgroup_id: u64,
+        level: u32,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+    ProfileStop {
+        slot: usize,
+        reply: oneshot::Sender<Result<RawProfile, String>>,
     },
     /// Final drain; then detach and unpin unless `keep_pinned`.
     Shutdown {
@@ -111,6 +122,25 @@ impl KernelHandle {
     /// Puts a new cgroup in a policy scope of the generation in force.
     pub fn add_cgroup_scope(&self, cgroup_id: u64, scope: u32) {
         let _ = self.commands.send(Command::AddCgroupScope { cgroup_id, scope });
+    }
+
+    /// Starts recording the syscalls of cgroup `cgroup_id` (at `level`)
+    /// and its descendants; the reply is the slot to stop it with.
+    pub fn profile_start(&self, cgroup_id: u64, level: u32) -> oneshot::Receiver<Result<usize, String>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::ProfileStart {
+            cgroup_id,
+            level,
+            reply: tx,
+        });
+        rx
+    }
+
+    /// Stops the profile in `slot`; the reply is what it recorded.
+    pub fn profile_stop(&self, slot: usize) -> oneshot::Receiver<Result<RawProfile, String>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::ProfileStop { slot, reply: tx });
+        rx
     }
 
     /// Asks the thread to drain the ring one last time and detach. The
@@ -264,6 +294,24 @@ fn handle(tracer: &Tracer, counters: &Counters, command: Command) {
                     anyhow::Error::from(e)
                 );
             }
+        }
+        Command::ProfileStart {
+            cgroup_id,
+            level,
+            reply,
+        } => {
+            let _ = reply.send(
+                tracer
+                    .profile_start(cgroup_id, level)
+                    .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+            );
+        }
+        Command::ProfileStop { slot, reply } => {
+            let _ = reply.send(
+                tracer
+                    .profile_stop(slot)
+                    .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+            );
         }
         Command::Shutdown { .. } => unreachable!("the loop ends at a shutdown, after its final drain"),
     }

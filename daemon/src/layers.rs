@@ -28,6 +28,7 @@ const LAYERS: &[&[&str]] = &[
         "downtime",
         "metrics",
         "table",
+        "profiles",
     ],
     // What the policy means; where event lines go; GPU telemetry; container names.
     &["policy", "sinks", "gpu", "containers"],

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod pipeline;
 pub mod policy;
+pub mod profiles;
 pub mod reload;
 pub mod ruleset;
 pub mod sandbox;

@@ -14,10 +14,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use std::sync::Arc;
 
-use connectracer_proto::{Connection, Process, Protocol};
+use connectracer_proto::Connection;
 
 use crate::config::ConnectionLabels;
 
+mod connections;
 mod exposition;
 #[cfg(test)]
 mod packaging;
@@ -231,38 +232,13 @@ fn describe_daemon() {
     );
 }
 
-/// A shared attribution, compared by identity: connections from the same
-/// process image share one `Arc`, so this is a cheap exact key.
-#[derive(Debug, Clone)]
-struct ByIdentity(Arc<Process>);
-
-impl PartialEq for ByIdentity {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for ByIdentity {}
-
-impl std::hash::Hash for ByIdentity {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.0).hash(state);
-    }
-}
-
-type ConnKey = (Option<String>, u16, Protocol, &'static str, ByIdentity);
-
-/// Counter handles kept per key, so a repeated connection costs one hash
-/// lookup instead of building and registering seven labels.
-const MAX_CACHED_COUNTERS: usize = 8192;
-
 /// The metrics side of the daemon: the recorder's handle and the budget.
 #[derive(Debug)]
 pub struct Metrics {
     handle: PrometheusHandle,
     budget: Budget,
     /// The per-process counter and the aggregate one, per key.
-    counters: HashMap<ConnKey, (metrics::Counter, metrics::Counter)>,
+    counters: HashMap<connections::ConnKey, (metrics::Counter, metrics::Counter)>,
     /// connections_named_total by source: process, cgroup, host, none.
     named: [metrics::Counter; 4],
     /// Histogram handles per host label, for closed connections.
@@ -360,20 +336,6 @@ impl Metrics {
         }
     }
 
-    /// The label names of `connections_total`, in exposition order.
-    fn connection_label_names(&self) -> Vec<&'static str> {
-        let mut names = vec!["host"];
-        if self.labels.port {
-            names.push("port");
-        }
-        names.extend(["protocol", "outcome"]);
-        if self.labels.comm {
-            names.push("comm");
-        }
-        names.extend(["unit", "container"]);
-        names
-    }
-
     /// `metrics.http_detail`, reloadable.
     pub fn set_http_detail(&self, on: bool) {
         self.http_detail.store(on, std::sync::atomic::Ordering::Relaxed);
@@ -381,60 +343,6 @@ impl Metrics {
 
     pub fn set_max_series(&mut self, max: usize) {
         self.budget.set_max(max);
-    }
-
-    /// One connection reached an outcome: established, failed (and, with
-    /// enforcement, denied or would_deny).
-    pub fn connection(&mut self, c: &Connection, outcome: &'static str) {
-        let key: ConnKey = (
-            c.host.clone(),
-            c.dst.port(),
-            c.protocol,
-            outcome,
-            ByIdentity(c.process.clone()),
-        );
-        if let Some((counter, outcomes)) = self.counters.get(&key) {
-            counter.increment(1);
-            outcomes.increment(1);
-            return;
-        }
-        let p = &c.process;
-        let mut values = vec![c.host.clone().unwrap_or_default()];
-        if self.labels.port {
-            values.push(c.dst.port().to_string());
-        }
-        values.extend([c.protocol.as_str().to_string(), outcome.to_string()]);
-        if self.labels.comm {
-            values.push(p.comm.clone());
-        }
-        values.extend([
-            p.unit.clone().unwrap_or_default(),
-            p.container_id
-                .as_deref()
-                .map(|id| id[..id.len().min(12)].to_string())
-                .unwrap_or_default(),
-        ]);
-        let v = self.budget.admit(CONNECTIONS, values);
-        let labels: Vec<metrics::Label> = self
-            .connection_label_names()
-            .into_iter()
-            .zip(v)
-            .map(|(k, v)| metrics::Label::new(k, v))
-            .collect();
-        let counter = counter!(CONNECTIONS, labels);
-        counter.increment(1);
-        // Registered with the per-process counter, so a repeated connection
-        // costs no label lookup for the aggregate either.
-        let outcomes = counter!(
-            "connectracer_connection_outcomes_total",
-            "protocol" => c.protocol.as_str(),
-            "outcome" => outcome
-        );
-        outcomes.increment(1);
-        if self.counters.len() >= MAX_CACHED_COUNTERS {
-            self.counters.clear();
-        }
-        self.counters.insert(key, (counter, outcomes));
     }
 
     /// The policy refused a connection, or would have in audit mode.
@@ -480,7 +388,7 @@ impl Metrics {
         }
         let h = self.closed_histograms(c.host.clone().unwrap_or_default());
         record_closed(&h, c);
-        if self.closed.len() >= MAX_CACHED_COUNTERS {
+        if self.closed.len() >= connections::MAX_CACHED_COUNTERS {
             self.closed.clear();
         }
         self.closed.insert(c.host.clone(), h);

@@ -203,8 +203,14 @@ impl Pipeline {
             Record::Proc(p) => self.attributor.on_process(&p, now),
             Record::Dns(d) => {
                 let at = self.kernel_time(d.ts_ns);
-                let cgroup = self.attributor.cgroup(d.cgroup_id);
-                self.answers.record(&d, now, at, cgroup);
+                let asker = self.attributor.cgroup(d.cgroup_id).map(|c| {
+                    Arc::new(crate::answers::Asker {
+                        cgroup: c.path.clone(),
+                        unit: c.info.unit.clone(),
+                        user_unit: c.info.user_unit.clone(),
+                    })
+                });
+                self.answers.record(&d, now, at, asker);
             }
             Record::Conn(c) => match c.kind {
                 ConnKind::Connect | ConnKind::Sendmsg => self.on_new(&c, now),

@@ -88,6 +88,7 @@ impl Method {
             (INTERFACE, "Ps") => Operation::Ps(params(p)?),
             (INTERFACE, "Answers") => Operation::Answers(params(p)?),
             (INTERFACE, "Gpu") => Operation::Gpu,
+            (INTERFACE, "Profile") => Operation::Profile(params(p)?),
             (INTERFACE, "Connections") => Operation::Connections(params(p)?),
             (INTERFACE, "Reload") => Operation::Reload,
             (INTERFACE, "AddHost") => Operation::AddHost(params(p)?),

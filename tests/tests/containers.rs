@@ -241,15 +241,30 @@ fn a_container_name_rule_applies_once_the_runtime_has_answered() {
         .docker(&["import", &rootfs.to_string_lossy(), IMAGE])
         .unwrap();
     let server = tcp_server("127.0.0.1:0", 0, 0);
+    let textfile = dockerd.dir.path().join("connectracer.prom");
     let config = format!(
         "trace = \"all\"\nmode = \"enforce\"\n[policy]\nallow_loopback = false\n\
          [containers]\ndocker_socket = \"{}\"\npodman_socket = \"off\"\n\
-         containerd_socket = \"off\"\ncrio_socket = \"off\"\n\n\
+         containerd_socket = \"off\"\ncrio_socket = \"off\"\n\
+\n\
          [[rule]]\ncontainer_name = \"w?b\"\naction = \"deny\"\ndest = \"127.0.0.1\"\nports = [{}]\n",
         dockerd.socket.to_string_lossy(),
         server.port()
     );
-    let mut d = Daemon::start(&cg, &config).unwrap();
+    // After the harness's drop-in that turns metrics off.
+    let id = std::process::id();
+    let cfg = connectracer_tests::ConfigDir::new(&format!("ctr-policy-{id}"), &config);
+    cfg.write_dropin(
+        "99-metrics.toml",
+        &format!(
+            "[metrics]\ntextfile = \"{}\"\ntextfile_interval = \"1s\"\n\
+             connection_labels = [\"container_name\", \"pod\"]\n",
+            textfile.display()
+        ),
+    );
+    let socket = std::env::temp_dir().join(format!("connectracer-ctr-policy-{id}.sock"));
+    let pin_dir = format!("/sys/fs/bpf/connectracer-ctr-policy-{id}").into();
+    let mut d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
     let port = server.port().to_string();
     let script =
         format!("i=0; while [ $i -lt 40 ]; do nc 127.0.0.1 {port} </dev/null; sleep 0.2; i=$((i+1)); done");
@@ -294,6 +309,24 @@ fn a_container_name_rule_applies_once_the_runtime_has_answered() {
             .all(|e| e["event"] == "denied" && e["policy_rule"] == 1 && e["verdict"] == "deny"),
         "{tries:#?}"
     );
+    // Opt-in metric labels: the container's name on its denied connects.
+    let denied_web = |text: &str| {
+        text.lines().any(|l| {
+            l.starts_with("connectracer_connections_total{")
+                && l.contains("container_name=\"web\"")
+                && l.contains("outcome=\"denied\"")
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline {
+        text = std::fs::read_to_string(&textfile).unwrap_or_default();
+        if denied_web(&text) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(denied_web(&text), "{text}");
     // A reload re-places the containers it knows by name.
     d.config.write_dropin(
         "50-more.toml",

@@ -117,13 +117,21 @@ const EXAMPLES: &[Item] = &[
         "Whether the egress policy lets a unit connect there, and which rule decides.",
     ),
     Tagged(
+        "tracectl profile --unit backup.service --for 10min -w backup-seccomp.json",
+        "Record the syscalls of a unit and what runs below it for ten minutes, as an OCI seccomp profile.",
+    ),
+    Tagged(
+        "tracectl profile --cgroup /system.slice/web.service --for 1h --format systemd -w /etc/systemd/system/web.service.d/50-syscalls.conf",
+        "The same as a systemd drop-in: @system-service and what the unit used outside it.",
+    ),
+    Tagged(
         "tracectl --bus stats",
         "The daemon's counters, over the system bus.",
     ),
 ];
 
 const SEE_ALSO: &[Item] = &[Para(
-    "connectracerd(8), connectracer.toml(5), ss(8), journalctl(1)",
+    "connectracerd(8), connectracer.toml(5), ss(8), journalctl(1), systemd.exec(5)",
 )];
 
 /// A roff chunk without the preamble every clap_mangen render repeats.
@@ -256,6 +264,8 @@ fn the_page_covers_every_command_and_option_and_names_no_missing_page() {
         "connectracer.toml(5)",
         "ss(8)",
         "journalctl(1)",
+        // systemd's, which the daemon's package depends on.
+        "systemd.exec(5)",
     ];
     for word in page.split(|c: char| c.is_whitespace() || c == ',') {
         if word.contains("(1)") || word.contains("(5)") || word.contains("(8)") {

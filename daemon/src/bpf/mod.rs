@@ -12,6 +12,7 @@ pub mod event;
 pub mod generation;
 pub mod layout;
 pub mod pins;
+pub mod profile;
 pub mod stats;
 pub mod tracer;
 

@@ -40,7 +40,7 @@ pub struct TracerOptions {
 }
 
 pub struct Tracer {
-    skel: ConnectracerSkel<'static>,
+    pub(super) skel: ConnectracerSkel<'static>,
     /// In a cell: the clean stop detaches while the ring buffer reader
     /// still holds its shared borrow of the tracer.
     links: RefCell<Vec<Link>>,
@@ -58,6 +58,8 @@ pub struct Tracer {
     /// kernel thread goes on draining the ring meanwhile (a reload under a
     /// connect flood would otherwise stall it for a synchronize_rcu each).
     unsettled: Cell<Option<std::thread::JoinHandle<()>>>,
+    /// Syscall profiles recording now, and their program's link.
+    pub(super) profiles: RefCell<super::profile::Recording>,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -114,6 +116,7 @@ impl Tracer {
             epoch: Cell::new(0),
             written: RefCell::new(Default::default()),
             unsettled: Cell::new(None),
+            profiles: RefCell::default(),
         };
         if let Err(e) = tracer.apply(initial) {
             tracer.undo_failed_start(Vec::new());

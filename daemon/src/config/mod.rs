@@ -212,6 +212,11 @@ pub struct MetricsConfig {
 pub struct ConnectionLabels {
     pub port: bool,
     pub comm: bool,
+    /// The container's name and the pod (`namespace/name`) its runtime
+    /// reports: bounded by the containers running, but new with every
+    /// deployment.
+    pub container_name: bool,
+    pub pod: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

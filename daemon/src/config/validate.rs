@@ -328,10 +328,14 @@ fn metrics(ctx: &mut Ctx<'_>, r: &RawMetrics, out: &mut MetricsConfig) {
             match v.get_ref().as_str() {
                 "port" => out.connection_labels.port = true,
                 "comm" => out.connection_labels.comm = true,
+                "container_name" => out.connection_labels.container_name = true,
+                "pod" => out.connection_labels.pod = true,
                 other => ctx.spanned(
                     v,
                     &format!("metrics.connection_labels[{i}]"),
-                    format!("`{other}`: \"port\" or \"comm\" (the other labels are always there)"),
+                    format!(
+                        "`{other}`: \"port\", \"comm\", \"container_name\" or \"pod\" (the other labels are always there)"
+                    ),
                 ),
             }
         }

@@ -50,6 +50,9 @@ fn needs_privilege(op: &Operation) -> Option<&'static str> {
         Operation::Reload => Some("reloading"),
         Operation::AddHost(_) | Operation::RemoveHost(_) => Some("changing watched hosts"),
         Operation::PolicyShow | Operation::PolicyCheck(_) => Some("reading the egress policy"),
+        // A profile shows what any process on the host does, and costs every
+        // syscall of the host while it records.
+        Operation::Profile(_) => Some("recording a syscall profile"),
     }
 }
 
@@ -144,6 +147,7 @@ mod tests {
                     | Operation::RemoveHost(_)
                     | Operation::PolicyShow
                     | Operation::PolicyCheck(_)
+                    | Operation::Profile(_)
             )
         };
         for op in Operation::every() {

@@ -48,6 +48,10 @@ pub fn watch_needs_more() -> CallError {
 pub async fn ask(requests: &mpsc::Sender<Request>, op: Operation, caller: Caller) -> Outcome {
     let (tx, rx) = oneshot::channel();
     let gone = || unavailable("the daemon is shutting down".into());
+    let op_wait = match &op {
+        Operation::Profile(p) => Some(p.duration_ms.min(connectracer_proto::api::MAX_PROFILE_MS)),
+        _ => None,
+    };
     requests
         .send(Request {
             op,
@@ -56,9 +60,14 @@ pub async fn ask(requests: &mpsc::Sender<Request>, op: Operation, caller: Caller
         })
         .await
         .map_err(|_| gone())?;
-    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+    // A profile answers when its recording ends.
+    let timeout = match &op_wait {
+        Some(ms) => ANSWER_TIMEOUT + std::time::Duration::from_millis(*ms),
+        None => ANSWER_TIMEOUT,
+    };
+    match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => Err(gone()),
-        Err(_) => Err(unavailable(format!("no answer within {ANSWER_TIMEOUT:?}"))),
+        Err(_) => Err(unavailable(format!("no answer within {timeout:?}"))),
     }
 }

@@ -171,11 +171,11 @@ pub fn answers(
             field: "unit".into(),
             reason: format!("not a glob: {e}"),
         })?;
-    let unit_of = |r: &crate::answers::Recent| r.cgroup.as_ref().and_then(|c| c.info.unit.clone());
+    let unit_of = |r: &crate::answers::Recent| r.asker.as_ref().and_then(|a| a.unit.clone());
     let in_unit = |r: &crate::answers::Recent| {
         unit.as_ref().is_none_or(|g| {
-            r.cgroup.as_ref().is_some_and(|c| {
-                [&c.info.unit, &c.info.user_unit]
+            r.asker.as_ref().is_some_and(|a| {
+                [&a.unit, &a.user_unit]
                     .into_iter()
                     .flatten()
                     .any(|u| g.matches(u))
@@ -188,7 +188,7 @@ pub fn answers(
         .filter(|r| in_unit(r))
         .take(limit(p.limit))
         .map(|r| DnsAnswer {
-            cgroup: r.cgroup.as_ref().map(|c| c.path.clone()),
+            cgroup: r.asker.as_ref().map(|a| a.cgroup.clone()),
             unit: unit_of(r),
             time: humantime::format_rfc3339_micros(r.at).to_string(),
             pid: r.pid,

@@ -265,6 +265,16 @@ impl Client<'_> {
                             .await;
                     }
                     Operation::Watch(_) | Operation::Sandbox(_) => Err(super::watch_needs_more()),
+                    op @ Operation::Profile(_) => {
+                        // Answered when the recording ends. A client that
+                        // hangs up meanwhile (tracectl's Ctrl-C) ends it
+                        // early: the owner sees the answer's receiver gone.
+                        // So does one that sends another call first.
+                        tokio::select! {
+                            r = self.ask(op) => r,
+                            _ = conn.read.receive_call::<RawMethod>() => return Ok(()),
+                        }
+                    }
                     op => self.ask(op).await,
                 },
                 Ok(Method::GetInfo) => info(),

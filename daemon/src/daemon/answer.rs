@@ -55,6 +55,13 @@ impl Daemon {
                 let env = environment(&self.resolved, &dns);
                 crate::policy::explain::check(&self.config.policy, &env, p, &self.mount)?.into()
             }
+            // Profiles answer when their recording ends: see `begin_profile`.
+            Operation::Profile(_) => {
+                return Err(CallError::InvalidArgument {
+                    field: "method".into(),
+                    reason: "Profile is answered when its recording ends, never at once".into(),
+                })
+            }
             // Streams are served by the transports from the event broadcast.
             Operation::Watch(_) | Operation::Sandbox(_) => return Err(crate::control::watch_needs_more()),
         })

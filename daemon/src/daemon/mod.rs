@@ -3,6 +3,7 @@
 
 mod answer;
 mod apply;
+mod profile;
 mod sandboxes;
 mod start;
 mod upkeep;
@@ -107,6 +108,8 @@ struct Daemon {
     /// What the container runtimes' workers answer.
     container_tx: mpsc::UnboundedSender<crate::containers::Answer>,
     container_rx: mpsc::UnboundedReceiver<crate::containers::Answer>,
+    /// Syscall profiles being looked up or recorded.
+    profiles: profile::Profiles,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -258,6 +261,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         finishing: HashMap::new(),
         container_tx,
         container_rx,
+        profiles: profile::Profiles::new(),
     };
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
@@ -306,15 +310,27 @@ impl Daemon {
         tokio::pin!(debounce);
         let mut pending_fs_reload = false;
         loop {
+            let next_profile = self.profiles.next_deadline();
+            let profile_due_some = next_profile.is_some();
+            let profile_due = next_profile.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 Some(batch) = self.records.recv() => self.pipeline.handle_batch(batch),
                 Some(req) = requests.recv() => {
-                    let answer = self.answer(&req).await;
-                    let _ = req.reply.send(answer);
+                    if matches!(req.op, Operation::Profile(_)) {
+                        self.begin_profile(req);
+                    } else {
+                        let answer = self.answer(&req).await;
+                        let _ = req.reply.send(answer);
+                    }
                 }
+                Some(r) = self.profiles.resolved.recv() => self.on_profile_resolved(r).await,
+                () = tokio::time::sleep_until(profile_due), if profile_due_some => self.finish_profiles().await,
                 _ = tick.tick() => {
                     self.housekeeping().await;
                     self.sandbox_upkeep().await;
+                    if self.profiles.abandoned() {
+                        self.finish_profiles().await;
+                    }
                 }
                 Some(cmd) = self.sandbox_rx.recv() => self.on_sandbox(cmd).await,
                 _ = textfile_tick.tick() => {

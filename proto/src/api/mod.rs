@@ -5,6 +5,7 @@
 
 mod error;
 mod filter;
+mod profile;
 mod sandbox;
 mod types;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 pub use error::CallError;
 pub use filter::{Filter, Matcher, WatchMatcher, EVENT_KINDS};
+pub use profile::*;
 pub use sandbox::{SandboxEnded, SandboxParams, SandboxPlaced, SandboxReply, SandboxRule};
 pub use types::*;
 
@@ -50,6 +52,10 @@ pub enum Operation {
     Answers(AnswersParams),
     #[serde(rename = "org.connectracer.Tracer.Gpu")]
     Gpu,
+    /// Records a cgroup's syscalls for a while: the answer comes when the
+    /// recording ends.
+    #[serde(rename = "org.connectracer.Tracer.Profile")]
+    Profile(ProfileParams),
     /// A stream of events (varlink `more`; on D-Bus, signals): served by
     /// the transports from the event broadcast, never by the owner.
     #[serde(rename = "org.connectracer.Tracer.Watch")]
@@ -77,6 +83,7 @@ impl Operation {
             Self::PolicyCheck(_) => "PolicyCheck",
             Self::Answers(_) => "Answers",
             Self::Gpu => "Gpu",
+            Self::Profile(_) => "Profile",
             Self::Watch(_) => "Watch",
             Self::Sandbox(_) => "Sandbox",
         }
@@ -110,6 +117,7 @@ impl Operation {
             Self::PolicyCheck(PolicyCheckParams::default()),
             Self::Answers(AnswersParams::default()),
             Self::Gpu,
+            Self::Profile(ProfileParams::default()),
             Self::Watch(WatchParams::default()),
             Self::Sandbox(SandboxParams::default()),
         ]
@@ -130,6 +138,7 @@ pub enum Answer {
     PolicyCheck(PolicyCheckReply),
     Answers(AnswersReply),
     Gpu(GpuReply),
+    Profile(ProfileReply),
 }
 
 impl Answer {
@@ -144,6 +153,7 @@ impl Answer {
             Self::PolicyCheck(_) => "policy decision",
             Self::Answers(_) => "answers",
             Self::Gpu(_) => "gpu",
+            Self::Profile(_) => "profile",
         }
     }
 }
@@ -188,6 +198,7 @@ answer_kind! {
     PolicyCheck(PolicyCheckReply) = "policy decision",
     Answers(AnswersReply) = "answers",
     Gpu(GpuReply) = "gpu",
+    Profile(ProfileReply) = "profile",
 }
 
 #[cfg(test)]
@@ -199,7 +210,7 @@ mod tests {
         let names: std::collections::BTreeSet<&str> =
             Operation::every().iter().map(Operation::name).collect();
         assert_eq!(names.len(), Operation::every().len());
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
     }
 
     #[test]

@@ -239,6 +239,18 @@ pub fn inputs(method: &str) -> Vec<Value> {
             }),
             Operation::Answers(AnswersParams::default()),
         ],
+        "Profile" => vec![
+            Operation::Profile(ProfileParams {
+                cgroup: s("/system.slice/x.service"),
+                unit: None,
+                duration_ms: 1000,
+            }),
+            Operation::Profile(ProfileParams {
+                cgroup: None,
+                unit: s("x.service"),
+                duration_ms: 1,
+            }),
+        ],
         "Ps" => vec![
             Operation::Ps(PsParams {
                 pid: 1,
@@ -384,6 +396,21 @@ pub fn outputs(method: &str) -> Vec<Value> {
             }],
         })],
         "Gpu" => both(&|f| json(&gpu(f))),
+        "Profile" => both(&|f| {
+            json(&ProfileReply {
+                cgroup: "/system.slice/x.service".into(),
+                duration_ms: 1000,
+                syscalls: vec![ProfiledSyscall {
+                    arch: if f { SyscallArch::X86 } else { SyscallArch::X86_64 },
+                    number: 0,
+                    name: f.then(|| "read".into()),
+                    count: 3,
+                }],
+                families: if f { vec![1, 2] } else { vec![] },
+                unknown: 0,
+                socketcall: 0,
+            })
+        }),
         "PolicyShow" => both(&|f| json(&policy(f))),
         "PolicyCheck" => both(&|f| {
             json(&PolicyCheckReply {
