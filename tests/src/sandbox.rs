@@ -62,3 +62,15 @@ pub fn log_path(tag: &str) -> PathBuf {
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     dir.join("trace.jsonl")
 }
+
+/// A child killed and reaped when dropped, also when the test panics:
+/// before the user it runs as is deleted (userdel refuses while it runs).
+#[derive(Debug)]
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use connectracer_tests::sandbox::{lines, log_path, run, sandbox_dirs, stderr, tracectl_run, user, CONFIG};
+use connectracer_tests::sandbox::{
+    lines, log_path, run, sandbox_dirs, stderr, tracectl_run, user, Reaped, CONFIG,
+};
 use connectracer_tests::{bin_path, tcp_server, wait_until, Daemon, TestCgroup, TestUser};
 use serde_json::Value;
 
@@ -46,11 +48,13 @@ fn the_command_cannot_leave_its_sandbox() {
 
     // While A's command runs, B can neither put a process in A's sandbox
     // nor take A's out.
-    let mut held = tracectl_run(&d, &a, &["--", "sleep", "30"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let held = Reaped(
+        tracectl_run(&d, &a, &["--", "sleep", "30"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     wait_until("A's sandbox", Duration::from_secs(10), || {
         sandbox_dirs(&cg)
             .iter()
@@ -75,8 +79,7 @@ fn the_command_cannot_leave_its_sandbox() {
         std::fs::read_to_string(dir.join("cgroup.procs")).unwrap().trim(),
         victim
     );
-    let _ = held.kill();
-    let _ = held.wait();
+    drop(held);
 }
 
 /// The daemon places only the caller's own child: a pidfd of another
@@ -91,18 +94,18 @@ fn a_process_that_is_not_the_callers_child_is_refused() {
         let mut cmd = Command::new("sleep");
         std::os::unix::process::CommandExt::uid(&mut cmd, u.uid);
         std::os::unix::process::CommandExt::gid(&mut cmd, u.gid);
-        cmd.arg("30").spawn().unwrap()
+        Reaped(cmd.arg("30").spawn().unwrap())
     };
-    let mut theirs = sleep_as(&b);
-    let mut own = sleep_as(&a);
+    let theirs = sleep_as(&b);
+    let own = sleep_as(&a);
     // Given as text: the test user may not be able to read the checkout.
     let client =
         std::fs::read_to_string(connectracer_tests::repo_root().join("tests/python/sandbox_call.py"))
             .unwrap();
     let sandbox_socket = connectracer_proto::varlink::sandbox_socket_for(&d.socket);
     for (victim, why) in [
-        (theirs.id(), "is not the caller's child"),
-        (own.id(), "is not the caller's child"),
+        (theirs.0.id(), "is not the caller's child"),
+        (own.0.id(), "is not the caller's child"),
     ] {
         let mut cmd = Command::new("python3");
         std::os::unix::process::CommandExt::uid(&mut cmd, a.uid);
@@ -132,10 +135,7 @@ fn a_process_that_is_not_the_callers_child_is_refused() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("serves Sandbox only"), "{err}");
-    for p in [&mut theirs, &mut own] {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
+    drop((theirs, own));
 }
 
 /// tracectl killed with SIGKILL: the command is stopped, and its cgroup
@@ -145,11 +145,13 @@ fn killing_tracectl_stops_the_command_and_removes_the_sandbox() {
     let cg = TestCgroup::new("sandbox-kill");
     let d = Daemon::start(&cg, CONFIG).expect("daemon");
     let u = user("k");
-    let mut t = tracectl_run(&d, &u, &["--", "sh", "-c", "sleep 60 & sleep 60"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut t = Reaped(
+        tracectl_run(&d, &u, &["--", "sh", "-c", "sleep 60 & sleep 60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let populated =
         |p: &Path| std::fs::read_to_string(p.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1"));
     wait_until("the command in its sandbox", Duration::from_secs(10), || {
@@ -160,8 +162,8 @@ fn killing_tracectl_stops_the_command_and_removes_the_sandbox() {
     assert!(std::fs::read_to_string(&state)
         .unwrap()
         .contains(&dir.file_name().unwrap().to_string_lossy()[3..]));
-    t.kill().unwrap();
-    t.wait().unwrap();
+    t.0.kill().unwrap();
+    t.0.wait().unwrap();
     wait_until("the sandbox removed", Duration::from_secs(5), || !dir.exists());
     let (_, show, _) = d.tracectl(&["--json", "policy", "show"]);
     assert!(!show.contains("connectracer-sandbox"), "{show}");
