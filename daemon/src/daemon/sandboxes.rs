@@ -205,14 +205,14 @@ impl Daemon {
             return;
         }
         self.source.sandboxes.stage_remove(id);
-        match self.reload(&format!("sandbox {id} ended")).await {
-            Ok(_) => {
-                if let Err(e) = self.source.sandboxes.commit() {
-                    error!("sandbox {id}: {:#}", anyhow::Error::from(e));
-                }
-            }
-            // Its scope stays; the next reload (or start) drops it.
-            Err(_) => self.source.sandboxes.discard(),
+        // Forgotten even if this reload fails (the host's configuration
+        // broken meanwhile, logged as a failed reload): its scope then
+        // stays in the kernel until the next reload or start, harmless for
+        // a cgroup that is gone (cgroup ids are not reused), and the
+        // removal is not retried every second.
+        let _ = self.reload(&format!("sandbox {id} ended")).await;
+        if let Err(e) = self.source.sandboxes.commit() {
+            error!("sandbox {id}: {:#}", anyhow::Error::from(e));
         }
         if let Err(e) = place::remove(&dir) {
             warn!("sandbox {id}: {:#}", anyhow::Error::from(e));
