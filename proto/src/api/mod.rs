@@ -6,6 +6,7 @@
 mod error;
 mod filter;
 mod profile;
+mod sandbox;
 mod types;
 
 use serde::Serialize;
@@ -13,6 +14,7 @@ use serde::Serialize;
 pub use error::CallError;
 pub use filter::{Filter, Matcher, WatchMatcher, EVENT_KINDS};
 pub use profile::*;
+pub use sandbox::{SandboxEnded, SandboxParams, SandboxPlaced, SandboxReply, SandboxRule};
 pub use types::*;
 
 use crate::varlink::INTERFACE;
@@ -58,6 +60,10 @@ pub enum Operation {
     /// the transports from the event broadcast, never by the owner.
     #[serde(rename = "org.connectracer.Tracer.Watch")]
     Watch(WatchParams),
+    /// Places a command in a sandbox (`tracectl run`); with a pidfd passed
+    /// along and `more`, served by the transports like Watch.
+    #[serde(rename = "org.connectracer.Tracer.Sandbox")]
+    Sandbox(SandboxParams),
 }
 
 impl Operation {
@@ -79,6 +85,7 @@ impl Operation {
             Self::Gpu => "Gpu",
             Self::Profile(_) => "Profile",
             Self::Watch(_) => "Watch",
+            Self::Sandbox(_) => "Sandbox",
         }
     }
 
@@ -112,6 +119,7 @@ impl Operation {
             Self::Gpu,
             Self::Profile(ProfileParams::default()),
             Self::Watch(WatchParams::default()),
+            Self::Sandbox(SandboxParams::default()),
         ]
     }
 }
@@ -202,7 +210,7 @@ mod tests {
         let names: std::collections::BTreeSet<&str> =
             Operation::every().iter().map(Operation::name).collect();
         assert_eq!(names.len(), Operation::every().len());
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
     }
 
     #[test]
