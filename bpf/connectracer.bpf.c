@@ -335,6 +335,8 @@ static __always_inline void fill_current(struct ct_conn_event *e, void *ctx)
 struct judgement {
 	__u8 verdict;
 	__u8 decided;
+	/* The caller is in a sandbox: its connections are reported even when unwatched. */
+	__u8 sandboxed;
 	__u32 rule;
 	/* Hostnames the destination was seen for in DNS answers, unexpired. */
 	__u32 nnames;
@@ -510,14 +512,12 @@ static __always_inline __u32 scope_of(__u32 gen, __u32 kind, __u64 id, __u64 dev
  * executable, user, and cgroups from the deepest up, then the global rules
  * and default. The first scope with a say decides.
  */
-static __always_inline void judge(const struct ct_config *cfg, __u32 gen, const struct dest *d,
-				  __u8 protocol, struct judgement *j)
+static __always_inline void judge_host(const struct ct_config *cfg, __u32 gen, const struct dest *d,
+				       __u8 protocol, struct judgement *j)
 {
 	__u64 ancestors[CT_MAX_CGROUP_DEPTH];
 	__u32 scope, n = 0;
 
-	if (cfg->policy & CT_POLICY_NAMES)
-		seen_names(d, j);
 	judge_scope(CT_SCOPE_BUILTIN, gen, d, protocol, j);
 	if (j->decided)
 		return;
@@ -565,6 +565,43 @@ static __always_inline void judge(const struct ct_config *cfg, __u32 gen, const 
 		}
 	}
 	judge_scope(CT_SCOPE_GLOBAL, gen, d, protocol, j);
+}
+
+/*
+ * A sandbox (tracectl run) can only narrow what the host's policy allows:
+ * its scope is asked first, before even the built-in exceptions, and a
+ * deny there is final; anything it lets through is then judged by the host
+ * chain as if there were no sandbox. Its own processes cannot create
+ * cgroups below it (root owns it), so the current cgroup is the one to ask.
+ */
+static __always_inline void judge(const struct ct_config *cfg, __u32 gen, const struct dest *d,
+				  __u8 protocol, struct judgement *j)
+{
+	__u32 audited = 0, audit_rule = 0, scope;
+
+	if (cfg->policy & CT_POLICY_NAMES)
+		seen_names(d, j);
+	if (cfg->policy & CT_POLICY_SANDBOX) {
+		scope = scope_of(gen, CT_SCOPE_KIND_SANDBOX, bpf_get_current_cgroup_id(), 0);
+		if (scope) {
+			j->sandboxed = 1;
+			judge_scope(scope, gen, d, protocol, j);
+			if (j->decided && j->verdict == CT_VERDICT_DENY)
+				return;
+			if (j->decided && j->verdict == CT_VERDICT_AUDIT) {
+				audited = 1;
+				audit_rule = j->rule;
+			}
+			j->decided = 0;
+			j->verdict = CT_VERDICT_ALLOW;
+			j->rule = 0;
+		}
+	}
+	judge_host(cfg, gen, d, protocol, j);
+	if (audited && j->verdict != CT_VERDICT_DENY) {
+		j->verdict = CT_VERDICT_AUDIT;
+		j->rule = audit_rule;
+	}
 }
 
 /*
@@ -618,7 +655,7 @@ static __always_inline int on_egress(struct bpf_sock_addr *ctx, const struct des
 		return j.verdict == CT_VERDICT_DENY ? 0 : 1;
 
 	host_id = watch_lookup(d, gen);
-	if (!host_id && !cfg->trace_all && j.verdict == CT_VERDICT_ALLOW) {
+	if (!host_id && !cfg->trace_all && !j.sandboxed && j.verdict == CT_VERDICT_ALLOW) {
 		count(CT_STAT_UNWATCHED);
 		return 1;
 	}

@@ -159,6 +159,7 @@ enum ct_policy_flag {
 	CT_POLICY_UID = 4,	/* some scope selects by user */
 	CT_POLICY_EXE = 8,	/* some scope selects by executable */
 	CT_POLICY_NAMES = 16,	/* some rule names a hostname: answers seen in the kernel count */
+	CT_POLICY_SANDBOX = 32,	/* some sandbox (tracectl run) is in force */
 };
 
 /*
@@ -182,6 +183,7 @@ enum ct_scope_kind {
 	CT_SCOPE_KIND_UID = 2,		/* id: uid */
 	CT_SCOPE_KIND_EXE = 3,		/* id: inode, dev: kernel dev_t of its filesystem */
 	CT_SCOPE_KIND_SCOPE = 4,	/* id: scope number; the scope's own settings */
+	CT_SCOPE_KIND_SANDBOX = 5,	/* id: cgroup v2 inode of a sandbox (tracectl run) */
 };
 
 struct ct_scope_key {

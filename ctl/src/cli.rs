@@ -176,6 +176,10 @@ pub enum Command {
     /// A live view of who connects: rates, open connections, failures
     /// and denials per unit, container, process or destination.
     Top(crate::top::TopArgs),
+    /// Run a command in a sandbox: a network allow-list (hosts, IPs, CIDRs,
+    /// ports), file rules, and a trace of its connections (any user).
+    #[command(long_about = crate::run::args::LONG_ABOUT)]
+    Run(crate::run::RunArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

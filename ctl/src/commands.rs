@@ -116,6 +116,7 @@ pub fn run(c: &mut Transport, cmd: &Command, p: Printer) -> Result<u8, ClientErr
             p.one("version", &v, |_| version_text(&r));
         }
         Command::Completions { shell } => completions(*shell),
+        Command::Run(_) => unreachable!("main runs `run` before connecting: its own socket and exit status"),
     }
     Ok(0)
 }

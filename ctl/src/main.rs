@@ -6,6 +6,7 @@ mod gpu;
 mod out;
 mod output;
 mod profile;
+mod run;
 mod socket;
 mod suggest;
 mod table;
@@ -73,6 +74,16 @@ fn main() -> ExitCode {
     if let Command::Completions { shell } = &args.command {
         commands::completions(*shell);
         return ExitCode::SUCCESS;
+    }
+    // Over its own socket, with its own exit status: the command's.
+    if let Command::Run(r) = &args.command {
+        return match run::run(r, &args.socket) {
+            Ok(code) => ExitCode::from(code),
+            Err(f) => {
+                eprintln!("tracectl: {}", f.message);
+                ExitCode::from(f.code)
+            }
+        };
     }
     match connect(&args).and_then(|mut c| commands::run(&mut c, &args.command, p)) {
         Ok(code) => ExitCode::from(code),

@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
         "answers",
         "dns",
         "added_hosts",
+        "sandbox",
         "epochs",
         "logging",
         "downtime",

@@ -28,6 +28,7 @@ pub mod policy;
 pub mod profiles;
 pub mod reload;
 pub mod ruleset;
+pub mod sandbox;
 pub mod service;
 pub mod sinks;
 pub mod snapshot;

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::added_hosts::AddedHosts;
 use crate::cli::{Args, LogFormatArg, TraceArg};
 use crate::config::{Config, ConfigErrors, LogFormat, TraceMode};
+use crate::sandbox::Sandboxes;
 
 /// Quiet time after the last change before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -25,6 +26,8 @@ pub struct ConfigSource {
     pub path: Option<PathBuf>,
     /// Hosts added with tracectl, merged after /etc's files.
     pub added: AddedHosts,
+    /// Sandboxes of `tracectl run`, merged last.
+    pub sandboxes: Sandboxes,
     pub cgroup: Option<PathBuf>,
     pub trace: Option<TraceMode>,
     pub log_format: Option<LogFormat>,
@@ -35,6 +38,7 @@ impl ConfigSource {
         Self {
             path: args.config.clone(),
             added: AddedHosts::new(&args.state_dir),
+            sandboxes: Sandboxes::open(&args.state_dir),
             cgroup: args.cgroup.clone(),
             trace: args.trace.map(|t| match t {
                 TraceArg::Watched => TraceMode::Watched,
@@ -60,9 +64,12 @@ impl ConfigSource {
     /// What a load needs, owned: it can run on another thread while the
     /// state owner goes on (a large configuration takes a while to parse).
     pub fn job(&self) -> LoadJob {
+        let (mut added, sandboxes) = self.sandboxes.sources();
+        added.splice(0..0, self.added.sources());
         LoadJob {
             path: self.path.clone(),
-            added: self.added.sources(),
+            added,
+            sandboxes,
             cgroup: self.cgroup.clone(),
             trace: self.trace,
             log_format: self.log_format,
@@ -74,7 +81,10 @@ impl ConfigSource {
 #[derive(Debug)]
 pub struct LoadJob {
     path: Option<PathBuf>,
+    /// Added hosts' and sandboxes' sources, after /etc's.
     added: Vec<(PathBuf, String)>,
+    /// The sandboxes' cgroups: their scopes only narrow the policy.
+    sandboxes: std::collections::BTreeSet<String>,
     cgroup: Option<PathBuf>,
     trace: Option<TraceMode>,
     log_format: Option<LogFormat>,
@@ -85,6 +95,7 @@ impl LoadJob {
         let mut sources = crate::config::read_sources(self.path.as_deref())?;
         sources.extend(self.added);
         let mut config = crate::ruleset::check_files(&sources)?;
+        config.policy.sandboxes = self.sandboxes;
         if let Some(cg) = self.cgroup {
             config.cgroup = Some(cg);
         }

@@ -13,6 +13,23 @@ pub const INTERFACE: &str = "org.connectracer.Tracer";
 pub const DESCRIPTION: &str = include_str!("org.connectracer.Tracer.varlink");
 pub const SERVICE_INTERFACE: &str = "org.varlink.service";
 pub const DEFAULT_SOCKET: &str = "/run/connectracer/control.sock";
+/// The sandbox socket (`tracectl run`, anyone may connect) beside a control
+/// socket: `sandbox.sock` beside `control.sock`, `NAME.sandbox.sock` beside
+/// any other `NAME.sock`. One rule for the daemon and tracectl, so that a
+/// control socket given to both (`--socket`, `CONNECTRACER_SOCKET`) names
+/// its sandbox socket too.
+pub fn sandbox_socket_for(control: &std::path::Path) -> std::path::PathBuf {
+    let name = control
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let sibling = match name.as_str() {
+        "control.sock" => "sandbox.sock".to_string(),
+        other => format!("{}.sandbox.sock", other.strip_suffix(".sock").unwrap_or(other)),
+    };
+    control.with_file_name(sibling)
+}
+
 /// Requests longer than this are refused and the connection closed.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -81,6 +98,7 @@ impl Method {
             (INTERFACE, "PolicyShow") => Operation::PolicyShow,
             (INTERFACE, "PolicyCheck") => Operation::PolicyCheck(params(p)?),
             (INTERFACE, "Watch") => Operation::Watch(params(p)?),
+            (INTERFACE, "Sandbox") => Operation::Sandbox(params(p)?),
             (SERVICE_INTERFACE | INTERFACE, _) => {
                 return Err(CallError::MethodNotFound {
                     method: raw.method.clone(),
@@ -115,6 +133,23 @@ mod tests {
             let call: RawMethod = serde_json::from_value(serde_json::to_value(&op).unwrap()).unwrap();
             assert_eq!(Method::parse(&call), Ok(Method::Operation(Box::new(op))));
         }
+    }
+
+    #[test]
+    fn the_sandbox_socket_sits_beside_the_control_socket() {
+        use std::path::Path;
+        assert_eq!(
+            sandbox_socket_for(Path::new(DEFAULT_SOCKET)),
+            Path::new("/run/connectracer/sandbox.sock")
+        );
+        assert_eq!(
+            sandbox_socket_for(Path::new("/tmp/connectracer-test-a.sock")),
+            Path::new("/tmp/connectracer-test-a.sandbox.sock")
+        );
+        assert_eq!(
+            sandbox_socket_for(Path::new("/tmp/ctl")),
+            Path::new("/tmp/ctl.sandbox.sock")
+        );
     }
 
     #[test]

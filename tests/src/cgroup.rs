@@ -103,13 +103,23 @@ impl Drop for TestCgroup {
         // Kill stragglers, then remove; rmdir fails while members remain.
         let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
         for _ in 0..100 {
-            if std::fs::remove_dir(&self.path).is_ok() {
+            if remove_tree(&self.path).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("warning: could not remove {}", self.path.display());
     }
+}
+
+/// A cgroup and those the daemon created below it (sandboxes), deepest first.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path())?;
+        }
+    }
+    std::fs::remove_dir(dir)
 }
 
 /// A client in the cgroup that holds a connection open, as `uid`; returns

@@ -117,6 +117,23 @@ impl Daemon {
     }
 
     /// The counters of the sink named `name` in `tracectl stats`.
+    /// Waits (30 s at most) until `done` holds for the sink's counters;
+    /// returns them.
+    pub fn wait_sink(&self, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.sink_stats(name);
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sink {name} never got there: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn sink_stats(&self, name: &str) -> Value {
         let stats = self.stats();
         stats["sinks"]

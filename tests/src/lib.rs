@@ -18,6 +18,7 @@ mod dockerd;
 mod net;
 mod paths;
 pub mod rootfs;
+pub mod sandbox;
 mod users;
 pub mod wait;
 

@@ -45,6 +45,37 @@ fn connects_of<'a>(d: &'a Daemon, id: &'a str) -> impl Iterator<Item = &'a Value
         .filter(move |e| e["process"]["container_id"] == id)
 }
 
+/// A dockerd of the test's own, with the busybox image imported.
+fn dockerd_with_image(cg: &TestCgroup) -> Dockerd {
+    let dockerd = Dockerd::start(cg).unwrap();
+    let rootfs = busybox_rootfs(dockerd.dir.path()).unwrap();
+    dockerd
+        .docker(&["import", &rootfs.to_string_lossy(), IMAGE])
+        .unwrap();
+    dockerd
+}
+
+/// Starts container `web` (host network) connecting to 127.0.0.1:`port`
+/// `n` times, every 200 ms; returns its id.
+fn run_web(dockerd: &Dockerd, port: &str, n: u32) -> String {
+    let script =
+        format!("i=0; while [ $i -lt {n} ]; do nc 127.0.0.1 {port} </dev/null; sleep 0.2; i=$((i+1)); done");
+    dockerd
+        .docker(&[
+            "run",
+            "--detach",
+            "--name",
+            "web",
+            "--network",
+            "host",
+            IMAGE,
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .unwrap()
+}
+
 #[test]
 fn an_absent_runtime_costs_one_log_line_and_events_keep_their_ids() {
     let cg = TestCgroup::new("ctr-absent");
@@ -95,32 +126,13 @@ fn an_absent_runtime_costs_one_log_line_and_events_keep_their_ids() {
 #[test]
 fn a_docker_container_named_web_connects_with_its_name_image_and_id() {
     let cg = TestCgroup::new("ctr-docker");
-    let dockerd = Dockerd::start(&cg).unwrap();
-    let rootfs = busybox_rootfs(dockerd.dir.path()).unwrap();
-    dockerd
-        .docker(&["import", &rootfs.to_string_lossy(), IMAGE])
-        .unwrap();
+    let dockerd = dockerd_with_image(&cg);
     let mut d = Daemon::start(&cg, &config(&dockerd.socket.to_string_lossy())).unwrap();
     let server = tcp_server("127.0.0.1:0", 0, 0);
     let port = server.port().to_string();
     // Connects every 200 ms: the first event goes out while the lookup is
     // pending, the later ones carry the names.
-    let script =
-        format!("i=0; while [ $i -lt 25 ]; do nc 127.0.0.1 {port} </dev/null; sleep 0.2; i=$((i+1)); done");
-    let id = dockerd
-        .docker(&[
-            "run",
-            "--detach",
-            "--name",
-            "web",
-            "--network",
-            "host",
-            IMAGE,
-            "/bin/sh",
-            "-c",
-            &script,
-        ])
-        .unwrap();
+    let id = run_web(&dockerd, &port, 25);
     assert_eq!(id.len(), 64, "{id}");
     d.wait_for(Duration::from_secs(20), |s| {
         s.iter().any(|e| {
@@ -235,11 +247,7 @@ fn stops_mid_run(cg: &TestCgroup, d: &mut Daemon, mut dockerd: Dockerd, dst: &st
 #[test]
 fn a_container_name_rule_applies_once_the_runtime_has_answered() {
     let cg = TestCgroup::new("ctr-policy");
-    let dockerd = Dockerd::start(&cg).unwrap();
-    let rootfs = busybox_rootfs(dockerd.dir.path()).unwrap();
-    dockerd
-        .docker(&["import", &rootfs.to_string_lossy(), IMAGE])
-        .unwrap();
+    let dockerd = dockerd_with_image(&cg);
     let server = tcp_server("127.0.0.1:0", 0, 0);
     let textfile = dockerd.dir.path().join("connectracer.prom");
     let config = format!(
@@ -266,22 +274,7 @@ fn a_container_name_rule_applies_once_the_runtime_has_answered() {
     let pin_dir = format!("/sys/fs/bpf/connectracer-ctr-policy-{id}").into();
     let mut d = Daemon::start_with(&cg, cfg, socket, pin_dir).unwrap();
     let port = server.port().to_string();
-    let script =
-        format!("i=0; while [ $i -lt 40 ]; do nc 127.0.0.1 {port} </dev/null; sleep 0.2; i=$((i+1)); done");
-    let id = dockerd
-        .docker(&[
-            "run",
-            "--detach",
-            "--name",
-            "web",
-            "--network",
-            "host",
-            IMAGE,
-            "/bin/sh",
-            "-c",
-            &script,
-        ])
-        .unwrap();
+    let id = run_web(&dockerd, &port, 40);
     let of_web = |e: &Value| e["process"]["container_id"] == id.as_str() && e["protocol"] == "tcp";
     d.wait_log(
         "policy: a container joins its scope by name",

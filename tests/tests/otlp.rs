@@ -100,18 +100,6 @@ fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
 }
 
-fn wait_sink(d: &Daemon, name: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = d.sink_stats(name);
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "sink {name} never got there: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A diagnostic line, read already (lines come in any order) or to come.
 fn log_line(d: &mut Daemon, message: &str) -> Value {
     match d.logged(message) {
@@ -247,7 +235,7 @@ fn every_event_arrives_with_its_attributes(protocol: &str) {
         .cloned()
         .collect();
     assert_eq!(events.len(), 3 * connects + 4, "{events:?}");
-    let s = wait_sink(&d, "otlp", |s| {
+    let s = d.wait_sink("otlp", |s| {
         n(s, "queued") == 0 && n(s, "written") + n(s, "lost") == n(s, "events")
     });
     let total = n(&s, "events");
@@ -316,7 +304,7 @@ fn a_receiver_down_then_up_gets_the_queued_lines_and_the_rest_are_lost() {
     let pid = out["pid"].as_u64().unwrap();
     // A connect and a refusal per attempt.
     let events = 2 * connects;
-    let s = wait_sink(&d, "otlp", |s| n(s, "events") == events);
+    let s = d.wait_sink("otlp", |s| n(s, "events") == events);
     assert_eq!(
         (n(&s, "written"), n(&s, "queued"), n(&s, "lost")),
         (0, bound, events - bound),
@@ -332,7 +320,7 @@ fn a_receiver_down_then_up_gets_the_queued_lines_and_the_rest_are_lost() {
     assert!(m.contains("stay queued"), "{m}");
     log_line(&mut d, "event sink otlp lost");
     let mut rx = Receiver::start("grpc", port);
-    let s = wait_sink(&d, "otlp", |s| n(s, "queued") == 0);
+    let s = d.wait_sink("otlp", |s| n(s, "queued") == 0);
     assert_eq!(
         (n(&s, "events"), n(&s, "written"), n(&s, "lost")),
         (events, bound, events - bound),

@@ -56,19 +56,6 @@ fn json_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until `done` holds for the sink's counters; returns them.
-fn wait_sink(d: &Daemon, name: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = d.sink_stats(name);
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "sink {name} never got there: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
 }
@@ -97,7 +84,7 @@ fn file_sink_rotates_at_size_keeps_n_and_splits_no_line() {
     let connects = 1500u64;
     probe(&cg, &["flood", &dst, &connects.to_string()]).unwrap();
     // A connect and a failure (refused) per attempt.
-    let s = wait_sink(&d, "file", |s| settled(s, 2 * connects));
+    let s = d.wait_sink("file", |s| settled(s, 2 * connects));
     assert_eq!((n(&s, "written"), n(&s, "lost")), (2 * connects, 0), "{s}");
     let mut lines = 0;
     for name in [
@@ -135,7 +122,7 @@ fn renamed_file_is_reopened_after_sighup_and_after_a_rename() {
     let dst = closed_port("127.0.0.1:0").to_string();
     let round = |events: u64| {
         probe(&cg, &["connect", &dst]).unwrap();
-        wait_sink(&d, "file", |s| settled(s, events) && n(s, "written") == events);
+        d.wait_sink("file", |s| settled(s, events) && n(s, "written") == events);
     };
     round(2);
     std::fs::rename(&path, dir.join("events.jsonl.old")).unwrap();
@@ -183,10 +170,10 @@ fn an_unwritable_path_is_an_error_naming_it_and_other_sinks_go_on() {
         seen.iter().filter(|e| e["process"]["pid"] == pid).count() as u64 == 2 * connects
     })
     .unwrap();
-    let b = wait_sink(&d, "bad", |s| settled(s, 2 * connects));
+    let b = d.wait_sink("bad", |s| settled(s, 2 * connects));
     assert_eq!((n(&b, "written"), n(&b, "lost")), (0, 2 * connects), "{b}");
     assert!(b["last_error"].as_str().unwrap().contains(bad), "{b}");
-    let f = wait_sink(&d, "full", |s| settled(s, 2 * connects));
+    let f = d.wait_sink("full", |s| settled(s, 2 * connects));
     assert!(n(&f, "lost") > 0, "64 KiB cannot hold {connects} connects: {f}");
     assert_eq!(n(&f, "written") + n(&f, "lost"), 2 * connects, "{f}");
     assert!(n(&f, "errors") > 0, "{f}");
@@ -245,7 +232,7 @@ fn a_stdout_nobody_reads_stalls_neither_queries_nor_reloads_and_loses_lines_coun
         d.stats()["config_epoch"].as_u64().unwrap() >= 2,
         "the reload applied"
     );
-    let s = wait_sink(&d, "stdout", |s| n(s, "events") == 2 * connects);
+    let s = d.wait_sink("stdout", |s| n(s, "events") == 2 * connects);
     eprintln!("stalled: slowest stats {slowest:?}, sink {s}");
     assert!(
         n(&s, "lost") > 0,
@@ -260,7 +247,7 @@ fn a_stdout_nobody_reads_stalls_neither_queries_nor_reloads_and_loses_lines_coun
     // Now drain the pipe: what was queued is written, and exactly the
     // lines counted as written arrive.
     d.read_stdout();
-    let s = wait_sink(&d, "stdout", |s| settled(s, 2 * connects));
+    let s = d.wait_sink("stdout", |s| settled(s, 2 * connects));
     assert_eq!(n(&s, "written") + n(&s, "lost"), 2 * connects, "{s}");
     let written = n(&s, "written") as usize;
     d.wait_for(WAIT, |seen| seen.len() >= written).unwrap();
@@ -330,7 +317,7 @@ fn per_sink_filters_give_exactly_the_selected_events() {
     assert!(!expect[1].1.is_empty());
     assert_eq!(expect[2].1.len(), 2);
     for (name, want) in expect {
-        let s = wait_sink(&d, name, |s| settled(s, want.len() as u64));
+        let s = d.wait_sink(name, |s| settled(s, want.len() as u64));
         assert_eq!(n(&s, "written"), want.len() as u64, "{s}");
         let got: BTreeSet<_> = if want.is_empty() && !file(name).exists() {
             BTreeSet::new()
@@ -365,7 +352,7 @@ fn lost_lines_are_counted_in_stats_and_metrics_per_sink() {
     let dst = closed_port("127.0.0.1:0").to_string();
     let connects = 2000u64;
     probe(&cg, &["flood", &dst, &connects.to_string()]).unwrap();
-    let s = wait_sink(&d, "tiny", |s| settled(s, 2 * connects));
+    let s = d.wait_sink("tiny", |s| settled(s, 2 * connects));
     let (written, lost) = (n(&s, "written"), n(&s, "lost"));
     assert!(lost > 0, "{s}");
     assert_eq!(written + lost, 2 * connects, "{s}");

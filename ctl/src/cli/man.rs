@@ -25,10 +25,15 @@ const EXIT_STATUS: &[Item] = &[
     Tagged("2", "A usage error: an unknown command or option, or an argument tracectl or the daemon refuses (a port of 0, a CIDR that is not one, an add-host the configuration cannot hold); the message names the argument."),
     Tagged("3", "Access denied: by the socket's permissions, the daemon, the bus policy or polkit."),
     Tagged("4", "The daemon is not running: no control socket, no system bus, or nobody owning org.connectracer.Tracer1."),
+    Tagged("run", "Once the command has started, tracectl run exits with its status instead: the command's exit code, 128+N when signal N ended it, 126 or 127 when it could not be executed. Before that, the codes above (3: the daemon refused to place it)."),
 ];
 
 const ENVIRONMENT: &[Item] = &[
     Tagged("CONNECTRACER_SOCKET", "The control socket, as with --socket."),
+    Tagged(
+        "CONNECTRACER_SANDBOX_SOCKET",
+        "The sandbox socket tracectl run uses, as with --sandbox-socket.",
+    ),
     Tagged(
         "NO_COLOR",
         "When set and not empty, no colour, even on a terminal (output to anything else never has colour).",
@@ -52,9 +57,21 @@ const FILES: &[Item] = &[
         "/var/lib/connectracer/hosts.toml",
         "Hosts added with add-host, unless --runtime.",
     ),
+    Tagged(
+        "/run/connectracer/sandbox.sock",
+        "The daemon's sandbox socket (mode 0666): tracectl run, for any user.",
+    ),
+    Tagged(
+        "/var/lib/connectracer/sandboxes.toml",
+        "The sandboxes in force, for a restarted daemon.",
+    ),
 ];
 
 const EXAMPLES: &[Item] = &[
+    Tagged(
+        "tracectl run --allow-net api.example.com:443 --allow-net 10.0.0.0/8 --deny-read ~/.ssh -- ./build.sh",
+        "Runs build.sh so that it reaches only api.example.com on 443 and 10/8, cannot read ~/.ssh, and prints each connection it made or was refused.",
+    ),
     Tagged(
         "tracectl who 93.184.215.14:443",
         "Which processes connect to this destination.",

@@ -83,6 +83,8 @@ pub enum ScopeKey {
     },
     /// The scope's own settings.
     Scope(u32),
+    /// A sandbox's cgroup (`tracectl run`), asked before everything else.
+    Sandbox(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,6 +143,7 @@ pub fn scope_key(gen: u32, k: ScopeKey) -> ct_scope_key {
         ScopeKey::Uid(uid) => (ct_scope_kind::CT_SCOPE_KIND_UID, u64::from(uid), 0),
         ScopeKey::Exe { ino, dev } => (ct_scope_kind::CT_SCOPE_KIND_EXE, ino, dev),
         ScopeKey::Scope(s) => (ct_scope_kind::CT_SCOPE_KIND_SCOPE, u64::from(s), 0),
+        ScopeKey::Sandbox(id) => (ct_scope_kind::CT_SCOPE_KIND_SANDBOX, id, 0),
     };
     ct_scope_key {
         gen,

@@ -21,7 +21,7 @@ const DESCRIPTION: &[Item] = &[
 
 const SIGNALS: &[Item] = &[
     Tagged("SIGHUP", "Reopen the event sinks' files (after logrotate renamed them) and reload the configuration, as systemctl reload and tracectl reload do. An invalid configuration is logged and leaves the running one in force."),
-    Tagged("SIGTERM, SIGINT", "Stop: flush the sinks, save the connection counters, remove the metrics textfile, and detach and unpin the programs unless [bpf] keep_pinned_on_stop is set."),
+    Tagged("SIGTERM, SIGINT", "Stop: flush the sinks, save the connection counters, remove the metrics textfile, and detach and unpin the programs unless [bpf] keep_pinned_on_stop is set or sandboxes of tracectl run are in force (they must stay confined until the next start)."),
     Tagged("SIGKILL", "Pinned programs go on tracing (and enforcing) into the pinned ring buffer; the next instance adopts them and reports what happened meanwhile."),
 ];
 
@@ -44,7 +44,9 @@ const FILES: &[Item] = &[
     Tagged("/etc/connectracer/connectracer.toml", "The configuration; see connectracer.toml(5)."),
     Tagged("/etc/connectracer/conf.d/*.toml", "Drop-ins, merged in lexical order."),
     Tagged("/run/connectracer/control.sock", "The varlink control socket (0660, group connectracer)."),
+    Tagged("/run/connectracer/sandbox.sock", "The sandbox socket (0666): tracectl run, for any user; serves nothing else. Beside a control socket NAME.sock given with --control-socket, NAME.sandbox.sock."),
     Tagged("/var/lib/connectracer/hosts.toml", "Hosts added with tracectl add-host."),
+    Tagged("/var/lib/connectracer/sandboxes.toml", "The sandboxes of tracectl run in force, re-applied at start (those whose processes are gone are removed)."),
     Tagged("/var/lib/connectracer/metrics-counters.prom", "Connection counters saved for the next instance."),
     Tagged(
         "/var/lib/connectracer/egress-seen.json",

@@ -176,6 +176,10 @@ pub struct Policy {
     pub block_ipv6: bool,
     pub rules: Vec<Rule>,
     pub scopes: Vec<ScopeSettings>,
+    /// cgroup paths (relative to the cgroup2 mount) of the sandboxes of
+    /// `tracectl run`: their `cgroup` scopes narrow, never widen, what the
+    /// rest of the policy allows. Set by the daemon, never from a file.
+    pub sandboxes: BTreeSet<String>,
 }
 
 impl Default for Policy {
@@ -188,6 +192,7 @@ impl Default for Policy {
             block_ipv6: false,
             rules: Vec::new(),
             scopes: Vec::new(),
+            sandboxes: BTreeSet::new(),
         }
     }
 }

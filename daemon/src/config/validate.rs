@@ -579,3 +579,14 @@ fn duration(ctx: &mut Ctx<'_>, v: &Spanned<String>, key: &str) -> Option<Duratio
 
 #[cfg(test)]
 mod tests;
+
+/// Every error a configuration text at the default path gets, as printed.
+#[cfg(test)]
+pub(super) fn errors_of(text: &str) -> Vec<String> {
+    parse_config(std::path::Path::new("/etc/connectracer/connectracer.toml"), text)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}

@@ -44,7 +44,9 @@ fn needs_privilege(op: &Operation) -> Option<&'static str> {
         | Operation::Hosts
         | Operation::Answers(_)
         | Operation::Gpu
-        | Operation::Watch(_) => None,
+        | Operation::Watch(_)
+        // Places only the caller's own child: checked when it is placed.
+        | Operation::Sandbox(_) => None,
         Operation::Reload => Some("reloading"),
         Operation::AddHost(_) | Operation::RemoveHost(_) => Some("changing watched hosts"),
         Operation::PolicyShow | Operation::PolicyCheck(_) => Some("reading the egress policy"),

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod authz;
 mod limited;
 pub mod query;
+pub mod sandbox;
 pub mod server;
 
 use connectracer_proto::api::{Answer, CallError, Operation};
@@ -34,11 +35,11 @@ fn unavailable(reason: String) -> CallError {
     }
 }
 
-/// Watch asked for without `more`: a stream has no single answer.
+/// Watch or Sandbox asked for without `more`: a stream has no single answer.
 pub fn watch_needs_more() -> CallError {
     CallError::InvalidArgument {
         field: "more".into(),
-        reason: "Watch streams events: call it with \"more\": true".into(),
+        reason: "Watch and Sandbox stream events: call them with \"more\": true".into(),
     }
 }
 

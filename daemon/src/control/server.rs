@@ -40,9 +40,23 @@ use crate::pipeline::WatchEvent;
 
 /// One client's connection: zlink reads and decodes its calls; replies go
 /// straight to the socket's write half (see the module's comment).
-struct Conn {
-    read: zlink::connection::ReadConnection<super::limited::ReadHalf>,
-    write: <Limited as Socket>::WriteHalf,
+pub(super) struct Conn {
+    pub(super) read: zlink::connection::ReadConnection<super::limited::ReadHalf>,
+    pub(super) write: WriteHalf,
+}
+
+pub(super) type WriteHalf = <Limited as Socket>::WriteHalf;
+
+/// One message, NUL-terminated. A client that does not read it within the
+/// write timeout is dropped, releasing what the reply held.
+pub(super) async fn send_on<M: Serialize>(write: &mut WriteHalf, message: &M) -> zlink::Result<()> {
+    let mut bytes = serde_json::to_vec(message)?;
+    bytes.push(0);
+    let no_fds: &[std::os::fd::OwnedFd] = &[];
+    let written = socket::WriteHalf::write(write, &bytes, no_fds, None);
+    tokio::time::timeout(WRITE_TIMEOUT, written)
+        .await
+        .map_err(|_| not_reading())?
 }
 
 impl Conn {
@@ -54,16 +68,8 @@ impl Conn {
         }
     }
 
-    /// One message, NUL-terminated. A client that does not read it within
-    /// the write timeout is dropped, releasing what the reply held.
-    async fn send<M: Serialize>(&mut self, message: &M) -> zlink::Result<()> {
-        let mut bytes = serde_json::to_vec(message)?;
-        bytes.push(0);
-        let no_fds: &[std::os::fd::OwnedFd] = &[];
-        let write = socket::WriteHalf::write(&mut self.write, &bytes, no_fds, None);
-        tokio::time::timeout(WRITE_TIMEOUT, write)
-            .await
-            .map_err(|_| not_reading())?
+    pub(super) async fn send<M: Serialize>(&mut self, message: &M) -> zlink::Result<()> {
+        send_on(&mut self.write, message).await
     }
 }
 
@@ -92,9 +98,30 @@ pub enum ControlError {
     },
 }
 
-/// Binds the socket, 0660 root:connectracer (root-only if the group does
-/// not exist). A stale socket from a dead instance is replaced.
+/// Binds the control socket, 0660 root:connectracer (root-only if the
+/// group does not exist). A stale socket from a dead instance is replaced.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let listener = bind_mode(path, 0o660)?;
+    match nix::unistd::Group::from_name(ADMIN_GROUP) {
+        Ok(Some(g)) => chown(path, Some(0), Some(g.gid.as_raw())).map_err(|source| ControlError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?,
+        _ => tracing::warn!(
+            "group {ADMIN_GROUP} does not exist: only root can use {}; create it (systemd-sysusers) to delegate",
+            path.display()
+        ),
+    }
+    Ok(listener)
+}
+
+/// Binds the sandbox socket, 0666: anyone may place their own commands in
+/// a sandbox, and it serves nothing else.
+pub fn bind_sandbox(path: &Path) -> Result<UnixListener, ControlError> {
+    bind_mode(path, 0o666)
+}
+
+fn bind_mode(path: &Path, mode: u32) -> Result<UnixListener, ControlError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ControlError::Dir {
             path: dir.to_path_buf(),
@@ -110,20 +137,30 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         source,
     };
     let listener = UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
-    match nix::unistd::Group::from_name(ADMIN_GROUP) {
-        Ok(Some(g)) => chown(path, Some(0), Some(g.gid.as_raw())).map_err(bind_err)?,
-        _ => tracing::warn!(
-            "group {ADMIN_GROUP} does not exist: only root can use {}; create it (systemd-sysusers) to delegate",
-            path.display()
-        ),
-    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
     Ok(listener)
 }
 
 pub type Watchers = tokio::sync::broadcast::Sender<std::sync::Arc<WatchEvent>>;
 
-pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watchers: Watchers) {
+/// What a connection's calls are sent to.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub requests: mpsc::Sender<Request>,
+    pub sandboxes: mpsc::Sender<super::sandbox::Command>,
+    pub watchers: Watchers,
+}
+
+/// Which socket: the control socket serves everything; the sandbox
+/// socket, which anyone may connect to, only Sandbox (and what describes
+/// the service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Control,
+    Sandbox,
+}
+
+pub async fn serve(listener: UnixListener, owner: Owner, surface: Surface) {
     let admission = std::sync::Arc::new(Admission::default());
     loop {
         let stream = match listener.accept().await {
@@ -139,7 +176,7 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watc
         };
         let caller = Caller::from_peer(cred.uid(), cred.gid(), cred.pid());
         let admitted = admission.admit(cred.uid());
-        let (requests, watchers, admission) = (requests.clone(), watchers.clone(), admission.clone());
+        let (owner, admission) = (owner.clone(), admission.clone());
         // Off the accept loop, refusals included: a refused client that
         // does not read must not hold up the next one.
         tokio::spawn(async move {
@@ -152,8 +189,8 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watc
             };
             let client = Client {
                 caller,
-                requests,
-                watchers,
+                owner,
+                surface,
                 admission: &admission,
             };
             if let Err(e) = client.serve(&mut conn).await {
@@ -167,8 +204,8 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>, watc
 /// One admitted connection and what its calls need.
 struct Client<'a> {
     caller: Caller,
-    requests: mpsc::Sender<Request>,
-    watchers: Watchers,
+    owner: Owner,
+    surface: Surface,
     admission: &'a Admission,
 }
 
@@ -185,12 +222,12 @@ impl Client<'_> {
     async fn serve(&self, conn: &mut Conn) -> zlink::Result<()> {
         loop {
             let received = tokio::time::timeout(IDLE_TIMEOUT, conn.read.receive_call::<RawMethod>()).await;
-            let call = match received {
+            let (call, fds) = match received {
                 Err(_) => {
                     let e = invalid("connection", format!("idle for {IDLE_TIMEOUT:?}: closed"));
                     return send_error(conn, &e).await;
                 }
-                Ok(Ok((call, _fds))) => call,
+                Ok(Ok((call, fds))) => (call, fds),
                 // The message is consumed up to its NUL: the connection goes on.
                 Ok(Err(zlink::Error::Json(e))) => {
                     send_error(conn, &invalid("message", format!("not a varlink call: {e}"))).await?;
@@ -216,11 +253,18 @@ impl Client<'_> {
             }
             let reply = match Method::parse(call.method()) {
                 Ok(Method::Operation(op)) => match *op {
+                    op if !self.serves(&op) => Err(sandbox_socket_only()),
                     Operation::Watch(filter) if call.more() => {
                         // A stream takes over the connection until the client leaves.
                         return self.watch(conn, &filter).await;
                     }
-                    Operation::Watch(_) => Err(super::watch_needs_more()),
+                    Operation::Sandbox(params) if call.more() => {
+                        let o = &self.owner;
+                        let caller = self.caller;
+                        return super::sandbox::serve(conn, caller, fds, params, &o.sandboxes, &o.watchers)
+                            .await;
+                    }
+                    Operation::Watch(_) | Operation::Sandbox(_) => Err(super::watch_needs_more()),
                     op @ Operation::Profile(_) => {
                         // Answered when the recording ends. A client that
                         // hangs up meanwhile (tracectl's Ctrl-C) ends it
@@ -247,6 +291,10 @@ impl Client<'_> {
         }
     }
 
+    fn serves(&self, op: &Operation) -> bool {
+        self.surface == Surface::Control || matches!(op, Operation::GetVersion | Operation::Sandbox(_))
+    }
+
     /// The owner's answer, within the row budget for answers that list
     /// connections (held until the answer is written or dropped).
     async fn ask(&self, op: Operation) -> Result<Params, CallError> {
@@ -258,7 +306,7 @@ impl Client<'_> {
                 })?),
                 None => None,
             };
-        super::ask(&self.requests, op, self.caller)
+        super::ask(&self.owner.requests, op, self.caller)
             .await
             .map(Params::Answer)
     }
@@ -271,7 +319,7 @@ impl Client<'_> {
             Ok(m) => m,
             Err(e) => return send_error(conn, &e).await,
         };
-        let mut events = self.watchers.subscribe();
+        let mut events = self.owner.watchers.subscribe();
         loop {
             let reply = match events.recv().await {
                 Ok(ev) => {
@@ -299,6 +347,12 @@ async fn send<P: Serialize>(conn: &mut Conn, reply: &zlink::Reply<P>) -> zlink::
 
 async fn send_error(conn: &mut Conn, e: &CallError) -> zlink::Result<()> {
     conn.send(e).await
+}
+
+fn sandbox_socket_only() -> CallError {
+    CallError::AccessDenied {
+        reason: "the sandbox socket serves Sandbox only: use the control socket".into(),
+    }
 }
 
 fn not_reading() -> zlink::Error {
@@ -401,8 +455,12 @@ mod wire_tests {
                 let admission = Admission::default();
                 let client = Client {
                     caller: Caller::from_peer(0, 0, None),
-                    requests,
-                    watchers: tokio::sync::broadcast::channel(1).0,
+                    owner: Owner {
+                        requests,
+                        sandboxes: mpsc::channel(1).0,
+                        watchers: tokio::sync::broadcast::channel(1).0,
+                    },
+                    surface: Surface::Control,
                     admission: &admission,
                 };
                 let stream = tokio::net::UnixStream::from_std(ours).unwrap();

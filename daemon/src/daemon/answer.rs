@@ -64,7 +64,7 @@ impl Daemon {
                 })
             }
             // Streams are served by the transports from the event broadcast.
-            Operation::Watch(_) => return Err(crate::control::watch_needs_more()),
+            Operation::Watch(_) | Operation::Sandbox(_) => return Err(crate::control::watch_needs_more()),
         })
     }
 

@@ -4,6 +4,7 @@
 mod answer;
 mod apply;
 mod profile;
+mod sandboxes;
 mod start;
 mod upkeep;
 
@@ -96,6 +97,14 @@ struct Daemon {
     cgroup_watcher: Option<notify::RecommendedWatcher>,
     /// NVML polls, and the last one attributed.
     gpu: crate::gpu::Telemetry,
+    /// Sandbox requests from the transports, and from the tasks that watch
+    /// sandboxes empty.
+    sandbox_tx: mpsc::Sender<control::sandbox::Command>,
+    sandbox_rx: mpsc::Receiver<control::sandbox::Command>,
+    /// Sandboxes placed by this instance whose caller is still connected.
+    attached: std::collections::HashSet<String>,
+    /// Sandboxes being removed, and whom to tell why once they are.
+    finishing: HashMap<String, (oneshot::Sender<String>, &'static str)>,
     /// What the container runtimes' workers answer.
     container_tx: mpsc::UnboundedSender<crate::containers::Answer>,
     container_rx: mpsc::UnboundedReceiver<crate::containers::Answer>,
@@ -130,6 +139,13 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// Event lines go to the journal, with structured fields.
     pub journal: bool,
+}
+
+impl Paths {
+    /// The sandbox socket (`tracectl run`), beside the control socket.
+    pub fn sandbox_socket(&self) -> PathBuf {
+        connectracer_proto::varlink::sandbox_socket_for(&self.control_socket)
+    }
 }
 
 /// Signal streams, installed before anything else so that a SIGHUP or
@@ -175,6 +191,9 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     // fails leaves nothing attached, pinned or bound behind it.
     let listener = control::server::bind(control_socket).context("control socket")?;
     let _socket_file = RemoveOnDrop(control_socket.to_path_buf());
+    let sandbox_socket = paths.sandbox_socket();
+    let sandbox_listener = control::server::bind_sandbox(&sandbox_socket).context("sandbox socket")?;
+    let _sandbox_file = RemoveOnDrop(sandbox_socket.clone());
     let mut metrics = start::metrics(&config)?;
     let opts = start::tracer_options(&config, paths, &mount, &cgroup_dir);
     let kernel = KernelHandle::spawn(opts, initial, tx).context("loading BPF programs")?;
@@ -189,8 +208,23 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     // instead of asking it.
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(crate::snapshot::Snapshot::default());
     let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers(), snapshot_rx);
-    let server = tokio::spawn(control::server::serve(listener, ctl_tx, pipeline.watchers()));
-    info!(socket = %control_socket.display(), "control socket listening");
+    let (sandbox_tx, sandbox_rx) = mpsc::channel(64);
+    let owner = control::server::Owner {
+        requests: ctl_tx,
+        sandboxes: sandbox_tx.clone(),
+        watchers: pipeline.watchers(),
+    };
+    let server = tokio::spawn(control::server::serve(
+        listener,
+        owner.clone(),
+        control::server::Surface::Control,
+    ));
+    let sandbox_server = tokio::spawn(control::server::serve(
+        sandbox_listener,
+        owner,
+        control::server::Surface::Sandbox,
+    ));
+    info!(socket = %control_socket.display(), sandbox = %sandbox_socket.display(), "control socket listening");
     start::restore_counters(&mut metrics, paths, &counters_file);
     pipeline.set_metrics(metrics);
     let egress_saver = start::restore_egress(&mut pipeline, paths);
@@ -225,6 +259,10 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         cgroup_rx,
         cgroup_watcher,
         gpu,
+        sandbox_tx,
+        sandbox_rx,
+        attached: std::collections::HashSet::new(),
+        finishing: HashMap::new(),
         container_tx,
         container_rx,
         profiles: profile::Profiles::new(),
@@ -232,6 +270,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     };
     let result = daemon.serve(ctl_rx, signals).await;
     server.abort();
+    sandbox_server.abort();
     dbus.abort();
     result
 }
@@ -294,10 +333,12 @@ impl Daemon {
                 _ = tick.tick() => {
                     self.housekeeping().await;
                     self.save_egress();
+                    self.sandbox_upkeep().await;
                     if self.profiles.abandoned() {
                         self.finish_profiles().await;
                     }
                 }
+                Some(cmd) = self.sandbox_rx.recv() => self.on_sandbox(cmd).await,
                 _ = textfile_tick.tick() => {
                     self.save_counters();
                     self.write_textfile();
@@ -383,8 +424,15 @@ impl Daemon {
                 let _ = std::fs::remove_file(path);
             }
         }
+        // A sandbox must not outlive its enforcement: with sandboxes in
+        // force the programs stay attached and pinned for the next start.
+        let sandboxes = self.source.sandboxes.live().len();
+        let keep = self.config.bpf.keep_pinned_on_stop || sandboxes > 0;
+        if sandboxes > 0 && !self.config.bpf.keep_pinned_on_stop {
+            warn!("stopping with {sandboxes} sandboxes in force: the programs stay attached and pinned so that they stay confined; the next start takes over");
+        }
         info!("stopping: draining events and detaching");
-        let final_stats = self.kernel.shutdown(self.config.bpf.keep_pinned_on_stop);
+        let final_stats = self.kernel.shutdown(keep);
         while let Some(batch) = self.records.recv().await {
             self.pipeline.handle_batch(batch);
         }

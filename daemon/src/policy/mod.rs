@@ -17,6 +17,7 @@
 //! without a matching rule or a default has no say and the next one is asked.
 
 pub mod explain;
+pub mod sandbox;
 pub mod scopes;
 pub mod shadow;
 
@@ -89,6 +90,9 @@ pub struct Scope {
     pub default: Option<Action>,
     pub mode: Mode,
     pub block_ipv6: bool,
+    /// A sandbox's scope (`tracectl run`): asked before everything else,
+    /// and it can only narrow what the rest allows.
+    pub sandbox: bool,
 }
 
 /// The caller a decision is about.
@@ -149,6 +153,7 @@ impl Policy {
             default: Some(self.default),
             mode: self.mode,
             block_ipv6: self.block_ipv6,
+            sandbox: false,
         }];
         let selectors = self
             .rules
@@ -166,6 +171,7 @@ impl Policy {
                 default: settings.and_then(|s| s.default),
                 mode: settings.and_then(|s| s.mode).unwrap_or(self.mode),
                 block_ipv6: settings.is_some_and(|s| s.block_ipv6),
+                sandbox: matches!(sel, Selector::Cgroup(p) if self.sandboxes.contains(p)),
             });
         }
         out
@@ -191,9 +197,27 @@ impl Policy {
         out
     }
 
-    /// The reference decision for one connection.
+    /// The reference decision for one connection: a sandbox's deny is
+    /// final, what it lets through is judged by the host's policy, and an
+    /// audited sandbox deny is reported unless the host denies.
     pub fn judge(&self, who: &Subject, to: &Target, env: &Environment<'_>) -> Decision {
         let addr = to.addr.to_canonical();
+        if !self.is_active() {
+            return self.judge_host(who, to, addr, env);
+        }
+        let sandboxed = sandbox::judge(self, who, addr, to, env);
+        if let Some(d) = sandboxed.as_ref().filter(|d| d.verdict == Verdict::Deny) {
+            return d.clone();
+        }
+        let host = self.judge_host(who, to, addr, env);
+        match sandboxed {
+            Some(d) if d.verdict == Verdict::WouldDeny && host.verdict != Verdict::Deny => d,
+            _ => host,
+        }
+    }
+
+    /// The host's policy: exceptions, scopes selecting the caller, global.
+    fn judge_host(&self, who: &Subject, to: &Target, addr: IpAddr, env: &Environment<'_>) -> Decision {
         if self.is_active() {
             for (net, ports, why) in self.exceptions(env) {
                 if net.contains(&addr) && ports.contains(to.port) {
@@ -224,8 +248,11 @@ impl Policy {
 
     /// Scopes that select `who`, most specific first, global last.
     fn applicable<'a>(&self, scopes: &'a [Scope], who: &Subject) -> Vec<&'a Scope> {
-        let find =
-            |pred: &dyn Fn(&Selector) -> bool| scopes.iter().find(|s| s.selector.as_ref().is_some_and(pred));
+        let find = |pred: &dyn Fn(&Selector) -> bool| {
+            scopes
+                .iter()
+                .find(|s| !s.sandbox && s.selector.as_ref().is_some_and(pred))
+        };
         let mut out = Vec::new();
         if let Some(exe) = &who.exe {
             let exe = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.clone());
@@ -249,7 +276,7 @@ impl Policy {
         out
     }
 
-    fn judge_scope(
+    pub(super) fn judge_scope(
         &self,
         scope: &Scope,
         addr: IpAddr,

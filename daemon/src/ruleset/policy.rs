@@ -108,6 +108,14 @@ fn entries(
     for (net, ports, _) in policy.exceptions(env) {
         prefixes.add(SCOPE_BUILTIN, net, port_rules(&ports, 0, 0, 0));
     }
+    // A sandbox is asked before the built-in scope: the DNS servers in use
+    // are its own exception (the host's policy still judges them after).
+    let dns = PortSet(vec![53..=53]);
+    for s in scopes.iter().filter(|s| s.sandbox) {
+        for net in crate::policy::sandbox::dns_exceptions(env) {
+            prefixes.add(s.id, net, port_rules(&dns, 0, 0, 0));
+        }
+    }
     for r in &policy.rules {
         let scope = scopes
             .iter()
@@ -205,7 +213,8 @@ fn scope_keys(scopes: &[Scope], ids: &Identities, out: &mut CompiledPolicy) {
             _ => {}
         }
     }
-    // Each cgroup goes to the first scope, in declaration order, that selects it.
+    // Each cgroup goes to the first scope, in declaration order, that
+    // selects it; a sandbox's cgroup to its sandbox scope as well.
     for (path, id) in &ids.cgroups {
         let meta = parse_cgroup_path(path)
             .container
@@ -213,11 +222,24 @@ fn scope_keys(scopes: &[Scope], ids: &Identities, out: &mut CompiledPolicy) {
             .map(|m| &**m);
         if let Some(s) = scopes
             .iter()
-            .find(|s| s.selector.as_ref().is_some_and(|sel| sel.matches(path, meta)))
+            .find(|s| s.sandbox && matches!(&s.selector, Some(Selector::Cgroup(p)) if p == path))
         {
-            out.scopes.push((ScopeKey::Cgroup(*id), member(s.id)));
+            out.flags |= ct_policy_flag::CT_POLICY_SANDBOX.0 as u8;
+            out.scopes.push((ScopeKey::Sandbox(*id), member(s.id)));
+        }
+        if let Some(s) = host_scope_of(scopes, path, meta) {
+            out.scopes.push((ScopeKey::Cgroup(*id), member(s)));
         }
     }
+}
+
+/// The first host scope (not a sandbox's), in declaration order, that
+/// selects the cgroup at `path`.
+fn host_scope_of(scopes: &[Scope], path: &str, meta: Option<&ContainerMeta>) -> Option<u32> {
+    scopes
+        .iter()
+        .find(|s| !s.sandbox && s.selector.as_ref().is_some_and(|sel| sel.matches(path, meta)))
+        .map(|s| s.id)
 }
 
 fn settings(s: &Scope) -> ScopeVal {
@@ -239,9 +261,5 @@ pub fn scope_for_new_cgroup(policy: &Policy, path: &str, meta: Option<&Container
     if !policy.is_active() {
         return None;
     }
-    policy
-        .scopes()
-        .iter()
-        .find(|s| s.selector.as_ref().is_some_and(|sel| sel.matches(path, meta)))
-        .map(|s| s.id)
+    host_scope_of(&policy.scopes(), path, meta)
 }

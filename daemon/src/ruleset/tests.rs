@@ -180,6 +180,37 @@ fn too_many_rules_for_one_hostname_are_refused_with_their_location() {
     );
 }
 
+/// A sandbox's cgroup is keyed as a sandbox (asked first by the kernel),
+/// never as a host cgroup scope, and its scope holds the DNS servers.
+#[test]
+fn a_sandbox_is_keyed_apart_with_the_dns_servers() {
+    let sandbox = "/t/connectracer-sandbox/sb-1";
+    let mut p = policy(&format!(
+        "[[scope]]\ncgroup = \"/t\"\ndefault = \"allow\"\n\n[[scope]]\ncgroup = \"{sandbox}\"\ndefault = \"deny\"\n\n[[rule]]\naction = \"allow\"\ncgroup = \"{sandbox}\"\ndest = \"10.1.2.3\"\n"
+    ));
+    p.sandboxes.insert(sandbox.into());
+    let ids = Identities {
+        cgroups: vec![("/t".into(), 100), (sandbox.into(), 101)],
+        ..Default::default()
+    };
+    let (c, errors) = policy::compile(&p, &env(), &ids);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_ne!(c.flags & ct_policy_flag::CT_POLICY_SANDBOX.0 as u8, 0);
+    let keyed = |k: ScopeKey| c.scopes.iter().find(|(key, _)| *key == k).map(|(_, v)| v.scope);
+    let scope = keyed(ScopeKey::Sandbox(101)).expect("the sandbox's key");
+    // Not a host scope's cgroup: the host chain reaches /t by the walk up.
+    assert_eq!(keyed(ScopeKey::Cgroup(101)), None);
+    assert!(keyed(ScopeKey::Cgroup(100)).is_some());
+    let dns: ipnet::IpNet = "10.0.0.53/32".parse().unwrap();
+    assert!(
+        c.entries
+            .iter()
+            .any(|e| e.scope == scope && e.net == dns && e.rules[0].lo == 53),
+        "{:?}",
+        c.entries
+    );
+}
+
 #[test]
 fn a_container_joins_a_name_scope_only_once_its_runtime_described_it() {
     let id = "ab".repeat(32);
@@ -221,4 +252,107 @@ fn a_container_joins_a_name_scope_only_once_its_runtime_described_it() {
         Some(by_namespace)
     );
     assert_eq!(policy::scope_for_new_cgroup(&p, &path, None), None);
+}
+
+/// The kernel's sandbox step, emulated on the compiled maps as
+/// connectracer.bpf.c's `judge` does it: the sandbox's scope first, a deny
+/// final, then the host chain; an audited deny stands unless the host denies.
+fn kernel_judge_sandboxed(c: &CompiledPolicy, sandbox: u32, host: &[u32], t: &Target) -> (u8, u32) {
+    let (v, rule) = kernel_judge_one(c, sandbox, t).unwrap_or((0, 0));
+    if v == 2 {
+        return (v, rule);
+    }
+    let (hv, hrule) = kernel_judge(c, host, t);
+    if v == 1 && hv != 2 {
+        return (1, rule);
+    }
+    (hv, hrule)
+}
+
+/// One scope's say, or None when it has none.
+fn kernel_judge_one(c: &CompiledPolicy, scope: u32, t: &Target) -> Option<(u8, u32)> {
+    let addr = t.addr.to_canonical();
+    let proto = if t.protocol == TCP { 6 } else { 17 };
+    let s = c
+        .scopes
+        .iter()
+        .find(|(k, _)| *k == ScopeKey::Scope(scope))
+        .map(|(_, v)| *v)
+        .unwrap_or_default();
+    if addr.is_ipv6() && s.ipv6_verdict != 0 {
+        return Some((s.ipv6_verdict - 1, 0));
+    }
+    let entry = c
+        .entries
+        .iter()
+        .filter(|e| e.scope == scope && e.net.contains(&addr))
+        .max_by_key(|e| e.net.prefix_len());
+    let hit = entry.and_then(|e| {
+        e.rules
+            .iter()
+            .find(|r| (r.lo..=r.hi).contains(&t.port) && (r.protocol == 0 || r.protocol == proto))
+    });
+    hit.map(|r| (r.verdict, r.rule_id))
+        .or((s.default_verdict != 0).then(|| (s.default_verdict - 1, 0)))
+}
+
+/// A sandbox below a host scope, enforced and audited: the compiled
+/// layout, judged as the kernel does, agrees with the reference row by row.
+#[test]
+fn a_sandboxed_layout_agrees_with_the_reference() {
+    let sandbox = "/system.slice/backup.service/connectracer-sandbox/sb-1";
+    for mode in ["enforce", "audit"] {
+        let mut p = policy(&format!(
+            "{EXAMPLE}\n[[scope]]\ncgroup = \"{sandbox}\"\ndefault = \"deny\"\nmode = \"{mode}\"\n\n\
+             [[rule]]\naction = \"allow\"\ncgroup = \"{sandbox}\"\ndest = [\"203.0.113.0/24\", \"s3.example.com\", \"8.8.8.8\"]\nports = [443, 53]\n"
+        ));
+        p.sandboxes.insert(sandbox.into());
+        let e = env();
+        let ids = Identities {
+            cgroups: vec![
+                ("/system.slice".into(), 100),
+                ("/system.slice/backup.service".into(), 101),
+                (sandbox.into(), 103),
+            ],
+            ..Default::default()
+        };
+        let (c, errors) = policy::compile(&p, &e, &ids);
+        assert!(errors.is_empty(), "{errors:?}");
+        let keyed = |k: ScopeKey| c.scopes.iter().find(|(key, _)| *key == k).map(|(_, v)| v.scope);
+        let sandbox_scope = keyed(ScopeKey::Sandbox(103)).expect("the sandbox's key");
+        let backup_scope = keyed(ScopeKey::Cgroup(101)).expect("backup.service's scope");
+        let who = crate::policy::Subject {
+            cgroup: Some(sandbox.into()),
+            ..Default::default()
+        };
+        let code = |v: Verdict| match v {
+            Verdict::Allow => 0,
+            Verdict::WouldDeny => 1,
+            Verdict::Deny => 2,
+        };
+        for a in [
+            "127.0.0.1",
+            "10.0.0.53",
+            "203.0.113.5",
+            "203.0.113.70",
+            "192.0.2.10",
+            "2001:db8::10",
+            "::ffff:203.0.113.5",
+            "8.8.8.8",
+            "9.9.9.9",
+        ] {
+            for port in [53, 80, 443] {
+                for proto in [TCP, UDP] {
+                    let t = to(a, port, proto);
+                    let d = p.judge(&who, &t, &e);
+                    let got = kernel_judge_sandboxed(&c, sandbox_scope, &[backup_scope], &t);
+                    assert_eq!(
+                        got,
+                        (code(d.verdict), d.rule.unwrap_or(0)),
+                        "{mode} {t:?}: reference {d:?}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@
 mod error;
 mod filter;
 mod profile;
+mod sandbox;
 mod suggest;
 mod types;
 
@@ -14,6 +15,7 @@ use serde::Serialize;
 pub use error::CallError;
 pub use filter::{Filter, Matcher, WatchMatcher, EVENT_KINDS};
 pub use profile::*;
+pub use sandbox::{SandboxEnded, SandboxParams, SandboxPlaced, SandboxReply, SandboxRule};
 pub use suggest::*;
 pub use types::*;
 
@@ -63,6 +65,10 @@ pub enum Operation {
     /// the transports from the event broadcast, never by the owner.
     #[serde(rename = "org.connectracer.Tracer.Watch")]
     Watch(WatchParams),
+    /// Places a command in a sandbox (`tracectl run`); with a pidfd passed
+    /// along and `more`, served by the transports like Watch.
+    #[serde(rename = "org.connectracer.Tracer.Sandbox")]
+    Sandbox(SandboxParams),
 }
 
 impl Operation {
@@ -85,6 +91,7 @@ impl Operation {
             Self::Profile(_) => "Profile",
             Self::PolicySuggest(_) => "PolicySuggest",
             Self::Watch(_) => "Watch",
+            Self::Sandbox(_) => "Sandbox",
         }
     }
 
@@ -119,6 +126,7 @@ impl Operation {
             Self::Profile(ProfileParams::default()),
             Self::PolicySuggest(SuggestParams::default()),
             Self::Watch(WatchParams::default()),
+            Self::Sandbox(SandboxParams::default()),
         ]
     }
 }
@@ -212,7 +220,7 @@ mod tests {
         let names: std::collections::BTreeSet<&str> =
             Operation::every().iter().map(Operation::name).collect();
         assert_eq!(names.len(), Operation::every().len());
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 17);
     }
 
     #[test]

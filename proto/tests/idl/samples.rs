@@ -347,6 +347,24 @@ pub fn inputs(method: &str) -> Vec<Value> {
             }),
             Operation::Watch(WatchParams::default()),
         ],
+        "Sandbox" => vec![
+            Operation::Sandbox(SandboxParams {
+                rules: vec![
+                    SandboxRule {
+                        action: "allow".into(),
+                        dest: vec!["api.test".into(), "10.0.0.0/8".into()],
+                        ports: vec!["443".into(), "8000-8100".into()],
+                        protocol: s("udp"),
+                    },
+                    SandboxRule {
+                        action: "deny".into(),
+                        ..Default::default()
+                    },
+                ],
+                audit: true,
+            }),
+            Operation::Sandbox(SandboxParams::default()),
+        ],
         _ => {
             let op = Operation::every().into_iter().find(|o| o.name() == method);
             op.into_iter().collect()
@@ -440,6 +458,26 @@ pub fn outputs(method: &str) -> Vec<Value> {
                 connection: Box::new(connection(true)),
             }),
             json(&WatchReply::Missed { missed: 3 }),
+        ],
+        "Sandbox" => vec![
+            json(&SandboxReply::Placed {
+                placed: SandboxPlaced {
+                    id: "sb-1".into(),
+                    cgroup: "/connectracer-sandbox/sb-1".into(),
+                    mode: "enforce".into(),
+                },
+            }),
+            json(&SandboxReply::Watch(WatchReply::Event {
+                event: "denied".into(),
+                time: Some("2026-11-29T10:00:00.000001Z".into()),
+                connection: Box::new(connection(true)),
+            })),
+            json(&SandboxReply::Watch(WatchReply::Missed { missed: 3 })),
+            json(&SandboxReply::Ended {
+                ended: SandboxEnded {
+                    reason: "the command's processes are gone".into(),
+                },
+            }),
         ],
         _ => vec![],
     }

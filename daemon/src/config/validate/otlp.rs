@@ -167,14 +167,7 @@ mod tests {
         }
     }
 
-    fn errors(text: &str) -> Vec<String> {
-        parse_config(Path::new(F), text)
-            .unwrap_err()
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect()
-    }
+    use super::super::errors_of as errors;
 
     #[test]
     fn otlp_sinks_parse_with_their_defaults() {

@@ -314,14 +314,7 @@ mod tests {
 
     const F: &str = "/etc/connectracer/connectracer.toml";
 
-    fn errors(text: &str) -> Vec<String> {
-        parse_config(Path::new(F), text)
-            .unwrap_err()
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect()
-    }
+    use super::super::errors_of as errors;
 
     #[test]
     fn sinks_parse_with_their_defaults() {

@@ -1,13 +1,6 @@
 use super::*;
 
-fn errors(text: &str) -> Vec<String> {
-    parse_config(Path::new("/etc/connectracer/connectracer.toml"), text)
-        .unwrap_err()
-        .0
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
+use super::errors_of as errors;
 
 #[test]
 fn defaults_when_empty() {
