@@ -28,6 +28,20 @@ impl Format {
 /// Writes to stdout; a reader that went away (EPIPE) ends tracectl with
 /// status 0, as `head` expects of the programs it reads from. Anything
 /// else that stops stdout is an error worth saying.
+/// A rendered document to `path` (`-w FILE`), else to stdout.
+pub fn write_to(path: Option<&std::path::Path>, text: &str) -> Result<(), crate::client::ClientError> {
+    match path {
+        Some(path) => std::fs::write(path, text).map_err(|source| crate::client::ClientError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+        None => {
+            write(text);
+            Ok(())
+        }
+    }
+}
+
 pub fn write(s: &str) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(s.as_bytes()).and_then(|()| out.flush()) {

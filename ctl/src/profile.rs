@@ -93,14 +93,5 @@ pub fn profile(c: &mut Transport, a: &ProfileArgs, output: out::Format) -> Resul
             s
         }
     };
-    match &a.write {
-        Some(path) => std::fs::write(path, text).map_err(|source| ClientError::Write {
-            path: path.clone(),
-            source,
-        }),
-        None => {
-            out::write(&text);
-            Ok(())
-        }
-    }
+    out::write_to(a.write.as_deref(), &text)
 }

@@ -113,14 +113,5 @@ pub fn suggest(c: &mut Transport, a: &SuggestArgs, output: out::Format) -> Resul
             s
         }
     };
-    match &a.write {
-        Some(path) => std::fs::write(path, text).map_err(|source| ClientError::Write {
-            path: path.clone(),
-            source,
-        }),
-        None => {
-            out::write(&text);
-            Ok(())
-        }
-    }
+    out::write_to(a.write.as_deref(), &text)
 }

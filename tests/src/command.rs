@@ -2,6 +2,25 @@
 
 use std::process::Command;
 
+/// `systemd-analyze verify` of a service `name` whose [Service] runs
+/// `exec` with `dropin` appended: passes only without a warning that
+/// systemd would ignore a setting (it only warns about unknown names).
+pub fn verify_unit_with(name: &str, exec: &str, dropin: &str) {
+    let dir = std::env::temp_dir().join(format!("ct-units-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("unit dir");
+    let unit = dir.join(name);
+    let text = format!("[Unit]\nDescription=verified\n\n[Service]\nExecStart={exec}\n\n{dropin}");
+    std::fs::write(&unit, text).expect("unit file");
+    let (code, out, err) = output(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&unit),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("ignoring") && !err.contains("Failed"), "{err}");
+}
+
 /// Runs a command to completion: exit code, stdout, stderr.
 pub fn output(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().expect("running a command");

@@ -5,10 +5,9 @@
 //! drop-in goes through `systemd-analyze verify` (no PID-1 systemd here).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use connectracer_tests::{output, probe, tcp_server, ConfigDir, Daemon, Dnsmasq, TestCgroup};
+use connectracer_tests::{probe, tcp_server, ConfigDir, Daemon, Dnsmasq, TestCgroup};
 use serde_json::Value;
 
 fn restart(d: Daemon, cg: &TestCgroup) -> Daemon {
@@ -35,19 +34,7 @@ fn suggest(d: &Daemon, format: &str) -> String {
 }
 
 fn verify_dropin(dropin: &str) {
-    let dir = std::env::temp_dir().join(format!("ct-suggest-units-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let unit = dir.join("app.service");
-    let text = format!("[Unit]\nDescription=suggested\n\n[Service]\nExecStart=/bin/true\n\n{dropin}");
-    std::fs::write(&unit, text).unwrap();
-    let (code, out, err) = output(
-        Command::new("systemd-analyze")
-            .args(["verify", "--man=no"])
-            .arg(&unit),
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(!err.contains("ignoring") && !err.contains("Failed"), "{err}");
+    connectracer_tests::verify_unit_with("app.service", "/bin/true", dropin);
 }
 
 #[test]
