@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         payload: data.to_vec(),
     };
     let now = Instant::now();
-    answers.record(&rec, now, SystemTime::now());
+    answers.record(&rec, now, SystemTime::now(), None);
     let _ = answers.name_of(1, 1, "10.0.0.1".parse().unwrap(), now);
     let _ = answers.recent().count();
 });
