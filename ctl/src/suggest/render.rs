@@ -39,7 +39,7 @@ impl Target {
     }
 }
 
-/// A TOML basic string: JSON's escapes (`\"`, `\\`, `\n`, `\uXXXX`) are
+/// A TOML basic string: JSON's escapes (quote, backslash, newline, and `\u` with four hex digits) are
 /// all valid in one.
 fn quote(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
