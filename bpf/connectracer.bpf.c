@@ -868,6 +868,9 @@ int ct_sock_release(struct bpf_sock *ctx)
 	return 1;
 }
 
+/* Before the process programs: sched_process_exec starts armed profiles. */
+#include "profile.bpf.h"
+
 static __always_inline struct ct_proc_event *proc_event(__u32 kind, struct task_struct *p)
 {
 	struct ct_proc_event *e;
@@ -905,6 +908,8 @@ int BPF_PROG(ct_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	__u64 len;
 	long n;
 
+	/* Whatever the scope: a profiled cgroup may lie outside it. */
+	profile_exec();
 	if (!in_scope())
 		return 0;
 	e = proc_event(CT_EV_EXEC, p);
@@ -960,4 +965,3 @@ int BPF_PROG(ct_exit, struct task_struct *p)
 
 char LICENSE[] SEC("license") = "GPL";
 #include "dns.bpf.h"
-#include "profile.bpf.h"

@@ -368,10 +368,27 @@ enum ct_profile_arch {
 	CT_PROFILE__ARCHES,
 };
 
+/*
+ * A sandbox's profile (`tracectl run --profile-syscalls`) starts armed: the
+ * command's launcher runs in the cgroup between its placement and the
+ * exec (Landlock, mount masks, the wait for release), and its syscalls are
+ * not the command's. The first exec of a task in the cgroup starts it.
+ */
+enum ct_profile_state {
+	CT_PROFILE_RECORDING = 0,	/* every syscall is counted */
+	CT_PROFILE_ARMED = 1,		/* nothing is, until a task of the cgroup execs */
+};
+
 /* The value of `profile_cgroups`: the cgroup's profile. */
 struct ct_profile_target {
 	__u32 slot;		/* index into `profiles` */
-	__u32 _pad;
+	__u32 state;		/* enum ct_profile_state */
+	/* Armed: the exec syscall a task of the cgroup entered last (execve
+	 * or execveat; -1 none), counted when the exec succeeds. A seccomp
+	 * filter applied before the exec must allow it, and the kernel
+	 * reports every exec as execve once the new program is loaded. */
+	__s32 exec_nr;
+	__u32 exec_compat;	/* exec_nr is an i386 number */
 };
 
 /* The one value of `profile_levels`. */

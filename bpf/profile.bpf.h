@@ -14,6 +14,10 @@
 #define CT_NR32_SOCKETCALL 102
 #define CT_NR32_SOCKET 359
 #define CT_NR32_SOCKETPAIR 360
+#define CT_NR_EXECVE 59
+#define CT_NR_EXECVEAT 322
+#define CT_NR32_EXECVE 11
+#define CT_NR32_EXECVEAT 358
 /* arch/x86/include/asm/thread_info.h: a 32-bit syscall is in progress. */
 #define CT_TS_COMPAT 0x0002
 
@@ -41,6 +45,7 @@ struct {
 
 enum ct_profile_arch _ct_profile_arch = 0;
 enum ct_profile_capacity _ct_profile_capacity = 0;
+enum ct_profile_state _ct_profile_state = 0;
 struct ct_profile_target _ct_profile_target = {};
 struct ct_profile_levels _ct_profile_levels = {};
 struct ct_profile _ct_profile = {};
@@ -89,6 +94,52 @@ __noinline int profile_count(__u32 slot, long id, __u32 compat, long family)
 	return 0;
 }
 
+static __always_inline bool profile_is_exec(long id, __u32 compat)
+{
+	if (compat)
+		return id == CT_NR32_EXECVE || id == CT_NR32_EXECVEAT;
+	return id == CT_NR_EXECVE || id == CT_NR_EXECVEAT;
+}
+
+/*
+ * From sched_process_exec, for every exec on the host: armed profiles of
+ * the task's cgroups start recording, with the exec call that got here.
+ * With no profile recording this is one array lookup.
+ */
+static __always_inline void profile_exec(void)
+{
+	struct ct_profile_levels *lv;
+	struct ct_profile_target *t;
+	__u32 zero = 0, compat;
+	__u64 cgroup;
+	long nr;
+	int i;
+
+	lv = bpf_map_lookup_elem(&profile_levels, &zero);
+	if (!lv)
+		return;
+#pragma unroll
+	for (i = 0; i < CT_PROFILE_LEVELS; i++) {
+		if (i >= lv->count)
+			break;
+		cgroup = bpf_get_current_ancestor_cgroup_id(lv->level[i]);
+		if (!cgroup)
+			continue;
+		t = bpf_map_lookup_elem(&profile_cgroups, &cgroup);
+		if (!t || t->state != CT_PROFILE_ARMED)
+			continue;
+		nr = t->exec_nr;
+		compat = t->exec_compat;
+		/* Not seen entering (the program attached mid-call): the usual one. */
+		if (nr < 0) {
+			nr = CT_NR_EXECVE;
+			compat = 0;
+		}
+		t->state = CT_PROFILE_RECORDING;
+		profile_count(t->slot, nr, compat, -1);
+	}
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(ct_sys_enter, struct pt_regs *regs, long id)
 {
@@ -120,6 +171,14 @@ int BPF_PROG(ct_sys_enter, struct pt_regs *regs, long id)
 			found = 1;
 			compat = profile_compat();
 			family = profile_family(regs, id, compat);
+		}
+		if (t->state == CT_PROFILE_ARMED) {
+			/* The launcher's, or the exec that ends it: kept for profile_exec. */
+			if (profile_is_exec(id, compat)) {
+				t->exec_nr = id;
+				t->exec_compat = compat;
+			}
+			continue;
 		}
 		profile_count(t->slot, id, compat, family);
 	}

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use connectracer_proto::api::ProfileParams;
+use connectracer_proto::api::{ProfileParams, ProfileReply};
 
 use crate::client::ClientError;
 use crate::out;
@@ -32,7 +32,7 @@ pub enum ProfileFormat {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("target").args(["cgroup", "unit"]).required(true)))]
+#[command(group(clap::ArgGroup::new("target").args(["cgroup", "unit", "container"]).required(true)))]
 pub struct ProfileArgs {
     /// A cgroup path below the cgroup2 mount (/system.slice/x.service), or
     /// its full path.
@@ -41,6 +41,10 @@ pub struct ProfileArgs {
     /// A systemd unit: its cgroup (x.service, y.scope).
     #[arg(long)]
     pub unit: Option<String>,
+    /// A running Docker, Podman, containerd or CRI-O container: its id, a
+    /// unique prefix of it (12 hex digits or more) or its name.
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Option<String>,
     /// How long to record ("30s", "5min", "500ms"; at most 1h). Required:
     /// the answer comes when the recording ends.
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
@@ -65,33 +69,43 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Records, then writes the profile where asked.
-pub fn profile(c: &mut Transport, a: &ProfileArgs, output: out::Format) -> Result<(), ClientError> {
-    let params = ProfileParams {
-        cgroup: a.cgroup.clone(),
-        unit: a.unit.clone(),
-        duration_ms: a.duration.as_millis().try_into().unwrap_or(u64::MAX),
-    };
-    let reply = c.profile(&params)?;
+/// Says what a profile leaves out: calls no table names.
+pub fn warn_unknown(reply: &ProfileReply) {
     if reply.unknown > 0 {
         eprintln!(
             "tracectl: {} syscalls outside the x86_64 and i386 tables (x32 ABI?) are not in the profile",
             reply.unknown
         );
     }
+}
+
+/// Records, then writes the profile where asked.
+pub fn profile(c: &mut Transport, a: &ProfileArgs, output: out::Format) -> Result<(), ClientError> {
+    let params = ProfileParams {
+        cgroup: a.cgroup.clone(),
+        unit: a.unit.clone(),
+        container: a.container.clone(),
+        duration_ms: a.duration.as_millis().try_into().unwrap_or(u64::MAX),
+    };
+    let reply = c.profile(&params)?;
+    warn_unknown(&reply);
     let format = a.format.unwrap_or(if output.is_json() {
         ProfileFormat::Json
     } else {
         ProfileFormat::Oci
     });
-    let text = match format {
-        ProfileFormat::Oci => oci(&reply),
-        ProfileFormat::Systemd => systemd(&reply, groups::from_systemd_analyze().as_ref(), a.exact),
+    out::write_to(a.write.as_deref(), &render(&reply, format, a.exact))
+}
+
+/// A profile as `format` writes it (`exact`: see `--exact`).
+pub fn render(reply: &ProfileReply, format: ProfileFormat, exact: bool) -> String {
+    match format {
+        ProfileFormat::Oci => oci(reply),
+        ProfileFormat::Systemd => systemd(reply, groups::from_systemd_analyze().as_ref(), exact),
         ProfileFormat::Json => {
-            let mut s = serde_json::to_string_pretty(&reply).expect("plain data serializes");
+            let mut s = serde_json::to_string_pretty(reply).expect("plain data serializes");
             s.push('\n');
             s
         }
-    };
-    out::write_to(a.write.as_deref(), &text)
+    }
 }

@@ -31,7 +31,7 @@ pub enum SuggestFormat {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("target").args(["unit", "cgroup", "user"]).required(true)))]
+#[command(group(clap::ArgGroup::new("target").args(["unit", "cgroup", "user", "container"]).required(true)))]
 pub struct SuggestArgs {
     /// A systemd unit (connections from cgroups of that name).
     #[arg(long)]
@@ -42,6 +42,10 @@ pub struct SuggestArgs {
     /// A user name or uid.
     #[arg(long)]
     pub user: Option<String>,
+    /// A Docker, Podman, containerd or CRI-O container, running or gone:
+    /// its id, a unique prefix of it (12 hex digits or more) or its name.
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Option<String>,
     /// Only destinations seen within this long ("1h", "7days").
     #[arg(long, value_name = "DURATION", value_parser = parse_since)]
     pub since: Option<Duration>,
@@ -77,8 +81,19 @@ pub fn suggest(c: &mut Transport, a: &SuggestArgs, output: out::Format) -> Resul
         unit: a.unit.clone(),
         cgroup: a.cgroup.clone(),
         uid: a.user.as_deref().map(uid_of).transpose()?,
+        container: a.container.clone(),
         since_ms: a.since.map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
     };
+    let format = a.format.unwrap_or(if output.is_json() {
+        SuggestFormat::Json
+    } else {
+        SuggestFormat::Toml
+    });
+    if a.container.is_some() && format == SuggestFormat::Systemd {
+        return Err(ClientError::Usage(
+            "--format systemd: a container is no systemd unit (use toml or json)".into(),
+        ));
+    }
     let reply = c.policy_suggest(&params)?;
     if reply.dropped > 0 {
         eprintln!(
@@ -86,17 +101,18 @@ pub fn suggest(c: &mut Transport, a: &SuggestArgs, output: out::Format) -> Resul
             reply.capacity, reply.dropped
         );
     }
-    let target = match (&a.unit, &a.cgroup, &a.user) {
-        (Some(u), _, _) => Target::Unit(u.clone()),
-        (_, Some(c), _) => Target::Cgroup(c.clone()),
-        (_, _, Some(u)) => Target::User(u.clone()),
-        _ => unreachable!("clap requires one of --unit, --cgroup, --user"),
+    let target = match (&a.unit, &a.cgroup, &a.user, &reply.container) {
+        (Some(u), _, _, _) => Target::Unit(u.clone()),
+        (_, Some(c), _, _) => Target::Cgroup(c.clone()),
+        (_, _, Some(u), _) => Target::User(u.clone()),
+        // The daemon's answer names the container by its full id.
+        (_, _, _, Some(id)) => Target::Container(id.clone()),
+        _ => {
+            return Err(ClientError::Protocol(
+                "the daemon's answer names no container".into(),
+            ))
+        }
     };
-    let format = a.format.unwrap_or(if output.is_json() {
-        SuggestFormat::Json
-    } else {
-        SuggestFormat::Toml
-    });
     if reply.destinations.is_empty() && format != SuggestFormat::Json {
         // A scope that denies everything is no suggestion.
         return Err(ClientError::Nothing(format!(

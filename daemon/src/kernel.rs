@@ -34,6 +34,7 @@ enum Command {
     ProfileStart {
         cgroup_id: u64,
         level: u32,
+        armed: bool,
         reply: oneshot::Sender<Result<usize, String>>,
     },
     ProfileStop {
@@ -125,12 +126,19 @@ impl KernelHandle {
     }
 
     /// Starts recording the syscalls of cgroup `cgroup_id` (at `level`)
-    /// and its descendants; the reply is the slot to stop it with.
-    pub fn profile_start(&self, cgroup_id: u64, level: u32) -> oneshot::Receiver<Result<usize, String>> {
+    /// and its descendants, from the first exec in it when `armed`; the
+    /// reply is the slot to stop it with.
+    pub fn profile_start(
+        &self,
+        cgroup_id: u64,
+        level: u32,
+        armed: bool,
+    ) -> oneshot::Receiver<Result<usize, String>> {
         let (tx, rx) = oneshot::channel();
         let _ = self.commands.send(Command::ProfileStart {
             cgroup_id,
             level,
+            armed,
             reply: tx,
         });
         rx
@@ -298,11 +306,12 @@ fn handle(tracer: &Tracer, counters: &Counters, command: Command) {
         Command::ProfileStart {
             cgroup_id,
             level,
+            armed,
             reply,
         } => {
             let _ = reply.send(
                 tracer
-                    .profile_start(cgroup_id, level)
+                    .profile_start(cgroup_id, level, armed)
                     .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
             );
         }

@@ -33,21 +33,41 @@ fn invalid(field: &str, reason: String) -> CallError {
 /// Checks a request and finds its cgroup. Reads the cgroup tree (a walk
 /// of it for a unit): run off the owner's loop.
 pub fn resolve(p: &ProfileParams, mount: &Path) -> Result<Target, CallError> {
-    if p.duration_ms == 0 || p.duration_ms > MAX_PROFILE_MS {
+    check_duration(p.duration_ms)?;
+    let dir = match (&p.cgroup, &p.unit, &p.container) {
+        (Some(c), None, None) => cgroup_dir(c, mount)?,
+        (None, Some(u), None) => unit_dir(u, mount)?,
+        // Resolved by the daemon (through the runtimes) into a cgroup.
+        (None, None, Some(_)) => {
+            return Err(invalid(
+                "container",
+                "a container is resolved into its cgroup before the profile starts".into(),
+            ))
+        }
+        _ => {
+            return Err(invalid(
+                "cgroup",
+                "give exactly one of cgroup, unit and container".into(),
+            ))
+        }
+    };
+    target_of(&dir, mount)
+}
+
+/// A recording's length, within what one call may ask for.
+pub fn check_duration(ms: u64) -> Result<(), CallError> {
+    if ms == 0 || ms > MAX_PROFILE_MS {
         return Err(invalid(
             "duration_ms",
-            format!(
-                "{} ms: a profile records for 1 ms to {MAX_PROFILE_MS} ms",
-                p.duration_ms
-            ),
+            format!("{ms} ms: a profile records for 1 ms to {MAX_PROFILE_MS} ms"),
         ));
     }
-    let dir = match (&p.cgroup, &p.unit) {
-        (Some(c), None) => cgroup_dir(c, mount)?,
-        (None, Some(u)) => unit_dir(u, mount)?,
-        _ => return Err(invalid("cgroup", "give exactly one of cgroup and unit".into())),
-    };
-    let meta = std::fs::metadata(&dir).map_err(|e| invalid("cgroup", format!("{}: {e}", dir.display())))?;
+    Ok(())
+}
+
+/// The cgroup at `dir`, a directory below `mount`.
+pub fn target_of(dir: &Path, mount: &Path) -> Result<Target, CallError> {
+    let meta = std::fs::metadata(dir).map_err(|e| invalid("cgroup", format!("{}: {e}", dir.display())))?;
     if !meta.is_dir() {
         return Err(invalid(
             "cgroup",
@@ -58,7 +78,7 @@ pub fn resolve(p: &ProfileParams, mount: &Path) -> Result<Target, CallError> {
     Ok(Target {
         id: meta.ino(),
         level: rel.components().count() as u32,
-        path: cgroup_tree::relative_path(mount, &dir).unwrap_or_else(|| "/".into()),
+        path: cgroup_tree::relative_path(mount, dir).unwrap_or_else(|| "/".into()),
     })
 }
 
@@ -157,6 +177,7 @@ mod tests {
         ProfileParams {
             cgroup: cgroup.map(Into::into),
             unit: unit.map(Into::into),
+            container: None,
             duration_ms: ms,
         }
     }

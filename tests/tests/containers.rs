@@ -349,3 +349,99 @@ fn a_container_name_rule_applies_once_the_runtime_has_answered() {
     drop(d);
     drop(dockerd);
 }
+
+/// `--container` for `profile` and `policy suggest`: a container found by
+/// its name (asked of dockerd) and by a 12-digit id prefix; an unknown
+/// name and an ambiguous prefix refused with the id in the message.
+#[test]
+fn a_container_is_profiled_and_suggested_by_name_and_id_prefix() {
+    let cg = TestCgroup::new("ctr-target");
+    let dockerd = dockerd_with_image(&cg);
+    let mut d = Daemon::start(&cg, &config(&dockerd.socket.to_string_lossy())).unwrap();
+    let server = tcp_server("127.0.0.1:0", 0, 0);
+    let id = run_web(&dockerd, &server.port().to_string(), 60);
+    let cgroup = format!("{}/{id}", dockerd.cgroup_parent);
+    // Asked of dockerd: the daemon has not named it yet when no event came.
+    let (code, out, err) = d.tracectl(&["profile", "--container", "web", "--for", "1s", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let reply: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["cgroup"], cgroup.as_str(), "{reply:#}");
+    let names: Vec<&str> = reply["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    // nc connecting every 200 ms.
+    assert!(names.contains(&"connect"), "{names:?}");
+    assert!(
+        reply["families"].as_array().unwrap().contains(&2.into()),
+        "AF_INET: {reply:#}"
+    );
+    let (code, out, err) = d.tracectl(&[
+        "profile",
+        "--container",
+        &id[..12],
+        "--for",
+        "100ms",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["cgroup"],
+        cgroup.as_str()
+    );
+
+    let (code, _, err) = d.tracectl(&["profile", "--container", "nosuch", "--for", "1s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no container `nosuch` running"), "{err}");
+    // Two cgroups named like containers whose ids share their first 12 digits.
+    let docker_dir = TestCgroup {
+        path: cg.path.join("docker"),
+        rel: dockerd.cgroup_parent.clone(),
+    };
+    let (a, b) = (
+        format!("0123456789ab{}", "e".repeat(52)),
+        format!("0123456789ab{}", "f".repeat(52)),
+    );
+    let fakes = (fake_container(&docker_dir, &a), fake_container(&docker_dir, &b));
+    let (code, _, err) = d.tracectl(&["profile", "--container", "0123456789ab", "--for", "1s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&a) && err.contains(&b) && err.contains("give more of the id"),
+        "{err}"
+    );
+    drop(fakes);
+
+    d.wait_for(Duration::from_secs(20), |s| {
+        s.iter()
+            .any(|e| e["event"] == "connect" && e["process"]["container_id"] == id.as_str())
+    })
+    .unwrap();
+    for query in ["web", &id[..12]] {
+        let (code, toml, err) = d.tracectl(&["policy", "suggest", "--container", query]);
+        assert_eq!(code, 0, "{query}: {err}");
+        assert!(toml.contains(&format!("container = \"{id}\"")), "{toml}");
+        assert!(toml.contains("\"127.0.0.1/32\""), "{toml}");
+        assert!(toml.contains(&format!("ports = [{}]", server.port())), "{toml}");
+    }
+    let (code, _, err) = d.tracectl(&["policy", "suggest", "--container", "web", "--format", "systemd"]);
+    assert_eq!(code, 2, "{err}");
+    // Gone from dockerd and from the cgroup tree: still found by its id
+    // among the destinations remembered.
+    dockerd.docker(&["rm", "--force", "web"]).unwrap();
+    let (code, out, err) = d.tracectl(&["policy", "suggest", "--container", &id[..16], "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["container"], id.as_str(), "{v:#}");
+    assert!(!v["destinations"].as_array().unwrap().is_empty(), "{v:#}");
+    let (code, _, err) = d.tracectl(&["policy", "suggest", "--container", "web"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no container `web` among the destinations seen"),
+        "{err}"
+    );
+    drop(d);
+    drop(dockerd);
+}

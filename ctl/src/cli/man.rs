@@ -125,12 +125,24 @@ const EXAMPLES: &[Item] = &[
         "The same as a systemd drop-in: @system-service and what the unit used outside it.",
     ),
     Tagged(
+        "tracectl run --profile-syscalls make.json -- make -j4",
+        "Run a build in a sandbox and write the syscalls it and everything it started made, from make's exec to the last process's end, as an OCI seccomp profile.",
+    ),
+    Tagged(
+        "tracectl profile --container web --for 5min -w web-seccomp.json",
+        "Record a running container's syscalls (Docker, Podman, containerd or CRI-O; by name, id or an id prefix of 12 digits or more) for five minutes.",
+    ),
+    Tagged(
         "tracectl policy suggest --unit backup.service --since 7days -w /etc/connectracer/conf.d/50-backup.toml",
         "An egress allow-list from what the unit reached in the last week: a [[scope]] that denies by default and an allow [[rule]] per destination, by hostname where its DNS answer was seen. In force with mode = \"enforce\" once the daemon reloads.",
     ),
     Tagged(
         "tracectl policy suggest --unit backup.service --format systemd -w /etc/systemd/system/backup.service.d/50-egress.conf",
         "The same as IPAddressDeny=any and IPAddressAllow= (addresses only: names become the addresses seen for them).",
+    ),
+    Tagged(
+        "tracectl policy suggest --container web",
+        "The same for a container, running or gone: a [[scope]] selecting it by its full id.",
     ),
     Tagged(
         "tracectl --bus stats",

@@ -14,7 +14,9 @@ NETWORK. Before it starts, the command is placed in a cgroup the daemon creates 
 
 FILES. --allow-read and --allow-write turn on a Landlock allow-list: the command may then read (and execute) only below the paths given, plus /usr, /bin, /sbin, /lib*, /etc and /proc read-only and /dev, so that programs start, and write only below --allow-write paths. The kernel enforces it on the command and everything it starts, it cannot be lifted, and setuid programs run without their privileges. A rule this kernel cannot enforce (Landlock ABI older than 5) fails the run unless --best-effort. --deny-read and --deny-write mask paths in a private mount namespace (an unprivileged user namespace): a denied path reads as an inaccessible empty file or directory, a write-denied one is read-only. Masks hide a path, not the file: a hard link elsewhere, or a file descriptor passed in, still reaches it; setuid programs do not work under them.
 
-TRACE. Each connection and refusal is printed on stderr as it happens (or written as JSON Lines to --log), then a summary: the destinations reached and refused, and the bytes sent and received over TCP. tracectl exits with the command's status (128+N if signal N ended it; 126 or 127 if it could not be started). Processes the command leaves behind are stopped when it ends; killing tracectl stops them all.";
+TRACE. Each connection and refusal is printed on stderr as it happens (or written as JSON Lines to --log), then a summary: the destinations reached and refused, and the bytes sent and received over TCP. tracectl exits with the command's status (128+N if signal N ended it; 126 or 127 if it could not be started). Processes the command leaves behind are stopped when it ends; killing tracectl stops them all.
+
+SYSCALLS. --profile-syscalls FILE has the daemon record every syscall the command and everything it starts make, from the command's own exec (what tracectl does before it, Landlock, the masks and the wait for the daemon, is not in it) until the last of them has ended, and writes them to FILE as tracectl profile does: an OCI seccomp profile (the default), a systemd drop-in or JSON (--profile-format). It is what this run did: code paths it did not take are not in it. When no profile comes back (the daemon stopped meanwhile), tracectl says why, removes FILE and exits 1 if the command succeeded.";
 
 /// `tracectl run`'s options and command.
 #[derive(Debug, Clone, Args)]
@@ -53,6 +55,19 @@ pub struct RunArgs {
     /// Write each event as a JSON line to FILE instead of stderr.
     #[arg(long, value_name = "FILE.jsonl")]
     pub log: Option<PathBuf>,
+    /// Record the syscalls the command and everything it starts make, from
+    /// its exec to its end, and write them to FILE when it ends (as
+    /// `tracectl profile` does: --profile-format).
+    #[arg(long = "profile-syscalls", value_name = "FILE")]
+    pub profile_syscalls: Option<PathBuf>,
+    /// How --profile-syscalls writes the profile [default: oci].
+    #[arg(
+        long = "profile-format",
+        value_enum,
+        value_name = "FORMAT",
+        requires = "profile_syscalls"
+    )]
+    pub profile_format: Option<crate::profile::ProfileFormat>,
     /// The daemon's sandbox socket (default: beside --socket: sandbox.sock
     /// for control.sock, NAME.sandbox.sock for NAME.sock).
     #[arg(long, value_name = "PATH", env = "CONNECTRACER_SANDBOX_SOCKET")]
@@ -179,6 +194,7 @@ impl RunArgs {
         Ok(SandboxParams {
             rules,
             audit: self.audit,
+            profile: self.profile_syscalls.is_some(),
         })
     }
 

@@ -5,12 +5,13 @@
 pub mod args;
 mod child;
 mod files;
+mod syscalls;
 mod trace;
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use connectracer_proto::api::{CallError, Operation, SandboxPlaced, SandboxReply};
+use connectracer_proto::api::{CallError, Operation, ProfileReply, SandboxPlaced, SandboxReply};
 
 use crate::socket::Patient;
 pub use args::RunArgs;
@@ -45,6 +46,12 @@ pub fn run(args: &RunArgs, control_socket: &Path) -> Result<u8, Failure> {
     let params = args.params().map_err(fail(2))?;
     let files = files::prepare(args).map_err(fail(2))?;
     let mut trace = Trace::new(args.log.as_deref()).map_err(fail(1))?;
+    let profile_out = args
+        .profile_syscalls
+        .as_deref()
+        .map(|p| syscalls::ProfileOut::create(p, args.profile_format))
+        .transpose()
+        .map_err(fail(1))?;
     let path = args.socket(control_socket);
     let stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Failure {
@@ -81,9 +88,22 @@ pub fn run(args: &RunArgs, control_socket: &Path) -> Result<u8, Failure> {
     };
     rt.block_on(session(stream, held, params, &mut trace))
         .map(|(code, ended)| {
-            trace.finish(&ended);
-            code
+            trace.finish(&ended.text);
+            let written = profile_out.map(|out| out.finish(ended.profile.as_ref(), &ended.text));
+            // A run that asked for a profile and got none is no success.
+            if written == Some(false) && code == 0 {
+                1
+            } else {
+                code
+            }
         })
+}
+
+/// How the sandbox ended, and its syscall profile when one was asked for.
+#[derive(Debug)]
+struct Ended {
+    text: String,
+    profile: Option<ProfileReply>,
 }
 
 type Connection = zlink::Connection<Patient>;
@@ -119,7 +139,7 @@ async fn session(
     held: child::Held,
     params: connectracer_proto::api::SandboxParams,
     trace: &mut Trace,
-) -> Result<(u8, String), Failure> {
+) -> Result<(u8, Ended), Failure> {
     let io = |e: std::io::Error| Failure {
         message: format!("the sandbox socket: {e}"),
         code: 1,
@@ -176,8 +196,9 @@ async fn session(
 }
 
 /// The sandbox's replies until its end (or the daemon's); how it ended.
-async fn follow(conn: &mut Connection, trace: &mut Trace, name: String) -> String {
+async fn follow(conn: &mut Connection, trace: &mut Trace, name: String) -> Ended {
     let mut ended = name;
+    let mut profile = None;
     loop {
         match conn.receive_reply::<SandboxReply, CallError>().await {
             Ok((Ok(reply), _)) => {
@@ -186,6 +207,7 @@ async fn follow(conn: &mut Connection, trace: &mut Trace, name: String) -> Strin
                     Some(SandboxReply::Watch(w)) => trace.event(&w),
                     Some(SandboxReply::Ended { ended: e }) => {
                         ended = format!("{ended} ended: {}", e.reason);
+                        profile = e.profile;
                         break;
                     }
                     Some(SandboxReply::Placed { .. }) | None => {}
@@ -207,5 +229,5 @@ async fn follow(conn: &mut Connection, trace: &mut Trace, name: String) -> Strin
             }
         }
     }
-    ended
+    Ended { text: ended, profile }
 }

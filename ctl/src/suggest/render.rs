@@ -13,6 +13,8 @@ pub enum Target {
     Unit(String),
     Cgroup(String),
     User(String),
+    /// A container by its full id.
+    Container(String),
 }
 
 impl std::fmt::Display for Target {
@@ -21,6 +23,7 @@ impl std::fmt::Display for Target {
             Self::Unit(u) => write!(f, "unit {u}"),
             Self::Cgroup(c) => write!(f, "cgroup {c}"),
             Self::User(u) => write!(f, "user {u}"),
+            Self::Container(id) => write!(f, "container {}", id.get(..12).unwrap_or(id)),
         }
     }
 }
@@ -35,6 +38,7 @@ impl Target {
                 Ok(uid) => format!("user = {uid}"),
                 Err(_) => format!("user = {}", quote(u)),
             },
+            Self::Container(id) => format!("container = {}", quote(id)),
         }
     }
 }
@@ -200,6 +204,7 @@ mod tests {
             ],
             dropped: 0,
             capacity: 16384,
+            container: None,
         }
     }
 

@@ -7,7 +7,7 @@ use libbpf_rs::{Link, MapCore, MapFlags};
 use super::error::TracerError;
 use super::layout::bytes;
 use super::tracer::Tracer;
-use super::types::{ct_profile, ct_profile_capacity, ct_profile_levels, ct_profile_target};
+use super::types::{ct_profile, ct_profile_capacity, ct_profile_levels, ct_profile_state, ct_profile_target};
 
 // SAFETY: plain integer structs generated from connectracer.h.
 unsafe impl plain::Plain for ct_profile {}
@@ -95,8 +95,9 @@ fn map_err(map: &'static str) -> impl FnOnce(libbpf_rs::Error) -> TracerError {
 
 impl Tracer {
     /// Starts recording the cgroup `cgroup_id` at `level` (the root's is 0)
-    /// and its descendants; returns the slot to stop it with.
-    pub fn profile_start(&self, cgroup_id: u64, level: u32) -> Result<usize, ProfileError> {
+    /// and its descendants; returns the slot to stop it with. `armed`:
+    /// nothing is counted until a task of the cgroup execs (that exec is).
+    pub fn profile_start(&self, cgroup_id: u64, level: u32, armed: bool) -> Result<usize, ProfileError> {
         let mut rec = self.profiles.borrow_mut();
         if rec.slots.iter().flatten().any(|&(id, _)| id == cgroup_id) {
             return Err(ProfileError::Busy(cgroup_id));
@@ -114,9 +115,16 @@ impl Tracer {
         maps.profiles
             .update(&key, bytes(&ct_profile::default()), MapFlags::ANY)
             .map_err(map_err("profiles"))?;
+        let state = if armed {
+            ct_profile_state::CT_PROFILE_ARMED
+        } else {
+            ct_profile_state::CT_PROFILE_RECORDING
+        };
         let target = ct_profile_target {
             slot: slot as u32,
-            ..Default::default()
+            state: state.0,
+            exec_nr: -1,
+            exec_compat: 0,
         };
         maps.profile_cgroups
             .update(&cgroup_id.to_ne_bytes(), bytes(&target), MapFlags::ANY)

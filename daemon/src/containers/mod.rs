@@ -10,6 +10,7 @@
 
 mod cri;
 mod docker;
+pub mod find;
 mod lookup;
 mod removal;
 

@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use connectracer_proto::api::{
-    CallError, SandboxEnded, SandboxParams, SandboxPlaced, SandboxReply, WatchReply,
+    CallError, ProfileReply, SandboxEnded, SandboxParams, SandboxPlaced, SandboxReply, WatchReply,
 };
 use connectracer_proto::varlink::RawMethod;
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +33,12 @@ pub enum Command {
     },
     /// The sandbox's cgroup has emptied (from the task watching it).
     Emptied { id: String },
+    /// The sandbox is gone: its syscall profile, if one was recorded
+    /// (Err: why it could not be read).
+    Profile {
+        id: String,
+        reply: oneshot::Sender<Result<Option<ProfileReply>, String>>,
+    },
 }
 
 /// Where the owner placed the command.
@@ -100,6 +106,7 @@ pub(super) async fn serve(
 ) -> zlink::Result<()> {
     // Subscribed before the command can run: none of its events is missed.
     let mut events = watchers.subscribe();
+    let profiled = params.profile;
     let placed = match place(owner, caller, fds, params).await {
         Ok(p) => p,
         Err(e) => return conn.send(&e).await,
@@ -154,10 +161,41 @@ pub(super) async fn serve(
             () = &mut deadline => break "not removed in time; see the daemon's log".into(),
         }
     };
+    let (reason, profile) = match profiled {
+        true => claim_profile(owner, &placed.wire.id, reason).await,
+        false => (reason, None),
+    };
     let last = SandboxReply::Ended {
-        ended: SandboxEnded { reason },
+        ended: SandboxEnded { reason, profile },
     };
     conn.send(&zlink::Reply::new(Some(last))).await
+}
+
+/// The sandbox's syscall profile, asked for once it is gone (all its
+/// processes' calls counted); why it is missing goes into the reason.
+async fn claim_profile(
+    owner: &mpsc::Sender<Command>,
+    id: &str,
+    reason: String,
+) -> (String, Option<ProfileReply>) {
+    let (reply, rx) = oneshot::channel();
+    let asked = owner
+        .send(Command::Profile {
+            id: id.to_string(),
+            reply,
+        })
+        .await;
+    let answer = match asked {
+        Ok(()) => rx
+            .await
+            .unwrap_or_else(|_| Err("the daemon is shutting down".into())),
+        Err(_) => Err("the daemon is shutting down".into()),
+    };
+    match answer {
+        Ok(Some(p)) => (reason, Some(p)),
+        Ok(None) => (format!("{reason}; no syscall profile was recorded"), None),
+        Err(e) => (format!("{reason}; the syscall profile is lost: {e}"), None),
+    }
 }
 
 enum Step {

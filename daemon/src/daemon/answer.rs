@@ -210,14 +210,15 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// `policy suggest`: exactly one of unit, cgroup and uid; a cgroup may
-    /// be given as its full path under the cgroup2 mount.
+    /// `policy suggest`: exactly one of unit, cgroup and uid (a container
+    /// is looked for first: `begin_suggest_container`); a cgroup may be
+    /// given as its full path under the cgroup2 mount.
     fn suggest(&mut self, p: &SuggestParams) -> Result<SuggestReply, CallError> {
         let given = [p.unit.is_some(), p.cgroup.is_some(), p.uid.is_some()];
-        if given.iter().filter(|g| **g).count() != 1 {
+        if given.iter().filter(|g| **g).count() != 1 || p.container.is_some() {
             return Err(CallError::InvalidArgument {
                 field: "unit".into(),
-                reason: "exactly one of unit, cgroup and uid".into(),
+                reason: "exactly one of unit, cgroup, uid and container".into(),
             });
         }
         let mut q = p.clone();

@@ -3,7 +3,9 @@
 
 mod answer;
 mod apply;
+mod by_container;
 mod profile;
+mod sandbox_profile;
 mod sandboxes;
 mod start;
 mod upkeep;
@@ -110,6 +112,8 @@ struct Daemon {
     container_rx: mpsc::UnboundedReceiver<crate::containers::Answer>,
     /// Syscall profiles being looked up or recorded.
     profiles: profile::Profiles,
+    /// Suggestions for a container, while it is looked for.
+    container_queries: by_container::ContainerQueries,
     /// Writes the destinations remembered for `policy suggest`; None
     /// where its thread could not start.
     egress_saver: Option<crate::egress::saved::Saver>,
@@ -266,6 +270,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         container_tx,
         container_rx,
         profiles: profile::Profiles::new(),
+        container_queries: by_container::ContainerQueries::new(),
         egress_saver,
     };
     let result = daemon.serve(ctl_rx, signals).await;
@@ -320,20 +325,22 @@ impl Daemon {
             let profile_due = next_profile.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 Some(batch) = self.records.recv() => self.pipeline.handle_batch(batch),
-                Some(req) = requests.recv() => {
-                    if matches!(req.op, Operation::Profile(_)) {
-                        self.begin_profile(req);
-                    } else {
+                Some(req) = requests.recv() => match &req.op {
+                    Operation::Profile(_) => self.begin_profile(req),
+                    Operation::PolicySuggest(p) if p.container.is_some() => self.begin_suggest_container(req),
+                    _ => {
                         let answer = self.answer(&req).await;
                         let _ = req.reply.send(answer);
                     }
-                }
+                },
                 Some(r) = self.profiles.resolved.recv() => self.on_profile_resolved(r).await,
+                Some(f) = self.container_queries.found.recv() => self.on_suggest_found(f),
                 () = tokio::time::sleep_until(profile_due), if profile_due_some => self.finish_profiles().await,
                 _ = tick.tick() => {
                     self.housekeeping().await;
                     self.save_egress();
                     self.sandbox_upkeep().await;
+                    self.sandbox_profile_upkeep().await;
                     if self.profiles.abandoned() {
                         self.finish_profiles().await;
                     }

@@ -31,6 +31,8 @@ pub(super) struct Profiles {
     tx: mpsc::UnboundedSender<Resolved>,
     pub(super) resolved: mpsc::UnboundedReceiver<Resolved>,
     running: Vec<Running>,
+    /// Sandboxes' profiles, by sandbox id (see `sandbox_profile`).
+    pub(super) sandboxes: HashMap<String, super::sandbox_profile::SandboxProfile>,
 }
 
 impl Profiles {
@@ -40,6 +42,7 @@ impl Profiles {
             tx,
             resolved,
             running: Vec::new(),
+            sandboxes: HashMap::new(),
         }
     }
 
@@ -56,7 +59,8 @@ impl Profiles {
 
 impl Daemon {
     /// A Profile request: authorized here, its cgroup found on a blocking
-    /// thread (a unit's is a walk of the cgroup tree).
+    /// thread (a unit's is a walk of the cgroup tree), a container's by a
+    /// task that may ask the runtimes too.
     pub(super) fn begin_profile(&mut self, req: Request) {
         let Operation::Profile(params) = req.op else {
             return;
@@ -67,6 +71,24 @@ impl Daemon {
         }
         let mount = self.mount.clone();
         let tx = self.profiles.tx.clone();
+        if let (Some(query), None, None) = (&params.container, &params.cgroup, &params.unit) {
+            let (query, finder) = (query.clone(), self.container_finder());
+            tokio::spawn(async move {
+                let target = match crate::profiles::check_duration(params.duration_ms) {
+                    Ok(()) => finder
+                        .running(query)
+                        .await
+                        .and_then(|dir| crate::profiles::target_of(&dir, &mount)),
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send(Resolved {
+                    target,
+                    duration_ms: params.duration_ms,
+                    reply: req.reply,
+                });
+            });
+            return;
+        }
         tokio::task::spawn_blocking(move || {
             let target = crate::profiles::resolve(&params, &mount);
             let _ = tx.send(Resolved {
@@ -86,7 +108,7 @@ impl Daemon {
                 return;
             }
         };
-        let started = self.kernel.profile_start(target.id, target.level);
+        let started = self.kernel.profile_start(target.id, target.level, false);
         match self.kernel_reply(started).await {
             Ok(slot) => {
                 info!(cgroup = %target.path, ms = r.duration_ms, "syscall profile started");

@@ -66,6 +66,7 @@ impl Daemon {
             }
             Command::Finish { id, done } => self.sandbox_finish(id, done),
             Command::Emptied { id } => self.sandbox_emptied(&id).await,
+            Command::Profile { id, reply } => self.sandbox_profile_take(&id, reply).await,
         }
     }
 
@@ -84,6 +85,9 @@ impl Daemon {
             ));
         }
         let (id, dir, cgroup, cgroup_id, pid) = self.place_command(caller, pidfd)?;
+        self.sandbox_profile_arm(&id, &dir, params.profile)
+            .await
+            .inspect_err(|_| abandon(dir.clone()))?;
         self.source.sandboxes.stage_add(Sandbox {
             id: id.clone(),
             uid: caller.uid,
@@ -95,6 +99,7 @@ impl Daemon {
         let result = self.reload(&format!("sandbox {id} for uid {}", caller.uid)).await;
         if let Err(e) = result {
             self.source.sandboxes.discard();
+            self.sandbox_profile_drop(&id).await;
             abandon(dir);
             // The host's configuration errors are not the caller's business.
             return Err(match e {

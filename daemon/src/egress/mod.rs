@@ -202,10 +202,14 @@ impl EgressSeen {
         Some(i)
     }
 
+    /// The cgroups (below the mount) that reached destinations remembered.
+    pub fn cgroups(&self) -> impl Iterator<Item = &str> {
+        self.scopes.iter().map(|s| s.cgroup.as_str())
+    }
+
     /// The destinations of one unit, cgroup subtree or uid, merged across
     /// the cgroups and users that reached them.
     pub fn suggest(&self, q: &SuggestParams, now: SystemTime) -> SuggestReply {
-        let since = q.since_ms.map(|ms| unix_ms(now).saturating_sub(ms)).unwrap_or(0);
         let cgroup = q.cgroup.as_deref().map(|c| c.trim_end_matches('/'));
         let wanted = |s: &Scope| match (&q.unit, cgroup, q.uid) {
             (Some(u), _, _) => s.unit.as_deref() == Some(u.as_str()),
@@ -215,6 +219,18 @@ impl EgressSeen {
             (_, _, Some(uid)) => s.uid == uid,
             _ => false,
         };
+        self.suggest_by(q.since_ms, now, wanted)
+    }
+
+    /// The destinations of the scopes `wanted` picks (last seen within
+    /// `since_ms` when given), merged across them.
+    pub fn suggest_by(
+        &self,
+        since_ms: Option<u64>,
+        now: SystemTime,
+        wanted: impl Fn(&Scope) -> bool,
+    ) -> SuggestReply {
+        let since = since_ms.map(|ms| unix_ms(now).saturating_sub(ms)).unwrap_or(0);
         let mut merged: HashMap<(Option<&str>, IpAddr, u16, Protocol), Seen> = HashMap::new();
         for (d, seen) in &self.entries {
             if seen.last_seen_ms < since || !wanted(&self.scopes[d.scope as usize]) {
@@ -255,6 +271,7 @@ impl EgressSeen {
             destinations,
             dropped: self.dropped,
             capacity: MAX_ENTRIES as u64,
+            container: None,
         }
     }
 }

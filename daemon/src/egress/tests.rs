@@ -96,6 +96,7 @@ fn query(unit: Option<&str>, cgroup: Option<&str>, uid: Option<u32>) -> SuggestP
         unit: unit.map(Into::into),
         cgroup: cgroup.map(Into::into),
         uid,
+        container: None,
         since_ms: None,
     }
 }

@@ -81,7 +81,10 @@ fn a_committed_sandbox_survives_a_restart_and_a_discarded_one_leaves_nothing() {
 
 #[test]
 fn bad_rules_are_refused_naming_the_rule() {
-    let params = |rules| SandboxParams { rules, audit: false };
+    let params = |rules| SandboxParams {
+        rules,
+        ..SandboxParams::default()
+    };
     assert_eq!(
         check(&params(vec![rule("allow", &["10.0.0.0/8"], &["443"], None)])),
         Ok(())

@@ -8,12 +8,16 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct ProfileParams {
     /// The cgroup, as a path below the cgroup2 mount (`/system.slice/x.service`)
-    /// or a full path under it. Exactly one of `cgroup` and `unit`.
+    /// or a full path under it. Exactly one of `cgroup`, `unit` and `container`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     /// A systemd unit: the cgroup of that name (`x.service`, `y.scope`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// A running container (Docker, Podman, containerd, CRI-O): its id,
+    /// a unique prefix of 12 hex digits or more, or its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     /// How long to record, in milliseconds (at most [`MAX_PROFILE_MS`]).
     pub duration_ms: u64,
 }

@@ -1,11 +1,12 @@
 //! `tracectl run`: a command placed in a sandbox the daemon owns. The call
 //! carries a pidfd of the command (stopped before exec) and the sandbox's
 //! rules; its replies, on the one connection (varlink `more`), say where
-//! the command was placed, then stream its connections, then say it ended.
+//! the command was placed, then stream its connections, then say it ended
+//! (with the command's syscall profile, when asked for).
 
 use serde::{Deserialize, Serialize};
 
-use super::WatchReply;
+use super::{ProfileReply, WatchReply};
 
 /// One rule of a sandbox, with the syntax of a `[[rule]]` of the
 /// configuration without a selector: the daemon adds the sandbox's own.
@@ -31,6 +32,10 @@ pub struct SandboxParams {
     /// Report what would be refused instead of refusing it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub audit: bool,
+    /// Record the syscalls of the command and everything it starts, from
+    /// its exec (the launcher's are not), for the ended reply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub profile: bool,
 }
 
 /// Where the command was placed.
@@ -43,10 +48,14 @@ pub struct SandboxPlaced {
     pub mode: String,
 }
 
-/// Why the sandbox is gone.
+/// Why the sandbox is gone, and what it called when a profile was asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxEnded {
     pub reason: String,
+    /// The syscall profile, when the call asked for one and it could be
+    /// read (`reason` says why not otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileReply>,
 }
 
 /// One reply of a Sandbox call: placed first, then the sandbox's events,

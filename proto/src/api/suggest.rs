@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Protocol;
 
-/// Whose destinations: exactly one of `unit`, `cgroup` and `uid`.
+/// Whose destinations: exactly one of `unit`, `cgroup`, `uid` and `container`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuggestParams {
@@ -19,6 +19,10 @@ pub struct SuggestParams {
     /// A user id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+    /// A container (Docker, Podman, containerd, CRI-O), running or gone:
+    /// its id, a unique prefix of 12 hex digits or more, or its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     /// Only destinations last seen this many milliseconds ago or later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_ms: Option<u64>,
@@ -51,4 +55,8 @@ pub struct SuggestReply {
     pub dropped: u64,
     /// How many destinations the daemon remembers at most, all scopes together.
     pub capacity: u64,
+    /// For a container: its full id, as the request's id, prefix or name
+    /// resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }

@@ -242,13 +242,18 @@ pub fn inputs(method: &str) -> Vec<Value> {
         "Profile" => vec![
             Operation::Profile(ProfileParams {
                 cgroup: s("/system.slice/x.service"),
-                unit: None,
                 duration_ms: 1000,
+                ..ProfileParams::default()
             }),
             Operation::Profile(ProfileParams {
-                cgroup: None,
                 unit: s("x.service"),
                 duration_ms: 1,
+                ..ProfileParams::default()
+            }),
+            Operation::Profile(ProfileParams {
+                container: s("web"),
+                duration_ms: 1,
+                ..ProfileParams::default()
             }),
         ],
         "PolicySuggest" => vec![
@@ -263,6 +268,10 @@ pub fn inputs(method: &str) -> Vec<Value> {
             }),
             Operation::PolicySuggest(SuggestParams {
                 uid: Some(1000),
+                ..SuggestParams::default()
+            }),
+            Operation::PolicySuggest(SuggestParams {
+                container: s("0123456789ab"),
                 ..SuggestParams::default()
             }),
         ],
@@ -362,6 +371,7 @@ pub fn inputs(method: &str) -> Vec<Value> {
                     },
                 ],
                 audit: true,
+                profile: true,
             }),
             Operation::Sandbox(SandboxParams::default()),
         ],
@@ -439,6 +449,7 @@ pub fn outputs(method: &str) -> Vec<Value> {
                 }],
                 dropped: u64::from(f),
                 capacity: 16384,
+                container: f.then(|| "ab".repeat(32)),
             })
         }),
         "PolicyShow" => both(&|f| json(&policy(f))),
@@ -476,6 +487,25 @@ pub fn outputs(method: &str) -> Vec<Value> {
             json(&SandboxReply::Ended {
                 ended: SandboxEnded {
                     reason: "the command's processes are gone".into(),
+                    profile: None,
+                },
+            }),
+            json(&SandboxReply::Ended {
+                ended: SandboxEnded {
+                    reason: "its processes had all exited".into(),
+                    profile: Some(ProfileReply {
+                        cgroup: "/connectracer-sandbox/sb-1".into(),
+                        duration_ms: 12,
+                        syscalls: vec![ProfiledSyscall {
+                            arch: SyscallArch::X86_64,
+                            number: 59,
+                            name: Some("execve".into()),
+                            count: 1,
+                        }],
+                        families: vec![1],
+                        unknown: 0,
+                        socketcall: 0,
+                    }),
                 },
             }),
         ],
