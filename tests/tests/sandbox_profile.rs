@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use connectracer_tests::sandbox::{log_path, run, stderr, tracectl_run, user, CONFIG};
-use connectracer_tests::{bin_path, output, Daemon, TestCgroup};
+use connectracer_tests::sandbox::{log_path, run, sandbox_dirs, stderr, tracectl_run, user, Reaped, CONFIG};
+use connectracer_tests::{bin_path, output, wait_until, Daemon, TestCgroup};
 use serde_json::Value;
 
 /// A file in a directory the test user may write.
@@ -210,4 +210,63 @@ fn the_launchers_calls_before_the_exec_are_left_out() {
     // the launcher's calls left out, not a command that made none).
     let traced = strace_names(&["sh", "-c", "/bin/cat /etc/hostname; /bin/cat /etc/hostname"]);
     assert!(!traced.iter().any(|n| n.starts_with("landlock")), "{traced:?}");
+}
+
+/// A user profiles at most 4 sandboxes at once (each slows every syscall
+/// of the host while it records); a sandbox without a profile is not
+/// counted, and a slot freed is free again.
+#[test]
+fn a_user_records_at_most_four_sandbox_profiles_at_once() {
+    let cg = TestCgroup::new("sbprof-limit");
+    let d = Daemon::start(&cg, CONFIG).expect("daemon");
+    let u = user("pm");
+    let file = |i: usize| out_file("sbprof-limit", &format!("p{i}.json"));
+    let gate = out_file("sbprof-limit", "go");
+    let wait = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let held: Vec<Reaped> = (0..4)
+        .map(|i| {
+            let f = file(i);
+            let child = tracectl_run(
+                &d,
+                &u,
+                &["--profile-syscalls", f.to_str().unwrap(), "--", "sh", "-c", &wait],
+            )
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+            Reaped(child)
+        })
+        .collect();
+    wait_until("four sandboxes placed", Duration::from_secs(10), || {
+        sandbox_dirs(&cg).len() == 4
+    });
+    let fifth = file(4);
+    let out = run(
+        &d,
+        &u,
+        &["--profile-syscalls", fifth.to_str().unwrap(), "--", "/bin/true"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has 4 sandboxes recording syscall profiles already"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&d, &u, &["--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(0), "without a profile: {}", stderr(&out));
+    std::fs::write(&gate, "").unwrap();
+    for mut h in held {
+        assert!(h.0.wait().unwrap().success());
+    }
+    let out = run(
+        &d,
+        &u,
+        &["--profile-syscalls", fifth.to_str().unwrap(), "--", "/bin/true"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for i in 0..5 {
+        assert!(read_json(&file(i))["syscalls"].is_array());
+        let _ = std::fs::remove_file(file(i));
+    }
+    let _ = std::fs::remove_file(&gate);
 }

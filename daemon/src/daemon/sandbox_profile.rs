@@ -12,10 +12,17 @@ use crate::profiles::Target;
 /// How long a sandbox's profile outlives the sandbox when its call never
 /// asks for it (the connection's task gone): then it is dropped.
 const UNCLAIMED: Duration = Duration::from_secs(60);
+/// Any user may profile their sandbox, and while one records every
+/// syscall of the host takes the tracepoint's slow path: a user gets a
+/// few, and sandboxes together half the kernel's slots, so that
+/// `tracectl profile` (root and group connectracer) always has room.
+const PER_USER: usize = 4;
+const ALL_SANDBOXES: usize = crate::bpf::profile::SLOTS / 2;
 
 /// The profile of one sandbox, recording (or armed) in the kernel.
 #[derive(Debug)]
 pub(super) struct SandboxProfile {
+    uid: u32,
     slot: usize,
     target: Target,
     started: Instant,
@@ -29,6 +36,7 @@ impl Daemon {
     pub(super) async fn sandbox_profile_arm(
         &mut self,
         id: &str,
+        uid: u32,
         dir: &Path,
         wanted: bool,
     ) -> Result<(), CallError> {
@@ -39,6 +47,17 @@ impl Daemon {
             field: "profile".into(),
             reason,
         };
+        let all = &self.profiles.sandboxes;
+        if all.values().filter(|p| p.uid == uid).count() >= PER_USER {
+            return Err(failed(format!(
+                "uid {uid} has {PER_USER} sandboxes recording syscall profiles already"
+            )));
+        }
+        if all.len() >= ALL_SANDBOXES {
+            return Err(failed(format!(
+                "{ALL_SANDBOXES} sandboxes are recording syscall profiles already"
+            )));
+        }
         let target = crate::profiles::target_of(dir, &self.mount)?;
         let started = self.kernel.profile_start(target.id, target.level, true);
         let slot = self
@@ -49,6 +68,7 @@ impl Daemon {
         self.profiles.sandboxes.insert(
             id.to_string(),
             SandboxProfile {
+                uid,
                 slot,
                 target,
                 started: Instant::now(),

@@ -85,7 +85,7 @@ impl Daemon {
             ));
         }
         let (id, dir, cgroup, cgroup_id, pid) = self.place_command(caller, pidfd)?;
-        self.sandbox_profile_arm(&id, &dir, params.profile)
+        self.sandbox_profile_arm(&id, caller.uid, &dir, params.profile)
             .await
             .inspect_err(|_| abandon(dir.clone()))?;
         self.source.sandboxes.stage_add(Sandbox {
