@@ -961,3 +961,4 @@ int BPF_PROG(ct_exit, struct task_struct *p)
 char LICENSE[] SEC("license") = "GPL";
 #include "dns.bpf.h"
 #include "profile.bpf.h"
+#include "level.bpf.h"
