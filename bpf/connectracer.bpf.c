@@ -965,3 +965,4 @@ int BPF_PROG(ct_exit, struct task_struct *p)
 
 char LICENSE[] SEC("license") = "GPL";
 #include "dns.bpf.h"
+#include "level.bpf.h"

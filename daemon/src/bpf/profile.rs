@@ -94,10 +94,12 @@ fn map_err(map: &'static str) -> impl FnOnce(libbpf_rs::Error) -> TracerError {
 }
 
 impl Tracer {
-    /// Starts recording the cgroup `cgroup_id` at `level` (the root's is 0)
-    /// and its descendants; returns the slot to stop it with. `armed`:
-    /// nothing is counted until a task of the cgroup execs (that exec is).
+    /// Starts recording the cgroup `cgroup_id` at `level` (counted from the
+    /// cgroup2 mount, whose own is 0) and its descendants; returns the slot
+    /// to stop it with. `armed`: nothing is counted until a task of the
+    /// cgroup execs (that exec is).
     pub fn profile_start(&self, cgroup_id: u64, level: u32, armed: bool) -> Result<usize, ProfileError> {
+        let level = level + self.level_offset;
         let mut rec = self.profiles.borrow_mut();
         if rec.slots.iter().flatten().any(|&(id, _)| id == cgroup_id) {
             return Err(ProfileError::Busy(cgroup_id));

@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::mem::MaybeUninit;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -31,6 +31,9 @@ pub struct TracerOptions {
     pub cgroup_dir: PathBuf,
     /// Whether `cgroup_dir` is the cgroup2 root (no process filtering needed).
     pub cgroup_is_root: bool,
+    /// `cgroup_dir`'s depth below the cgroup2 mount as this namespace sees
+    /// it (the mount's own is 0).
+    pub cgroup_depth: u32,
     /// bpffs directory where links and state maps are pinned, so that a new
     /// instance re-adopts them: tracing goes on while the daemon restarts.
     pub pin_dir: Option<PathBuf>,
@@ -60,6 +63,10 @@ pub struct Tracer {
     unsettled: Cell<Option<std::thread::JoinHandle<()>>>,
     /// Syscall profiles recording now, and their program's link.
     pub(super) profiles: RefCell<super::profile::Recording>,
+    /// What to add to a level counted from the cgroup2 mount to get the
+    /// kernel's, counted from the hierarchy's root: the depth of this
+    /// cgroup namespace's root (0 outside one).
+    pub(super) level_offset: u32,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -117,6 +124,17 @@ impl Tracer {
             written: RefCell::new(Default::default()),
             unsettled: Cell::new(None),
             profiles: RefCell::default(),
+            level_offset: 0,
+        };
+        tracer.level_offset = match tracer.kernel_level() {
+            Ok(level) => level.saturating_sub(opts.cgroup_depth),
+            Err(e) => {
+                tracing::warn!(
+                    "{:#}; syscall profiles assume the cgroup2 mount is the hierarchy's root",
+                    anyhow::Error::from(e)
+                );
+                0
+            }
         };
         if let Err(e) = tracer.apply(initial) {
             tracer.undo_failed_start(Vec::new());
@@ -134,6 +152,37 @@ impl Tracer {
         }
         tracer.links = RefCell::new(links);
         Ok(tracer)
+    }
+
+    /// The attach point's level in the whole cgroup hierarchy, from the
+    /// kernel (a cgroup iterator run once on it).
+    fn kernel_level(&self) -> Result<u32, TracerError> {
+        use libbpf_rs::{CgroupIterOpts, CgroupIterOrder, Iter, IterOpts};
+        use std::io::Read;
+        let attach = |source| TracerError::Attach {
+            prog: "cgroup_level",
+            source,
+        };
+        let mut opts = CgroupIterOpts::from_fd(self.cgroup.as_fd());
+        opts.order = CgroupIterOrder::SelfOnly;
+        let link = self
+            .skel
+            .progs
+            .ct_cgroup_level
+            .attach_iter_with_opts(IterOpts::Cgroup(opts))
+            .map_err(attach)?;
+        let mut out = Vec::new();
+        Iter::new(&link)
+            .map_err(attach)?
+            .read_to_end(&mut out)
+            .map_err(|e| attach(libbpf_rs::Error::from(e)))?;
+        let bytes: [u8; 4] = out.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(|| {
+            attach(libbpf_rs::Error::from(std::io::Error::other(format!(
+                "the cgroup iterator wrote {} bytes, not a level",
+                out.len()
+            ))))
+        })?;
+        Ok(u32::from_ne_bytes(bytes))
     }
 
     /// A start that failed partway: what this start attached and pinned

@@ -1,10 +1,11 @@
-//! The Sandbox call (`tracectl run`), served on either socket: the pidfd
-//! and rules go to the owner, which places the command; the connection
+//! The Sandbox call (`tracectl run`), served on either socket: the command
+//! is checked and placed in its cgroup here, and the owner puts the
+//! sandbox's rules in force; the connection
 //! then streams the sandbox's events until the caller closes its writing
 //! side (its command ended) or hangs up (killed): then the owner stops
 //! whatever is left in the sandbox, removes it, and the last reply says so.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use connectracer_proto::api::{
@@ -15,13 +16,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::server::{send_on, Conn, Watchers};
 use super::Caller;
+use crate::sandbox::placer::{Placement, Placer};
 
 /// What the owner is asked about sandboxes.
 #[derive(Debug)]
 pub enum Command {
+    /// The command is in its cgroup already (placed by the handler): put
+    /// the sandbox in force, or stop it if it cannot be.
     Create {
         caller: Caller,
-        pidfd: OwnedFd,
+        placement: Placement,
         params: SandboxParams,
         reply: oneshot::Sender<Result<Placed, CallError>>,
     },
@@ -63,6 +67,7 @@ fn invalid(field: &str, reason: impl Into<String>) -> CallError {
 
 async fn place(
     owner: &mpsc::Sender<Command>,
+    placer: &Placer,
     caller: Caller,
     mut fds: Vec<OwnedFd>,
     params: SandboxParams,
@@ -77,12 +82,24 @@ async fn place(
         ));
     }
     let pidfd = fds.remove(0);
+    crate::sandbox::check(&params).map_err(|(field, reason)| invalid(&field, reason))?;
+    // Placed here, not by the owner: the checks read /proc and a scope is
+    // a round trip to systemd, neither of which the owner's loop waits on.
+    let placement = placer
+        .place(pidfd.as_fd(), caller.uid, caller.pid)
+        .await
+        .map_err(|e| match e.is_refusal() {
+            true => CallError::AccessDenied {
+                reason: e.to_string(),
+            },
+            false => invalid("sandbox", format!("{:#}", anyhow::Error::from(e))),
+        })?;
     let (reply, rx) = oneshot::channel();
     let gone = || invalid("daemon", "the daemon is shutting down");
     owner
         .send(Command::Create {
             caller,
-            pidfd,
+            placement,
             params,
             reply,
         })
@@ -102,12 +119,13 @@ pub(super) async fn serve(
     fds: Vec<OwnedFd>,
     params: SandboxParams,
     owner: &mpsc::Sender<Command>,
+    placer: &Placer,
     watchers: &Watchers,
 ) -> zlink::Result<()> {
     // Subscribed before the command can run: none of its events is missed.
     let mut events = watchers.subscribe();
     let profiled = params.profile;
-    let placed = match place(owner, caller, fds, params).await {
+    let placed = match place(owner, placer, caller, fds, params).await {
         Ok(p) => p,
         Err(e) => return conn.send(&e).await,
     };

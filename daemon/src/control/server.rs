@@ -148,6 +148,8 @@ pub type Watchers = tokio::sync::broadcast::Sender<std::sync::Arc<WatchEvent>>;
 pub struct Owner {
     pub requests: mpsc::Sender<Request>,
     pub sandboxes: mpsc::Sender<super::sandbox::Command>,
+    /// Makes sandboxes' cgroups (the owner removes them with the same).
+    pub placer: std::sync::Arc<crate::sandbox::placer::Placer>,
     pub watchers: Watchers,
 }
 
@@ -261,8 +263,16 @@ impl Client<'_> {
                     Operation::Sandbox(params) if call.more() => {
                         let o = &self.owner;
                         let caller = self.caller;
-                        return super::sandbox::serve(conn, caller, fds, params, &o.sandboxes, &o.watchers)
-                            .await;
+                        return super::sandbox::serve(
+                            conn,
+                            caller,
+                            fds,
+                            params,
+                            &o.sandboxes,
+                            &o.placer,
+                            &o.watchers,
+                        )
+                        .await;
                     }
                     Operation::Watch(_) | Operation::Sandbox(_) => Err(super::watch_needs_more()),
                     op @ Operation::Profile(_) => {
@@ -458,6 +468,10 @@ mod wire_tests {
                     owner: Owner {
                         requests,
                         sandboxes: mpsc::channel(1).0,
+                        placer: std::sync::Arc::new(crate::sandbox::placer::Placer::choose(
+                            std::path::Path::new("/"),
+                            std::path::Path::new("/sandbox-test"),
+                        )),
                         watchers: tokio::sync::broadcast::channel(1).0,
                     },
                     surface: Surface::Control,

@@ -103,6 +103,8 @@ struct Daemon {
     /// sandboxes empty.
     sandbox_tx: mpsc::Sender<control::sandbox::Command>,
     sandbox_rx: mpsc::Receiver<control::sandbox::Command>,
+    /// Stops and removes sandboxes' cgroups (scopes or the daemon's own).
+    placer: std::sync::Arc<crate::sandbox::placer::Placer>,
     /// Sandboxes placed by this instance whose caller is still connected.
     attached: std::collections::HashSet<String>,
     /// Sandboxes being removed, and whom to tell why once they are.
@@ -213,9 +215,12 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(crate::snapshot::Snapshot::default());
     let dbus = crate::dbus::spawn(ctl_tx.clone(), pipeline.watchers(), snapshot_rx);
     let (sandbox_tx, sandbox_rx) = mpsc::channel(64);
+    let placer = std::sync::Arc::new(crate::sandbox::placer::Placer::choose(&mount, &cgroup_dir));
+    info!("sandboxes of tracectl run go in {}", placer.describe());
     let owner = control::server::Owner {
         requests: ctl_tx,
         sandboxes: sandbox_tx.clone(),
+        placer: placer.clone(),
         watchers: pipeline.watchers(),
     };
     let server = tokio::spawn(control::server::serve(
@@ -265,6 +270,7 @@ pub async fn run(source: ConfigSource, config: Config, paths: &Paths) -> anyhow:
         gpu,
         sandbox_tx,
         sandbox_rx,
+        placer,
         attached: std::collections::HashSet::new(),
         finishing: HashMap::new(),
         container_tx,

@@ -1,20 +1,17 @@
-//! Sandboxes (`tracectl run`) as the owner keeps them: placed and removed
-//! through the one reload path, their cgroups watched off the owner loop.
+//! Sandboxes (`tracectl run`) as the owner keeps them: put in force and
+//! removed through the one reload path once the control handler placed the
+//! command; their cgroups stopped and watched off the owner loop.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
 
 use connectracer_proto::api::{SandboxParams, SandboxPlaced};
 
 use super::*;
 use crate::control::sandbox::{Command, Placed};
 use crate::control::Caller;
-use crate::sandbox::{place, Sandbox, CGROUP_DIR, MAX_PER_USER};
+use crate::sandbox::placer::{until_empty, Placement, Placer, EMPTY_WAIT};
+use crate::sandbox::{place, Sandbox, MAX_PER_USER};
 
-/// How often a sandbox being removed is looked at until it is empty, and
-/// for how long at most.
-const EMPTY_POLL: Duration = Duration::from_millis(20);
-const EMPTY_WAIT: Duration = Duration::from_secs(10);
 /// After the cgroup empties, records still in the ring buffer (drained
 /// every 10 ms) reach the stream before the sandbox is reported gone.
 const LAST_RECORDS: Duration = Duration::from_millis(100);
@@ -26,27 +23,10 @@ fn invalid(field: &str, reason: String) -> CallError {
     }
 }
 
-/// Waits (off the owner) until the cgroup at `dir` has no process left.
-async fn until_empty(dir: PathBuf) {
-    let started = Instant::now();
-    while place::populated(&dir) && started.elapsed() < EMPTY_WAIT {
-        tokio::time::sleep(EMPTY_POLL).await;
-    }
-    tokio::time::sleep(LAST_RECORDS).await;
-}
-
-/// Kills what is in a sandbox that was never put in force, and removes
-/// its cgroup once empty.
-fn abandon(dir: PathBuf) {
-    if let Err(e) = place::kill(&dir) {
-        warn!("sandbox: {:#}", anyhow::Error::from(e));
-    }
-    tokio::spawn(async move {
-        until_empty(dir.clone()).await;
-        if let Err(e) = place::remove(&dir) {
-            warn!("sandbox: {:#}", anyhow::Error::from(e));
-        }
-    });
+/// Stops and removes, off the owner, a sandbox that is not put in force.
+fn abandon(placer: &Arc<Placer>, p: &Placement) {
+    let (placer, dir, unit) = (placer.clone(), p.dir.clone(), p.unit.clone());
+    tokio::spawn(async move { placer.abandon(&dir, unit.as_deref()).await });
 }
 
 impl Daemon {
@@ -54,11 +34,14 @@ impl Daemon {
         match cmd {
             Command::Create {
                 caller,
-                pidfd,
+                placement,
                 params,
                 reply,
             } => {
-                let placed = self.sandbox_create(&caller, &pidfd, &params).await;
+                let placed = self.sandbox_create(&caller, &placement, &params).await;
+                if placed.is_err() {
+                    abandon(&self.placer, &placement);
+                }
                 if let Err(e) = &placed {
                     info!(uid = caller.uid, "sandbox refused: {e:?}");
                 }
@@ -73,10 +56,9 @@ impl Daemon {
     async fn sandbox_create(
         &mut self,
         caller: &Caller,
-        pidfd: &OwnedFd,
+        placement: &Placement,
         params: &SandboxParams,
     ) -> Result<Placed, CallError> {
-        crate::sandbox::check(params).map_err(|(field, reason)| invalid(&field, reason))?;
         let store = &self.source.sandboxes;
         if store.live().iter().filter(|s| s.uid == caller.uid).count() >= MAX_PER_USER {
             return Err(invalid(
@@ -84,15 +66,22 @@ impl Daemon {
                 format!("uid {} has {MAX_PER_USER} sandboxes already", caller.uid),
             ));
         }
-        let (id, dir, cgroup, cgroup_id, pid) = self.place_command(caller, pidfd)?;
+        let Placement {
+            id,
+            pid,
+            dir,
+            cgroup,
+            cgroup_id,
+            unit,
+        } = placement.clone();
         self.sandbox_profile_arm(&id, caller.uid, &dir, params.profile)
-            .await
-            .inspect_err(|_| abandon(dir.clone()))?;
+            .await?;
         self.source.sandboxes.stage_add(Sandbox {
             id: id.clone(),
             uid: caller.uid,
-            dir: dir.clone(),
+            dir,
             cgroup: cgroup.clone(),
+            unit: unit.clone(),
             audit: params.audit,
             rule: params.rules.clone(),
         });
@@ -100,7 +89,6 @@ impl Daemon {
         if let Err(e) = result {
             self.source.sandboxes.discard();
             self.sandbox_profile_drop(&id).await;
-            abandon(dir);
             // The host's configuration errors are not the caller's business.
             return Err(match e {
                 CallError::ConfigInvalid { .. } if !caller.privileged => invalid(
@@ -117,7 +105,7 @@ impl Daemon {
             );
         }
         self.attached.insert(id.clone());
-        info!(sandbox = %id, uid = caller.uid, pid, cgroup = %cgroup, "sandbox placed");
+        info!(sandbox = %id, uid = caller.uid, pid, cgroup = %cgroup, unit = unit.as_deref().unwrap_or(""), "sandbox placed");
         let mode = if params.audit { "audit" } else { "enforce" };
         Ok(Placed {
             wire: SandboxPlaced {
@@ -129,71 +117,45 @@ impl Daemon {
         })
     }
 
-    /// The caller's child checked and moved into a new cgroup: the
-    /// sandbox's id, its directory, path below the mount and id, the pid.
-    fn place_command(
-        &self,
-        caller: &Caller,
-        pidfd: &OwnedFd,
-    ) -> Result<(String, PathBuf, String, u64, i32), CallError> {
-        let denied = |e: place::PlaceError| CallError::AccessDenied {
-            reason: e.to_string(),
-        };
-        let pid = place::verify(pidfd.as_fd(), caller.uid, caller.pid).map_err(denied)?;
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let id = format!("{}-{pid}-{}", caller.uid, started.as_millis());
-        let failed = |e: place::PlaceError| invalid("sandbox", format!("{:#}", anyhow::Error::from(e)));
-        let dir = place::create(&self.cgroup_dir.join(CGROUP_DIR), &format!("sb-{id}")).map_err(failed)?;
-        let entered = place::enter(&dir, pid).map_err(failed).and_then(|()| {
-            // The pid written named the pidfd's process only if it still lives.
-            place::alive(pidfd.as_fd())
-                .then_some(())
-                .ok_or_else(|| denied(place::PlaceError::Gone))
-        });
-        let sandbox = entered.and_then(|()| {
-            let cgroup = crate::sys::cgroup_tree::relative_path(&self.mount, &dir).ok_or_else(|| {
-                invalid(
-                    "sandbox",
-                    format!("{} is outside the cgroup2 mount", dir.display()),
-                )
-            })?;
-            let ino = std::fs::metadata(&dir)
-                .map(|m| m.ino())
-                .map_err(|e| invalid("sandbox", format!("{}: {e}", dir.display())))?;
-            Ok((cgroup, ino))
-        });
-        sandbox
-            .map(|(cgroup, ino)| (id, dir.clone(), cgroup, ino, pid))
-            .inspect_err(|_| abandon(dir.clone()))
-    }
-
     /// The caller is done: what is left is killed; the sandbox goes once empty.
     fn sandbox_finish(&mut self, id: String, done: oneshot::Sender<String>) {
-        let Some(dir) = self.source.sandboxes.get(&id).map(|s| s.dir.clone()) else {
+        let Some((dir, unit)) = self
+            .source
+            .sandboxes
+            .get(&id)
+            .map(|s| (s.dir.clone(), s.unit.clone()))
+        else {
             let _ = done.send("the sandbox was already gone".into());
             return;
         };
-        let reason = if place::populated(&dir) {
-            if let Err(e) = place::kill(&dir) {
-                warn!("sandbox {id}: {:#}", anyhow::Error::from(e));
-            }
+        let left = place::populated(&dir);
+        let reason = if left {
             "the caller closed the connection: the processes left were stopped"
         } else {
             "its processes had all exited"
         };
         self.finishing.insert(id.clone(), (done, reason));
-        let tx = self.sandbox_tx.clone();
+        let (tx, placer) = (self.sandbox_tx.clone(), self.placer.clone());
         tokio::spawn(async move {
-            until_empty(dir).await;
+            if left {
+                if let Err(e) = placer.kill(&dir, unit.as_deref()).await {
+                    warn!("sandbox {id}: {:#}", anyhow::Error::from(e));
+                }
+            }
+            until_empty(&dir).await;
+            tokio::time::sleep(LAST_RECORDS).await;
             let _ = tx.send(Command::Emptied { id }).await;
         });
     }
 
     /// An empty sandbox leaves the policy, then its cgroup goes.
     async fn sandbox_emptied(&mut self, id: &str) {
-        let Some(dir) = self.source.sandboxes.get(id).map(|s| s.dir.clone()) else {
+        let Some((dir, unit)) = self
+            .source
+            .sandboxes
+            .get(id)
+            .map(|s| (s.dir.clone(), s.unit.clone()))
+        else {
             return;
         };
         // Processes cgroup.kill could not end (stuck in the kernel) stay
@@ -219,7 +181,7 @@ impl Daemon {
         if let Err(e) = self.source.sandboxes.commit() {
             error!("sandbox {id}: {:#}", anyhow::Error::from(e));
         }
-        if let Err(e) = place::remove(&dir) {
+        if let Err(e) = self.placer.remove(&dir, unit.as_deref()) {
             warn!("sandbox {id}: {:#}", anyhow::Error::from(e));
         }
         self.attached.remove(id);

@@ -1,5 +1,5 @@
-//! The sandboxes of `tracectl run`: each is a cgroup the daemon created and
-//! owns, and a policy scope (default deny, the caller's allow-list) that
+//! The sandboxes of `tracectl run`: each is a root-owned cgroup (a systemd
+//! scope, or one the daemon created: `placer`), and a policy scope (default deny, the caller's allow-list) that
 //! the kernel asks before the host's policy. They are persisted in the
 //! state directory so that a restarted daemon puts them back in force (the
 //! pinned links keep enforcing meanwhile), and merged into the
@@ -7,7 +7,9 @@
 //! parser and the one reload path.
 
 pub mod place;
+pub mod placer;
 mod render;
+pub mod scope;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,9 @@ pub struct Sandbox {
     pub dir: PathBuf,
     /// The same, relative to the cgroup2 mount: the scope's selector.
     pub cgroup: String,
+    /// The systemd scope holding it, when it is one (`placer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     #[serde(default)]
     pub audit: bool,
     #[serde(default)]

@@ -25,6 +25,8 @@ pub enum PlaceError {
     OtherUser { pid: i32, uid: u32, ids: Vec<u32> },
     #[error("process {pid} runs with mixed group ids {gids:?} (setgid)")]
     SetGid { pid: i32, gids: Vec<u32> },
+    #[error(transparent)]
+    Scope(#[from] super::scope::ScopeError),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -32,6 +34,21 @@ pub enum PlaceError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl PlaceError {
+    /// Whether the caller was refused (not its child, another user's, gone)
+    /// rather than the daemon failing to make the sandbox.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::NoCallerPid
+                | Self::Gone
+                | Self::NotChild { .. }
+                | Self::OtherUser { .. }
+                | Self::SetGid { .. }
+        )
+    }
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PlaceError + 'a {

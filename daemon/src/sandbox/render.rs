@@ -82,6 +82,7 @@ pub fn check(p: &SandboxParams) -> Result<(), (String, String)> {
         uid: 0,
         dir: "/".into(),
         cgroup: format!("/{}/check", super::CGROUP_DIR),
+        unit: None,
         audit: p.audit,
         rule: p.rules.clone(),
     };

@@ -16,6 +16,7 @@ fn sandbox(id: &str, rules: Vec<SandboxRule>) -> Sandbox {
         uid: 1000,
         dir: format!("/sys/fs/cgroup/{CGROUP_DIR}/{id}").into(),
         cgroup: format!("/{CGROUP_DIR}/{id}"),
+        unit: None,
         audit: false,
         rule: rules,
     }
