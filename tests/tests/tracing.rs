@@ -317,3 +317,43 @@ fn two_tracers_on_one_cgroup_both_see_every_connection() {
         })
         .unwrap();
 }
+
+/// A unit whose process connects and exits, its cgroup removed at once (as
+/// systemd does): the connection is still named by its cgroup and unit,
+/// resolved when the process exec'd rather than when the connect record
+/// is read, by which time the directory is gone.
+#[test]
+fn a_connection_keeps_its_unit_after_the_units_cgroup_is_removed() {
+    let cg = TestCgroup::new("gone.slice");
+    let mut d = Daemon::start(&cg, TRACE_ALL).unwrap();
+    let dst = closed_port("127.0.0.1:0").to_string();
+    let probe = bin_path("ct-probe");
+    let mut pids = Vec::new();
+    for i in 0..5 {
+        let unit = cg.child(&format!("short-{i}.service"));
+        // The shell's exec names the cgroup; the probe's connect comes 50 ms later.
+        let script = format!("sleep 0.05; exec {} connect {dst}", probe.display());
+        let out = unit
+            .command(std::path::Path::new("/bin/sh"))
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        pids.push((pid_of(&v), unit.rel.clone(), format!("short-{i}.service")));
+        // Removed before the daemon drains the ring (every 10 ms).
+        drop(unit);
+    }
+    d.wait_for(WAIT, |s| {
+        s.iter()
+            .filter(|e| e["event"] == "connect" && e["dst"] == dst)
+            .count()
+            >= 5
+    })
+    .unwrap();
+    for (pid, rel, unit) in pids {
+        let e = d.events("connect", Some(pid)).next().unwrap();
+        assert_eq!(e["process"]["cgroup"], rel.as_str(), "{e}");
+        assert_eq!(e["process"]["unit"], unit.as_str(), "{e}");
+    }
+}

@@ -53,7 +53,21 @@ impl CgroupResolver {
             return Some(c.clone());
         }
         let path = self.by_handle(id).or_else(|| self.by_walk(id))?;
-        let rel = cgroup_tree::relative_path(&self.mount, &path)?;
+        self.insert(id, &path)
+    }
+
+    /// Resolves `id` into the cache if that is cheap (by handle; never the
+    /// walk): for every exec on the host, ahead of its connections.
+    pub fn warm(&mut self, id: u64) {
+        if id != 0 && !self.cache.contains_key(&id) {
+            if let Some(path) = self.by_handle(id) {
+                self.insert(id, &path);
+            }
+        }
+    }
+
+    fn insert(&mut self, id: u64, path: &Path) -> Option<Arc<Cgroup>> {
+        let rel = cgroup_tree::relative_path(&self.mount, path)?;
         let cg = Arc::new(Cgroup {
             info: parse_cgroup_path(&rel),
             path: rel,

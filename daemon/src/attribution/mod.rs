@@ -55,6 +55,13 @@ impl Attributor {
 
     pub fn on_process(&mut self, rec: &ProcRecord, now: Instant) {
         self.processes.apply(rec, now);
+        // Resolved now, while the process runs: a short-lived unit's cgroup
+        // may be gone by the time its connections are attributed (systemd
+        // removes it as soon as the last process exits), and a cgroup id
+        // can no longer be named once its directory is gone.
+        if let ProcRecord::Exec { cgroup_id, .. } = rec {
+            self.cgroups.warm(*cgroup_id);
+        }
     }
 
     /// The attribution of a connection record, shared with earlier records

@@ -117,6 +117,7 @@ impl ProcessCache {
                 argv,
                 filename_cut,
                 argv_cut,
+                ..
             } => {
                 // bprm->filename is what was passed to execve(): relative
                 // paths are resolved while the process is (probably) alive.
@@ -286,6 +287,7 @@ pub(crate) fn test_exec(pid: u32, exe: &str) -> ProcRecord {
         argv: vec![exe.into(), "-v".into()],
         filename_cut: false,
         argv_cut: false,
+        cgroup_id: 0,
     }
 }
 
@@ -317,6 +319,7 @@ mod tests {
             argv: vec!["/bin/tool".into(), "--long-opt".into()],
             filename_cut: true,
             argv_cut: true,
+            cgroup_id: 0,
         };
         let now = Instant::now();
         c.apply(&cut(42), now);

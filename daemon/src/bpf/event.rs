@@ -105,6 +105,8 @@ pub enum ProcRecord {
         filename_cut: bool,
         /// The argv did not fit in the record.
         argv_cut: bool,
+        /// The cgroup the new image starts in.
+        cgroup_id: u64,
     },
     Fork {
         pid: u32,
@@ -272,6 +274,7 @@ fn decode_proc(e: &ct_proc_event) -> ProcRecord {
                 argv,
                 filename_cut: e.filename_len as usize + 1 >= e.filename.len(),
                 argv_cut: e.args_total > e.args_len,
+                cgroup_id: e.cgroup_id,
             }
         }
         ct_event_kind::CT_EV_FORK => ProcRecord::Fork {
