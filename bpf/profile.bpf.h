@@ -101,6 +101,18 @@ static __always_inline bool profile_is_exec(long id, __u32 compat)
 	return id == CT_NR_EXECVE || id == CT_NR_EXECVEAT;
 }
 
+/* The profile, if any, of the current task's ancestor at the profiled
+ * level `lv->level[i]`: a task's ancestor at that level is the profiled
+ * cgroup if any is. */
+static __always_inline struct ct_profile_target *profile_target(struct ct_profile_levels *lv, int i)
+{
+	__u64 cgroup = bpf_get_current_ancestor_cgroup_id(lv->level[i]);
+
+	if (!cgroup)
+		return NULL;
+	return bpf_map_lookup_elem(&profile_cgroups, &cgroup);
+}
+
 /*
  * From sched_process_exec, for every exec on the host: armed profiles of
  * the task's cgroups start recording, with the exec call that got here.
@@ -111,7 +123,6 @@ static __always_inline void profile_exec(void)
 	struct ct_profile_levels *lv;
 	struct ct_profile_target *t;
 	__u32 zero = 0, compat;
-	__u64 cgroup;
 	long nr;
 	int i;
 
@@ -122,10 +133,7 @@ static __always_inline void profile_exec(void)
 	for (i = 0; i < CT_PROFILE_LEVELS; i++) {
 		if (i >= lv->count)
 			break;
-		cgroup = bpf_get_current_ancestor_cgroup_id(lv->level[i]);
-		if (!cgroup)
-			continue;
-		t = bpf_map_lookup_elem(&profile_cgroups, &cgroup);
+		t = profile_target(lv, i);
 		if (!t || t->state != CT_PROFILE_ARMED)
 			continue;
 		nr = t->exec_nr;
@@ -148,23 +156,18 @@ int BPF_PROG(ct_sys_enter, struct pt_regs *regs, long id)
 	struct ct_profile_levels *lv;
 	struct ct_profile_target *t;
 	long family = -1;
-	__u64 cgroup;
 
 	lv = bpf_map_lookup_elem(&profile_levels, &zero);
 	if (!lv)
 		return 0;
-	/* One lookup per level holding a profile (usually one): a task's
-	 * ancestor at that level is the profiled cgroup if any is. Unrolled
+	/* One lookup per level holding a profile (usually one). Unrolled
 	 * rather than bpf_for: its iterator's kfunc calls cost every syscall
 	 * of the host more than the eight short copies cost the verifier. */
 #pragma unroll
 	for (i = 0; i < CT_PROFILE_LEVELS; i++) {
 		if (i >= lv->count)
 			break;
-		cgroup = bpf_get_current_ancestor_cgroup_id(lv->level[i]);
-		if (!cgroup)
-			continue;
-		t = bpf_map_lookup_elem(&profile_cgroups, &cgroup);
+		t = profile_target(lv, i);
 		if (!t)
 			continue;
 		if (!found) {

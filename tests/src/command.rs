@@ -30,3 +30,26 @@ pub fn output(cmd: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The syscalls strace sees `cmd` make (`strace -f -c`): the names in the
+/// last column of its per-syscall table.
+pub fn strace_names(cmd: &[&str]) -> std::collections::BTreeSet<String> {
+    let out = tempfile::NamedTempFile::new().expect("strace output file");
+    let (code, _, err) = output(
+        Command::new("strace")
+            .args(["-f", "-c", "-o"])
+            .arg(out.path())
+            .args(cmd),
+    );
+    assert_eq!(code, 0, "strace: {err}");
+    let text = std::fs::read_to_string(out.path()).expect("strace output");
+    text.lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|n| {
+            n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .filter(|n| *n != "total" && *n != "syscall")
+        .map(str::to_string)
+        .collect()
+}

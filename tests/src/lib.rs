@@ -26,7 +26,7 @@ use serde_json::Value;
 
 pub use bus::{PrivateBus, NO_BUS};
 pub use cgroup::{hold, probe, probe_as, TestCgroup};
-pub use command::{output, verify_unit_with};
+pub use command::{output, strace_names, verify_unit_with};
 pub use config_dir::ConfigDir;
 pub use daemon::{daemon_command, Daemon};
 pub use dnsmasq::Dnsmasq;

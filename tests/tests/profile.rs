@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use connectracer_tests::{bin_path, output, Daemon, TestCgroup, TestUser};
+use connectracer_tests::{bin_path, output, strace_names, Daemon, TestCgroup, TestUser};
 use serde_json::Value;
 
 /// Starts `tracectl profile` for `args` in the background, writing to
@@ -98,29 +98,6 @@ fn the_oci_profile_of_a_command_lets_it_run_and_refuses_what_it_never_called() {
     assert_eq!(code, 1, "getppid allowed should succeed: {err}");
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&allow_all);
-}
-
-/// strace's per-syscall table (`-c`): the names in its first column.
-fn strace_names(cmd: &[&str]) -> BTreeSet<String> {
-    let out = tmp("strace.txt");
-    let (code, _, err) = output(
-        Command::new("strace")
-            .args(["-f", "-c", "-o"])
-            .arg(&out)
-            .args(cmd),
-    );
-    assert_eq!(code, 0, "strace: {err}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    text.lines()
-        .filter_map(|l| l.split_whitespace().last())
-        .filter(|n| {
-            n.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        })
-        .filter(|n| *n != "total" && *n != "syscall")
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

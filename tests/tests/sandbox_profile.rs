@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use connectracer_tests::sandbox::{log_path, run, sandbox_dirs, stderr, tracectl_run, user, Reaped, CONFIG};
-use connectracer_tests::{bin_path, output, wait_until, Daemon, TestCgroup};
+use connectracer_tests::{bin_path, output, strace_names, wait_until, Daemon, TestCgroup};
 use serde_json::Value;
 
 /// A file in a directory the test user may write.
@@ -37,28 +37,6 @@ fn counts(reply: &Value) -> BTreeMap<String, u64> {
                 s["count"].as_u64().unwrap(),
             )
         })
-        .collect()
-}
-
-/// strace's per-syscall table (`-c`): the names in its last column.
-fn strace_names(cmd: &[&str]) -> BTreeSet<String> {
-    let out = out_file("sbprof-strace", "strace.txt");
-    let (code, _, err) = output(
-        Command::new("strace")
-            .args(["-f", "-c", "-o"])
-            .arg(&out)
-            .args(cmd),
-    );
-    assert_eq!(code, 0, "strace: {err}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    text.lines()
-        .filter_map(|l| l.split_whitespace().last())
-        .filter(|n| {
-            n.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        })
-        .filter(|n| *n != "total" && *n != "syscall")
-        .map(str::to_string)
         .collect()
 }
 
