@@ -185,9 +185,7 @@ impl AddedHosts {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(write_err)?;
         }
-        let tmp = self.path.with_extension("toml.tmp");
-        std::fs::write(&tmp, render(hosts)).map_err(write_err)?;
-        std::fs::rename(&tmp, &self.path).map_err(write_err)
+        crate::sys::state_file::replace(&self.path, render(hosts)).map_err(write_err)
     }
 }
 

@@ -39,9 +39,8 @@ impl Snapshot {
     }
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        std::fs::rename(&tmp, path)
+        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        crate::sys::state_file::replace(path, json)
     }
 
     pub fn load(path: &Path) -> Option<Self> {

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 // Looked up for every connection event; SipHash showed in profiles.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -466,9 +466,7 @@ impl Metrics {
     /// half-written file.
     pub fn write_textfile(&self, path: &Path) -> std::io::Result<()> {
         self.handle.run_upkeep();
-        let tmp: PathBuf = path.with_extension("prom.tmp");
-        std::fs::write(&tmp, self.render())?;
-        std::fs::rename(&tmp, path)
+        crate::sys::state_file::replace(path, self.render())
     }
 }
 

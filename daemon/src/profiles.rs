@@ -74,10 +74,9 @@ pub fn target_of(dir: &Path, mount: &Path) -> Result<Target, CallError> {
             format!("{} is not a cgroup directory", dir.display()),
         ));
     }
-    let rel = dir.strip_prefix(mount).unwrap_or(Path::new(""));
     Ok(Target {
         id: meta.ino(),
-        level: rel.components().count() as u32,
+        level: cgroup_tree::depth(mount, dir),
         path: cgroup_tree::relative_path(mount, dir).unwrap_or_else(|| "/".into()),
     })
 }

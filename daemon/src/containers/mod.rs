@@ -159,10 +159,9 @@ impl ContainerNames {
         let Some((_, worker)) = self.workers.iter().find(|(r, _)| Some(*r) == runtime) else {
             return self.none.clone();
         };
-        let cgroup = p.cgroup.as_deref().unwrap_or("/").trim_start_matches('/');
         let req = Request {
             id: id.to_string(),
-            cgroup_dir: self.mount.join(cgroup),
+            cgroup_dir: crate::sys::cgroup_tree::dir_of(&self.mount, p.cgroup.as_deref().unwrap_or("/")),
         };
         // A full queue: asked again at the container's next event.
         if worker.try_send(req).is_ok() {

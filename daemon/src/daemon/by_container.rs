@@ -43,12 +43,8 @@ impl Finder {
         let found = find::find(&query, &candidates, &self.known, &self.config, "running")
             .await
             .map_err(not_found)?;
-        let outer = found
-            .cgroups
-            .first()
-            .map(|c| c.trim_start_matches('/'))
-            .unwrap_or("");
-        Ok(self.mount.join(outer))
+        let outer = found.cgroups.first().map_or("/", String::as_str);
+        Ok(crate::sys::cgroup_tree::dir_of(&self.mount, outer))
     }
 }
 

@@ -33,9 +33,7 @@ pub(super) fn tracer_options(
         wakeup_threshold: config.bpf.wakeup_threshold,
         udp_dedup_entries: config.bpf.udp_dedup_entries,
         cgroup_is_root: cgroup_dir == mount,
-        cgroup_depth: cgroup_dir
-            .strip_prefix(mount)
-            .map_or(0, |r| r.components().count() as u32),
+        cgroup_depth: crate::sys::cgroup_tree::depth(mount, cgroup_dir),
         cgroup_dir: cgroup_dir.to_path_buf(),
         pin_dir: paths.pin_dir.clone(),
         dns_ports: dns_ports(config),

@@ -139,7 +139,7 @@ impl Saver {
                 // written is said once, not every second.
                 let mut failing = false;
                 for bytes in rx {
-                    match write(&file, &bytes) {
+                    match crate::sys::state_file::replace(&file, &bytes) {
                         Err(e) if !failing => {
                             warn!("saving remembered destinations to {}: {e}", file.display());
                             failing = true;
@@ -174,10 +174,4 @@ impl Saver {
         drop(self.tx);
         let _ = self.thread.join();
     }
-}
-
-fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }

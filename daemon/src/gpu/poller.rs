@@ -40,7 +40,7 @@ pub fn host_process(proc_root: &Path, mount: &Path, pid: u32) -> HostProcess {
         .and_then(|text| proc_cgroup_best_path(&text).map(str::to_string));
     let cgroup_id = cgroup
         .as_deref()
-        .and_then(|c| std::fs::metadata(mount.join(c.trim_start_matches('/'))).ok())
+        .and_then(|c| std::fs::metadata(crate::sys::cgroup_tree::dir_of(mount, c)).ok())
         .map_or(0, |m| m.ino());
     HostProcess {
         cgroup,

@@ -12,9 +12,7 @@ pub(super) fn save(exposition: &str, family: &str, path: &Path) -> std::io::Resu
         .filter(|l| l.starts_with(&prefix))
         .map(|l| format!("{l}\n"))
         .collect();
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    crate::sys::state_file::replace(path, text)
 }
 
 /// The samples of `family` a previous `save` wrote; none if there is no file.

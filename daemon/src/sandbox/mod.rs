@@ -165,9 +165,7 @@ impl Sandboxes {
             "# Sandboxes of `tracectl run` in force; managed by connectracerd.\n{}",
             toml::to_string(&file).unwrap_or_default()
         );
-        let tmp = self.path.with_extension("toml.tmp");
-        std::fs::write(&tmp, text).map_err(write_err)?;
-        std::fs::rename(&tmp, &self.path).map_err(write_err)
+        crate::sys::state_file::replace(&self.path, text).map_err(write_err)
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::sync::OnceCell;
 use super::place::{self, PlaceError};
 use super::scope;
 use super::CGROUP_DIR;
+use crate::sys::cgroup_tree;
 
 /// How often a sandbox being removed is looked at until it is empty, and
 /// for how long at most.
@@ -120,7 +121,7 @@ impl Placer {
             Mode::Systemd => {
                 let unit = scope::unit_name(&id);
                 let cgroup = scope::start(self.bus().await?, &unit, uid, pid).await?;
-                (scope::dir(&self.mount, &cgroup), Some(unit))
+                (cgroup_tree::dir_of(&self.mount, &cgroup), Some(unit))
             }
         };
         let ino = std::fs::metadata(&dir)
@@ -142,7 +143,7 @@ impl Placer {
             Ok(cgroup_id) => Ok(Placement {
                 id,
                 pid,
-                cgroup: crate::sys::cgroup_tree::relative_path(&self.mount, &dir).unwrap_or_default(),
+                cgroup: cgroup_tree::relative_path(&self.mount, &dir).unwrap_or_default(),
                 dir,
                 cgroup_id,
                 unit,

@@ -6,7 +6,6 @@
 //! command in, and removes both once it is empty, so a restarted daemon
 //! only has to put the scope's policy back in force.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use zbus::{OwnedVariant, Variant};
@@ -126,11 +125,6 @@ pub async fn kill(bus: &zbus::Connection, unit: &str) -> Result<(), ScopeError> 
     }
 }
 
-/// The absolute directory of a scope's cgroup.
-pub fn dir(mount: &Path, cgroup: &str) -> PathBuf {
-    mount.join(cgroup.trim_start_matches('/'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,14 +134,6 @@ mod tests {
         let u = unit_name("1000-4242-1795978977665");
         assert_eq!(u, "connectracer-sandbox-1000-4242-1795978977665.scope");
         assert!(u.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)));
-    }
-
-    #[test]
-    fn dirs_join_below_the_mount() {
-        assert_eq!(
-            dir(Path::new("/sys/fs/cgroup/unified"), "/connectracer.slice/a.scope"),
-            PathBuf::from("/sys/fs/cgroup/unified/connectracer.slice/a.scope")
-        );
     }
 
     #[test]

@@ -27,6 +27,18 @@ pub fn relative_path(mount: &Path, dir: &Path) -> Option<String> {
     Some(format!("/{}", rel.to_string_lossy()))
 }
 
+/// The other way: `/a/b` (or `a/b`) is `MOUNT/a/b`.
+pub fn dir_of(mount: &Path, path: &str) -> PathBuf {
+    mount.join(path.trim_start_matches('/'))
+}
+
+/// How far below the mount `dir` is (the mount's own depth is 0; a
+/// directory outside it counts as the mount).
+pub fn depth(mount: &Path, dir: &Path) -> u32 {
+    dir.strip_prefix(mount)
+        .map_or(0, |rel| rel.components().count() as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,6 +52,13 @@ mod tests {
         );
         assert_eq!(relative_path(m, m).as_deref(), Some("/"));
         assert_eq!(relative_path(m, Path::new("/tmp")), None);
+        let d = dir_of(m, "/system.slice/a.service");
+        assert_eq!(d, Path::new("/sys/fs/cgroup/unified/system.slice/a.service"));
+        assert_eq!(relative_path(m, &d).as_deref(), Some("/system.slice/a.service"));
+        assert_eq!(
+            (depth(m, &d), depth(m, m), depth(m, Path::new("/tmp"))),
+            (2, 0, 0)
+        );
     }
 
     #[test]

@@ -5,3 +5,4 @@ pub mod memory;
 pub mod mounts;
 pub mod preflight;
 pub mod privileges;
+pub mod state_file;
